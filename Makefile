@@ -1,0 +1,32 @@
+# Two commands on a fresh machine (README): `make demo` and `make test`.
+# Both create .venv and install everything on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST := $(PY) -m pytest -n 2 -p no:cacheprovider
+
+.PHONY: install demo test test-slow lint check
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/namex demo
+
+test: $(STAMP)
+	$(PYTEST) -m "not slow"
+
+test-slow: $(STAMP)
+	$(PYTEST) -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check namex_ref tests proofs
+	$(VENV)/bin/mypy --strict namex_ref
+
+check: lint test
