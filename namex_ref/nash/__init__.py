@@ -1,0 +1,38 @@
+"""The Nash bargaining core (SPEC §1–§2): Gram matrices, the shared problem, five solvers."""
+
+from namex_ref.nash.bargain import BargainResult, nash_bargain
+from namex_ref.nash.gram import domain_vectors, gram_matrix
+from namex_ref.nash.problem import (
+    check_gram,
+    infeasibility_certificate,
+    objective,
+    scaled_residual,
+)
+from namex_ref.nash.result import (
+    BargainInputError,
+    DegenerateExpertError,
+    InfeasibleBargainError,
+    NashConvergenceError,
+    NashSolution,
+)
+from namex_ref.nash.solvers import METHODS, RESIDUAL_TOL, solve_nash, solve_newton
+
+__all__ = [
+    "METHODS",
+    "RESIDUAL_TOL",
+    "BargainInputError",
+    "BargainResult",
+    "DegenerateExpertError",
+    "InfeasibleBargainError",
+    "NashConvergenceError",
+    "NashSolution",
+    "check_gram",
+    "domain_vectors",
+    "gram_matrix",
+    "infeasibility_certificate",
+    "nash_bargain",
+    "objective",
+    "scaled_residual",
+    "solve_nash",
+    "solve_newton",
+]

@@ -1,0 +1,126 @@
+"""User-facing bargain over domain vectors: α, ΔE and utilities (SPEC S1–S4, S7)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from namex_ref.nash.gram import Granularity, gram_matrix, stack_domain_vectors
+from namex_ref.nash.result import (
+    BargainInputError,
+    DegenerateExpertError,
+    NashConvergenceError,
+    NashSolution,
+)
+from namex_ref.nash.solvers import Method, solve_nash
+
+__all__ = ["BargainResult", "nash_bargain"]
+
+
+@dataclass(frozen=True)
+class BargainResult:
+    """A solved bargain over N experts.
+
+    Attributes:
+        alpha: (N,) for ``granularity="expert"``, (M, N) for ``"matrix"``; float64.
+        delta: ΔE = (ε/√N) Σ_i α_i τ_i, one tensor per weight matrix, each shaped like the input
+            matrix without its expert dim (P_m), in the dtype of the input.
+        utilities: u_i = τ_iᵀΔE, (N,) or (M, N), float64 — computed from τ and ΔE directly, so
+            α_i u_i = ε/√N (S7: = 1 for the default radius) is an independent check.
+        residual: scale-free residual max_i |α_i(Kα)_i − 1| of the solve; () or (M,).
+        solution: the full :class:`NashSolution`.
+    """
+
+    alpha: Tensor
+    delta: list[Tensor]
+    utilities: Tensor
+    residual: Tensor
+    solution: NashSolution
+
+
+def nash_bargain(
+    taus: Tensor | Sequence[Tensor],
+    *,
+    method: Method = "newton",
+    granularity: Granularity = "expert",
+    radius: float | None = None,
+    require_converged: bool = True,
+    **options: Any,
+) -> BargainResult:
+    """Nash bargaining over domain vectors (S3–S4): α with Kα = 1/α and ΔE = (ε/√N)·Gα.
+
+    Args:
+        taus: (N, d) tensor of flattened domain vectors τ_i = E_i − E_m, or a sequence of
+            per-weight-matrix tensors (N, *P_m) of the same N experts.
+        method: solver (see :data:`namex_ref.nash.solvers.METHODS`).
+        granularity: "expert" — one α for all matrices of an expert (K = Σ_m K_m, S2);
+            "matrix" — one bargain per weight matrix.
+        radius: ball radius ε of S3; ``None`` (our convention, default) gives the unscaled S4
+            solution ΔE = Gα with ‖ΔE‖ = √N.
+        require_converged: raise :class:`NashConvergenceError` if the solver stopped short of
+            its tolerance (default); ``False`` returns the result with ``solution.converged``.
+        options: forwarded to the solver.
+
+    Raises:
+        BargainInputError, DegenerateExpertError (naming the expert with τ_i = 0, or with
+        NaN/Inf), InfeasibleBargainError (S6, with a certificate), NashConvergenceError.
+    """
+    mats = stack_domain_vectors(taus)
+    n = mats[0].shape[0]
+    if n < 2:
+        raise BargainInputError(
+            f"a bargain needs at least 2 experts; got N = {n} (shape {tuple(mats[0].shape)})."
+        )
+    for m, t in enumerate(mats):
+        finite = torch.isfinite(t).all(dim=1)
+        if not bool(finite.all()):
+            i = int((~finite).nonzero()[0])
+            raise BargainInputError(
+                f"domain vector of expert {i} (weight matrix {m}) contains NaN/Inf; check that "
+                "expert's parameters and the base expert."
+            )
+    K = gram_matrix(mats, granularity=granularity)
+    diag = K.diagonal(dim1=-2, dim2=-1)
+    if bool((diag == 0).any()):
+        idx = (diag == 0).nonzero()[0].tolist()
+        i = idx[-1]
+        cert = torch.zeros(n, dtype=torch.float64)
+        cert[i] = 1.0
+        where = f" in weight matrix {idx[0]}" if granularity == "matrix" else ""
+        raise DegenerateExpertError(
+            f"expert {i} equals the base expert (τ_{i} = 0{where}): its utility is 0 for every "
+            "update, so no bargain exists (S6). Initialise experts independently of the base, "
+            "or use the merging layer's 'ridge'/'uniform' policy.",
+            certificate=cert,
+        )
+    if method == "primal" and granularity == "expert" and "G" not in options:
+        options["G"] = torch.cat(mats, dim=1).T  # (d, N): the real τ, not a factor of K
+    sol = solve_nash(K, method=method, **options)
+    if require_converged and not sol.all_converged:
+        raise NashConvergenceError(
+            f"{method} stopped at residual {float(sol.residual.max()):.3e} after "
+            f"{sol.iterations} iterations ({sol.status}); pass require_converged=False to "
+            "inspect it, or use method='newton'."
+        )
+    scale = 1.0 if radius is None else radius / math.sqrt(n)
+    if radius is not None and not (math.isfinite(radius) and radius > 0):
+        raise ValueError(f"radius must be a positive finite number; got {radius!r}")
+    alpha = sol.alpha  # (N,) or (M, N)
+    deltas: list[Tensor] = []
+    u = torch.zeros_like(alpha)
+    for m, t in enumerate(mats):
+        a = alpha if granularity == "expert" else alpha[m]
+        dm = scale * (a.to(t.device, torch.float64) @ t.to(torch.float64))  # (d_m,)
+        um = t.to(torch.float64) @ dm  # (N,) contribution of matrix m to u_i
+        if granularity == "expert":
+            u = u + um
+        else:
+            u[m] = um
+        shape = taus[m].shape[1:] if not isinstance(taus, Tensor) else taus.shape[1:]
+        deltas.append(dm.to(t.dtype).reshape(shape))
+    return BargainResult(alpha, deltas, u, sol.residual, sol)
