@@ -1,0 +1,96 @@
+"""Command line: ``namex demo | solve | momentum-grid``. Each command calls the public API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["main"]
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from namex_ref.demo import run_demo
+
+    print(run_demo(seed=args.seed))
+    return 0
+
+
+def _cmd_solve(args: argparse.Namespace) -> int:
+    from namex_ref.nash import gram_matrix, solve_nash
+
+    arr = np.load(args.path)
+    if args.taus:
+        K = gram_matrix(torch.from_numpy(arr))
+    else:
+        K = torch.from_numpy(arr)
+    sol = solve_nash(K, method=args.method)
+    print(json.dumps({
+        "method": sol.method,
+        "alpha": sol.alpha.tolist(),
+        "residual": sol.residual.tolist(),
+        "converged": sol.converged.tolist(),
+        "iterations": sol.iterations,
+        "status": sol.status,
+    }, indent=2))
+    return 0
+
+
+def _cmd_momentum_grid(args: argparse.Namespace) -> int:
+    from namex_ref.spectral import momentum_grid_main
+
+    path, table = momentum_grid_main(
+        args.out, h_kind=args.h_kind, c=args.c, sigma=args.sigma, gamma=args.gamma,
+        n_moduli=args.n_moduli, n_phases=args.n_phases,
+    )
+    print(table)
+    print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``namex`` argument parser."""
+    from namex_ref.nash.solvers import METHODS
+
+    p = argparse.ArgumentParser(prog="namex", description="NAMEx reference implementation")
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="bargain built-in experts and cross-check every solver")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=_cmd_demo)
+    s = sub.add_parser("solve", help="solve Kα = 1/α for a .npy file (K [..., N, N] or τ [N, d])")
+    s.add_argument("path", type=Path)
+    s.add_argument("--taus", action="store_true", help="the file holds τ [N, d], not K")
+    s.add_argument("--method", choices=METHODS, default="newton")
+    s.set_defaults(func=_cmd_solve)
+    g = sub.add_parser("momentum-grid", help="ρ(R) over (|β|, φ) for a chosen H (S19), PNG")
+    g.add_argument("--out", type=Path, default=Path("runs/momentum-grid"))
+    g.add_argument("--h-kind", choices=["cooperative", "bilinear", "both"], default="both")
+    g.add_argument("--c", type=float, default=1.0, help="H = cI (cooperative)")
+    g.add_argument("--sigma", type=float, default=1.0, help="bilinear eigenvalues ±iσ")
+    g.add_argument("--gamma", type=float, default=0.5)
+    g.add_argument("--n-moduli", type=int, default=50)
+    g.add_argument("--n-phases", type=int, default=73)
+    g.set_defaults(func=_cmd_momentum_grid)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``namex`` script. Errors of the library exit with status 2."""
+    from namex_ref.nash import BargainInputError, InfeasibleBargainError
+
+    args = build_parser().parse_args(argv)
+    try:
+        rc: int = args.func(args)
+    except (BargainInputError, InfeasibleBargainError, ValueError, FileNotFoundError) as exc:
+        print(f"namex: error: {exc}", file=sys.stderr)
+        return 2
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

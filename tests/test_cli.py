@@ -1,0 +1,49 @@
+"""The CLI calls the same functions as the API and agrees with them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from namex_ref import gram_matrix, solve_nash
+from namex_ref.cli import main
+from namex_ref.demo import builtin_experts
+
+
+def test_demo_runs_and_reports_s7(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "‖ΔE‖² = 6.000000000" in out  # S7: ‖Gα‖² = N, N = 6 built-in experts
+    for method in ("newton", "cvxpy", "primal", "ccp"):
+        assert f"| {method}" in out
+
+
+def test_solve_matches_api(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    taus, _ = builtin_experts()
+    path = tmp_path / "taus.npy"
+    np.save(path, taus.numpy())
+    assert main(["solve", str(path), "--taus"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    want = solve_nash(gram_matrix(taus)).alpha
+    torch.testing.assert_close(torch.tensor(got["alpha"], dtype=torch.float64), want,
+                               rtol=0, atol=0)
+
+
+def test_solve_reports_infeasible_as_error(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "K.npy"
+    np.save(path, np.array([[1.0, -1.0], [-1.0, 1.0]]))
+    assert main(["solve", str(path)]) == 2
+    assert "No Nash bargain exists" in capsys.readouterr().err
+
+
+def test_momentum_grid_writes_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["momentum-grid", "--out", str(tmp_path), "--n-moduli", "8", "--n-phases", "9"])
+    assert rc == 0
+    png = tmp_path / "rho_grid.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "wrote" in capsys.readouterr().out
