@@ -70,6 +70,22 @@ def assert_agree(a1: torch.Tensor, a2: torch.Tensor, rtol: float) -> None:
     assert rel <= rtol, f"relative disagreement {rel:.3e} > rtol {rtol:.3e}"
 
 
+#: Looser bound on an oracle residual that still keeps the residual rule meaningful
+#: (rtol ≲ 2√8·2e-4 ≈ 1e-3). Clarabel is documented to reach ORACLE_RESIDUAL_TOL; on singular or
+#: ill-conditioned K it sometimes stops "optimal_inaccurate" at 1e-6…4e-6 (see the xfail
+#: regressions below). The properties then require that shortfall to be VISIBLE: converged is
+#: False exactly when the residual exceeds ORACLE_RESIDUAL_TOL.
+ORACLE_VISIBLE_BOUND = 1e-4
+
+
+def check_oracle(sol) -> None:
+    """Oracle residual ≤ its documented tolerance, or the shortfall is visible (module note)."""
+    res = float(sol.residual.max())
+    assert bool(sol.converged.all()) == (res <= ORACLE_RESIDUAL_TOL), (sol.status, res)
+    if res > ORACLE_RESIDUAL_TOL:
+        assert "inaccurate" in sol.status and res <= ORACLE_VISIBLE_BOUND, (sol.status, res)
+
+
 def newton(K: torch.Tensor, **kw):
     sol = solve_nash(K, method="newton", **kw)
     assert bool(sol.converged.all())
@@ -119,7 +135,7 @@ def test_newton_vs_cvxpy_oracle(problem):
     _, K = problem
     s1 = newton(K)
     s2 = solve_nash(K, method="cvxpy")
-    assert float(s2.residual) <= ORACLE_RESIDUAL_TOL and bool(s2.converged)
+    check_oracle(s2)
     assert_agree(s1.alpha, s2.alpha, rule_rtol(K.shape[0], s1.residual, s2.residual))
 
 
@@ -131,7 +147,7 @@ def test_newton_vs_primal_with_real_G(problem):
     G, K = problem
     s1 = newton(K)
     s2 = solve_primal(K, G=G)
-    assert float(s2.residual) <= ORACLE_RESIDUAL_TOL and bool(s2.converged)
+    check_oracle(s2)
     assert_agree(s1.alpha, s2.alpha, rule_rtol(K.shape[0], s1.residual, s2.residual))
 
 
@@ -419,5 +435,31 @@ def test_ill_conditioned_cone(n, seed):
     K = G.T @ G
     s = newton(K)
     so = solve_nash(K, method="cvxpy")
-    assert float(so.residual) <= ORACLE_RESIDUAL_TOL
+    check_oracle(so)
     assert_agree(s.alpha, so.alpha, rule_rtol(n, s.residual, so.residual))
+
+
+CLARABEL_INACCURATE = pytest.mark.xfail(
+    strict=True,
+    reason="BUG (accuracy): the Clarabel α-form oracle stops 'optimal_inaccurate' with residual "
+    "1.6e-6…3.8e-6 > ORACLE_RESIDUAL_TOL = 1e-6 on singular / ill-conditioned feasible K, "
+    "contradicting solvers.py's claim that the oracles reach α to ~1e-9 relative. The shortfall "
+    "is visible (converged=False), and α still agrees with Newton by the residual rule.",
+)
+
+
+@CLARABEL_INACCURATE
+@pytest.mark.parametrize(
+    "G",
+    [
+        # duplicate experts in d = 2 (rank-1 K), found by hypothesis (cone strategy, d = 2)
+        torch.tensor([[0.8705, 0.8705], [-0.5520, -0.5520]], dtype=torch.float64),
+        # cone spread 1e-6, N = 2 (cond(K̂) ~ 1e12), found by hypothesis
+        torch.from_numpy(cone_G(2, 4, 17131827, spread=1e-6)),
+    ],
+    ids=["duplicate-rank1", "cone-1e-6"],
+)
+def test_cvxpy_oracle_meets_its_tolerance_regressions(G):
+    """§2 cvxpy oracle: residual ≤ ORACLE_RESIDUAL_TOL on feasible problems."""
+    sol = solve_nash(G.T @ G, method="cvxpy")
+    assert float(sol.residual) <= ORACLE_RESIDUAL_TOL, (sol.status, float(sol.residual))
