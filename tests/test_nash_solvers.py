@@ -27,7 +27,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from namex_ref.nash import nash_bargain, scaled_residual, solve_nash
@@ -305,11 +305,72 @@ def test_ccp_well_scaled_agrees(problem):
     """§2 CCP: on well-scaled experts (norms in [0.5, 2]) the baseline reports converged and
     agrees with Newton by the residual rule with its OWN reported residual (≤ 1e-6)."""
     _, K = problem
-    s = solve_nash(K, method="ccp")
+    try:
+        s = solve_nash(K, method="ccp")
+    except TypeError:
+        # ECOS returned no solution and solve_ccp crashes: a library bug pinned down by
+        # test_ccp_ecos_no_solution_is_visible (xfail); skip such draws here.
+        assume(False)
+        raise
     assert bool(s.converged), (s.status, float(s.residual))
     assert float(s.residual) <= ORACLE_RESIDUAL_TOL
     sn = newton(K)
     assert_agree(s.alpha, sn.alpha, rule_rtol(K.shape[0], s.residual, sn.residual))
+
+
+#: Well-scaled N = 8 problem (column norms in [0.5, 2]) found by hypothesis on which ECOS returns
+#: no solution in the CCP's first sub-problem (exact float64 values).
+CCP_ECOS_NONE_K = [
+    [
+        2.118312960991818, 0.345154736339752, -0.045476021291888484, -0.19884717503102076,
+        -1.0848081133863177, 0.5073964352019197, 0.15872846077627195, -0.44717014078520373,
+    ],
+    [
+        0.345154736339752, 0.8184460302236997, -0.15710445898016093, 0.1362878100083179,
+        -0.0028734400052956716, -0.28481418850657825, 0.3022398862521975, -0.641780937178145,
+    ],
+    [
+        -0.045476021291888484, -0.15710445898016093, 0.3152376526477294, 0.10018834267213164,
+        0.054057177594486756, 0.1793239285636491, -0.46415992119769145, -0.10421503176761579,
+    ],
+    [
+        -0.19884717503102076, 0.1362878100083179, 0.10018834267213164, 0.27540606944916246,
+        0.3024709759404847, -0.024232630164724683, -0.37961860418980076, -0.34045748448261814,
+    ],
+    [
+        -1.0848081133863177, -0.0028734400052956716, 0.054057177594486756, 0.3024709759404847,
+        2.9580744432303625, -1.7112577927251955, -0.05797712589254228, -0.2933650828065887,
+    ],
+    [
+        0.5073964352019197, -0.28481418850657825, 0.1793239285636491, -0.024232630164724683,
+        -1.7112577927251955, 3.4936595395826533, -0.9312418470179692, -0.39787227387323965,
+    ],
+    [
+        0.15872846077627195, 0.3022398862521975, -0.46415992119769145, -0.37961860418980076,
+        -0.05797712589254228, -0.9312418470179692, 1.987969333642228, 0.9941672580844829,
+    ],
+    [
+        -0.44717014078520373, -0.641780937178145, -0.10421503176761579, -0.34045748448261814,
+        -0.2933650828065887, -0.39787227387323965, 0.9941672580844829, 2.5416166145728285,
+    ],
+]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TypeError,
+    reason="BUG: solve_ccp crashes with TypeError (np.abs(None)) when ECOS returns no solution "
+    "(alpha.value is None without a SolverError): solvers.py computes the history entry from "
+    "`new` before its `new is None` check. Expected: a visible non-converged result.",
+)
+def test_ccp_ecos_no_solution_is_visible():
+    """§2 CCP / result.py: failure is always visible (converged False), never an exception
+    from inside the baseline nor a silent wrong answer."""
+    K = torch.tensor(CCP_ECOS_NONE_K, dtype=torch.float64)
+    s = solve_nash(K, method="ccp")
+    res = float(scaled_residual(K, s.alpha))
+    if res > ORACLE_RESIDUAL_TOL:
+        assert not bool(s.converged), (s.status, res)
 
 
 BAD_SEEDS = [0, 1, 2, 3]
