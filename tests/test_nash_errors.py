@@ -23,14 +23,6 @@ from namex_ref.nash import (
 )
 from tests.nash_strategies import gaussian_G, rescale_columns
 
-ORACLE_OPTIMAL_ON_INFEASIBLE = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: solve_cvxpy/solve_primal only consult the S6 LP when Clarabel reports a "
-    "non-optimal status; on these infeasible problems Clarabel reports 'optimal' with "
-    "α ~ 1e7…1e13 and residual ≫ 1, so the solver returns converged=False instead of raising "
-    "InfeasibleBargainError (SPEC S6: an error with a certificate, never a silent number).",
-)
-
 
 def _K(G: torch.Tensor) -> torch.Tensor:
     return G.T @ G
@@ -183,9 +175,11 @@ def _antiparallel() -> torch.Tensor:
 
 @pytest.mark.parametrize(
     "method",
-    ["newton", "closed_form", pytest.param("cvxpy", marks=ORACLE_OPTIMAL_ON_INFEASIBLE), "primal"],
+    ["newton", "closed_form", "cvxpy", "primal"],
 )
 def test_antiparallel_infeasible(method):
+    """S6. Regression for cvxpy/primal: Clarabel reports "optimal" on these infeasible problems
+    (α ~ 1e7…1e13, residual ≫ 1); the S6 LP must still be consulted and raise."""
     G = _antiparallel()
     with pytest.raises(InfeasibleBargainError, match="No Nash bargain exists") as exc:
         solve_nash(_K(G), method=method)
@@ -196,8 +190,8 @@ def test_antiparallel_infeasible(method):
     "method",
     [
         "newton",
-        pytest.param("cvxpy", marks=ORACLE_OPTIMAL_ON_INFEASIBLE),
-        pytest.param("primal", marks=ORACLE_OPTIMAL_ON_INFEASIBLE),
+        "cvxpy",
+        "primal",
     ],
 )
 def test_cancelling_triple_infeasible(method):
