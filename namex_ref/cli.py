@@ -1,4 +1,7 @@
-"""Command line: ``namex demo | solve | momentum-grid``. Each command calls the public API."""
+"""Command line: ``namex demo | solve | momentum-grid | bench-solvers``.
+
+Each command calls the public API functions; nothing is computed here.
+"""
 
 from __future__ import annotations
 
@@ -53,6 +56,15 @@ def _cmd_momentum_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_solvers(args: argparse.Namespace) -> int:
+    from namex_ref.bench import solver_table_main
+
+    path, table = solver_table_main(args.out, ns=tuple(args.n), newton_batch=args.batch)
+    print(table)
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``namex`` argument parser."""
     from namex_ref.nash.solvers import METHODS
@@ -76,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n-moduli", type=int, default=50)
     g.add_argument("--n-phases", type=int, default=73)
     g.set_defaults(func=_cmd_momentum_grid)
+    b = sub.add_parser("bench-solvers", help="time per problem of every solver, vs ccp")
+    b.add_argument("--out", type=Path, default=Path("results"))
+    b.add_argument("--n", type=int, nargs="+", default=[2, 8, 32])
+    b.add_argument("--batch", type=int, default=1024, help="Newton batch size")
+    b.set_defaults(func=_cmd_bench_solvers)
     return p
 
 

@@ -32,7 +32,8 @@ def builtin_experts(seed: int = 0) -> tuple[Tensor, list[str]]:
 
     def noise() -> Tensor:
         v = torch.randn(d, generator=g, dtype=torch.float64)
-        return v / v.norm()
+        unit: Tensor = v / v.norm()
+        return unit
 
     coop1 = common + 0.35 * noise()
     coop2 = common + 0.35 * noise()

@@ -386,10 +386,11 @@ def solve_ccp(
                 alpha.value = a_t
                 status = "solver_error"
             new = alpha.value
+            if new is None:  # ECOS gave no point: Nash-MTL's rule stops and keeps α_t
+                stopped, status = True, f"{status}:no_solution"
+                break
             hist.append(float(scaled_residual(Kb, torch.from_numpy(np.abs(new) + 1e-300))))
-            if (
-                new is None
-                or np.linalg.norm(Knp / cval @ a_t - 1 / (a_t + CCP_RECIPROCAL_EPS))
+            if ( np.linalg.norm(Knp / cval @ a_t - 1 / (a_t + CCP_RECIPROCAL_EPS))
                 < CCP_RESIDUAL_STOP
                 or np.linalg.norm(new - a_t) < CCP_STEP_STOP
             ):
@@ -453,23 +454,21 @@ def solve_nash(
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     Kt = as_gram_tensor(K)
     K64 = check_gram(Kt) if validate else Kt.to(torch.float64)
-    if method == "newton":
-        sol = solve_newton(K64, **options)
-        if validate and not sol.all_converged:
-            _certify_unconverged(K64, sol)
-        return sol
-    if method == "closed_form":
-        return solve_closed_form(K64, **options)
-    if method == "cvxpy":
-        return solve_cvxpy(K64, **options)
-    if method == "primal":
-        return solve_primal(K64, **options)
-    return solve_ccp(K64, **options)
+    solver: dict[str, Callable[..., NashSolution]] = {
+        "newton": solve_newton, "closed_form": solve_closed_form, "cvxpy": solve_cvxpy,
+        "primal": solve_primal, "ccp": solve_ccp,
+    }
+    sol = solver[method](K64, **options)
+    if validate and not sol.all_converged:
+        _certify_unconverged(K64, sol)
+    return sol
 
 
 def _certify_unconverged(K: Tensor, sol: NashSolution) -> None:
-    """Newton converges on every feasible problem (self-concordance), so an unconverged problem
-    is infeasible or nearly so: run the S6 LP and raise with its certificate when it is."""
+    """Run the S6 LP on every unconverged problem and raise with its certificate when no bargain
+    exists. Newton converges on every feasible problem (self-concordance), so for Newton an
+    unconverged problem is infeasible or nearly so; the conic oracles may instead report
+    "optimal" on an infeasible problem with a meaningless α, which this catches too."""
     for row in (~sol.converged).nonzero().tolist():
         idx = tuple(int(i) for i in row)
         raise_if_infeasible(K[idx].cpu(), idx)
