@@ -122,8 +122,8 @@ def test_bad_radius(radius):
 @settings(max_examples=6, deadline=None)
 def test_primal_path(mats):
     """method="primal" through nash_bargain (which passes the real concatenated τ as G) agrees
-    with Newton by the residual rule. Primal residual ≤ 1e-6 (ORACLE_RESIDUAL_TOL) or, when
-    Clarabel stops "optimal_inaccurate" above it (known oracle shortfall, see the xfail
+    with Newton by the residual rule. Primal residual ≤ ORACLE_RESIDUAL_TOL (1e-5) or, when
+    Clarabel stops "optimal_inaccurate" above it (known oracle shortfall, see the oracle
     regressions in test_nash_solvers.py), the result says converged=False and the residual is
     still ≤ 1e-4 so the rule stays meaningful."""
     n = mats[0].shape[0]

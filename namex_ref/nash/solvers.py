@@ -71,11 +71,15 @@ FRACTION_TO_BOUNDARY = 0.99
 #: Newton decrement below which full steps are taken (quadratic-convergence region of a
 #: self-concordant function: λ < (3 − √5)/2 ≈ 0.38; 0.25 is the textbook choice).
 FULL_STEP_DECREMENT = 0.25
-#: Conic oracles (Clarabel) are asked for gaps/feasibility to 1e-12; they reach α to ~1e-9
-#: relative (interior-point accuracy limited by the log-barrier's exponential cones).
+#: Conic oracles (Clarabel) are asked for gaps/feasibility to 1e-12. Measured accuracy: median
+#: residual ~1e-9 on well-conditioned K, but on singular or ill-conditioned K̂ (duplicate
+#: experts, cond ~1e12) Clarabel stops "optimal_inaccurate" at residuals up to 3.8e-6
+#: (hypothesis runs, tests/test_nash_solvers.py) — an interior-point limit on exponential cones.
 ORACLE_SOLVER_TOL = 1e-12
-#: Residual accepted from the conic oracles: ~1e3 × their relative accuracy on α.
-ORACLE_RESIDUAL_TOL = 1e-6
+#: Residual accepted from the conic oracles. Was 1e-6; raised to 1e-5 after the measured
+#: 3.8e-6 shortfall above (2.6× margin). By the residual rule α is still checked to
+#: √N·1e-5 ≈ 3e-5 relative, far tighter than any difference between merging methods.
+ORACLE_RESIDUAL_TOL = 1e-5
 #: Navon et al.'s constants, kept as they are for a faithful baseline: at most 20 convex
 #: solves, stop when ‖K̃α − 1/(α + 1e-10)‖ < 1e-3 or ‖Δα‖ < 1e-6, ECOS with 100 iterations.
 CCP_MAX_STEPS = 20
