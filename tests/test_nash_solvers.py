@@ -37,6 +37,7 @@ from namex_ref.nash.solvers import (
     RESIDUAL_TOL,
     ROUNDING_CAP,
     ROUNDING_FACTOR,
+    solve_ccp,
     solve_primal,
 )
 from tests.nash_strategies import (
@@ -532,3 +533,16 @@ def test_cvxpy_oracle_meets_its_tolerance_regressions(G):
     """§2 cvxpy oracle: residual ≤ ORACLE_RESIDUAL_TOL on feasible problems."""
     sol = solve_nash(G.T @ G, method="cvxpy")
     assert float(sol.residual) <= ORACLE_RESIDUAL_TOL, (sol.status, float(sol.residual))
+
+
+def test_ccp_batched_converged_is_per_problem():
+    """Batched ccp reports converged per problem, equal to solving each problem alone (a batch
+    mixing a well-scaled problem with a badly scaled one must not mark both unconverged)."""
+    rng = np.random.default_rng(1)
+    G_bad = rng.normal(size=(64, 8)) * 10.0 ** rng.uniform(-2, 2, size=8)
+    G_good = rng.normal(size=(64, 8))
+    Ks = torch.from_numpy(np.stack([G_good.T @ G_good, G_bad.T @ G_bad]))
+    batched = solve_ccp(Ks)
+    alone = torch.stack([solve_ccp(Ks[i]).converged for i in range(2)])
+    assert torch.equal(batched.converged, alone)
+    assert bool(alone[0]) and not bool(alone[1])  # the fixture really mixes the two cases

@@ -366,6 +366,7 @@ def solve_ccp(
     cp = _cvxpy()
 
     hist_all: list[list[float]] = []
+    stopped_flags: list[bool] = []  # per problem: did Navon et al.'s stopping rule fire?
 
     def one(Kb: Tensor, idx: tuple[int, ...]) -> tuple[Tensor, int, str]:
         n = Kb.shape[0]
@@ -402,6 +403,7 @@ def solve_ccp(
                 break
             a_t = np.abs(new)
         hist_all.append(hist)
+        stopped_flags.append(stopped)
         tag = ("stopped" if stopped else "max_steps") + f":{status}"
         if errors:
             tag += f":solver_errors={errors}"
@@ -409,13 +411,11 @@ def solve_ccp(
         return out, steps, tag
 
     sol = _loop(K, one, "ccp")
-    stopped = torch.tensor(
-        [s.startswith("stopped") for s in sol.status.split("/")] or [False]
-    )
+    stopped = torch.tensor(stopped_flags).reshape(sol.converged.shape).to(sol.converged.device)
     hist = None
     if record_history and len(hist_all) == 1:
         hist = torch.tensor(hist_all[0], dtype=torch.float64)
-    converged = sol.converged & bool(stopped.all())
+    converged = sol.converged & stopped
     return NashSolution(
         sol.alpha, sol.residual, converged, sol.iterations, "ccp", sol.status, hist
     )
