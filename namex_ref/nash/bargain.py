@@ -72,10 +72,7 @@ def nash_bargain(
     """
     mats = stack_domain_vectors(taus)
     n = mats[0].shape[0]
-    if n < 2:
-        raise BargainInputError(
-            f"a bargain needs at least 2 experts; got N = {n} (shape {tuple(mats[0].shape)})."
-        )
+    # N < 2, asymmetry and PSD are checked once, by check_gram inside solve_nash.
     for m, t in enumerate(mats):
         finite = torch.isfinite(t).all(dim=1)
         if not bool(finite.all()):
