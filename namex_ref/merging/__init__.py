@@ -1,0 +1,29 @@
+"""Expert-merging MoE layers (SPEC §3, S12–S18): one layer configured by method."""
+
+from namex_ref.merging.config import METHOD_TABLE, METHODS, MergeConfig, MethodSpec
+from namex_ref.merging.functional import (
+    AlphaSolve,
+    LayerTerms,
+    MergePlan,
+    bargain_alpha,
+    kronecker_apply,
+    merge_weights,
+    propagate,
+)
+from namex_ref.merging.layers import KroneckerCurvature, MoEFeedForward
+
+__all__ = [
+    "METHODS",
+    "METHOD_TABLE",
+    "AlphaSolve",
+    "KroneckerCurvature",
+    "LayerTerms",
+    "MergeConfig",
+    "MergePlan",
+    "MethodSpec",
+    "MoEFeedForward",
+    "bargain_alpha",
+    "kronecker_apply",
+    "merge_weights",
+    "propagate",
+]

@@ -1,0 +1,204 @@
+"""Merging methods as configuration (SPEC §3, S12–S18): one layer, many methods.
+
+Every method of SPEC §3 is a row of :data:`METHOD_TABLE`: which routing it uses (token top-k or
+merged parameters), where its base expert comes from, whether curvature operators M_i act on the
+domain vectors, how the base expert is propagated to the next layer, how often α is re-solved and
+which momentum buffer carries it. :class:`MergeConfig` holds the user's hyper-parameters and
+validates them on construction (``ValueError`` naming the bad value).
+"""
+
+from __future__ import annotations
+
+import cmath
+import math
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from namex_ref.momentum import MomentumConfig, MomentumKind
+
+__all__ = [
+    "METHODS",
+    "METHOD_TABLE",
+    "MergeConfig",
+    "MethodName",
+    "MethodSpec",
+    "SingularPolicy",
+]
+
+MethodName = Literal[
+    "smoe",
+    "smear",
+    "camex",
+    "ep-camex",
+    "namex",
+    "namex-full",
+    "namex-mom",
+    "namex-full-mom",
+    "namex-q",
+]
+METHODS: tuple[str, ...] = get_args(MethodName)
+
+SingularPolicy = Literal["raise", "ridge", "uniform"]
+Routing = Literal["segment", "sequence"]
+BaseSource = Literal["none", "per-layer", "first-layer"]
+Propagation = Literal["none", "ep", "nash"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a method does, as data.
+
+    kind: "topk" (S12, token-level top-k over expert outputs) or "merge" (S13–S18, merge the
+        parameters once per segment, one forward pass).
+    base: "none" (S13: Ê = Σ s_i E_i), "per-layer" (S14: a learned E_m^(l) in every layer) or
+        "first-layer" (S15–S18: E_m learned only at the first MoE layer, then propagated).
+    curvature: whether M_i act on the domain vectors in the merge (S14).
+    propagation: "ep" (S15, E_m' = E_m + (γ/N) Σ M_i τ_i), "nash" (S16–S18, ΔE = Σ α_i τ_i) or
+        "none".
+    resolve: "once" (α at the first MoE layer, reused; NAMEx) or "interval" (every Δl layers;
+        NAMEx-Full); unused unless propagation == "nash".
+    momentum: buffer across layers: "none" (S16), "complex" (S17) or "quaternion" (S18).
+    """
+
+    kind: Literal["topk", "merge"]
+    base: BaseSource
+    curvature: bool
+    propagation: Propagation
+    resolve: Literal["once", "interval"] = "once"
+    momentum: MomentumKind = "none"
+
+
+METHOD_TABLE: dict[str, MethodSpec] = {
+    "smoe": MethodSpec("topk", "none", False, "none"),
+    "smear": MethodSpec("merge", "none", False, "none"),
+    "camex": MethodSpec("merge", "per-layer", True, "none"),
+    "ep-camex": MethodSpec("merge", "first-layer", True, "ep"),
+    "namex": MethodSpec("merge", "first-layer", True, "nash", "once"),
+    "namex-full": MethodSpec("merge", "first-layer", True, "nash", "interval"),
+    "namex-mom": MethodSpec("merge", "first-layer", True, "nash", "once", "complex"),
+    "namex-full-mom": MethodSpec("merge", "first-layer", True, "nash", "interval", "complex"),
+    # Our convention: NAMEx-Q re-solves α like NAMEx-Full-Mom (the paper's best variant) and
+    # swaps the complex buffer for the quaternion one (S18).
+    "namex-q": MethodSpec("merge", "first-layer", True, "nash", "interval", "quaternion"),
+}
+
+
+def _positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {name}={value!r}")
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """Hyper-parameters of one MoE feed-forward layer and of the base-expert propagation.
+
+    method: one of :data:`METHODS`.
+    n_experts: N ≥ 2 experts per MoE layer.
+    top_k: experts per token for "smoe" (S12), 1 ≤ k ≤ N.
+    balance_coef: weight of the load-balancing loss for "smoe" (Switch Transformer eq. 4).
+    eta: merge step η of S14 (S13 for SMEAR uses η = 1 and no base).
+    gamma: propagation step γ > 0 of S15–S18 (real).
+    beta_abs, beta_phase: complex momentum β = |β| e^{iφ} for NAMEx-Mom / NAMEx-Full-Mom (S17);
+        0 ≤ |β| < 1. Our default |β| = 0.5, φ = π/6 (the paper sweeps φ ∈ {0, ±π/12, ±π/6}).
+    beta_q: quaternion β (w, x, y, z) for NAMEx-Q, ‖β‖ < 1; default SPEC's example.
+    alpha_interval: Δl, re-solve α every Δl MoE layers for the "-full" methods (1 = every layer).
+    singular_policy: what a layer does when its bargain has no solution within the Newton budget
+        (τ_i = 0, an infeasible or near-infeasible K): "raise" the solver's error (one host sync
+        per solve), "ridge" (re-solve with K + λ·mean(diag K)·I) or "uniform" (α_i = c with
+        ‖Σ α_i τ_i‖ = √N, the norm S7 gives). Every fallback is counted in the layer statistics.
+    ridge: λ for "ridge".
+    newton_iterations: fixed Newton budget per solve (no host synchronisation, S5); converged
+        problems freeze, unconverged ones go to the policy. The paper's budget is 20 (SPEC §5).
+    radius: ball radius ε of S3 (ΔE scaled by ε/√N); ``None`` is the unscaled S4 solution.
+    curvature_rank: ``None`` — each Kronecker factor of M_i is a full square matrix initialised
+        to I (CAMEx's form); r ≥ 1 — each factor is I + U Vᵀ with rank-r U, V (V = 0 at init).
+    routing: "segment" (Lory-style causal segments for language modelling: segment k is merged
+        with the router scores of segment k − 1, the first segment with uniform scores) or
+        "sequence" (one score vector per sequence from its mean; for classification, not causal).
+    segment_len: tokens per segment for "segment" routing.
+    """
+
+    method: MethodName = "namex-full-mom"
+    n_experts: int = 4
+    top_k: int = 2
+    balance_coef: float = 0.01
+    eta: float = 1.0
+    gamma: float = 1.0
+    beta_abs: float = 0.5
+    beta_phase: float = math.pi / 6
+    beta_q: tuple[float, float, float, float] = (0.8, 0.3, 0.3, 0.3)
+    alpha_interval: int = 1
+    singular_policy: SingularPolicy = "ridge"
+    ridge: float = 1e-3
+    newton_iterations: int = 20
+    radius: float | None = None
+    curvature_rank: int | None = None
+    routing: Routing = "segment"
+    segment_len: int = 32
+
+    def __post_init__(self) -> None:
+        if self.method not in METHOD_TABLE:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if not isinstance(self.n_experts, int) or self.n_experts < 2:
+            raise ValueError(f"n_experts must be an int >= 2, got {self.n_experts!r}")
+        if not (isinstance(self.top_k, int) and 1 <= self.top_k <= self.n_experts):
+            raise ValueError(
+                f"top_k must be in [1, n_experts={self.n_experts}], got {self.top_k!r}"
+            )
+        if not (math.isfinite(self.balance_coef) and self.balance_coef >= 0):
+            raise ValueError(f"balance_coef must be finite and >= 0, got {self.balance_coef!r}")
+        _positive("eta", self.eta)
+        _positive("gamma", self.gamma)
+        _positive("ridge", self.ridge)
+        if not (math.isfinite(self.beta_abs) and 0 <= self.beta_abs < 1):
+            raise ValueError(f"beta_abs must be in [0, 1) (|β| < 1, S19), got {self.beta_abs!r}")
+        if not math.isfinite(self.beta_phase):
+            raise ValueError(f"beta_phase must be finite, got {self.beta_phase!r}")
+        if not (isinstance(self.alpha_interval, int) and self.alpha_interval >= 1):
+            raise ValueError(
+                f"alpha_interval (Δl) must be an int >= 1, got {self.alpha_interval!r}"
+            )
+        if self.singular_policy not in get_args(SingularPolicy):
+            raise ValueError(
+                f"singular_policy must be one of {get_args(SingularPolicy)}, "
+                f"got {self.singular_policy!r}"
+            )
+        if not (isinstance(self.newton_iterations, int) and self.newton_iterations >= 1):
+            raise ValueError(
+                f"newton_iterations must be an int >= 1, got {self.newton_iterations!r}"
+            )
+        if self.radius is not None:
+            _positive("radius", self.radius)
+        if self.curvature_rank is not None and not (
+            isinstance(self.curvature_rank, int) and self.curvature_rank >= 1
+        ):
+            raise ValueError(
+                f"curvature_rank must be None or an int >= 1, got {self.curvature_rank!r}"
+            )
+        if self.routing not in get_args(Routing):
+            raise ValueError(f"routing must be 'segment' or 'sequence', got {self.routing!r}")
+        if not (isinstance(self.segment_len, int) and self.segment_len >= 1):
+            raise ValueError(f"segment_len must be an int >= 1, got {self.segment_len!r}")
+        self.momentum_config()  # validates beta_q / beta for the chosen momentum
+
+    @property
+    def spec(self) -> MethodSpec:
+        """The method's row of :data:`METHOD_TABLE`."""
+        return METHOD_TABLE[self.method]
+
+    def momentum_config(self) -> MomentumConfig:
+        """The S16–S18 propagation hyper-parameters of this method as a :class:`MomentumConfig`."""
+        kind = self.spec.momentum
+        if kind == "complex":
+            beta = cmath.rect(self.beta_abs, self.beta_phase)
+            return MomentumConfig(kind="complex", beta=beta, gamma=self.gamma)
+        if kind == "quaternion":
+            w, x, y, z = (float(c) for c in self.beta_q)
+            return MomentumConfig(kind="quaternion", beta=(w, x, y, z), gamma=self.gamma)
+        return MomentumConfig(kind="none", gamma=self.gamma)
+
+    def resolves_at(self, layer: int) -> bool:
+        """Whether α is (re-)solved at MoE layer ``layer`` (0-based; S16 NAMEx vs NAMEx-Full)."""
+        if layer == 0:
+            return True
+        return self.spec.resolve == "interval" and layer % self.alpha_interval == 0

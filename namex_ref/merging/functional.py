@@ -1,0 +1,295 @@
+"""Pure merging mathematics (SPEC S12–S18): curvature operators, the merge, the bargain with its
+singular-bargain policy, and base-expert propagation across MoE layers.
+
+Experts are lists of weight matrices: ``experts[m]`` is (N, *P_m), the m-th matrix of all N
+experts; a base expert is a list of (*P_m) tensors. Nothing here owns parameters; the modules in
+:mod:`namex_ref.merging.layers` hold them and call these functions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from namex_ref.merging.config import MergeConfig
+from namex_ref.momentum import momentum_step, zero_buffer
+from namex_ref.nash.gram import gram_matrix
+from namex_ref.nash.result import BargainInputError
+from namex_ref.nash.solvers import solve_nash, solve_newton
+
+__all__ = [
+    "AlphaSolve",
+    "LayerTerms",
+    "MergePlan",
+    "bargain_alpha",
+    "cosine_matrix",
+    "kronecker_apply",
+    "merge_weights",
+    "propagate",
+]
+
+# Relative size below which a Gram diagonal entry counts as a zero expert (τ_i = 0): float32
+# accumulation of K rounds at ~1e-7 relative, so anything below 1e-12 of the largest entry is
+# rounding of a zero vector, not a direction.
+ZERO_EXPERT_RTOL = 1e-12
+
+
+def kronecker_apply(tau: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
+    """Kronecker curvature operator of CAMEx (S14): M_i(τ_i) = (A_i⊗B_i) τ_i (C_i⊗D_i)ᵀ.
+
+    tau: (N, out, in) with out = o1·o2, in = i1·i2; A: (N, o1, o1), B: (N, o2, o2),
+    C: (N, i1, i1), D: (N, i2, i2). Row index (a, b) of τ is a·o2 + b (row-major), so
+    ((A⊗B)τ(C⊗D)ᵀ)[ab, cd] = Σ A[a,p] B[b,q] τ[pq, rs] C[c,r] D[d,s]. Returns (N, out, in).
+    Identity factors give M_i = I.
+    """
+    N, out, inn = tau.shape
+    o1, o2, i1, i2 = A.shape[-1], B.shape[-1], C.shape[-1], D.shape[-1]
+    if o1 * o2 != out or i1 * i2 != inn:
+        raise ValueError(
+            f"Kronecker factors ({o1}x{o2}, {i1}x{i2}) do not match tau of shape {(out, inn)}"
+        )
+    t = tau.reshape(N, o1, o2, i1, i2)
+    t = torch.einsum("nap,npqrs->naqrs", A, t)
+    t = torch.einsum("nbq,naqrs->nabrs", B, t)
+    t = torch.einsum("ncr,nabrs->nabcs", C, t)
+    t = torch.einsum("nds,nabcs->nabcd", D, t)
+    return t.reshape(N, out, inn)
+
+
+def merge_weights(base: Tensor | None, deltas: Tensor, scores: Tensor, eta: float) -> Tensor:
+    """S14: Ê = E_m + η Σ_i s_i D_i, with D_i = M_i(τ_i) (CAMEx family) or D_i = E_i (S13).
+
+    base: (*P) or None (= 0; SMEAR, S13, uses η = 1); deltas: (N, *P); scores: (..., N).
+    Returns (..., *P) — one merged weight matrix per score row (segment or sequence).
+    """
+    n = deltas.shape[0]
+    merged = (scores.reshape(-1, n) @ deltas.reshape(n, -1)).reshape(
+        *scores.shape[:-1], *deltas.shape[1:]
+    )
+    merged = merged if eta == 1.0 else eta * merged
+    return merged if base is None else base + merged
+
+
+class AlphaSolve(NamedTuple):
+    """α of one bargain (S4) after the singular-bargain policy.
+
+    alpha: (N,) float64, detached, > 0. residual: () float64 max_i |α_i(Kα)_i − 1| of the
+    Newton solve before any fallback. fallback: () bool, True when the policy replaced it.
+    """
+
+    alpha: Tensor
+    residual: Tensor
+    fallback: Tensor
+
+
+def bargain_alpha(
+    taus: Sequence[Tensor],
+    *,
+    policy: str = "ridge",
+    ridge: float = 1e-3,
+    iterations: int = 20,
+    layer: int | None = None,
+) -> AlphaSolve:
+    """Solve Kα = 1/α (S4) for the domain vectors of one layer, with no host synchronisation
+    unless ``policy == "raise"``.
+
+    taus: per-matrix (N, *P_m) domain vectors; detached here (α is a constant for autograd, S16).
+    K = Σ_m τ_mτ_mᵀ is accumulated in float32 (float64 for float64 τ) and solved in float64 by
+    Newton with a fixed budget (``solve_newton(fixed_iterations=...)``). A bargain that does not
+    converge within the budget, has a zero expert (K_ii = 0) or a non-finite K goes to ``policy``:
+
+    - "raise": one host sync; the full validated solver (``solve_nash``) either finishes it
+      (counted as a fallback) or raises ``DegenerateExpertError`` / ``InfeasibleBargainError`` /
+      ``BargainInputError`` with the layer in the message.
+    - "ridge": α of K + λ·mean(diag K)·I (positive definite, so always solvable).
+    - "uniform": α_i = c, c = √(N / 1ᵀK1), so ‖Σ α_i τ_i‖ = √N as for a solved bargain (S7).
+    """
+    mats = [t.detach().reshape(t.shape[0], -1) for t in taus]
+    n = mats[0].shape[0]
+    K = gram_matrix(mats).to(torch.float64)  # (N, N)
+    finite = torch.isfinite(K).all()
+    K0 = torch.nan_to_num(K, nan=0.0, posinf=0.0, neginf=0.0)
+    diag = K0.diagonal()
+    scale = diag.max().clamp_min(torch.finfo(torch.float64).tiny)
+    zero = diag <= ZERO_EXPERT_RTOL * scale  # (N,)
+    eye = torch.eye(n, dtype=torch.float64, device=K.device)
+    Ksafe = K0 + torch.diag(zero.to(torch.float64) * scale)
+    sol = solve_newton(Ksafe, fixed_iterations=iterations)
+    ok = sol.converged & finite & ~zero.any() & torch.isfinite(sol.alpha).all()
+    if policy == "raise":
+        if bool(ok):
+            return AlphaSolve(sol.alpha, sol.residual, ~ok)
+        where = "" if layer is None else f"MoE layer {layer}: "
+        if not bool(finite):
+            raise BargainInputError(
+                f"{where}the Gram matrix of the domain vectors has NaN/Inf entries; the experts "
+                "or the base expert diverged (lower the learning rate or check the data)."
+            )
+        try:
+            full = solve_nash(K)
+        except BargainInputError as err:
+            err.args = (where + str(err.args[0]), *err.args[1:])
+            raise
+        return AlphaSolve(
+            full.alpha, full.residual, torch.ones((), dtype=torch.bool, device=K.device)
+        )
+    if policy == "ridge":
+        lam = ridge * diag.mean().clamp_min(torch.finfo(torch.float64).tiny)
+        alt = solve_newton(Ksafe + lam * eye, fixed_iterations=iterations).alpha
+    elif policy == "uniform":
+        total = K0.sum().clamp_min(1e-30 * diag.sum().clamp_min(1e-300))
+        alt = torch.full((n,), 1.0, dtype=torch.float64, device=K.device) * (n / total).sqrt()
+    else:
+        raise ValueError(f"unknown singular_policy {policy!r}; use 'raise', 'ridge' or 'uniform'")
+    alpha = torch.where(ok, sol.alpha, alt)
+    alpha = torch.nan_to_num(alpha, nan=1.0, posinf=1.0, neginf=1.0)
+    return AlphaSolve(alpha, sol.residual, ~ok)
+
+
+def cosine_matrix(mats: Sequence[Tensor]) -> Tensor:
+    """Cosine similarity of flattened experts (or domain vectors): (N, N) float64, no grad."""
+    with torch.no_grad():
+        K = gram_matrix([t.detach().reshape(t.shape[0], -1) for t in mats]).to(torch.float64)
+        d = K.diagonal().clamp_min(1e-300).rsqrt()
+        return d[:, None] * K * d[None, :]
+
+
+@dataclass(frozen=True)
+class LayerTerms:
+    """What one MoE layer merges (S13/S14): Ê = base + η Σ_i s_i deltas_i per weight matrix.
+
+    base: per-matrix E_m^(l) (*P_m), or None for SMEAR/SMoE (then deltas are the experts E_i).
+    deltas: per-matrix (N, *P_m): M_i(τ_i) for CAMEx-family methods, E_i otherwise.
+    """
+
+    base: list[Tensor] | None
+    deltas: list[Tensor]
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """Per-layer merge terms plus observables of the bargains (all tensors, no host sync).
+
+    terms: one :class:`LayerTerms` per MoE layer.
+    alphas: (L, N) float64 α in force at each layer (NaN rows where no bargain is used).
+    residuals: (L,) float64 Newton residual of the bargain solved at each layer (NaN if none).
+    fallbacks: (L,) bool, singular-bargain policy applied at that layer.
+    base_norms: (L,) float64 ‖E_m^(l)‖ over all matrices (NaN if no base).
+    """
+
+    terms: list[LayerTerms]
+    alphas: Tensor
+    residuals: Tensor
+    fallbacks: Tensor
+    base_norms: Tensor
+
+
+Curvature = Callable[[list[Tensor]], list[Tensor]]
+AlphaSolver = Callable[[list[Tensor], int], AlphaSolve]
+
+
+def _identity(taus: list[Tensor]) -> list[Tensor]:
+    return taus
+
+
+def propagate(
+    experts: Sequence[Sequence[Tensor]],
+    bases: Sequence[Sequence[Tensor] | None],
+    config: MergeConfig,
+    curvature: Sequence[Curvature] | None = None,
+    solve_alpha: AlphaSolver | None = None,
+) -> MergePlan:
+    """Build every layer's merge terms, propagating the base expert across layers (S14–S18).
+
+    experts: per layer, per matrix (N, *P_m). bases: per layer the learned base (list of (*P_m))
+    or None; methods with ``base="first-layer"`` read only ``bases[0]``. curvature: per layer a
+    function τ ↦ M(τ) over the matrices (identity if None). solve_alpha: (τ, layer) ↦ α, default
+    :func:`bargain_alpha` with the config's policy (tests pass α ≡ 1/N to reduce S16 to S15).
+
+    Propagation (between consecutive MoE layers l → l+1, not after the last):
+      ep (S15):   E_m' = E_m + (γ/N) Σ_i M_i τ_i
+      nash (S16): ΔE = (ε/√N) Σ_i α_i τ_i (raw τ, α detached), then μ and E_m updated by the
+                  momentum kind (S16 none, S17 complex, S18 quaternion) with μ^(1) = 0.
+    α is solved at layer 0 and, for "-full" methods, every Δl layers (``config.resolves_at``).
+    """
+    spec = config.spec
+    L = len(experts)
+    n = config.n_experts
+    dev = experts[0][0].device
+    curv: Sequence[Curvature] = curvature if curvature is not None else [_identity] * L
+    alphas = torch.full((L, n), math.nan, dtype=torch.float64, device=dev)
+    residuals = torch.full((L,), math.nan, dtype=torch.float64, device=dev)
+    fallbacks = torch.zeros((L,), dtype=torch.bool, device=dev)
+    base_norms = torch.full((L,), math.nan, dtype=torch.float64, device=dev)
+    terms: list[LayerTerms] = []
+
+    if spec.base == "none":
+        return MergePlan(
+            [LayerTerms(None, list(e)) for e in experts], alphas, residuals, fallbacks, base_norms
+        )
+
+    if spec.base == "per-layer":
+        for l in range(L):
+            base_l = bases[l]
+            if base_l is None:
+                raise ValueError(f"method {config.method!r} needs a base expert at layer {l}")
+            taus = [E - b for E, b in zip(experts[l], base_l, strict=True)]
+            terms.append(LayerTerms(list(base_l), curv[l](taus)))
+            base_norms[l] = _norm(base_l)
+        return MergePlan(terms, alphas, residuals, fallbacks, base_norms)
+
+    if bases[0] is None:
+        raise ValueError(f"method {config.method!r} needs a learned base expert at layer 0")
+    base = list(bases[0])
+    mom = config.momentum_config()
+    mu = [zero_buffer(mom, b) for b in base]
+    scale = 1.0 if config.radius is None else config.radius / math.sqrt(n)
+    if solve_alpha is None:
+
+        def solve_alpha(taus: list[Tensor], layer: int) -> AlphaSolve:
+            return bargain_alpha(
+                taus,
+                policy=config.singular_policy,
+                ridge=config.ridge,
+                iterations=config.newton_iterations,
+                layer=layer,
+            )
+
+    alpha: Tensor | None = None
+    for l in range(L):
+        taus = [E - b for E, b in zip(experts[l], base, strict=True)]  # S1 per matrix (N, *P_m)
+        curved = curv[l](taus)
+        terms.append(LayerTerms(base, curved))
+        base_norms[l] = _norm(base)
+        if spec.propagation == "nash" and config.resolves_at(l):
+            res = solve_alpha(taus, l)
+            alpha = res.alpha
+            residuals[l] = res.residual
+            fallbacks[l] = res.fallback
+        if alpha is not None:
+            alphas[l] = alpha
+        if l == L - 1:
+            break
+        if spec.propagation == "ep":
+            base = [b + (config.gamma / n) * c.sum(0) for b, c in zip(base, curved, strict=True)]
+        else:
+            assert alpha is not None  # solved at layer 0
+            new_base, new_mu = [], []
+            for b, t, m in zip(base, taus, mu, strict=True):
+                a = alpha.to(t.dtype)
+                delta = scale * torch.tensordot(a, t, dims=1)  # Σ_i α_i τ_i, (*P_m)
+                m2, b2 = momentum_step(m, delta, b, config=mom)
+                new_mu.append(m2)
+                new_base.append(b2)
+            base, mu = new_base, new_mu
+    return MergePlan(terms, alphas, residuals, fallbacks, base_norms)
+
+
+def _norm(mats: Sequence[Tensor]) -> Tensor:
+    with torch.no_grad():
+        return torch.sqrt(sum((m.detach().double() ** 2).sum() for m in mats))  # type: ignore[arg-type]
