@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--n", type=int, nargs="+", default=[2, 8, 32])
     b.add_argument("--batch", type=int, default=1024, help="Newton batch size")
     b.set_defaults(func=_cmd_bench_solvers)
+    from namex_ref.benchmarks.cli import register as register_bench
+    from namex_ref.train.cli import register as register_train
+
+    register_train(sub)  # train, compare
+    register_bench(sub)  # bench
     return p
 
 

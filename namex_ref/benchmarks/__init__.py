@@ -1,0 +1,1 @@
+"""namex_ref.benchmarks (see its modules)."""

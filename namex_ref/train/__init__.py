@@ -1,0 +1,1 @@
+"""namex_ref.train (see its modules)."""
