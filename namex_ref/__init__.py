@@ -6,8 +6,14 @@ Equation tags (S1…S19) refer to SPEC.md. The stable public API:
   :class:`InfeasibleBargainError` and friends.
 - Momentum (S17–S18): :func:`complex_momentum_step`, :func:`quaternion_momentum_step`,
   :class:`MomentumConfig`; convergence tools (S19) in :mod:`namex_ref.spectral`.
+- Merging layers and model (S12–S18): :class:`MergeConfig` (the method is configuration),
+  :class:`MoEFeedForward`, :func:`propagate`; :class:`MoEGPT`, :class:`ModelConfig`,
+  :func:`preset` ("tiny", "small", "medium").
 """
 
+from namex_ref.merging import METHODS as MERGE_METHODS
+from namex_ref.merging import MergeConfig, MoEFeedForward, propagate
+from namex_ref.models import ModelConfig, MoEGPT, preset
 from namex_ref.momentum import (
     MomentumConfig,
     complex_momentum_step,
@@ -36,12 +42,17 @@ from namex_ref.quaternion import hamilton, left_matrix
 __version__ = "0.1.0"
 
 __all__ = [
+    "MERGE_METHODS",
     "METHODS",
     "RESIDUAL_TOL",
     "BargainInputError",
     "BargainResult",
     "DegenerateExpertError",
     "InfeasibleBargainError",
+    "MergeConfig",
+    "MoEFeedForward",
+    "MoEGPT",
+    "ModelConfig",
     "MomentumConfig",
     "NashConvergenceError",
     "NashSolution",
@@ -53,6 +64,8 @@ __all__ = [
     "left_matrix",
     "momentum_step",
     "nash_bargain",
+    "preset",
+    "propagate",
     "quaternion_momentum_step",
     "scaled_residual",
     "solve_nash",
