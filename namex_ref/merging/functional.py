@@ -19,7 +19,8 @@ from torch import Tensor
 from namex_ref.merging.config import MergeConfig
 from namex_ref.momentum import momentum_step, zero_buffer
 from namex_ref.nash.gram import gram_matrix
-from namex_ref.nash.result import BargainInputError
+from namex_ref.nash.problem import scaled_residual
+from namex_ref.nash.result import BargainInputError, InfeasibleBargainError, NashConvergenceError
 from namex_ref.nash.solvers import solve_nash, solve_newton
 
 __all__ = [
@@ -37,6 +38,11 @@ __all__ = [
 # accumulation of K rounds at ~1e-7 relative, so anything below 1e-12 of the largest entry is
 # rounding of a zero vector, not a direction.
 ZERO_EXPERT_RTOL = 1e-12
+# "uniform" policy: 1ᵀK1 below this fraction of tr K is float32 rounding of cancelling experts
+# (Σ_i τ_i ≈ 0, K entries are accurate to ~1e-7·max K_ii, summed over N² entries), so the
+# uniform weight c = √(N / 1ᵀK1) is capped there instead of growing to 1e15.
+UNIFORM_CANCEL_RTOL = 1e-6
+_POLICIES = ("raise", "ridge", "uniform")
 
 
 def kronecker_apply(tau: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
@@ -79,7 +85,8 @@ class AlphaSolve(NamedTuple):
     """α of one bargain (S4) after the singular-bargain policy.
 
     alpha: (N,) float64, detached, > 0. residual: () float64 max_i |α_i(Kα)_i − 1| of the
-    Newton solve before any fallback. fallback: () bool, True when the policy replaced it.
+    fixed-budget Newton α on the true K, before any fallback (NaN for a non-finite K).
+    fallback: () bool, True when the policy replaced (or, for "raise", re-solved) it.
     """
 
     alpha: Tensor
@@ -101,17 +108,28 @@ def bargain_alpha(
     taus: per-matrix (N, *P_m) domain vectors; detached here (α is a constant for autograd, S16).
     K = Σ_m τ_mτ_mᵀ is accumulated in float32 (float64 for float64 τ) and solved in float64 by
     Newton with a fixed budget (``solve_newton(fixed_iterations=...)``). A bargain that does not
-    converge within the budget, has a zero expert (K_ii = 0) or a non-finite K goes to ``policy``:
+    converge within the budget, has a zero expert (K_ii ≤ 1e-12·max K_jj) or a non-finite K goes
+    to ``policy``:
 
-    - "raise": one host sync; the full validated solver (``solve_nash``) either finishes it
-      (counted as a fallback) or raises ``DegenerateExpertError`` / ``InfeasibleBargainError`` /
-      ``BargainInputError`` with the layer in the message.
-    - "ridge": α of K + λ·mean(diag K)·I (positive definite, so always solvable).
+    - "raise": one host sync; the full validated solver (``solve_nash``, given K in the precision
+      it was accumulated in, so its PSD tolerance matches) either finishes it (counted as a
+      fallback) or raises ``DegenerateExpertError`` / ``InfeasibleBargainError`` /
+      ``BargainInputError`` / ``NashConvergenceError`` with "MoE layer <l>" in the message.
+    - "ridge": α of K' + λ·mean(diag K)·I, K' = K with the diagonal of zero experts set to
+      max_j K_jj (positive definite, so always solvable).
     - "uniform": α_i = c, c = √(N / 1ᵀK1), so ‖Σ α_i τ_i‖ = √N as for a solved bargain (S7).
+      Where the experts cancel (1ᵀK1 < 1e-6·tr K, below float32 rounding of K) c is capped at
+      √(N / (1e-6·tr K)) instead of growing without bound.
+
+    Returns :class:`AlphaSolve`; ``residual`` is max_i |α_i(Kα)_i − 1| of the Newton α on the
+    true K (so 1 for a zero expert, NaN for a non-finite K), whatever the policy returns.
     """
+    if policy not in _POLICIES:
+        raise ValueError(f"unknown singular_policy {policy!r}; use 'raise', 'ridge' or 'uniform'")
     mats = [t.detach().reshape(t.shape[0], -1) for t in taus]
     n = mats[0].shape[0]
-    K = gram_matrix(mats).to(torch.float64)  # (N, N)
+    K_acc = gram_matrix(mats)  # (N, N) float32 or float64: the precision it was formed in
+    K = K_acc.to(torch.float64)
     finite = torch.isfinite(K).all()
     K0 = torch.nan_to_num(K, nan=0.0, posinf=0.0, neginf=0.0)
     diag = K0.diagonal()
@@ -121,9 +139,10 @@ def bargain_alpha(
     Ksafe = K0 + torch.diag(zero.to(torch.float64) * scale)
     sol = solve_newton(Ksafe, fixed_iterations=iterations)
     ok = sol.converged & finite & ~zero.any() & torch.isfinite(sol.alpha).all()
+    residual = torch.where(finite, scaled_residual(K0, sol.alpha), math.nan)
     if policy == "raise":
         if bool(ok):
-            return AlphaSolve(sol.alpha, sol.residual, ~ok)
+            return AlphaSolve(sol.alpha, residual, ~ok)
         where = "" if layer is None else f"MoE layer {layer}: "
         if not bool(finite):
             raise BargainInputError(
@@ -131,8 +150,9 @@ def bargain_alpha(
                 "or the base expert diverged (lower the learning rate or check the data)."
             )
         try:
-            full = solve_nash(K)
-        except BargainInputError as err:
+            full = solve_nash(K_acc)
+        except (BargainInputError, InfeasibleBargainError, NashConvergenceError) as err:
+            # keep the exception's class and attributes (certificate, ...); prefix the layer
             err.args = (where + str(err.args[0]), *err.args[1:])
             raise
         return AlphaSolve(
@@ -141,14 +161,13 @@ def bargain_alpha(
     if policy == "ridge":
         lam = ridge * diag.mean().clamp_min(torch.finfo(torch.float64).tiny)
         alt = solve_newton(Ksafe + lam * eye, fixed_iterations=iterations).alpha
-    elif policy == "uniform":
-        total = K0.sum().clamp_min(1e-30 * diag.sum().clamp_min(1e-300))
+    else:  # "uniform"
+        floor = (UNIFORM_CANCEL_RTOL * diag.sum()).clamp_min(torch.finfo(torch.float64).tiny)
+        total = torch.maximum(K0.sum(), floor)
         alt = torch.full((n,), 1.0, dtype=torch.float64, device=K.device) * (n / total).sqrt()
-    else:
-        raise ValueError(f"unknown singular_policy {policy!r}; use 'raise', 'ridge' or 'uniform'")
     alpha = torch.where(ok, sol.alpha, alt)
     alpha = torch.nan_to_num(alpha, nan=1.0, posinf=1.0, neginf=1.0)
-    return AlphaSolve(alpha, sol.residual, ~ok)
+    return AlphaSolve(alpha, residual, ~ok)
 
 
 def cosine_matrix(mats: Sequence[Tensor]) -> Tensor:

@@ -79,10 +79,13 @@ def segment_means(h: Tensor, segment_len: int) -> Tensor:
 def segment_scores(h: Tensor, router: torch.nn.Module, segment_len: int, n_experts: int) -> Tensor:
     """Causal segment routing (Lory; our convention for segment 0).
 
-    h: (B, T, C) layer input. Segment k ≥ 1 gets s = softmax(router(mean of segment k − 1)), so
-    every token's merged expert depends only on earlier segments; segment 0 gets uniform scores
-    1/N. (CAMEx's code gives segment 0 its own detached scores, which lets a later token of
-    segment 0 change the output of an earlier one; we keep routing strictly causal.)
+    h: (B, T, C) layer input, S = ⌈T / segment_len⌉ segments (the last may be shorter). Segment
+    k ≥ 1 gets s = softmax(router(mean of segment k − 1)) (softmax in float32), so every token's
+    merged expert depends only on tokens of earlier segments; segment 0 gets uniform scores 1/N
+    (our convention). Routing segment 0 with scores from its own mean instead (even with the
+    gradient stopped) would let a later token of segment 0 change the output at an earlier
+    position; we keep the forward pass strictly causal. The router therefore gets no gradient
+    from segment 0, and the mean of the last segment is never used.
     Returns (B, S, N) in h's dtype, rows summing to 1.
     """
     means = segment_means(h, segment_len)  # (B, S, C)
