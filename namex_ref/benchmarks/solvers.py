@@ -1,0 +1,277 @@
+"""Benchmark 1 — solvers: time per problem and residual reached for every solver of Kα = 1/α
+(S4, SPEC §2 "Solvers"), with ratios against ``ccp`` (the paper's solver) from the same run.
+
+Variants: ``newton`` (batched, adaptive: stops when every problem converged, one host sync per
+step), ``newton-fixed`` (exactly ``fixed_iterations`` steps, no host sync — what the training
+loop uses), ``closed_form`` (N = 2, S11), ``cvxpy`` (Clarabel oracle) and ``ccp`` (Navon et al.).
+Newton and the closed form run batched on every device; the oracles loop over a few problems
+on CPU. Every solver is called with ``validate=False`` (solve time only, no input checks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from namex_ref.benchmarks.common import (
+    NOT_MEASURED_GPU,
+    environment,
+    fmt_ratio,
+    interleaved_medians,
+    markdown_document,
+    new_figure,
+    resolve_devices,
+    save_figure,
+    write_text_atomic,
+)
+from namex_ref.demo import format_table
+from namex_ref.nash.result import NashSolution
+from namex_ref.nash.solvers import RESIDUAL_TOL, solve_nash, solve_newton
+
+__all__ = [
+    "BATCHES",
+    "NS",
+    "VARIANTS",
+    "SolverRow",
+    "bench_solvers",
+    "random_grams",
+    "solver_report",
+]
+
+VARIANTS = ("newton", "newton-fixed", "closed_form", "cvxpy", "ccp")
+BATCHED = ("newton", "newton-fixed", "closed_form")
+NS = (2, 4, 8, 16, 32, 64)
+BATCHES = (1, 4, 16, 64, 256, 1024, 4096)
+#: The issue's target: at N = 8 Newton must be ≥ 1000× faster per problem than ccp while
+#: reaching a residual ≤ 1e-10 (Newton's own stopping tolerance, RESIDUAL_TOL).
+TARGET_N, TARGET_SPEEDUP = 8, 1000.0
+#: Fixed Newton budget of the training loop (MergeConfig.newton_iterations; the paper's 20).
+FIXED_ITERATIONS = 20
+#: Dimension of the Gaussian experts behind the random Gram matrices.
+EXPERT_DIM = 256
+
+
+def random_grams(n: int, batch: int, *, d: int = EXPERT_DIM, seed: int = 0) -> Tensor:
+    """(batch, n, n) float64 Gram matrices K = GᵀG of n Gaussian experts in R^d (S2), expert
+    norms spread over 0.5…2 (well-scaled, where the paper's CCP converges). Generated in chunks
+    of 256 problems so large batches stay small in memory."""
+    if n < 2 or batch < 1 or d < 1:
+        raise ValueError(f"need n >= 2, batch >= 1, d >= 1; got n={n}, batch={batch}, d={d}")
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, batch, 256):
+        b = min(256, batch - start)
+        G = torch.randn(b, d, n, generator=g, dtype=torch.float64) / d**0.5
+        G = G * (2.0 ** (2 * torch.rand(b, 1, n, generator=g, dtype=torch.float64) - 1))
+        out.append(G.transpose(-1, -2) @ G)
+    return torch.cat(out)
+
+
+@dataclass(frozen=True)
+class SolverRow:
+    """One timed (variant, device, N, batch): median seconds per problem, worst residual
+    max_i |α_i(Kα)_i − 1| over the batch, fraction converged, iterations used."""
+
+    variant: str
+    device: str
+    n: int
+    batch: int
+    seconds_per_problem: float
+    max_residual: float
+    converged: float
+    iterations: int
+
+
+def _solver(variant: str, fixed_iterations: int) -> Callable[[Tensor], NashSolution]:
+    if variant == "newton-fixed":
+        return lambda K: solve_newton(K, fixed_iterations=fixed_iterations)
+    return lambda K: solve_nash(K, method=variant, validate=False)  # type: ignore[arg-type]
+
+
+def bench_solvers(
+    ns: Sequence[int] = NS,
+    batches: Sequence[int] = BATCHES,
+    *,
+    variants: Sequence[str] = VARIANTS,
+    oracle_problems: int = 3,
+    repeats: int = 3,
+    device: str = "auto",
+    fixed_iterations: int = FIXED_ITERATIONS,
+) -> list[SolverRow]:
+    """Time every solver variant for each N. Batched variants run at every batch size on every
+    device; the oracles (cvxpy, ccp) loop over ``oracle_problems`` problems on CPU. For one N all
+    jobs are timed interleaved (``interleaved_medians``), so ratios compare like with like."""
+    for v in variants:
+        if v not in VARIANTS:
+            raise ValueError(f"unknown solver variant {v!r}; choose from {VARIANTS}")
+    devs = resolve_devices(device)
+    rows: list[SolverRow] = []
+    for n in ns:
+        K_all = random_grams(n, max(max(batches), oracle_problems), seed=n)
+        jobs: dict[str, Callable[[], object]] = {}
+        meta: dict[str, tuple[str, torch.device, int, Tensor]] = {}
+        job_dev: dict[str, torch.device] = {}
+        for v in variants:
+            if v == "closed_form" and n != 2:
+                continue
+            solve = _solver(v, fixed_iterations)
+            if v in BATCHED:
+                for dev in devs:
+                    for b in batches:
+                        K = K_all[:b].to(dev)
+                        key = f"{v}|{dev}|{b}"
+                        jobs[key] = (lambda s, k: lambda: s(k))(solve, K)
+                        meta[key] = (v, dev, b, K)
+                        job_dev[key] = dev
+            else:
+                K = K_all[:oracle_problems]
+                key = f"{v}|cpu|{oracle_problems}"
+                jobs[key] = (lambda s, k: lambda: s(k))(solve, K)
+                meta[key] = (v, torch.device("cpu"), oracle_problems, K)
+                job_dev[key] = torch.device("cpu")
+        med = interleaved_medians(jobs, job_dev, repeats=repeats)
+        for key, (v, dev, b, K) in meta.items():
+            sol = _solver(v, fixed_iterations)(K)  # residual of the timed call (deterministic)
+            rows.append(SolverRow(
+                v, dev.type, n, b, med[key] / b, float(sol.residual.max()),
+                float(sol.converged.double().mean()), sol.iterations,
+            ))
+    return rows
+
+
+def _ccp_time(rows: Sequence[SolverRow]) -> dict[int, float]:
+    return {r.n: r.seconds_per_problem for r in rows if r.variant == "ccp"}
+
+
+def _us(s: float) -> str:
+    return f"{s * 1e6:.2f}" if s < 1e-5 else f"{s * 1e6:.1f}" if s < 1e-3 else f"{s * 1e6:.0f}"
+
+
+def solver_report(out: str | Path, rows: Sequence[SolverRow], *, quick: bool = False,
+                  repeats: int = 3, fixed_iterations: int = FIXED_ITERATIONS,
+                  plot: bool = True) -> tuple[Path, str]:
+    """Write ``solvers.md`` (and ``solvers.png``) in ``out``; return (path, main table)."""
+    out = Path(out)
+    env = environment()
+    ccp = _ccp_time(rows)
+    batches = sorted({r.batch for r in rows if r.variant in BATCHED})
+    bmax = batches[-1] if batches else 1
+    main_rows = []
+    for r in rows:
+        if r.variant in BATCHED and r.batch not in (1, bmax):
+            continue
+        main_rows.append([
+            r.variant, r.device, str(r.n), str(r.batch), _us(r.seconds_per_problem),
+            fmt_ratio(ccp[r.n] / r.seconds_per_problem) if r.n in ccp else "—",
+            f"{r.max_residual:.1e}", f"{r.converged:.0%}", str(r.iterations),
+        ])
+    if "cuda" not in {r.device for r in rows}:
+        main_rows.append(["newton, newton-fixed, closed_form", "cuda", "all", "all",
+                          NOT_MEASURED_GPU, "—", "—", "—", "—"])
+    table = format_table(
+        ["solver", "device", "N", "batch", "µs / problem", "× faster than ccp",
+         "max residual", "converged", "iterations"], main_rows)
+    # per-problem time against batch size
+    sweep_rows = []
+    keys = sorted({(r.variant, r.device, r.n) for r in rows if r.variant in BATCHED},
+                  key=lambda k: (k[1], k[0], k[2]))
+    lookup = {(r.variant, r.device, r.n, r.batch): r for r in rows}
+    for v, dev, n in keys:
+        sweep_rows.append([v, dev, str(n)] + [
+            _us(lookup[(v, dev, n, b)].seconds_per_problem) if (v, dev, n, b) in lookup else "—"
+            for b in batches])
+    sweep = format_table(["solver", "device", "N", *[f"b={b}" for b in batches]], sweep_rows)
+    target = _target_line(rows)
+    notes = [
+        "Problems: Gram matrices of Gaussian experts in R^256 with norms spread over 0.5…2 "
+        "(well-scaled, where ccp converges); the same problems for every solver.",
+        f"Timing: every job of one N is timed interleaved (round-robin) in this process, "
+        f"{repeats} repeat(s) after one warm-up round; the table gives the median divided by the "
+        "batch size. The CPU is shared with other jobs, so absolute times are noisy; ratios are "
+        "formed from medians of the same run. Solvers are called with validate=False.",
+        f"`newton`: adaptive (one host sync per step). `newton-fixed`: {fixed_iterations} steps, "
+        "no host sync (the training loop's mode). `cvxpy`/`ccp` loop over the problems on CPU, "
+        "so their batch is the number of problems timed. Residual = max over the batch of "
+        "max_i |α_i(Kα)_i − 1|.",
+        *(["**Quick mode** (tests/smoke): reduced grid, 1 repeat — not for quoting."]
+          if quick else []),
+    ]
+    doc = markdown_document("Solver benchmark", env, notes, [
+        ("Target", target),
+        ("Time per problem at batch 1 and the largest batch", table),
+        ("Time per problem (µs) against batch size", sweep),
+    ])
+    path = write_text_atomic(out / "solvers.md", doc)
+    if plot:
+        _plot(out / "solvers.png", rows)
+    return path, table
+
+
+def _target_line(rows: Sequence[SolverRow]) -> str:
+    ccp = _ccp_time(rows)
+    cands = [r for r in rows if r.n == TARGET_N and r.variant.startswith("newton")
+             and r.device == "cpu"]
+    if TARGET_N not in ccp or not cands:
+        return f"N = {TARGET_N} not in this run."
+    lines = []
+    for v in ("newton", "newton-fixed"):
+        rs = [r for r in cands if r.variant == v]
+        if not rs:
+            continue
+        best = min(rs, key=lambda r: r.seconds_per_problem)
+        speed = ccp[TARGET_N] / best.seconds_per_problem
+        ok = speed >= TARGET_SPEEDUP and best.max_residual <= RESIDUAL_TOL
+        lines.append(
+            f"- `{v}` (CPU, batch {best.batch}): {fmt_ratio(speed)}× faster per problem than "
+            f"ccp at N = {TARGET_N}, residual {best.max_residual:.1e} — target ≥ "
+            f"{TARGET_SPEEDUP:.0f}× with residual ≤ {RESIDUAL_TOL:.0e}: "
+            f"**{'met' if ok else 'not met'}**")
+    return "\n".join(lines)
+
+
+def _plot(path: Path, rows: Sequence[SolverRow]) -> None:
+    fig, (ax1, ax2) = new_figure(2)
+    bmax = max((r.batch for r in rows if r.variant in BATCHED), default=1)
+    for v in VARIANTS:
+        for dev in ("cpu", "cuda"):
+            pts = sorted((r.n, r.seconds_per_problem) for r in rows if r.variant == v
+                         and r.device == dev and (r.variant not in BATCHED or r.batch == bmax))
+            if pts:
+                ax1.plot(*zip(*pts, strict=True), marker="o",  # type: ignore[attr-defined]
+                         label=f"{v} ({dev})")
+    ax1.set(xscale="log", yscale="log", xlabel="N experts", ylabel="s / problem",  # type: ignore[attr-defined]
+            title=f"per problem (batched at {bmax})")
+    ax1.legend(fontsize=6)  # type: ignore[attr-defined]
+    n_sel = TARGET_N if any(r.n == TARGET_N for r in rows) else min(r.n for r in rows)
+    for v in BATCHED:
+        for dev in ("cpu", "cuda"):
+            pts = sorted((r.batch, r.seconds_per_problem) for r in rows
+                         if r.variant == v and r.device == dev and r.n == n_sel)
+            if pts:
+                ax2.plot(*zip(*pts, strict=True), marker="o",  # type: ignore[attr-defined]
+                         label=f"{v} ({dev})")
+    for r in rows:
+        if r.variant == "ccp" and r.n == n_sel:
+            ax2.axhline(r.seconds_per_problem, color="k", ls="--", label="ccp")  # type: ignore[attr-defined]
+    ax2.set(xscale="log", yscale="log", xlabel="batch size", ylabel="s / problem",  # type: ignore[attr-defined]
+            title=f"N = {n_sel}")
+    ax2.legend(fontsize=6)  # type: ignore[attr-defined]
+    save_figure(fig, path)
+
+
+def run(out: str | Path, *, quick: bool = False, device: str = "auto",
+        ns: Sequence[int] | None = None, batches: Sequence[int] | None = None,
+        repeats: int | None = None) -> tuple[Path, str]:
+    """Entry point of ``namex bench solvers``: benchmark and write the report."""
+    reps = repeats if repeats is not None else (1 if quick else 3)
+    rows = bench_solvers(
+        ns if ns is not None else ((2, 8) if quick else NS),
+        batches if batches is not None else ((1, 16) if quick else BATCHES),
+        oracle_problems=1 if quick else 3, repeats=reps, device=device,
+    )
+    return solver_report(out, rows, quick=quick, repeats=reps)
+

@@ -1,0 +1,504 @@
+"""Benchmark 3 — the training step: time and memory of every merging method of the MoE layer
+(SPEC §3) relative to SMoE and EP-CAMEx, per model preset; a profile of NAMEx-Full against
+EP-CAMEx; and a count of the operators that synchronise the host with the device.
+
+One step = forward (``MoEGPT``), backward and an AdamW step on a random token batch.
+
+Memory, three measures, each saying what it is:
+- ``state``: parameters + gradients + AdamW's two moments, 4 × 4 bytes per parameter (exact).
+- ``saved``: bytes of the tensors autograd saves for backward during the forward, counted with
+  ``torch.autograd.graph.saved_tensors_hooks`` and de-duplicated by storage, leaving out
+  parameters (exact, device independent; this is the part that differs between methods).
+- CUDA: ``torch.cuda.max_memory_allocated`` over one step (after a warm-up step).
+  CPU: the growth of the process's peak RSS (``ru_maxrss``) over two steps, in a fresh
+  subprocess per method (includes allocator caching and the optimizer state allocated at the
+  first step; noisy to a few MiB).
+
+Host synchronisation: on CUDA, ``aten::_local_scalar_dense`` (``.item()``, ``bool(t)``) and
+``aten::nonzero`` wait for the device. The profiler counts these operators on any device, so a
+CPU run finds the Python-level syncs a GPU run would pay. Caveat: a kernel's own error check
+can differ between devices (see :func:`sync_sources`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from namex_ref.benchmarks.common import (
+    NOT_MEASURED_GPU,
+    environment,
+    fmt_seconds,
+    interleaved_medians,
+    markdown_document,
+    new_figure,
+    resolve_devices,
+    save_figure,
+    synchronize,
+    write_text_atomic,
+)
+from namex_ref.demo import format_table
+from namex_ref.merging.config import METHODS
+from namex_ref.merging.functional import bargain_alpha
+from namex_ref.models.gpt import ModelConfig, MoEGPT, preset
+from namex_ref.nash.gram import gram_matrix
+from namex_ref.nash.solvers import solve_newton
+
+__all__ = [
+    "CPU_SHAPES",
+    "CUDA_SHAPES",
+    "SYNC_OPS",
+    "TARGETS",
+    "StepRow",
+    "StepShape",
+    "bench_step",
+    "count_sync_ops",
+    "make_step",
+    "profile_step",
+    "saved_tensor_bytes",
+    "step_report",
+    "sync_sources",
+]
+
+#: Operators that make the host wait for a CUDA device: reading a scalar (``.item()``,
+#: ``bool(t)``, ``if t:`` all end in ``_local_scalar_dense``) and data-dependent shapes.
+SYNC_OPS = ("aten::_local_scalar_dense", "aten::nonzero")
+#: The issue's targets (time per step relative to EP-CAMEx).
+TARGETS = {"namex-full": 1.10, "namex": 1.03}
+REFERENCES = ("smoe", "ep-camex")
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """What was run for one preset on one device: batch B × sequence T tokens."""
+
+    preset: str
+    device: str
+    batch: int
+    seq: int
+
+
+#: Shapes run by default. CPU: the small preset with a reduced batch/sequence so 9 methods fit
+#: in minutes on 2 cores; medium only on a GPU.
+CPU_SHAPES = (StepShape("tiny", "cpu", 8, 128), StepShape("small", "cpu", 2, 256))
+CUDA_SHAPES = (StepShape("tiny", "cuda", 16, 128), StepShape("small", "cuda", 8, 512),
+               StepShape("medium", "cuda", 8, 512))
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """One (preset, device, method): median step seconds, ratios against the references timed
+    in the same group, and memory (MiB; ``peak`` is CUDA max allocated or CPU RSS growth).
+    ``sync_ops``: host-synchronising operators in one forward."""
+
+    preset: str
+    device: str
+    method: str
+    batch: int
+    seq: int
+    params: int
+    seconds: float
+    vs_smoe: float
+    vs_ep_camex: float
+    state_mib: float
+    saved_mib: float
+    peak_mib: float | None
+    sync_ops: int
+
+
+def make_step(model: MoEGPT, opt: torch.optim.Optimizer, idx: Tensor,
+              tgt: Tensor) -> Callable[[], None]:
+    """One training step: forward, backward, AdamW step, gradients cleared."""
+
+    def step() -> None:
+        out = model(idx, tgt)
+        assert out.loss is not None
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _inputs(cfg: ModelConfig, shape: StepShape, seed: int = 0) -> tuple[Tensor, Tensor]:
+    dev = torch.device(shape.device)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    idx = torch.randint(0, cfg.vocab_size, (shape.batch, shape.seq), generator=g).to(dev)
+    tgt = torch.randint(0, cfg.vocab_size, (shape.batch, shape.seq), generator=g).to(dev)
+    return idx, tgt
+
+
+def _build(cfg: ModelConfig, shape: StepShape, seed: int = 0) -> tuple[MoEGPT, Callable[[], None]]:
+    """A model of ``cfg`` on the shape's device with AdamW (lr 1e-4) and a fixed random batch."""
+    torch.manual_seed(seed)
+    model = MoEGPT(cfg).to(torch.device(shape.device))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    idx, tgt = _inputs(cfg, shape, seed)
+    return model, make_step(model, opt, idx, tgt)
+
+
+def saved_tensor_bytes(model: MoEGPT, idx: Tensor, tgt: Tensor) -> int:
+    """Bytes autograd saves for backward in one forward of ``model`` (parameters excluded,
+    storages counted once)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        st = t.untyped_storage()
+        ptr = st.data_ptr()
+        if ptr not in params and ptr != 0:
+            seen[ptr] = max(seen.get(ptr, 0), st.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(idx, tgt)
+    del out
+    return sum(seen.values())
+
+
+def count_sync_ops(fn: Callable[[], object]) -> dict[str, int]:
+    """How often each operator of :data:`SYNC_OPS` runs in ``fn()`` (torch.profiler, CPU
+    activity; the same operators synchronise on CUDA)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    counts = {k: 0 for k in SYNC_OPS}
+    for ev in prof.key_averages():
+        if ev.key in counts:
+            counts[ev.key] += int(ev.count)
+    return counts
+
+
+def _forward_syncs(model: MoEGPT, idx: Tensor, tgt: Tensor) -> int:
+    counts = count_sync_ops(lambda: model(idx, tgt))
+    return sum(counts.values())
+
+
+def sync_sources(device: torch.device, n: int = 4) -> list[list[str]]:
+    """Sync operators of the pieces of a NAMEx bargain on ``device`` (rows of a table): one
+    ``solve_newton(fixed_iterations=20)``, one ``torch.cholesky_solve`` (its Newton step), the
+    same solve as two ``torch.linalg.solve_triangular`` calls, and ``bargain_alpha``."""
+    g = torch.Generator().manual_seed(0)
+    G = torch.randn(64, n, generator=g, dtype=torch.float64)
+    K = (G.T @ G).to(device)
+    L = torch.linalg.cholesky(K + torch.eye(n, dtype=K.dtype, device=device))
+    r = torch.ones(n, 1, dtype=K.dtype, device=device)
+    taus = [G.T.to(device=device, dtype=torch.float32)]
+    pieces: dict[str, Callable[[], object]] = {
+        "solve_newton(K, fixed_iterations=20)": lambda: solve_newton(K, fixed_iterations=20),
+        "torch.cholesky_solve (one Newton step's solve)": lambda: torch.cholesky_solve(r, L),
+        "2 × torch.linalg.solve_triangular (same solve)": lambda: torch.linalg.solve_triangular(
+            L.mT, torch.linalg.solve_triangular(L, r, upper=False), upper=True),
+        "bargain_alpha(τ, iterations=20), ridge policy": lambda: bargain_alpha(taus),
+    }
+    rows = []
+    for name, fn in pieces.items():
+        c = count_sync_ops(fn)
+        rows.append([name, str(c["aten::_local_scalar_dense"]), str(c["aten::nonzero"])])
+    return rows
+
+
+def _rss_probe(preset_name: str, method: str, batch: int, seq: int) -> float:
+    """In a fresh process: MiB of peak-RSS growth over two training steps (Linux ru_maxrss)."""
+    code = (
+        "import json, resource, torch\n"
+        "from namex_ref.benchmarks.step import StepShape, _build\n"
+        "from namex_ref.models.gpt import preset\n"
+        f"torch.set_num_threads({torch.get_num_threads()})\n"
+        f"cfg = preset({preset_name!r}, {method!r})\n"
+        f"model, step = _build(cfg, StepShape({preset_name!r}, 'cpu', {batch}, {seq}))\n"
+        "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "step(); step()\n"
+        "r1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(json.dumps((r1 - r0) / 1024))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return float(json.loads(res.stdout.strip().splitlines()[-1]))
+
+
+def _cuda_peak(step: Callable[[], None], dev: torch.device) -> float:
+    synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    step()
+    synchronize(dev)
+    return torch.cuda.max_memory_allocated(dev) / 2**20
+
+
+def bench_step(
+    shapes: Sequence[StepShape],
+    methods: Sequence[str] = METHODS,
+    *,
+    repeats: int = 5,
+    rss: bool = True,
+    all_resident: Sequence[str] = ("tiny",),
+) -> list[StepRow]:
+    """Time every method's training step per shape. Presets in ``all_resident`` keep all
+    methods' models in memory and time them round-robin in one group; larger presets time each
+    method in a group with the two references (SMoE, EP-CAMEx) so that at most three models are
+    resident, and ratios come from the method's own group. The references are always run."""
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"unknown method {m!r}; choose from {METHODS}")
+    refs = list(REFERENCES)
+    others = [m for m in methods if m not in refs]
+    rows: list[StepRow] = []
+    for shape in shapes:
+        dev = torch.device(shape.device)
+        if shape.preset in all_resident:
+            groups = [[*refs, *others]]
+        else:
+            groups = [[*refs, m] for m in others] or [list(refs)]
+        med: dict[str, float] = {}
+        ratio: dict[str, dict[str, float]] = {}
+        ref_meds: dict[str, list[float]] = {r: [] for r in refs}
+        mem: dict[str, tuple[int, float, float, float | None, int]] = {}
+        for group in groups:
+            built = {m: _build(preset(shape.preset, m), shape) for m in group}
+            times = interleaved_medians({m: b[1] for m, b in built.items()}, dev,
+                                        repeats=repeats, warmup=1)
+            for m in group:
+                if m in refs:
+                    ref_meds[m].append(times[m])
+                else:
+                    med[m] = times[m]
+                    ratio[m] = {r: times[m] / times[r] for r in refs}
+                if m not in mem:
+                    model, step = built[m]
+                    n_par = sum(p.numel() for p in model.parameters())
+                    idx, tgt = _inputs(model.config, shape, seed=1)
+                    saved = saved_tensor_bytes(model, idx, tgt) / 2**20
+                    peak = _cuda_peak(step, dev) if dev.type == "cuda" else None
+                    mem[m] = (n_par, 16 * n_par / 2**20, saved, peak,
+                              _forward_syncs(model, idx, tgt))
+            del built
+        for r in refs:
+            med[r] = statistics.median(ref_meds[r])
+        for r in refs:
+            ratio[r] = {r2: med[r] / med[r2] for r2 in refs}
+        for m in [*refs, *others]:
+            n_par, state, saved, peak, syncs = mem[m]
+            if peak is None and rss and dev.type == "cpu":
+                peak = _rss_probe(shape.preset, m, shape.batch, shape.seq)
+            rows.append(StepRow(
+                shape.preset, shape.device, m, shape.batch, shape.seq, n_par, med[m],
+                ratio[m]["smoe"], ratio[m]["ep-camex"], state, saved, peak, syncs))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------
+# Profile and overhead analysis
+# ------------------------------------------------------------------------------------------
+
+
+def profile_step(shape: StepShape, method: str, *, row_limit: int = 12) -> str:
+    """torch.profiler table (top operators by self time) of one training step, after one
+    warm-up step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _, step = _build(preset(shape.preset, method), shape)
+    step()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if shape.device == "cuda" else [])
+    with profile(activities=acts) as prof:
+        step()
+    key = "self_cuda_time_total" if shape.device == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=row_limit,
+                                      max_name_column_width=40)
+    return str(table)
+
+
+def merge_plan_seconds(
+    shape: StepShape, methods: Sequence[str], *, repeats: int
+) -> dict[str, float]:
+    """Median seconds of ``model.merge_plan()`` (the base-expert chain, curvature and bargains
+    of S14–S18, built once per forward) per method, with autograd on as in training."""
+    dev = torch.device(shape.device)
+    models = {m: _build(preset(shape.preset, m), shape)[0] for m in methods}
+    return interleaved_medians({m: mo.merge_plan for m, mo in models.items()}, dev,
+                               repeats=repeats)
+
+
+def bargain_variants(shape: StepShape, *, repeats: int) -> list[list[str]]:
+    """Time ways of solving one layer's bargain at this preset's shapes (rows of a table):
+    ``bargain_alpha`` as the layers call it (Newton + ridge solve, 20 steps each) against
+    Newton alone with 20 and 8 steps, the two solves batched into one call, and the Gram.
+    On CUDA also the captured CUDA graph of Gram + Newton + merge (replay)."""
+    dev = torch.device(shape.device)
+    model, _ = _build(preset(shape.preset, "namex-full"), shape)
+    layer = model.moe_layers()[0]
+    base = layer.base()
+    assert base is not None
+    with torch.no_grad():
+        taus = [E - b for E, b in zip(layer.experts(), base, strict=True)]
+    K = gram_matrix(taus).to(torch.float64)
+    lam = 1e-3 * K.diagonal().mean()
+    K2 = torch.stack([K, K + lam * torch.eye(K.shape[-1], dtype=K.dtype, device=dev)])
+    ref_name = "bargain_alpha (as called: Newton 20 + ridge Newton 20)"
+    cands: dict[str, Callable[[], object]] = {
+        ref_name: lambda: bargain_alpha(taus, iterations=20),
+        "Gram only": lambda: gram_matrix(taus),
+        "Newton, 20 fixed steps": lambda: solve_newton(K, fixed_iterations=20),
+        "Newton, 8 fixed steps": lambda: solve_newton(K, fixed_iterations=8),
+        "Newton + ridge batched in one call (2, N, N), 20 steps":
+            lambda: solve_newton(K2, fixed_iterations=20),
+    }
+    if dev.type == "cuda":
+        from namex_ref.benchmarks.graphs import capture_bargain
+
+        with torch.no_grad():
+            scores = torch.full((shape.batch, 1, K.shape[-1]), 1.0 / K.shape[-1], device=dev)
+            cap = capture_bargain(taus, base, scores)
+        cands["CUDA graph replay: Gram + Newton 20 + merge"] = cap.graph.replay
+    med = interleaved_medians(cands, dev, repeats=repeats)
+    res8 = float(solve_newton(K, fixed_iterations=8).residual)
+    res20 = float(solve_newton(K, fixed_iterations=20).residual)
+    ref = med[ref_name]
+    rows = []
+    for k, v in med.items():
+        note = ""
+        if k.startswith("Newton, 8"):
+            note = f"residual {res8:.1e}"
+        elif k.startswith("Newton, 20"):
+            note = f"residual {res20:.1e}"
+        rows.append([k, fmt_seconds(v), f"{v / ref:.2f}", note])
+    return rows
+
+
+# ------------------------------------------------------------------------------------------
+# Report
+# ------------------------------------------------------------------------------------------
+
+
+def _target_lines(rows: Sequence[StepRow]) -> list[str]:
+    lines = []
+    for (pre, dev) in sorted({(r.preset, r.device) for r in rows}):
+        for m, tgt in TARGETS.items():
+            rs = [r for r in rows if r.preset == pre and r.device == dev and r.method == m]
+            if rs:
+                v = rs[0].vs_ep_camex
+                lines.append(f"- {pre} ({dev}): {m} = {v:.2f}× EP-CAMEx — target ≤ {tgt:.2f}×: "
+                             f"**{'met' if v <= tgt else 'not met'}**")
+    return lines
+
+
+def step_report(out: str | Path, rows: Sequence[StepRow], shapes: Sequence[StepShape], *,
+                quick: bool = False, repeats: int = 5, profile: str = "",
+                plot: bool = True) -> tuple[Path, str]:
+    """Write ``step.md`` (+ ``step.png``) in ``out``; ``profile`` (markdown) is appended."""
+    out = Path(out)
+    body = []
+    for r in rows:
+        peak = "—" if r.peak_mib is None else f"{r.peak_mib:.1f}"
+        body.append([r.preset, r.device, f"{r.batch}×{r.seq}", r.method, f"{r.params:,}",
+                     fmt_seconds(r.seconds), f"{r.vs_smoe:.2f}", f"{r.vs_ep_camex:.2f}",
+                     f"{r.state_mib:.1f}", f"{r.saved_mib:.1f}", peak, str(r.sync_ops)])
+    measured = {(r.preset, r.device) for r in rows}
+    if not any(r.device == "cuda" for r in rows):
+        for s in CUDA_SHAPES:
+            body.append([s.preset, "cuda", f"{s.batch}×{s.seq}", "all", "—", NOT_MEASURED_GPU,
+                         "—", "—", "—", "—", "—", "—"])
+    if ("medium", "cpu") not in measured:
+        body.append(["medium", "cpu", "—", "all", "—", "not measured (GPU-only preset)", "—",
+                     "—", "—", "—", "—", "—"])
+    table = format_table(
+        ["preset", "device", "B×T", "method", "params", "step (median)", "× SMoE",
+         "× EP-CAMEx", "state MiB", "saved MiB", "peak MiB", "sync ops (fwd)"], body)
+    shapes_txt = "; ".join(f"{s.preset} on {s.device}: batch {s.batch} × {s.seq} tokens"
+                           for s in shapes)
+    notes = [
+        f"Step = forward + backward + AdamW (lr 1e-4) on random tokens. Run: {shapes_txt}. "
+        "Presets otherwise as in namex_ref.models.gpt.PRESETS (MergeConfig defaults: "
+        "newton_iterations 20, singular_policy ridge, alpha_interval 1).",
+        f"Timing: median of {repeats} steps after one warm-up, methods timed round-robin in "
+        "the same process (tiny: all 9 resident; small: each method in a group with SMoE and "
+        "EP-CAMEx, ratios from its own group). The CPU is shared with other jobs: absolute "
+        "times are noisy; read the ratios.",
+        "Memory: `state` = parameters + gradients + AdamW moments (16 B/parameter, exact); "
+        "`saved` = tensors saved for backward in one forward (saved_tensors_hooks, parameters "
+        "excluded, exact); `peak` = CPU: growth of the peak RSS of a fresh process over two "
+        "steps (ru_maxrss; includes AdamW state allocation and allocator caching), CUDA: "
+        "max_memory_allocated over one step. `sync ops`: aten::_local_scalar_dense + "
+        "aten::nonzero in one forward (the operators that make the host wait on CUDA; see the "
+        "sync-source table for where they come from).",
+        *(["**Quick mode** (tests/smoke): reduced run — not for quoting."] if quick else []),
+    ]
+    sections = [("Targets", "\n".join(_target_lines(rows)) or "references not in this run"),
+                ("Training step per method", table)]
+    if profile:
+        sections.append(("Profile and overhead analysis", profile))
+    doc = markdown_document("Training-step benchmark", environment(), notes, sections)
+    path = write_text_atomic(out / "step.md", doc)
+    if plot:
+        _plot(out / "step.png", rows)
+    return path, table
+
+
+def _plot(path: Path, rows: Sequence[StepRow]) -> None:
+    groups = sorted({(r.preset, r.device) for r in rows})
+    fig, axes = new_figure(2, width=5.0)
+    methods = [m for m in METHODS if any(r.method == m for r in rows)]
+    width = 0.8 / max(len(groups), 1)
+    for gi, (pre, dev) in enumerate(groups):
+        rs = {r.method: r for r in rows if r.preset == pre and r.device == dev}
+        xs = [i + gi * width for i in range(len(methods))]
+        axes[0].bar(xs, [rs[m].vs_ep_camex if m in rs else 0 for m in methods], width,  # type: ignore[attr-defined]
+                    label=f"{pre} ({dev})")
+        axes[1].bar(xs, [rs[m].saved_mib if m in rs else 0 for m in methods], width,  # type: ignore[attr-defined]
+                    label=f"{pre} ({dev})")
+    for ax, yl in zip(axes, ("step time / EP-CAMEx", "saved for backward (MiB)"), strict=True):
+        ax.set_xticks(range(len(methods)))  # type: ignore[attr-defined]
+        ax.set_xticklabels(methods, rotation=60, fontsize=7)  # type: ignore[attr-defined]
+        ax.set_ylabel(yl)  # type: ignore[attr-defined]
+        ax.legend(fontsize=6)  # type: ignore[attr-defined]
+    axes[0].axhline(1.0, color="k", lw=0.5)  # type: ignore[attr-defined]
+    save_figure(fig, path)
+
+
+def profile_markdown(shape: StepShape, *, repeats: int) -> str:
+    """Profiles of EP-CAMEx and NAMEx-Full, merge_plan times, the bargain alternatives and the
+    sync-source table for one shape, as markdown."""
+    parts = []
+    for m in ("ep-camex", "namex-full"):
+        parts += [f"### {shape.preset} ({shape.device}), {m}: top operators by self time", "",
+                  "```", profile_step(shape, m), "```", ""]
+    plan = merge_plan_seconds(shape, ["ep-camex", "namex", "namex-full"], repeats=repeats)
+    parts += [f"### {shape.preset} ({shape.device}): `merge_plan()` per forward "
+              "(base chain + curvature + bargains)", "",
+              format_table(["method", "merge_plan (median)", "× EP-CAMEx"],
+                           [[m, fmt_seconds(v), f"{v / plan['ep-camex']:.2f}"]
+                            for m, v in plan.items()]), ""]
+    parts += [f"### {shape.preset} ({shape.device}): one layer's bargain, alternatives", "",
+              format_table(["what", "time (median)", "× bargain_alpha", "note"],
+                           bargain_variants(shape, repeats=repeats)), ""]
+    return "\n".join(parts)
+
+
+def run(out: str | Path, *, quick: bool = False, device: str = "auto",
+        repeats: int | None = None, rss: bool | None = None) -> tuple[Path, str]:
+    """Entry point of ``namex bench step``."""
+    reps = repeats if repeats is not None else (2 if quick else 5)
+    shapes: list[StepShape] = []
+    devs = resolve_devices(device)
+    for dev in devs:
+        if dev.type == "cpu":
+            shapes += [StepShape("tiny", "cpu", 2, 64)] if quick else list(CPU_SHAPES)
+        else:
+            shapes += [StepShape("tiny", "cuda", 2, 64)] if quick else list(CUDA_SHAPES)
+    rows = bench_step(shapes, repeats=reps, rss=(not quick) if rss is None else rss)
+    prof_parts = [profile_markdown(s, repeats=reps) for s in shapes]
+    for dev in devs:
+        prof_parts += [f"### Host-sync sources ({dev.type})", "",
+                       format_table(["call", "_local_scalar_dense", "nonzero"],
+                                    sync_sources(dev)), ""]
+    return step_report(out, rows, shapes, quick=quick, repeats=reps,
+                       profile="\n".join(prof_parts))
