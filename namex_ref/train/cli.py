@@ -1,10 +1,104 @@
-"""Sub-commands of ``namex`` contributed by this package (wired in :mod:`namex_ref.cli`)."""
+"""Sub-commands of ``namex`` contributed by this package (wired in :mod:`namex_ref.cli`).
+
+``namex train [--<TrainConfig field> VALUE ...] [--resume]`` and
+``namex compare --methods a,b --seeds 0,1,2 --out DIR [--<TrainConfig field> VALUE ...]``.
+The flags come from :class:`~namex_ref.train.config.TrainConfig`; nothing is computed here.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
+
+from namex_ref.merging.config import METHODS
+from namex_ref.train.config import add_config_arguments, config_from_args
+
+__all__ = ["parse_methods", "parse_seeds", "register"]
+
+
+def parse_methods(text: str) -> list[str]:
+    """``"smoe,ep-camex"`` -> ``["smoe", "ep-camex"]``; ``"all"`` -> every method."""
+    if text.strip() == "all":
+        return list(METHODS)
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` or ``"0-2"`` -> ``[0, 1, 2]``."""
+    seeds: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                seeds.extend(range(int(lo), int(hi) + 1))
+            else:
+                seeds.append(int(part))
+        except ValueError as exc:
+            raise ValueError(f"--seeds: cannot read {part!r} as a seed or range a-b") from exc
+    return seeds
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from namex_ref.train.loop import NonFiniteLossError, train
+
+    config = config_from_args(args)
+    try:
+        res = train(config, resume=args.resume)
+    except NonFiniteLossError as exc:
+        print(f"namex train: error: {exc}", file=sys.stderr)
+        return 3
+    if res.world_size > 1 and _rank() != 0:
+        return 0
+    print(
+        f"{config.method} seed {config.seed}: valid ppl {res.valid_ppl:.2f} (loss "
+        f"{res.valid_loss:.4f}; unigram ppl {res.unigram_ppl:.1f}), "
+        f"{res.seconds_per_step * 1e3:.1f} ms/step, fallbacks {res.fallbacks}; wrote {res.out}"
+    )
+    return 0
+
+
+def _rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from namex_ref.train.compare import compare
+    from namex_ref.train.loop import NonFiniteLossError
+
+    base = config_from_args(args, out=str(args.out))
+    try:
+        res = compare(base, parse_methods(args.methods), parse_seeds(args.seeds), args.out)
+    except NonFiniteLossError as exc:
+        print(f"namex compare: error: {exc}", file=sys.stderr)
+        return 3
+    print(res.table)
+    print(f"wrote {res.out}/results.md, summary.json, compare.png")
+    return 0
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this package's sub-commands to the ``namex`` parser."""
+    t = sub.add_parser(
+        "train", help="train the MoE GPT with one merging method (flags = TrainConfig fields)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_config_arguments(t)
+    t.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint.safetensors (same configuration only)")
+    t.set_defaults(func=_cmd_train)
+    c = sub.add_parser(
+        "compare", help="train methods x seeds; validation perplexity mean ± 95%% CI table",
+    )
+    c.add_argument("--methods", default="smoe,ep-camex,namex-full-mom",
+                   help=f"comma-separated, or 'all' ({', '.join(METHODS)})")
+    c.add_argument("--seeds", default="0,1,2", help="comma-separated seeds or a range a-b")
+    add_config_arguments(c, exclude=frozenset({"method", "seed", "out"}))
+    c.add_argument("--out", default="runs/compare", help="root folder of the runs")
+    c.set_defaults(func=_cmd_compare)
+
+

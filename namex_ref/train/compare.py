@@ -1,0 +1,210 @@
+"""Compare merging methods: train methods × seeds, then validation perplexity mean ± 95% CI.
+
+Runs live in ``out/<method>/seed<seed>``; a run whose ``result.json`` exists with the same
+configuration is not trained again, and an interrupted one is resumed from its checkpoint, so
+``compare`` itself is resumable. Outputs: ``results.md`` (the table), ``summary.json`` and
+``compare.png`` (per-seed points and the CI bar per method).
+
+CI: for n seeds with mean m and sample standard deviation s (ddof 1), the two-sided 95% Student
+t interval is m ± t_{0.975, n−1} · s / √n (undefined for n = 1, reported as NaN).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from namex_ref.merging.config import METHODS
+from namex_ref.train.config import TrainConfig
+from namex_ref.train.loop import TrainResult, read_result, train
+from namex_ref.train.metrics import clean_json
+
+__all__ = [
+    "CompareResult",
+    "MethodSummary",
+    "compare",
+    "markdown_table",
+    "mean_ci",
+    "plot_compare",
+    "summarize",
+]
+
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class MethodSummary:
+    """Validation perplexity of one method over seeds: mean, CI half-width (NaN for n = 1),
+    the per-seed values (in seed order) and the mean seconds per training step."""
+
+    method: str
+    seeds: tuple[int, ...]
+    ppl: tuple[float, ...]
+    mean: float
+    ci: float
+    seconds_per_step: float
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    """All runs of a comparison and their per-method summaries; ``table`` is the markdown."""
+
+    out: str
+    runs: tuple[TrainResult, ...]
+    summaries: tuple[MethodSummary, ...]
+    table: str
+
+
+def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """(mean, half-width of the two-sided Student t interval at ``confidence``).
+
+    half-width = t_{(1+confidence)/2, n−1} · s / √n with s the ddof-1 standard deviation;
+    NaN for fewer than two values.
+    """
+    from scipy import stats
+
+    n = len(values)
+    if n == 0:
+        raise ValueError("mean_ci needs at least one value")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    mean = math.fsum(values) / n
+    if n < 2:
+        return mean, math.nan
+    s = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    t = float(stats.t.ppf(0.5 + confidence / 2, n - 1))
+    return mean, t * s / math.sqrt(n)
+
+
+def summarize(runs: Sequence[TrainResult]) -> tuple[MethodSummary, ...]:
+    """One :class:`MethodSummary` per method, in order of first appearance."""
+    by_method: dict[str, list[TrainResult]] = {}
+    for r in runs:
+        by_method.setdefault(r.config.method, []).append(r)
+    out = []
+    for method, rs in by_method.items():
+        rs = sorted(rs, key=lambda r: r.config.seed)
+        ppl = tuple(r.valid_ppl for r in rs)
+        mean, ci = mean_ci(ppl)
+        sps = math.fsum(r.seconds_per_step for r in rs) / len(rs)
+        out.append(MethodSummary(method, tuple(r.config.seed for r in rs), ppl, mean, ci, sps))
+    return tuple(out)
+
+
+def _fmt(v: float, digits: int = 2) -> str:
+    return "n/a" if not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def markdown_table(summaries: Sequence[MethodSummary], *, unigram_ppl: float | None = None) -> str:
+    """Markdown table: method, seeds, valid ppl mean ± 95% CI, per-seed values, s/step."""
+    lines = [
+        "| method | n | valid ppl (mean ± 95% CI) | per seed | s / step |",
+        "|---|---:|---:|---|---:|",
+    ]
+    for s in summaries:
+        ci = "" if not math.isfinite(s.ci) else f" ± {_fmt(s.ci)}"
+        per = ", ".join(_fmt(v) for v in s.ppl)
+        lines.append(
+            f"| {s.method} | {len(s.ppl)} | {_fmt(s.mean)}{ci} | {per} | "
+            f"{_fmt(s.seconds_per_step, 3)} |"
+        )
+    text = "\n".join(lines) + "\n"
+    if unigram_ppl is not None and math.isfinite(unigram_ppl):
+        text += f"\nUnigram (context-free) validation perplexity: {unigram_ppl:.1f}\n"
+    return text
+
+
+def plot_compare(summaries: Sequence[MethodSummary], path: str | os.PathLike[str]) -> Path:
+    """Per-seed perplexities (points) and mean ± 95% CI (bars) per method, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.2 * max(len(summaries), 3) + 1, 4))
+    for i, s in enumerate(summaries):
+        ax.scatter([i] * len(s.ppl), s.ppl, color="tab:gray", s=14, zorder=2)
+        err = s.ci if math.isfinite(s.ci) else 0.0
+        ax.errorbar([i], [s.mean], yerr=[err], fmt="o", color="tab:blue", capsize=6, zorder=3)
+    ax.set_xticks(range(len(summaries)))
+    ax.set_xticklabels([s.method for s in summaries], rotation=30, ha="right")
+    ax.set_ylabel("validation perplexity")
+    ax.set_title("mean ± 95% CI (Student t) over seeds")
+    fig.tight_layout()
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=100)
+    plt.close(fig)
+    return target
+
+
+def _run_dir(out: Path, method: str, seed: int) -> Path:
+    return out / method / f"seed{seed}"
+
+
+def compare(
+    base: TrainConfig,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    out: str | os.PathLike[str],
+    *,
+    log: Callable[[str], None] | None = print,
+) -> CompareResult:
+    """Train every (method, seed) with ``base``'s other settings; summarise and write outputs.
+
+    A finished run with the same configuration is reused; an unfinished one is resumed.
+    """
+    if not methods:
+        raise ValueError("--methods must name at least one method")
+    if not seeds:
+        raise ValueError("--seeds must name at least one seed")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
+    if len(set(methods)) != len(methods) or len(set(seeds)) != len(seeds):
+        raise ValueError("--methods and --seeds must not repeat values")
+    root = Path(out)
+    runs: list[TrainResult] = []
+    for method in methods:
+        for seed in seeds:
+            folder = _run_dir(root, method, seed)
+            cfg = dataclasses.replace(base, method=method, seed=seed, out=str(folder))
+            done = read_result(folder)
+            if done is not None and done.config.trajectory_dict() == cfg.trajectory_dict():
+                if log:
+                    log(f"[compare] {method} seed {seed}: finished, ppl {done.valid_ppl:.2f}")
+                runs.append(done)
+                continue
+            if log:
+                log(f"[compare] {method} seed {seed}: training -> {folder}")
+            res = train(cfg, resume=True)
+            if log:
+                log(f"[compare] {method} seed {seed}: valid ppl {res.valid_ppl:.2f} "
+                    f"({res.seconds_per_step * 1e3:.0f} ms/step)")
+            runs.append(res)
+    summaries = summarize(runs)
+    unigram = runs[0].unigram_ppl if runs else None
+    table = markdown_table(summaries, unigram_ppl=unigram)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "results.md").write_text(table, encoding="utf-8")
+    plot_compare(summaries, root / "compare.png")
+    summary: dict[str, Any] = {
+        "confidence": CONFIDENCE,
+        "base_config": base.to_dict(),
+        "methods": [dataclasses.asdict(s) for s in summaries],
+        "runs": [
+            {"method": r.config.method, "seed": r.config.seed, "out": r.out,
+             "valid_ppl": r.valid_ppl, "valid_loss": r.valid_loss,
+             "seconds_per_step": r.seconds_per_step, "fallbacks": r.fallbacks}
+            for r in runs
+        ],
+        "unigram_ppl": unigram,
+    }
+    (root / "summary.json").write_text(json.dumps(clean_json(summary), indent=2) + "\n")
+    return CompareResult(str(root), tuple(runs), summaries, table)

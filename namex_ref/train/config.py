@@ -1,0 +1,291 @@
+"""Training configuration: one frozen dataclass, validated on construction, and the command-line
+flags derived from its fields (so ``namex train`` and :func:`namex_ref.train.train` agree).
+
+Every field becomes a flag ``--field-name`` (``--field_name`` is accepted too) whose type is the
+field's annotation: ``int``, ``float``, ``str``, ``bool`` (``--flag`` / ``--no-flag``), a
+``Literal`` (choices) or ``X | None`` (``none`` on the command line gives ``None``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal, Union, get_args, get_origin
+
+from namex_ref.merging.config import METHODS
+from namex_ref.models.gpt import PRESETS, ModelConfig, preset
+
+__all__ = [
+    "MERGE_OVERRIDES",
+    "RUN_CONTROL_FIELDS",
+    "TrainConfig",
+    "add_config_arguments",
+    "config_from_args",
+    "flag_name",
+]
+
+DataSource = Literal["builtin", "wikitext"]
+Device = Literal["cpu", "cuda", "auto"]
+
+MERGE_OVERRIDES: tuple[str, ...] = (
+    "beta_abs",
+    "beta_phase",
+    "alpha_interval",
+    "singular_policy",
+    "gamma",
+    "eta",
+    "newton_iterations",
+    "balance_coef",
+)
+"""TrainConfig fields that, when not ``None``, override the preset's MergeConfig field."""
+
+RUN_CONTROL_FIELDS: frozenset[str] = frozenset(
+    {"out", "device", "progress", "cache_dir", "threads"}
+)
+"""Fields that do not change the training trajectory; a resumed run may change them."""
+
+
+def flag_name(field: str) -> str:
+    """The command-line flag of a TrainConfig field: ``batch_size`` -> ``--batch-size``."""
+    return "--" + field.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run depends on. Defaults: the tiny preset on the built-in corpus,
+    sized so one run takes well under a minute on 2 CPU cores (README).
+
+    preset / method: the model (:data:`namex_ref.models.gpt.PRESETS`) and merging method
+        (:data:`namex_ref.merging.config.METHODS`).
+    seed: model initialisation and batch sampling; batch ``k`` is a pure function of
+        ``(seed, k)`` (resume is exact).
+    steps, batch_size (global, split evenly over DDP ranks), lr (peak), warmup (linear, steps),
+    min_lr_ratio (cosine decays to ``lr * min_lr_ratio`` at ``steps``), weight_decay (AdamW, on
+    matrices only), grad_clip (global norm; 0 = no clipping, the norm is still logged).
+    eval_every (steps; 0 = only the final evaluation), eval_batches (batches of validation
+        windows per periodic evaluation), final_eval_batches (0 = the whole validation split).
+    log_every (steps between metric lines and host synchronisations), ckpt_every (steps between
+        checkpoints; the final step is always checkpointed; 0 = final only).
+    device: "cpu", "cuda" or "auto" (cuda when available). threads: torch CPU threads during the
+        run (0 = leave torch's setting; 1 is fastest for the tiny preset on a busy machine).
+        progress: tqdm bar (only on a TTY).
+    out: run folder (metrics.jsonl, checkpoint.safetensors, result.json, plots).
+    data: "builtin" (World English Bible, split val_frac/test_frac) or "wikitext" (raw files in
+        wikitext_dir; max_chars per file, 0 = all). corpus_chars: use only the first characters
+        of the built-in corpus (0 = all; for quick tests). cache_dir: tokenizer and token-id
+        cache ("" = ``$NAMEX_CACHE`` or ``~/.cache/namex-ref``).
+    beta_abs ... balance_coef: optional MergeConfig overrides (``None`` = the preset's value).
+    """
+
+    preset: str = "tiny"
+    method: str = "namex-full-mom"
+    seed: int = 0
+    steps: int = 400
+    batch_size: int = 16
+    lr: float = 3e-3
+    warmup: int = 40
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_batches: int = 4
+    final_eval_batches: int = 0
+    log_every: int = 10
+    ckpt_every: int = 100
+    device: Device = "auto"
+    threads: int = 0
+    progress: bool = True
+    out: str = "runs/train"
+    data: DataSource = "builtin"
+    wikitext_dir: str = ""
+    max_chars: int = 0
+    corpus_chars: int = 0
+    val_frac: float = 0.05
+    test_frac: float = 0.05
+    cache_dir: str = ""
+    beta_abs: float | None = None
+    beta_phase: float | None = None
+    alpha_interval: int | None = None
+    singular_policy: Literal["raise", "ridge", "uniform"] | None = None
+    gamma: float | None = None
+    eta: float | None = None
+    newton_iterations: int | None = None
+    balance_coef: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(
+                f"--preset: unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}"
+            )
+        if self.method not in METHODS:
+            raise ValueError(
+                f"--method: unknown method {self.method!r}; choose one of {', '.join(METHODS)}"
+            )
+        for name, value in (("seed", self.seed), ("max_chars", self.max_chars),
+                            ("corpus_chars", self.corpus_chars), ("warmup", self.warmup),
+                            ("eval_every", self.eval_every), ("ckpt_every", self.ckpt_every),
+                            ("final_eval_batches", self.final_eval_batches),
+                            ("threads", self.threads)):
+            _int_at_least(name, value, 0)
+        for name, value in (("steps", self.steps), ("batch_size", self.batch_size),
+                            ("eval_batches", self.eval_batches), ("log_every", self.log_every)):
+            _int_at_least(name, value, 1)
+        if self.warmup > self.steps:
+            raise ValueError(f"--warmup must be <= --steps={self.steps}, got {self.warmup}")
+        _finite("lr", self.lr, lower=0.0, strict=True)
+        _finite("weight_decay", self.weight_decay, lower=0.0)
+        _finite("grad_clip", self.grad_clip, lower=0.0)
+        _finite("min_lr_ratio", self.min_lr_ratio, lower=0.0)
+        if self.min_lr_ratio > 1:
+            raise ValueError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        for name in ("val_frac", "test_frac"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value < 0.5):
+                raise ValueError(f"{flag_name(name)} must be in (0, 0.5), got {value!r}")
+        if self.device not in get_args(Device):
+            raise ValueError(f"--device must be one of {get_args(Device)}, got {self.device!r}")
+        if self.data not in get_args(DataSource):
+            raise ValueError(f"--data must be 'builtin' or 'wikitext', got {self.data!r}")
+        if self.data == "wikitext" and not self.wikitext_dir:
+            raise ValueError("--wikitext-dir is required with --data wikitext")
+        if not self.out:
+            raise ValueError("--out must name a folder, got ''")
+        try:
+            self.model_config()
+        except ValueError as exc:
+            named = [flag_name(k) for k in self.merge_overrides() if k in str(exc)]
+            where = named[0] if named else "--method/--preset"
+            raise ValueError(f"{where}: {exc}") from exc
+
+    def merge_overrides(self) -> dict[str, Any]:
+        """The MergeConfig fields this config overrides (non-``None`` override fields)."""
+        return {k: getattr(self, k) for k in MERGE_OVERRIDES if getattr(self, k) is not None}
+
+    def model_config(self) -> ModelConfig:
+        """The preset's :class:`ModelConfig` with this method and the merge overrides."""
+        return preset(self.preset, self.method, **self.merge_overrides())
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as JSON-able values."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields: {', '.join(unknown)}")
+        return cls(**values)
+
+    def trajectory_dict(self) -> dict[str, Any]:
+        """The fields that determine the trajectory (all but :data:`RUN_CONTROL_FIELDS`)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUN_CONTROL_FIELDS}
+
+
+def _int_at_least(name: str, value: object, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{flag_name(name)} must be an int >= {low}, got {value!r}")
+
+
+def _finite(name: str, value: object, *, lower: float, strict: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        assert isinstance(value, (int, float))
+        ok = value > lower if strict else value >= lower
+    if not ok:
+        rel = ">" if strict else ">="
+        raise ValueError(f"{flag_name(name)} must be a finite number {rel} {lower}, got {value!r}")
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in {"1", "true", "yes", "on"}:
+        return True
+    if low in {"0", "false", "no", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
+
+
+def _scalar_parser(tp: Any) -> tuple[Any, list[str] | None]:
+    """(argparse type, choices) for a non-optional annotation."""
+    if get_origin(tp) is Literal:
+        choices = [str(c) for c in get_args(tp)]
+        return str, choices
+    if tp is bool:
+        return _parse_bool, None
+    if tp in (int, float, str):
+        return tp, None
+    raise TypeError(f"no command-line parser for annotation {tp!r}")
+
+
+def _optional(parse: Any, choices: list[str] | None) -> Any:
+    def convert(text: str) -> Any:
+        if text.strip().lower() == "none":
+            return None
+        if choices is not None and text not in choices:
+            raise argparse.ArgumentTypeError(f"choose one of {choices} or none, got {text!r}")
+        return parse(text)
+
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser, *, exclude: frozenset[str] = frozenset()
+) -> None:
+    """Add one flag per :class:`TrainConfig` field (except ``exclude``), default = field default.
+
+    Flags left unset parse to the field default, so ``TrainConfig(**parsed)`` equals the API
+    default. Types come from the annotations (see module docstring).
+    """
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in exclude:
+            continue
+        tp = hints[f.name]
+        names = [flag_name(f.name)]
+        if "_" in f.name:
+            names.append("--" + f.name)
+        help_default = f"(default: {f.default!r})"
+        if tp is bool:
+            parser.add_argument(
+                *names, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
+                help=help_default,
+            )
+            continue
+        args = get_args(tp)
+        optional = (get_origin(tp) in (Union, types.UnionType)) and type(None) in args
+        if optional:
+            inner = [a for a in args if a is not type(None)]
+            inner_tp = inner[0] if len(inner) == 1 else Union[tuple(inner)]  # noqa: UP007
+            parse, choices = _scalar_parser(inner_tp)
+            parser.add_argument(
+                *names, dest=f.name, type=_optional(parse, choices), default=f.default,
+                metavar=(f"{{{','.join(choices)},none}}" if choices else None),
+                help=f"override of the preset's MergeConfig {help_default}",
+            )
+        else:
+            parse, choices = _scalar_parser(tp)
+            parser.add_argument(
+                *names, dest=f.name, type=parse, choices=choices, default=f.default,
+                help=help_default,
+            )
+
+
+def config_from_args(args: argparse.Namespace, **fixed: Any) -> TrainConfig:
+    """A :class:`TrainConfig` from parsed flags (``fixed`` values take precedence)."""
+    values = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if hasattr(args, f.name)
+    }
+    values.update(fixed)
+    return TrainConfig(**values)

@@ -1,0 +1,492 @@
+"""The training loop: :func:`train` (one run of :class:`TrainConfig`) -> :class:`TrainResult`.
+
+AdamW (weight decay on matrices only), linear warmup then cosine decay, global-norm gradient
+clipping, metrics as JSONL (:mod:`namex_ref.train.metrics`), periodic evaluation on the
+validation split, atomic safetensors checkpoints, exact resume, plots at the end.
+
+Host synchronisation happens only at log / eval / checkpoint steps: per-step observables are
+accumulated in device tensors (sums, running maxima, a cumulative fallback count and the first
+step with a non-finite loss) and read when a metrics line is written.
+
+Distributed: run the same entry point under ``torchrun --nproc_per_node=W``; the process group
+(gloo on CPU, nccl on CUDA) is created here from the torchrun environment. Every rank draws the
+same global batch and keeps its slice (:func:`namex_ref.train.data.batch_for_step`), DDP averages
+the gradients, so the update equals the single-process one up to reduction order. All ranks
+compute the same α, because α depends only on the (replicated) parameters. Only rank 0 writes
+files. SMoE's balance loss is computed per rank on the rank's tokens, so SMoE under DDP is not
+the same objective as one process with the global batch; merging methods have no such term.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from namex_ref.data import eval_windows
+from namex_ref.models.gpt import ModelOutput, MoEGPT, count_parameters
+from namex_ref.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from namex_ref.train.config import RUN_CONTROL_FIELDS, TrainConfig, flag_name
+from namex_ref.train.data import batch_for_step, load_token_data, unigram_perplexity
+from namex_ref.train.metrics import append_jsonl, clean_json, read_jsonl, truncate_after
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "METRICS_NAME",
+    "RESULT_NAME",
+    "NonFiniteLossError",
+    "TrainResult",
+    "evaluate",
+    "lr_at",
+    "read_result",
+    "resolve_device",
+    "train",
+]
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+METRICS_NAME = "metrics.jsonl"
+RESULT_NAME = "result.json"
+CONFIG_NAME = "config.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Summary of a finished run (also written as ``result.json`` in the run folder).
+
+    valid_loss / valid_ppl: mean next-token cross-entropy (nats) / its exponential over the
+    deterministic validation windows (:func:`namex_ref.data.eval_windows`).
+    unigram_ppl: the validation perplexity of the training split's unigram distribution.
+    seconds_per_step: mean wall time of a training step in this process (evaluation excluded).
+    fallbacks: singular-bargain fallbacks summed over layers and all steps.
+    """
+
+    config: TrainConfig
+    out: str
+    steps: int
+    valid_loss: float
+    valid_ppl: float
+    unigram_ppl: float
+    train_loss: float
+    seconds_per_step: float
+    train_seconds: float
+    fallbacks: int
+    n_params: int
+    device: str
+    world_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["config"] = self.config.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainResult:
+        values = dict(d)
+        values["config"] = TrainConfig.from_dict(values["config"])
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def read_result(out: str | os.PathLike[str]) -> TrainResult | None:
+    """The :class:`TrainResult` of a finished run folder, or ``None`` if it has not finished."""
+    path = Path(out) / RESULT_NAME
+    if not path.is_file():
+        return None
+    return TrainResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Learning rate of ``step`` (1-based): linear warmup to ``lr`` over ``warmup`` steps, then
+    cosine decay to ``lr * min_lr_ratio`` at ``steps``."""
+    if config.warmup and step <= config.warmup:
+        return config.lr * step / config.warmup
+    span = max(config.steps - config.warmup, 1)
+    progress = min(max(step - config.warmup, 0) / span, 1.0)
+    floor = config.lr * config.min_lr_ratio
+    return floor + 0.5 * (config.lr - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """"cpu", "cuda" or "auto" (cuda when available) as a torch device (cuda:local_rank)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda requested but CUDA is not available")
+        return torch.device("cuda", local_rank)
+    if name != "cpu":
+        raise ValueError(f"--device must be cpu, cuda or auto, got {name!r}")
+    return torch.device("cpu")
+
+
+@dataclass
+class _Dist:
+    rank: int
+    world: int
+    local_rank: int
+    owns_group: bool
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def _setup_dist(device_name: str) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist(0, 1, 0, owns_group=False)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    owns = False
+    if not dist.is_initialized():
+        use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        owns = True
+    return _Dist(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=owns)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on tensors with ≥ 2 dims (matrices, embeddings), none on the rest."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": rest, "weight_decay": 0.0},
+    ]
+
+
+@torch.no_grad()
+def evaluate(
+    model: MoEGPT,
+    ids: Tensor,
+    *,
+    batch_size: int,
+    max_batches: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[float, Tensor]:
+    """Mean next-token cross-entropy over the deterministic windows of ``ids`` (N,), and the
+    per-layer expert cosine similarity (L,).
+
+    Windows: :func:`namex_ref.data.eval_windows` with T = the model's seq_len (full windows
+    only), stacked ``batch_size`` at a time; the first ``max_batches`` stacks (0 = all). Rank r
+    of W evaluates stacks r, r+W, …; the token-weighted sum is all-reduced.
+    """
+    was_training = model.training
+    model.eval()
+    T = model.config.seq_len
+    device = next(model.parameters()).device
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # [Σ ce·tokens, tokens]
+    cosine = torch.full((model.config.n_layer,), math.nan)
+    for k, batch in enumerate(eval_windows(ids, T, batch_size, drop_last=True)):
+        if max_batches and k >= max_batches:
+            break
+        if k == 0:
+            out = model(batch.x[:1].to(device), collect_stats=True)
+            cosine = out.stats.cosine.detach().double().cpu()
+        if k % world_size != rank:
+            continue
+        x, y = batch.x.to(device), batch.y.to(device)
+        out = model(x, y)
+        assert out.ce is not None
+        total[0] += out.ce.double() * y.numel()
+        total[1] += y.numel()
+    if world_size > 1:
+        dist.all_reduce(total)
+    model.train(was_training)
+    n = float(total[1])
+    if n == 0:
+        raise ValueError("the validation split holds no full window of seq_len tokens")
+    return float(total[0]) / n, cosine
+
+
+def _nested(t: Tensor) -> Any:
+    return clean_json(t.detach().double().cpu().tolist())
+
+
+def _check_finite(first_bad: Tensor, config: TrainConfig) -> None:
+    bad = int(first_bad)
+    if bad >= 0:
+        raise NonFiniteLossError(
+            f"non-finite training loss at step {bad} (method {config.method!r}, preset "
+            f"{config.preset!r}, lr {lr_at(bad, config):.3g}). Hint: lower {flag_name('lr')}, "
+            f"keep {flag_name('grad_clip')} > 0, or use {flag_name('singular_policy')} ridge; "
+            f"the last good checkpoint can be resumed with --resume."
+        )
+
+
+def _config_mismatch(saved: dict[str, Any], config: TrainConfig) -> list[str]:
+    current = config.trajectory_dict()
+    keys = sorted(set(current) | (set(saved) - RUN_CONTROL_FIELDS))
+    return [
+        f"{flag_name(k)}: checkpoint {saved.get(k)!r} != requested {current.get(k)!r}"
+        for k in keys
+        if k not in RUN_CONTROL_FIELDS and saved.get(k) != current.get(k)
+    ]
+
+
+def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
+    """Train one model as ``config`` says; write metrics, checkpoints, plots and result.json to
+    ``config.out``; return the :class:`TrainResult`.
+
+    resume: continue from ``out/checkpoint.safetensors`` (a fresh start when there is none). On
+    CPU the continued run is bit-identical to an uninterrupted one. A checkpoint of a different
+    configuration (any field but out/device/progress/cache_dir) is refused with ``ValueError``.
+    Without ``resume``, a folder that already holds a checkpoint is refused.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf (checked at log and checkpoint steps).
+        ValueError: bad configuration, refused resume, too little data.
+    """
+    ctx = _setup_dist(config.device)
+    threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        return _train(config, resume, ctx)
+    finally:
+        torch.set_num_threads(threads)
+        if ctx.owns_group:
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, resume: bool, ctx: _Dist) -> TrainResult:
+    device = resolve_device(config.device, ctx.local_rank)
+    out = Path(config.out)
+    ckpt_path = out / CHECKPOINT_NAME
+    metrics_path = out / METRICS_NAME
+    mcfg = config.model_config()
+    T = mcfg.seq_len
+    for name, every in (("ckpt_every", config.ckpt_every), ("eval_every", config.eval_every)):
+        if every % config.log_every:
+            raise ValueError(
+                f"{flag_name(name)}={every} must be a multiple of --log-every={config.log_every} "
+                f"(metrics are written, and devices synchronised, at log steps only)"
+            )
+    if config.batch_size % ctx.world:
+        raise ValueError(
+            f"--batch-size={config.batch_size} must be divisible by the number of processes "
+            f"({ctx.world})"
+        )
+
+    ckpt = None
+    if ckpt_path.is_file():
+        if not resume:
+            raise ValueError(
+                f"{str(out)!r} already holds a checkpoint; pass --resume to continue it or "
+                f"choose another --out"
+            )
+        ckpt = load_checkpoint(ckpt_path)
+        problems = _config_mismatch(ckpt.config, config)
+        if problems:
+            raise ValueError(
+                "refusing to resume with a different configuration: " + "; ".join(problems)
+            )
+
+    # Data: rank 0 builds the cache first, the others then read it.
+    if ctx.main:
+        data = load_token_data(config)
+    ctx.barrier()
+    if not ctx.main:
+        data = load_token_data(config)
+    if data.vocab_size > mcfg.vocab_size:
+        raise ValueError(
+            f"tokenizer vocabulary {data.vocab_size} exceeds the model's {mcfg.vocab_size}"
+        )
+    train_ids = data.train.to(device)
+    valid_ids = data.valid
+    unigram = unigram_perplexity(data.train, data.valid, mcfg.vocab_size)
+
+    torch.manual_seed(config.seed)
+    model = MoEGPT(mcfg).to(device)
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.95), eps=1e-8
+    )
+    start = 0
+    fallbacks_done = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt.model_state)
+        optimizer.load_state_dict(ckpt.optim_state)
+        restore_rng(ckpt)
+        start = ckpt.step
+        fallbacks_done = int(ckpt.counters.get("fallbacks", 0))
+    if ctx.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        (out / RESULT_NAME).unlink(missing_ok=True)
+        if ckpt is None:
+            metrics_path.unlink(missing_ok=True)
+        else:
+            truncate_after(metrics_path, start)
+    if ctx.world > 1:
+        find_unused = mcfg.merge.spec.kind == "topk"  # idle experts get no gradient
+        net: nn.Module = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=find_unused,
+        )
+    else:
+        net = model
+    params = [p for p in model.parameters() if p.requires_grad]
+    clip = config.grad_clip if config.grad_clip > 0 else math.inf
+
+    show = config.progress and ctx.main and sys.stderr.isatty()
+    bar: Any = None
+    if show:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.steps, initial=start, desc=f"{config.method} s{config.seed}",
+                   dynamic_ncols=True)
+
+    # Device accumulators (read at log steps only).
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, ce, aux
+    res_max = torch.full((), -math.inf, dtype=torch.float64, device=device)  # no bargain: -inf
+    fallbacks = torch.full((), fallbacks_done, dtype=torch.int64, device=device)
+    first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+    grad_norm = torch.zeros((), device=device)
+    alphas = torch.zeros(0)
+    n_in_interval = 0
+    t_run = time.perf_counter()
+    t_interval = t_run
+    step_time = 0.0
+    steps_run = 0
+    model.train()
+    for step in range(start + 1, config.steps + 1):
+        lr = lr_at(step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = batch_for_step(
+            train_ids, seed=config.seed, step=step, batch_size=config.batch_size, seq_len=T,
+            rank=ctx.rank, world_size=ctx.world,
+        )
+        out_: ModelOutput = net(batch.x, batch.y)
+        loss, ce = out_.loss, out_.ce
+        assert loss is not None and ce is not None  # targets were given
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        optimizer.step()
+
+        d_loss = loss.detach()
+        sums += torch.stack([d_loss, ce.detach(), out_.aux_loss.detach()]).double()
+        stats = out_.stats
+        r = stats.residuals.detach().double()
+        res_max = torch.maximum(res_max, torch.where(r.isnan(), -math.inf, r).max())
+        fallbacks += stats.fallbacks.sum()
+        first_bad = torch.where(
+            (~torch.isfinite(d_loss)) & (first_bad < 0), torch.full_like(first_bad, step),
+            first_bad,
+        )
+        alphas = stats.alphas.detach()
+        n_in_interval += 1
+        if bar is not None:
+            bar.update(1)
+
+        log_now = step % config.log_every == 0 or step == config.steps
+        eval_now = config.eval_every > 0 and step % config.eval_every == 0
+        ckpt_now = (config.ckpt_every > 0 and step % config.ckpt_every == 0) or (
+            step == config.steps
+        )
+        if not (log_now or ckpt_now):
+            continue
+        if ctx.world > 1:
+            dist.all_reduce(sums)
+            sums /= ctx.world
+            dist.all_reduce(first_bad, op=dist.ReduceOp.MAX)
+        _check_finite(first_bad, config)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        now = time.perf_counter()
+        interval = now - t_interval
+        step_time += interval
+        steps_run += n_in_interval
+        record: dict[str, Any] = {}
+        if log_now:
+            mean = (sums / n_in_interval).tolist()
+            rm = float(res_max)
+            record = {
+                "step": step,
+                "loss": mean[0],
+                "ce": mean[1],
+                "aux": mean[2],
+                "lr": lr,
+                "grad_norm": float(grad_norm),
+                "tokens_per_s": n_in_interval * config.batch_size * T / interval,
+                "step_s": interval / n_in_interval,
+                "elapsed_s": now - t_run,
+                "alpha": _nested(alphas) if alphas.numel() else None,
+                "residual_max": rm if math.isfinite(rm) else None,
+                "fallbacks": int(fallbacks),
+            }
+            if bar is not None:
+                bar.set_postfix(loss=f"{mean[0]:.3f}", lr=f"{lr:.2e}")
+        if eval_now:
+            vloss, cos = evaluate(
+                model, valid_ids, batch_size=config.batch_size,
+                max_batches=config.eval_batches, rank=ctx.rank, world_size=ctx.world,
+            )
+            record.update(valid_loss=vloss, valid_ppl=math.exp(vloss), cosine=_nested(cos))
+        if ctx.main and record:
+            append_jsonl(metrics_path, record)
+        if ckpt_now and ctx.main:
+            save_checkpoint(
+                ckpt_path, model=model, optimizer=optimizer, step=step,
+                config=config.to_dict(), counters={"fallbacks": int(fallbacks)},
+            )
+        sums.zero_()
+        res_max.fill_(-math.inf)
+        n_in_interval = 0
+        t_interval = time.perf_counter()
+    train_seconds = time.perf_counter() - t_run
+    if bar is not None:
+        bar.close()
+
+    vloss, _ = evaluate(
+        model, valid_ids, batch_size=config.batch_size, max_batches=config.final_eval_batches,
+        rank=ctx.rank, world_size=ctx.world,
+    )
+    records = read_jsonl(metrics_path) if ctx.main else []
+    last_loss = next((float(r["loss"]) for r in reversed(records) if r.get("loss") is not None),
+                     math.nan)
+    result = TrainResult(
+        config=config,
+        out=str(out),
+        steps=config.steps,
+        valid_loss=vloss,
+        valid_ppl=math.exp(vloss),
+        unigram_ppl=unigram,
+        train_loss=last_loss,
+        seconds_per_step=step_time / steps_run if steps_run else math.nan,
+        train_seconds=train_seconds,
+        fallbacks=int(fallbacks),
+        n_params=count_parameters(mcfg),
+        device=str(device),
+        world_size=ctx.world,
+    )
+    if ctx.main:
+        from namex_ref.train.plots import plot_run
+
+        plot_run(records, out, title=f"{config.method} (seed {config.seed})")
+        tmp = out / f".{RESULT_NAME}.tmp"
+        tmp.write_text(json.dumps(clean_json(result.to_dict()), indent=2) + "\n")
+        os.replace(tmp, out / RESULT_NAME)
+    ctx.barrier()
+    return result

@@ -1,0 +1,175 @@
+"""TrainConfig validation, CLI flags derived from its fields, LR schedule and batch purity."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import typing
+
+import pytest
+import torch
+
+from namex_ref.cli import build_parser
+from namex_ref.train import TrainConfig, batch_for_step, config_from_args, lr_at
+from namex_ref.train.config import MERGE_OVERRIDES, flag_name
+from namex_ref.train.data import step_seed, unigram_perplexity
+
+
+def test_defaults_are_valid_and_build_the_tiny_model() -> None:
+    cfg = TrainConfig()
+    mc = cfg.model_config()
+    assert cfg.preset == "tiny" and mc.merge.method == cfg.method
+    assert cfg.merge_overrides() == {}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "flag"),
+    [
+        ("steps", 0, "--steps"),
+        ("batch_size", -2, "--batch-size"),
+        ("lr", 0.0, "--lr"),
+        ("lr", math.nan, "--lr"),
+        ("weight_decay", -0.1, "--weight-decay"),
+        ("grad_clip", math.inf, "--grad-clip"),
+        ("warmup", 10_000, "--warmup"),
+        ("log_every", 0, "--log-every"),
+        ("method", "moe", "--method"),
+        ("preset", "huge", "--preset"),
+        ("device", "tpu", "--device"),
+        ("data", "wikitext", "--wikitext-dir"),
+        ("val_frac", 0.7, "--val-frac"),
+        ("min_lr_ratio", 2.0, "--min-lr-ratio"),
+        ("seed", -1, "--seed"),
+        ("beta_abs", 1.5, "--beta-abs"),
+        ("alpha_interval", 0, "--alpha-interval"),
+        ("singular_policy", "ignore", "--singular-policy"),
+        ("steps", 2.5, "--steps"),
+        ("out", "", "--out"),
+    ],
+)
+def test_bad_values_raise_naming_the_flag(field: str, value: object, flag: str) -> None:
+    with pytest.raises(ValueError, match=flag):
+        TrainConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_merge_overrides_reach_the_model_config() -> None:
+    cfg = TrainConfig(beta_phase=0.25, beta_abs=0.7, alpha_interval=2, singular_policy="uniform")
+    m = cfg.model_config().merge
+    assert (m.beta_phase, m.beta_abs, m.alpha_interval, m.singular_policy) == (
+        0.25, 0.7, 2, "uniform"
+    )
+    assert set(MERGE_OVERRIDES) <= {f.name for f in dataclasses.fields(type(m))}
+
+
+def _parse(argv: list[str]) -> TrainConfig:
+    args = build_parser().parse_args(argv)
+    return config_from_args(args)
+
+
+def test_brief_command_line_parses_to_the_api_config() -> None:
+    argv = "train --method namex-full-mom --preset tiny --seed 0 --out runs/x".split()
+    assert _parse(argv) == TrainConfig(method="namex-full-mom", preset="tiny", seed=0,
+                                       out="runs/x")
+    assert _parse(["train"]) == TrainConfig()
+
+
+def _non_default(name: str, tp: object) -> tuple[list[str], object]:
+    """A flag list setting field ``name`` to a non-default value, and that value."""
+    if tp is bool:
+        return [flag_name("progress").replace("--", "--no-")], False
+    samples: dict[str, object] = {
+        "preset": "small", "method": "smoe", "device": "cpu", "data": "wikitext",
+        "singular_policy": "raise", "out": "runs/y", "wikitext_dir": "/data/wt",
+        "cache_dir": "/tmp/c", "val_frac": 0.1, "test_frac": 0.2, "min_lr_ratio": 0.5,
+    }
+    if name in samples:
+        v = samples[name]
+    elif "float" in str(tp):
+        v = 0.375
+    else:
+        v = 3
+    return [flag_name(name), str(v)], v
+
+
+def test_every_field_has_a_flag_that_sets_it() -> None:
+    hints = typing.get_type_hints(TrainConfig)
+    base = ["--wikitext-dir", "/data/wt"]
+    for f in dataclasses.fields(TrainConfig):
+        argv, value = _non_default(f.name, hints[f.name])
+        args = build_parser().parse_args(["train", *base, *argv])
+        assert getattr(args, f.name) == value, f.name
+        assert value != f.default, f.name
+
+
+def test_underscore_spelling_and_none_for_optional_flags() -> None:
+    a = _parse(["train", "--batch_size", "8", "--beta-phase", "0.5"])
+    b = _parse(["train", "--batch-size", "8", "--beta_phase", "0.5"])
+    assert a == b and a.batch_size == 8 and a.beta_phase == 0.5
+    assert _parse(["train", "--beta-abs", "none"]).beta_abs is None
+    assert _parse(["train", "--no-progress"]).progress is False
+
+
+def test_cli_rejects_a_bad_type_and_choice() -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--steps", "many"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--device", "tpu"])
+
+
+def test_cli_reports_invalid_values_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from namex_ref.cli import main
+
+    assert main(["train", "--steps", "0"]) == 2
+    assert "--steps" in capsys.readouterr().err
+
+
+def test_dict_round_trip_and_unknown_keys() -> None:
+    cfg = TrainConfig(method="namex-q", beta_abs=0.3, seed=4)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="bogus"):
+        TrainConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+def test_lr_schedule_warmup_peak_cosine_floor() -> None:
+    cfg = TrainConfig(steps=100, warmup=10, lr=1e-3, min_lr_ratio=0.1)
+    lrs = [lr_at(s, cfg) for s in range(1, 101)]
+    assert lrs[0] == pytest.approx(1e-4, rel=1e-12)  # linear warmup: lr · 1/10
+    assert lrs[9] == pytest.approx(1e-3, rel=1e-12)  # peak at the end of warmup
+    assert lrs[-1] == pytest.approx(1e-4, rel=1e-12)  # floor lr · min_lr_ratio at the end
+    assert all(a <= b for a, b in itertools.pairwise(lrs[:10]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
+    # cosine midpoint: floor + (peak - floor)/2
+    assert lr_at(55, cfg) == pytest.approx(1e-4 + 0.5 * 9e-4, rel=1e-12)
+
+
+def test_batches_are_a_pure_function_of_seed_and_step() -> None:
+    ids = torch.arange(5000) % 97
+    kw = dict(batch_size=6, seq_len=16)
+    a = batch_for_step(ids, seed=1, step=7, **kw)  # type: ignore[arg-type]
+    torch.manual_seed(123)  # the global RNG must not matter
+    b = batch_for_step(ids, seed=1, step=7, **kw)  # type: ignore[arg-type]
+    c = batch_for_step(ids, seed=1, step=8, **kw)  # type: ignore[arg-type]
+    d = batch_for_step(ids, seed=2, step=7, **kw)  # type: ignore[arg-type]
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+    assert not torch.equal(a.x, c.x) and not torch.equal(a.x, d.x)
+    assert torch.equal(a.y[:, :-1], a.x[:, 1:])
+    assert step_seed(1, 7) != step_seed(7, 1)
+
+
+def test_rank_slices_concatenate_to_the_global_batch() -> None:
+    ids = torch.arange(3000)
+    full = batch_for_step(ids, seed=0, step=3, batch_size=8, seq_len=10)
+    parts = [
+        batch_for_step(ids, seed=0, step=3, batch_size=8, seq_len=10, rank=r, world_size=4)
+        for r in range(4)
+    ]
+    assert torch.equal(torch.cat([p.x for p in parts]), full.x)
+    with pytest.raises(ValueError, match="divisible"):
+        batch_for_step(ids, seed=0, step=3, batch_size=6, seq_len=10, rank=0, world_size=4)
+
+
+def test_unigram_perplexity_of_a_uniform_stream() -> None:
+    """Every id equally frequent in train -> the unigram perplexity is the vocabulary size."""
+    train = torch.arange(1000) % 10
+    assert unigram_perplexity(train, torch.arange(10), 10) == pytest.approx(10.0, rel=1e-12)
