@@ -22,6 +22,7 @@ EXPECTED = (
     "s8_orthogonal",
     "s9_invariances",
     "s11_two_experts",
+    "s13_s16_merging",
     "s17_s18_quaternion",
     "s19_spectral",
 )
