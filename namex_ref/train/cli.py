@@ -67,7 +67,7 @@ def _rank() -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from namex_ref.train.compare import compare
+    from namex_ref.train.comparison import compare
     from namex_ref.train.loop import NonFiniteLossError
 
     base = config_from_args(args, out=str(args.out))

@@ -70,7 +70,8 @@ class TrainResult:
     valid_loss / valid_ppl: mean next-token cross-entropy (nats) / its exponential over the
     deterministic validation windows (:func:`namex_ref.data.eval_windows`).
     unigram_ppl: the validation perplexity of the training split's unigram distribution.
-    seconds_per_step: mean wall time of a training step in this process (evaluation excluded).
+    seconds_per_step: mean wall time of a training step (evaluation and checkpoints excluded),
+        over all the processes that trained this run (resumes included).
     fallbacks: singular-bargain fallbacks summed over layers and all steps.
     """
 
@@ -323,12 +324,16 @@ def _train(config: TrainConfig, resume: bool, ctx: _Dist) -> TrainResult:
     )
     start = 0
     fallbacks_done = 0
+    step_time = 0.0  # wall seconds of training steps (evaluation excluded), over all resumes
+    steps_run = 0
     if ckpt is not None:
         model.load_state_dict(ckpt.model_state)
         optimizer.load_state_dict(ckpt.optim_state)
         restore_rng(ckpt)
         start = ckpt.step
         fallbacks_done = int(ckpt.counters.get("fallbacks", 0))
+        step_time = float(ckpt.counters.get("step_seconds", 0.0))
+        steps_run = int(ckpt.counters.get("steps_timed", 0))
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
@@ -366,8 +371,6 @@ def _train(config: TrainConfig, resume: bool, ctx: _Dist) -> TrainResult:
     n_in_interval = 0
     t_run = time.perf_counter()
     t_interval = t_run
-    step_time = 0.0
-    steps_run = 0
     model.train()
     for step in range(start + 1, config.steps + 1):
         lr = lr_at(step, config)
@@ -449,7 +452,9 @@ def _train(config: TrainConfig, resume: bool, ctx: _Dist) -> TrainResult:
         if ckpt_now and ctx.main:
             save_checkpoint(
                 ckpt_path, model=model, optimizer=optimizer, step=step,
-                config=config.to_dict(), counters={"fallbacks": int(fallbacks)},
+                config=config.to_dict(),
+                counters={"fallbacks": int(fallbacks), "step_seconds": step_time,
+                          "steps_timed": steps_run},
             )
         sums.zero_()
         res_max.fill_(-math.inf)

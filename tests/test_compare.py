@@ -1,0 +1,129 @@
+"""``compare``: mean ± 95% Student-t CI per method, markdown table, plot, resumable runs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from scipy import stats
+
+import namex_ref.train.comparison as compare_mod
+from namex_ref.cli import main
+from namex_ref.train import TrainConfig, TrainResult, compare, mean_ci, read_result
+from namex_ref.train.cli import parse_methods, parse_seeds
+from namex_ref.train.comparison import markdown_table, plot_compare, summarize
+
+# Student t with 2 degrees of freedom has the closed-form quantile t_p = (2p − 1)/√(2p(1 − p)),
+# an oracle independent of scipy: t_{0.975, 2} = 0.95/√0.04875 ≈ 4.303 (printed tables).
+T975_DF2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)
+
+
+def test_mean_ci_known_numbers() -> None:
+    mean, hw = mean_ci([10.0, 12.0, 11.0])  # mean 11, s = 1, n = 3
+    assert mean == 11.0
+    assert hw == pytest.approx(T975_DF2 / math.sqrt(3), rel=1e-12)  # t · s/√n, s = 1
+    assert hw == pytest.approx(2.484, abs=5e-4)
+
+
+@pytest.mark.parametrize("values", [[1.0, 2.0], [3.5, 3.1, 4.2, 5.0, 2.2], [100.0, 100.5, 99.0]])
+def test_mean_ci_matches_scipy_t_interval(values: list[float]) -> None:
+    mean, hw = mean_ci(values)
+    sem = stats.sem(values)  # s / sqrt(n), ddof = 1
+    lo, hi = stats.t.interval(0.95, len(values) - 1, loc=sum(values) / len(values), scale=sem)
+    assert mean - hw == pytest.approx(lo, rel=1e-12)
+    assert mean + hw == pytest.approx(hi, rel=1e-12)
+
+
+def test_mean_ci_edge_cases() -> None:
+    mean, hw = mean_ci([7.0])
+    assert mean == 7.0 and math.isnan(hw)
+    assert mean_ci([2.0, 2.0]) == (2.0, 0.0)
+    with pytest.raises(ValueError, match="at least one"):
+        mean_ci([])
+    with pytest.raises(ValueError, match="confidence"):
+        mean_ci([1.0, 2.0], confidence=1.5)
+
+
+def _fake(method: str, seed: int, ppl: float, sps: float = 0.05) -> TrainResult:
+    return TrainResult(
+        config=TrainConfig(method=method, seed=seed), out=f"x/{method}/{seed}", steps=1,
+        valid_loss=math.log(ppl), valid_ppl=ppl, unigram_ppl=500.0, train_loss=5.0,
+        seconds_per_step=sps, train_seconds=1.0, fallbacks=0, n_params=1, device="cpu",
+        world_size=1,
+    )
+
+
+def test_table_from_known_numbers(tmp_path: Path) -> None:
+    runs = [_fake("smoe", 2, 11.0), _fake("smoe", 0, 10.0), _fake("smoe", 1, 12.0),
+            _fake("namex", 0, 9.0, 0.1)]
+    summaries = summarize(runs)
+    assert [s.method for s in summaries] == ["smoe", "namex"]
+    assert summaries[0].seeds == (0, 1, 2) and summaries[0].ppl == (10.0, 12.0, 11.0)
+    table = markdown_table(summaries, unigram_ppl=500.0)
+    assert "| smoe | 3 | 11.00 ± 2.48 | 10.00, 12.00, 11.00 | 0.050 |" in table
+    assert "| namex | 1 | 9.00 | 9.00 | 0.100 |" in table  # no CI from one seed
+    assert "500.0" in table
+    png = plot_compare(summaries, tmp_path / "c.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_seed_and_method_lists() -> None:
+    assert parse_seeds("0,1,2") == parse_seeds("0-2") == [0, 1, 2]
+    assert parse_seeds("3, 5-6") == [3, 5, 6]
+    with pytest.raises(ValueError, match="--seeds"):
+        parse_seeds("a")
+    assert parse_methods("smoe, namex") == ["smoe", "namex"]
+    assert len(parse_methods("all")) == 9
+    with pytest.raises(ValueError, match="--methods"):
+        compare(TrainConfig(), ["moe"], [0], "unused")
+    with pytest.raises(ValueError, match="repeat"):
+        compare(TrainConfig(), ["smoe", "smoe"], [0], "unused")
+
+
+QUICK = ["--steps", "2", "--batch-size", "2", "--warmup", "1", "--log-every", "1",
+         "--eval-every", "2", "--eval-batches", "1", "--ckpt-every", "2",
+         "--final-eval-batches", "2", "--device", "cpu", "--threads", "1", "--no-progress",
+         "--corpus-chars", "300000"]
+
+
+def test_compare_end_to_end_and_resumable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    threads = torch.get_num_threads()
+    out = tmp_path / "cmp"
+    argv = ["compare", "--methods", "smear,namex", "--seeds", "0,1", "--out", str(out),
+            "--cache-dir", str(tmp_path / "cache"), *QUICK]
+    assert main(argv) == 0
+    assert torch.get_num_threads() == threads  # --threads is restored after each run
+    printed = capsys.readouterr().out
+    assert "| smear | 2 |" in printed and "| namex | 2 |" in printed
+    for name in ("results.md", "summary.json", "compare.png"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert [m["method"] for m in summary["methods"]] == ["smear", "namex"]
+    assert len(summary["runs"]) == 4
+    first = read_result(out / "namex" / "seed1")
+    assert first is not None and first.config.method == "namex" and first.config.seed == 1
+
+    # Finished runs are not trained again; an unfinished one is resumed from its checkpoint.
+    (out / "smear" / "seed0" / "result.json").unlink()
+    calls: list[tuple[str, int, bool]] = []
+    real_train = compare_mod.train
+
+    def spy(cfg: TrainConfig, *, resume: bool = False) -> Any:
+        calls.append((cfg.method, cfg.seed, resume))
+        return real_train(cfg, resume=resume)
+
+    monkeypatch.setattr(compare_mod, "train", spy)
+    assert main(argv) == 0
+    assert calls == [("smear", 0, True)]
+    again = read_result(out / "namex" / "seed1")
+    assert again == first
+    table = (out / "results.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert len(rows) == 3  # header + 2 methods
+    assert "n/a" not in rows[1]  # the resumed run kept its timing (checkpoint counters)
