@@ -47,11 +47,13 @@ from namex_ref.merging.routing import (
     top_k_routing,
 )
 from namex_ref.nash import (
+    RESIDUAL_TOL,
     BargainInputError,
     DegenerateExpertError,
     InfeasibleBargainError,
     solve_nash,
 )
+from tests.nash_strategies import cone_problems, scaled_problems
 
 EPS64 = float(np.finfo(np.float64).eps)
 #: float64 oracles on O(1) data with O(10) flops per entry: rounding stays far below 1e-12.
@@ -60,6 +62,9 @@ F64_TOL = 1e-12
 ROUTER_TOL = 1e-5
 #: Newton with the paper's 20-step budget on well-posed K reaches ~1e-14; the S4 check.
 NASH_RESIDUAL_TOL = 1e-10
+#: Newton's convergence test: RESIDUAL_TOL, or up to 8× the rounding floor (capped at 1e-6) for
+#: near-infeasible problems with large α (namex_ref.nash.solvers).
+NEWTON_CONVERGED = 1e-6
 #: α from two float64 solvers of the same well-conditioned K (cond ≤ ~1e3 here).
 ALPHA_RTOL = 1e-8
 
@@ -701,6 +706,25 @@ def test_bargain_alpha_solves_s4(seed: int, n: int, extra: int) -> None:
         same = bargain_alpha(taus, policy=policy)
         torch.testing.assert_close(same.alpha, res.alpha, rtol=0, atol=0)
         assert not bool(same.fallback)
+
+
+@given(problem=st.one_of(cone_problems(), scaled_problems()), iterations=st.sampled_from([3, 20]))
+@SETTINGS
+def test_bargain_alpha_never_silent(problem: tuple[Tensor, Tensor], iterations: int) -> None:
+    """Feasible but hard bargains (singular K, norms over 1e-2…1e2): within the fixed budget α is
+    either converged (residual at Newton's tolerance) or flagged as a fallback; "raise" then
+    finishes the solve with the full solver instead of raising."""
+    G, K = problem
+    taus = [G.T.contiguous()]  # (N, d)
+    res = bargain_alpha(taus, policy="ridge", iterations=iterations)
+    true_res = float((res.alpha * (K @ res.alpha) - 1).abs().max())
+    if not bool(res.fallback):
+        assert float(res.residual) <= NEWTON_CONVERGED and true_res <= NEWTON_CONVERGED
+    else:
+        assert float(res.residual) > RESIDUAL_TOL
+    full = bargain_alpha(taus, policy="raise", iterations=iterations, layer=0)
+    assert float(full.residual) <= NEWTON_CONVERGED
+    torch.testing.assert_close(full.alpha, solve_nash(K).alpha, rtol=1e-6, atol=0)
 
 
 def test_bargain_alpha_is_detached() -> None:

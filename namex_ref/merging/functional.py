@@ -51,7 +51,8 @@ def kronecker_apply(tau: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> 
     tau: (N, out, in) with out = o1·o2, in = i1·i2; A: (N, o1, o1), B: (N, o2, o2),
     C: (N, i1, i1), D: (N, i2, i2). Row index (a, b) of τ is a·o2 + b (row-major), so
     ((A⊗B)τ(C⊗D)ᵀ)[ab, cd] = Σ A[a,p] B[b,q] τ[pq, rs] C[c,r] D[d,s]. Returns (N, out, in).
-    Identity factors give M_i = I.
+    Identity factors give M_i = I. In row-major vectorisation M_i is A_i⊗B_i⊗C_i⊗D_i acting on
+    vec(τ_i) (``proofs/s13_s16_merging.py``).
     """
     N, out, inn = tau.shape
     o1, o2, i1, i2 = A.shape[-1], B.shape[-1], C.shape[-1], D.shape[-1]
@@ -72,6 +73,10 @@ def merge_weights(base: Tensor | None, deltas: Tensor, scores: Tensor, eta: floa
 
     base: (*P) or None (= 0; SMEAR, S13, uses η = 1); deltas: (N, *P); scores: (..., N).
     Returns (..., *P) — one merged weight matrix per score row (segment or sequence).
+
+    Note: with η = 1, D_i = τ_i = E_i − E_m (M = I) and Σ s_i = 1, S14 is S13 for every E_m
+    (``proofs/s13_s16_merging.py``); router scores sum to 1 only to float32 rounding, so the two
+    agree to ~1e-7·‖E_m‖.
     """
     n = deltas.shape[0]
     merged = (scores.reshape(-1, n) @ deltas.reshape(n, -1)).reshape(
@@ -235,6 +240,11 @@ def propagate(
       nash (S16): ΔE = (ε/√N) Σ_i α_i τ_i (raw τ, α detached), then μ and E_m updated by the
                   momentum kind (S16 none, S17 complex, S18 quaternion) with μ^(1) = 0.
     α is solved at layer 0 and, for "-full" methods, every Δl layers (``config.resolves_at``).
+
+    Reductions (``proofs/s13_s16_merging.py``, ``proofs/s17_s18_quaternion.py``, tested in
+    ``tests/test_merging.py``): α ≡ 1/N with M = I gives EP-CAMEx (S16 → S15); β = 0 gives NAMEx;
+    NAMEx-Q with β equals NAMEx-Full-Mom with β_c = Re β + i‖Im β‖; NAMEx-Full with Δl ≥ L is
+    NAMEx.
     """
     spec = config.spec
     L = len(experts)
