@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from scipy import stats
 
 import namex_ref.train.comparison as compare_mod
@@ -36,6 +38,19 @@ def test_mean_ci_matches_scipy_t_interval(values: list[float]) -> None:
     lo, hi = stats.t.interval(0.95, len(values) - 1, loc=sum(values) / len(values), scale=sem)
     assert mean - hw == pytest.approx(lo, rel=1e-12)
     assert mean + hw == pytest.approx(hi, rel=1e-12)
+
+
+@given(st.lists(st.floats(1.0, 1e4), min_size=2, max_size=12),
+       st.sampled_from([0.8, 0.9, 0.95, 0.99]))
+def test_mean_ci_property_against_scipy(values: list[float], confidence: float) -> None:
+    mean, hw = mean_ci(values, confidence)
+    sem = stats.sem(values)
+    if not sem > 0:
+        assert hw == pytest.approx(0.0, abs=1e-9 * abs(mean))
+        return
+    lo, hi = stats.t.interval(confidence, len(values) - 1, loc=mean, scale=sem)
+    # fsum vs numpy's pairwise sums: agreement to a few ulps of the values' scale
+    assert (mean - hw, mean + hw) == pytest.approx((lo, hi), rel=1e-9, abs=1e-9 * mean)
 
 
 def test_mean_ci_edge_cases() -> None:

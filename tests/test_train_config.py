@@ -9,6 +9,8 @@ import typing
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from namex_ref.cli import build_parser
 from namex_ref.train import TrainConfig, batch_for_step, config_from_args, lr_at
@@ -173,3 +175,47 @@ def test_unigram_perplexity_of_a_uniform_stream() -> None:
     """Every id equally frequent in train -> the unigram perplexity is the vocabulary size."""
     train = torch.arange(1000) % 10
     assert unigram_perplexity(train, torch.arange(10), 10) == pytest.approx(10.0, rel=1e-12)
+
+
+@given(
+    steps=st.integers(1, 5000),
+    warmup_frac=st.floats(0, 1),
+    lr=st.floats(1e-6, 1.0),
+    ratio=st.floats(0, 1),
+)
+def test_lr_schedule_bounds(steps: int, warmup_frac: float, lr: float, ratio: float) -> None:
+    """Every step's lr lies in (0, lr]; after warmup it never increases and ends at lr·ratio."""
+    warmup = int(warmup_frac * steps)
+    cfg = TrainConfig(steps=steps, warmup=warmup, lr=lr, min_lr_ratio=ratio)
+    probe = sorted({1, warmup, warmup + 1, steps // 2, steps - 1, steps} & set(range(1, steps + 1)))
+    values = [lr_at(s, cfg) for s in probe]
+    assert all(0 <= v <= lr * (1 + 1e-12) for v in values)
+    after = [v for s, v in zip(probe, values, strict=True) if s >= max(warmup, 1)]
+    assert all(a >= b * (1 - 1e-12) for a, b in itertools.pairwise(after))
+    if steps > warmup:
+        assert lr_at(steps, cfg) == pytest.approx(lr * ratio, rel=1e-9, abs=1e-300)
+
+
+@given(world=st.integers(1, 6), per=st.integers(1, 3), step=st.integers(0, 10**6))
+def test_rank_slices_partition_the_global_batch(world: int, per: int, step: int) -> None:
+    ids = torch.arange(500)
+    B = world * per
+    full = batch_for_step(ids, seed=3, step=step, batch_size=B, seq_len=5)
+    parts = [batch_for_step(ids, seed=3, step=step, batch_size=B, seq_len=5, rank=r,
+                            world_size=world) for r in range(world)]
+    assert torch.equal(torch.cat([p.y for p in parts]), full.y)
+
+
+@given(
+    seed=st.integers(0, 2**31), steps=st.integers(1, 10**6), lr=st.floats(1e-8, 10.0),
+    method=st.sampled_from(["smoe", "namex", "namex-q"]), beta=st.none() | st.floats(0, 0.99),
+)
+def test_config_round_trips_through_dict_and_flags(
+    seed: int, steps: int, lr: float, method: str, beta: float | None
+) -> None:
+    cfg = TrainConfig(seed=seed, steps=steps, warmup=0, lr=lr, method=method, beta_abs=beta)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    argv = ["train", "--seed", str(seed), "--steps", str(steps), "--warmup", "0",
+            "--lr", repr(lr), "--method", method, "--beta-abs", repr(beta) if beta else "none"]
+    parsed = _parse(argv)
+    assert parsed == (cfg if beta else dataclasses.replace(cfg, beta_abs=None))

@@ -270,3 +270,21 @@ def test_cuda_run(cache: Path, tmp_path: Path) -> None:
     auto = train(quick(cache, tmp_path / "auto", device="auto", steps=1, log_every=1,
                        eval_every=1, ckpt_every=1, warmup=1))
     assert auto.device.startswith("cuda")
+
+
+def test_wikitext_source(cache: Path, tmp_path: Path) -> None:
+    """The WikiText raw layout is read through namex_ref.data.load_wikitext (files made here)."""
+    from namex_ref.data import load_builtin_corpus
+
+    text = load_builtin_corpus()
+    wt = tmp_path / "wikitext-103-raw"
+    wt.mkdir()
+    for name, piece in (("train", text[:200_000]), ("valid", text[200_000:230_000]),
+                        ("test", text[230_000:260_000])):
+        (wt / f"wiki.{name}.raw").write_text(piece, encoding="utf-8")
+    res = train(quick(cache, tmp_path / "wt", data="wikitext", wikitext_dir=str(tmp_path),
+                      steps=2, eval_every=2, ckpt_every=2))
+    assert math.isfinite(res.valid_loss)
+    with pytest.raises(FileNotFoundError, match="WikiText"):
+        train(quick(cache, tmp_path / "missing", data="wikitext",
+                    wikitext_dir=str(tmp_path / "nowhere"), steps=1, warmup=1))
