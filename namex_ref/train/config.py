@@ -91,7 +91,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    eval_every: int = 100
+    eval_every: int = 50
     eval_batches: int = 4
     final_eval_batches: int = 0
     log_every: int = 10
