@@ -180,9 +180,9 @@ def run(out: str | Path, *, quick: bool = False, device: str = "auto",
         repeats: int | None = None) -> tuple[Path, str]:
     """Entry point of ``namex bench scaling``."""
     reps = repeats if repeats is not None else (1 if quick else 5)
-    batch, seq = (2, 32) if quick else (4, 128)
+    batch, seq = (1, 16) if quick else (4, 128)
     values: Mapping[str, Sequence[int]] = (
-        {"N": (2, 4), "d": (32, 64), "L": (1, 2)} if quick else VALUES
+        {"N": (2, 4), "d": (16, 32), "L": (1, 2)} if quick else VALUES
     )
     methods = ("ep-camex", "namex") if quick else SCALING_METHODS
     rows = bench_scaling(values, methods, batch=batch, seq=seq, repeats=reps, device=device)

@@ -62,6 +62,7 @@ __all__ = [
     "StepShape",
     "bench_step",
     "count_sync_ops",
+    "forward_sync_ops",
     "make_step",
     "profile_step",
     "saved_tensor_bytes",
@@ -112,7 +113,7 @@ class StepRow:
     state_mib: float
     saved_mib: float
     peak_mib: float | None
-    sync_ops: int
+    sync_ops: int | None
 
 
 def make_step(model: MoEGPT, opt: torch.optim.Optimizer, idx: Tensor,
@@ -179,6 +180,11 @@ def count_sync_ops(fn: Callable[[], object]) -> dict[str, int]:
     return counts
 
 
+def forward_sync_ops(model: MoEGPT, idx: Tensor, tgt: Tensor) -> int:
+    """Host-sync operators (:data:`SYNC_OPS`) in one forward of ``model`` on (idx, tgt)."""
+    return _forward_syncs(model, idx, tgt)
+
+
 def _forward_syncs(model: MoEGPT, idx: Tensor, tgt: Tensor) -> int:
     counts = count_sync_ops(lambda: model(idx, tgt))
     return sum(counts.values())
@@ -241,12 +247,15 @@ def bench_step(
     *,
     repeats: int = 5,
     rss: bool = True,
+    sync_counts: bool = True,
     all_resident: Sequence[str] = ("tiny",),
 ) -> list[StepRow]:
     """Time every method's training step per shape. Presets in ``all_resident`` keep all
     methods' models in memory and time them round-robin in one group; larger presets time each
     method in a group with the two references (SMoE, EP-CAMEx) so that at most three models are
-    resident, and ratios come from the method's own group. The references are always run."""
+    resident, and ratios come from the method's own group. The references are always run.
+    ``rss``: CPU peak-RSS probe per method (a subprocess each); ``sync_counts``: profile one
+    forward per method for host-sync operators."""
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}; choose from {METHODS}")
@@ -262,7 +271,7 @@ def bench_step(
         med: dict[str, float] = {}
         ratio: dict[str, dict[str, float]] = {}
         ref_meds: dict[str, list[float]] = {r: [] for r in refs}
-        mem: dict[str, tuple[int, float, float, float | None, int]] = {}
+        mem: dict[str, tuple[int, float, float, float | None, int | None]] = {}
         for group in groups:
             built = {m: _build(preset(shape.preset, m), shape) for m in group}
             times = interleaved_medians({m: b[1] for m, b in built.items()}, dev,
@@ -279,8 +288,8 @@ def bench_step(
                     idx, tgt = _inputs(model.config, shape, seed=1)
                     saved = saved_tensor_bytes(model, idx, tgt) / 2**20
                     peak = _cuda_peak(step, dev) if dev.type == "cuda" else None
-                    mem[m] = (n_par, 16 * n_par / 2**20, saved, peak,
-                              _forward_syncs(model, idx, tgt))
+                    syncs = _forward_syncs(model, idx, tgt) if sync_counts else None
+                    mem[m] = (n_par, 16 * n_par / 2**20, saved, peak, syncs)
             del built
         for r in refs:
             med[r] = statistics.median(ref_meds[r])
@@ -401,7 +410,8 @@ def step_report(out: str | Path, rows: Sequence[StepRow], shapes: Sequence[StepS
         peak = "—" if r.peak_mib is None else f"{r.peak_mib:.1f}"
         body.append([r.preset, r.device, f"{r.batch}×{r.seq}", r.method, f"{r.params:,}",
                      fmt_seconds(r.seconds), f"{r.vs_smoe:.2f}", f"{r.vs_ep_camex:.2f}",
-                     f"{r.state_mib:.1f}", f"{r.saved_mib:.1f}", peak, str(r.sync_ops)])
+                     f"{r.state_mib:.1f}", f"{r.saved_mib:.1f}", peak,
+                     "—" if r.sync_ops is None else str(r.sync_ops)])
     measured = {(r.preset, r.device) for r in rows}
     if not any(r.device == "cuda" for r in rows):
         for s in CUDA_SHAPES:
