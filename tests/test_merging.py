@@ -779,6 +779,18 @@ def test_singular_bargain_policies(
     assert torch.all(res.alpha == res.alpha[0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_all_experts_equal_to_base(dtype: torch.dtype) -> None:
+    """Every τ_i = 0: "raise" raises; "ridge"/"uniform" give α = 1 (was ~1e154, which is inf
+    in float32 and made ΔE = inf·0 = NaN)."""
+    taus = [torch.zeros(3, 4, 5, dtype=dtype), torch.zeros(3, 2, dtype=dtype)]
+    with pytest.raises(DegenerateExpertError, match="MoE layer 1"):
+        bargain_alpha(taus, policy="raise", layer=1)
+    for policy in ("ridge", "uniform"):
+        res = bargain_alpha(taus, policy=policy)
+        assert bool(res.fallback) and res.alpha.tolist() == [1.0, 1.0, 1.0]
+
+
 def test_uniform_policy_bounded_when_experts_cancel() -> None:
     """τ_1 = −τ_0 exactly: 1ᵀK1 = 0, α stays finite and moderate instead of ~1e15."""
     u = torch.randn(1, 8, generator=_gen(3))

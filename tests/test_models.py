@@ -294,6 +294,27 @@ def test_zero_expert_policies(layer: int) -> None:
         model(idx)
 
 
+@pytest.mark.parametrize("policy", ["ridge", "uniform"])
+def test_all_experts_equal_to_base_in_float32(policy: str) -> None:
+    """SPEC §3 "degenerate τ": experts initialised equal to the base (every τ_i = 0) at layer
+    0 of a float32 model: the policy's fallback keeps logits and gradients finite (regression:
+    "ridge" returned α ≈ 7e153, inf in float32, and NaN logits)."""
+    model = build(micro("namex-full", singular_policy=policy), double=False)
+    moe = model.moe_layers()[0]
+    assert moe.base1 is not None and moe.base2 is not None
+    with torch.no_grad():
+        moe.w1.copy_(moe.base1.expand_as(moe.w1))
+        moe.w2.copy_(moe.base2.expand_as(moe.w2))
+    idx = tokens(11)
+    out = model(idx, idx)
+    assert out.stats.fallbacks.tolist() == [True, False, False]
+    assert bool(torch.isfinite(out.logits).all())
+    assert out.loss is not None
+    out.loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is None or bool(torch.isfinite(p.grad).all()), name
+
+
 def test_infeasible_bargain_in_model() -> None:
     """Anti-parallel experts (τ_1 = −τ_0) at the first layer: no bargain exists (S6)."""
     idx = tokens(9)

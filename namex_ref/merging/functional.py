@@ -126,6 +126,8 @@ def bargain_alpha(
       Where the experts cancel (1ᵀK1 < 1e-6·tr K, below float32 rounding of K) c is capped at
       √(N / (1e-6·tr K)) instead of growing without bound.
 
+    If every τ_i is zero, "ridge" and "uniform" return α = 1 (ΔE = 0 whatever α is).
+
     Returns :class:`AlphaSolve`; ``residual`` is max_i |α_i(Kα)_i − 1| of the Newton α on the
     true K (so 1 for a zero expert, NaN for a non-finite K), whatever the policy returns.
     """
@@ -171,6 +173,11 @@ def bargain_alpha(
         total = torch.maximum(K0.sum(), floor)
         alt = torch.full((n,), 1.0, dtype=torch.float64, device=K.device) * (n / total).sqrt()
     alpha = torch.where(ok, sol.alpha, alt)
+    # Every τ_i = 0 (experts equal to the base, SPEC §3 "degenerate τ"): ΔE = 0 for any α, but
+    # the policies' α ~ 1/√tiny ≈ 1e154 would overflow to inf in float32 and make ΔE = inf·0 =
+    # NaN; use α = 1.
+    all_zero = ~(diag.max() > torch.finfo(K_acc.dtype).tiny)
+    alpha = torch.where(all_zero, torch.ones_like(alpha), alpha)
     alpha = torch.nan_to_num(alpha, nan=1.0, posinf=1.0, neginf=1.0)
     return AlphaSolve(alpha, residual, ~ok)
 
