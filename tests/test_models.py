@@ -121,6 +121,23 @@ def test_tiny_forward_backward(method: str) -> None:
         assert float(out.aux_loss) == 0.0
 
 
+@pytest.mark.parametrize("method", ["smoe", "namex-full-mom"])
+def test_bfloat16_autocast_and_cast(method: str) -> None:
+    """Mixed precision (CPU autocast) and a bfloat16 model run forward and backward (regression:
+    SMoE's index_add_ mixed a float32 output with bfloat16 expert outputs under autocast)."""
+    idx = tokens(12)
+    model = build(micro(method), double=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(idx, idx)
+    assert out.loss is not None and bool(torch.isfinite(out.loss))
+    out.loss.backward()
+    bf16 = build(micro(method), double=False).to(torch.bfloat16)
+    out = bf16(idx, idx)
+    assert out.loss is not None and bool(torch.isfinite(out.loss))
+    out.loss.backward()
+    assert not bool(out.stats.fallbacks.any())
+
+
 # --------------------------------------------------------------------------------------------
 # Causality of segment routing through the whole model
 # --------------------------------------------------------------------------------------------

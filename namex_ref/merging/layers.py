@@ -150,7 +150,7 @@ class MoEFeedForward(nn.Module):
             if tok.numel() == 0:
                 continue
             h = F.gelu(flat[tok] @ self.w1[i].T) @ self.w2[i].T  # (n_i, C)
-            out.index_add_(0, tok, h * route.gates[tok, slot, None])
+            out.index_add_(0, tok, (h * route.gates[tok, slot, None]).to(out.dtype))  # autocast
         aux = self.config.balance_coef * load_balancing_loss(route.probs, route.experts, n)
         return LayerOutput(out.reshape(B, T, C), aux, route.probs.reshape(B, T, n))
 
