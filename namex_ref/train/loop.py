@@ -220,6 +220,13 @@ def evaluate(
     return float(total[0]) / n, cosine
 
 
+def _to_device(t: Tensor, device: torch.device) -> Tensor:
+    """Host -> device copy that does not wait for the device (pinned memory, non_blocking)."""
+    if device.type == "cpu":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def _nested(t: Tensor) -> Any:
     return clean_json(t.detach().double().cpu().tolist())
 
@@ -313,7 +320,7 @@ def _train(config: TrainConfig, resume: bool, ctx: _Dist) -> TrainResult:
         raise ValueError(
             f"tokenizer vocabulary {data.vocab_size} exceeds the model's {mcfg.vocab_size}"
         )
-    train_ids = data.train.to(device)
+    train_ids = data.train  # batches are gathered on the CPU, then copied without a sync
     valid_ids = data.valid
     unigram = unigram_perplexity(data.train, data.valid, mcfg.vocab_size)
 
@@ -380,7 +387,8 @@ def _train(config: TrainConfig, resume: bool, ctx: _Dist) -> TrainResult:
             train_ids, seed=config.seed, step=step, batch_size=config.batch_size, seq_len=T,
             rank=ctx.rank, world_size=ctx.world,
         )
-        out_: ModelOutput = net(batch.x, batch.y)
+        x, y = _to_device(batch.x, device), _to_device(batch.y, device)
+        out_: ModelOutput = net(x, y)
         loss, ce = out_.loss, out_.ce
         assert loss is not None and ce is not None  # targets were given
         optimizer.zero_grad(set_to_none=True)
