@@ -25,6 +25,7 @@ from namex_ref.crosslayer import (
     layer0_c,
     model_chain,
     synthetic_chain,
+    target_cosines,
     track,
     tracking_errors,
     verdicts,
@@ -113,6 +114,21 @@ def test_metric_zero_at_target_and_uniform_alpha_is_mean() -> None:
     torch.testing.assert_close(targets[0][0], layers[0][0].mean(0), rtol=1e-14, atol=1e-14)
     abs_err, rel_err, tnorm = tracking_errors(targets, layers, alphas)
     assert np.all(abs_err == 0) and np.all(rel_err == 0) and np.all(tnorm > 0)
+
+
+def test_target_cosines_identical_and_unrelated_layers() -> None:
+    """cos(Ē_α^(l), Ē_α^(l+1)) is 1 for identical layers and O(1/√d) for independent ones."""
+    ch = synthetic_chain(n_layers=5, shapes=((20, 20),), drift=0.0, seed=4)
+    alphas = torch.rand(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    alphas[:] = alphas[0]  # same α everywhere: same target
+    np.testing.assert_allclose(
+        target_cosines([list(e) for e in ch.experts], alphas), 1.0, rtol=0, atol=1e-12
+    )
+    g = torch.Generator().manual_seed(5)
+    layers = [[torch.randn(4, 20, 20, generator=g, dtype=torch.float64)] for _ in range(6)]
+    cos = target_cosines(layers, alphas[:1].expand(6, 4))
+    # d = 400 independent Gaussian directions: |cos| has std 1/√400 = 0.05; 0.25 is 5σ.
+    assert cos.shape == (5,) and np.all(np.abs(cos) < 0.25)
 
 
 def test_bad_inputs_raise() -> None:
