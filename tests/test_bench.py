@@ -140,8 +140,10 @@ def test_random_grams_are_psd_gram_matrices() -> None:
 def test_solver_rows_are_consistent() -> None:
     rows = solvers.bench_solvers((2, 3), (1, 4), variants=("newton", "newton-fixed",
                                  "closed_form", "ccp"), oracle_problems=1, repeats=1,
-                                 device="cpu", fixed_iterations=20)
+                                 device="cpu", fixed_iterations=20, max_batch={3: 1})
     keys = {(r.variant, r.n, r.batch) for r in rows}
+    assert ("newton", 2, 4) in keys and ("newton", 3, 1) in keys
+    assert not any(r.n == 3 and r.batch == 4 for r in rows)  # capped
     assert ("closed_form", 2, 4) in keys and not any(r.variant == "closed_form" and r.n == 3
                                                      for r in rows)
     assert {(r.variant, r.batch) for r in rows if r.variant == "ccp"} == {("ccp", 1)}

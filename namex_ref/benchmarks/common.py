@@ -29,6 +29,7 @@ __all__ = [
     "fmt_ratio",
     "fmt_seconds",
     "interleaved_medians",
+    "log_ticks",
     "markdown_document",
     "measure_bandwidth",
     "new_figure",
@@ -244,6 +245,14 @@ def save_figure(fig: object, path: Path) -> Path:
     fig.savefig(path, dpi=80, bbox_inches="tight")  # type: ignore[attr-defined]
     plt.close(fig)  # type: ignore[arg-type]
     return path
+
+
+def log_ticks(ax: object, values: Sequence[float]) -> None:
+    """Label a log-scaled x axis at ``values`` only (plain numbers, no minor ticks)."""
+    vals = sorted(set(values))
+    ax.set_xticks(vals)  # type: ignore[attr-defined]
+    ax.set_xticklabels([f"{v:g}" for v in vals], fontsize=7)  # type: ignore[attr-defined]
+    ax.minorticks_off()  # type: ignore[attr-defined]
 
 
 def new_figure(

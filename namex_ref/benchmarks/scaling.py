@@ -22,6 +22,7 @@ from namex_ref.benchmarks.common import (
     environment,
     fmt_seconds,
     interleaved_medians,
+    log_ticks,
     markdown_document,
     new_figure,
     resolve_devices,
@@ -172,6 +173,7 @@ def _plot(path: Path, rows: Sequence[ScalingRow],
                             label=f"{m} ({dev}) b={b:.2f}")
         ax.set(xscale="log", yscale="log", xlabel=labels[axis],  # type: ignore[attr-defined]
                ylabel="step time (s)")
+        log_ticks(ax, [r.value for r in rows if r.axis == axis])
         ax.legend(fontsize=6)  # type: ignore[attr-defined]
     save_figure(fig, path)
 

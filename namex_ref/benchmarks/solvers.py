@@ -23,6 +23,7 @@ from namex_ref.benchmarks.common import (
     environment,
     fmt_ratio,
     interleaved_medians,
+    log_ticks,
     markdown_document,
     new_figure,
     resolve_devices,
@@ -261,6 +262,7 @@ def _plot(path: Path, rows: Sequence[SolverRow]) -> None:
                          label=f"{v} ({dev})")
     ax1.set(xscale="log", yscale="log", xlabel="N experts", ylabel="s / problem",  # type: ignore[attr-defined]
             title="per problem, best batch size")
+    log_ticks(ax1, [r.n for r in rows])
     ax1.legend(fontsize=6)  # type: ignore[attr-defined]
     n_sel = TARGET_N if any(r.n == TARGET_N for r in rows) else min(r.n for r in rows)
     for v in BATCHED:
@@ -275,6 +277,7 @@ def _plot(path: Path, rows: Sequence[SolverRow]) -> None:
             ax2.axhline(r.seconds_per_problem, color="k", ls="--", label="ccp")  # type: ignore[attr-defined]
     ax2.set(xscale="log", yscale="log", xlabel="batch size", ylabel="s / problem",  # type: ignore[attr-defined]
             title=f"N = {n_sel}")
+    log_ticks(ax2, [r.batch for r in rows if r.variant in BATCHED])
     ax2.legend(fontsize=6)  # type: ignore[attr-defined]
     save_figure(fig, path)
 

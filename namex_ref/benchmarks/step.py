@@ -22,6 +22,7 @@ can differ between devices (see :func:`sync_sources`).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import statistics
@@ -149,21 +150,33 @@ def _build(cfg: ModelConfig, shape: StepShape, seed: int = 0) -> tuple[MoEGPT, C
 
 def saved_tensor_bytes(model: MoEGPT, idx: Tensor, tgt: Tensor) -> int:
     """Bytes autograd saves for backward in one forward of ``model`` (parameters excluded,
-    storages counted once)."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
+    storages counted once).
 
-    def pack(t: Tensor) -> Tensor:
+    The pack hook returns only the byte count, not the tensor: a hook that returned the tensor
+    itself would store an output inside its own grad_fn, a reference cycle through C++ that
+    Python's collector cannot free (every call would leak one forward's activations). The
+    storages are held in a local dict until the forward ends (as the graph would hold them), so
+    addresses are not reused while counting. The graph is not usable for backward.
+    """
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, torch.UntypedStorage] = {}
+
+    def pack(t: Tensor) -> int:
         st = t.untyped_storage()
         ptr = st.data_ptr()
         if ptr not in params and ptr != 0:
-            seen[ptr] = max(seen.get(ptr, 0), st.nbytes())
-        return t
+            seen.setdefault(ptr, st)
+        return st.nbytes()
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    def unpack(_: int) -> Tensor:
+        raise RuntimeError("saved_tensor_bytes builds a forward graph for counting only")
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         out = model(idx, tgt)
     del out
-    return sum(seen.values())
+    total = sum(st.nbytes() for st in seen.values())
+    seen.clear()
+    return total
 
 
 def count_sync_ops(fn: Callable[[], object]) -> dict[str, int]:
@@ -290,7 +303,9 @@ def bench_step(
                     peak = _cuda_peak(step, dev) if dev.type == "cuda" else None
                     syncs = _forward_syncs(model, idx, tgt) if sync_counts else None
                     mem[m] = (n_par, 16 * n_par / 2**20, saved, peak, syncs)
+                    del model, step
             del built
+            gc.collect()
         for r in refs:
             med[r] = statistics.median(ref_meds[r])
         for r in refs:
