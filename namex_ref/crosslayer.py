@@ -724,7 +724,7 @@ def render_markdown(
                 f"- {chain}, α {resolve}: mean cos(Ē_α^(l), Ē_α^(l+1)) = {tcos:.3f}; "
                 f"**best real β (incl. β=0) / best φ≠0 over the whole grid = "
                 f"{_fmt(best_real.score)} / {_fmt(best_nz.score)} = "
-                f"×{best_real.score / best_nz.score:.3f}**; best overall {_fmt(best_all.score)} at "
+                f"×{best_real.score / best_nz.score:.3g}**; best overall {_fmt(best_all.score)} at "
                 f"γc₀={best_all.gamma_c0:g}, |β|={best_all.beta_abs:g}, "
                 f"φ={math.degrees(best_all.phase):+.0f}°; best real β (incl. β=0) "
                 f"{_fmt(best_real.score)} at γc₀={best_real.gamma_c0:g}, "
@@ -734,7 +734,7 @@ def render_markdown(
             )
     lines.append("")
     head = (
-        ["α", "γc₀", "γ", "|β|", "β=0"]
+        ["α", "γc₀", "γ", "\\|β\\|", "β=0"]  # pipes escaped inside a table cell
         + [f"φ=±{math.degrees(p):.0f}°" if p else "φ=0" for p in absphases]
         + [f"ρ̄ {'±' if p else ''}{math.degrees(p):.0f}°" for p in absphases]
         + ["best φ≠0", "gain", "fallbacks"]
