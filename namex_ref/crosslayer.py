@@ -80,6 +80,7 @@ __all__ = [
     "Tracking",
     "alpha_target",
     "crosslayer_report",
+    "headline_table",
     "layer0_c",
     "lm_token_ids",
     "model_chain",
@@ -684,6 +685,44 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}" if math.isfinite(x) else str(x)
 
 
+def headline_table(rows: Sequence[SweepRow]) -> list[str]:
+    """Markdown lines: per (chain, resolve) the ratio best real β (β = 0 included) / best φ ≠ 0
+    of the score at each γ·c_0 and over the whole grid (> 1: a non-zero phase tracks better),
+    the smallest score, the mean cosine of consecutive targets and how often the S19 ρ ranking
+    picks the best |φ| (see :func:`verdicts`)."""
+    vs = verdicts(rows)
+    gcs = sorted({r.gamma_c0 for r in rows})
+    head = (
+        ["chain", "α", "cos(Ē⁽ˡ⁾, Ē⁽ˡ⁺¹⁾)", "min score"]
+        + [f"real/φ≠0 at γc₀={g:g}" for g in gcs]
+        + ["real/φ≠0 whole grid", "ρ picks best \\|φ\\|"]
+    )
+    lines = ["## Does a non-zero phase help? (best real β / best φ ≠ 0; > 1 means it does)", ""]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" * len(head))
+
+    def ratio(sub: list[SweepRow]) -> str:
+        real = [r.score for r in sub if r.phase == 0.0]
+        other = [r.score for r in sub if r.phase != 0.0]
+        if not real or not other or min(other) == 0:
+            return "–"
+        return f"{min(real) / min(other):.4g}"
+
+    for chain in dict.fromkeys(r.chain for r in rows):
+        for resolve in ("once", "every"):
+            crow = [r for r in rows if r.chain == chain and r.resolve == resolve]
+            if not crow:
+                continue
+            cv = [v for v in vs if v.chain == chain and v.resolve == resolve]
+            tcos = float(np.mean([r.tracking.target_cosine.mean() for r in crow]))
+            cells = [chain, resolve, f"{tcos:.3f}", _fmt(min(r.score for r in crow))]
+            cells += [ratio([r for r in crow if r.gamma_c0 == g]) for g in gcs]
+            cells += [ratio(crow), f"{sum(v.spectral_agrees for v in cv)}/{len(cv)}"]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
 def render_markdown(
     rows: Sequence[SweepRow],
     *,
@@ -699,6 +738,7 @@ def render_markdown(
         lines.append("")
     absphases = sorted({abs(r.phase) for r in rows if r.beta_abs > 0})
     wins = [v for v in vs if v.gain > 1 + TIE_RTOL]
+    lines += headline_table(rows)
     lines.append("## Summary")
     lines.append("")
     lines.append(

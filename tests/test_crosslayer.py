@@ -397,6 +397,17 @@ def test_quick_report(tmp_path: object) -> None:
         assert v.conj_gap == 0.0  # ±φ bit-identical
         assert v.gain == pytest.approx(v.err_zero / v.err_best, rel=1e-12)
         assert v.best_phase != 0.0
+    # Headline table: the whole-grid ratio is min score over real β (β = 0 included) divided
+    # by min score over φ ≠ 0, recomputed here from the rows.
+    for chain in chains:
+        for resolve in ("once", "every"):
+            sub = [r for r in rep.rows if r.chain == chain and r.resolve == resolve]
+            real = min(r.score for r in sub if r.phase == 0.0)
+            other = min(r.score for r in sub if r.phase != 0.0)
+            row = next(
+                line for line in text.splitlines() if line.startswith(f"| {chain} | {resolve} |")
+            )
+            assert row.split(" | ")[-2] == f"{real / other:.4g}", row
     assert len(rep.train_losses) == 3 and all(math.isfinite(x) for x in rep.train_losses)
     # The identical-expert synthetic chain with frozen α follows S19: at γc₀ = 0.5 < 1 a
     # non-real β contracts faster than φ = 0 at |β| = 0.5 (ρ 0.707 → 0.67 at φ = ±30°), and
