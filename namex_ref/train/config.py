@@ -71,7 +71,9 @@ class TrainConfig:
     log_every (steps between metric lines and host synchronisations), ckpt_every (steps between
         checkpoints; the final step is always checkpointed; 0 = final only).
     device: "cpu", "cuda" or "auto" (cuda when available). threads: torch CPU threads during the
-        run (0 = leave torch's setting; 1 is fastest for the tiny preset on a busy machine).
+        run; 0 = torch's default (all cores). Default 1: the tiny preset's kernels are so small
+        that 2 threads gain only ~1.5x on an idle 2-core machine and lose 4-8x when other
+        processes share the cores (OpenMP barriers); use 0 for the larger presets on a CPU.
         progress: tqdm bar (only on a TTY).
     out: run folder (metrics.jsonl, checkpoint.safetensors, result.json, plots).
     data: "builtin" (World English Bible, split val_frac/test_frac) or "wikitext" (raw files in
@@ -97,7 +99,7 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 100
     device: Device = "auto"
-    threads: int = 0
+    threads: int = 1
     progress: bool = True
     out: str = "runs/train"
     data: DataSource = "builtin"
