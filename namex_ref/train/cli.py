@@ -85,7 +85,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this package's sub-commands to the ``namex`` parser."""
     t = sub.add_parser(
         "train", help="train the MoE GPT with one merging method (flags = TrainConfig fields)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_config_arguments(t)
     t.add_argument("--resume", action="store_true",

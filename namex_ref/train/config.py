@@ -240,6 +240,18 @@ def _optional(parse: Any, choices: list[str] | None) -> Any:
     return convert
 
 
+_HELP: dict[str, str] = {
+    "preset": "model preset: " + ", ".join(PRESETS),
+    "method": "merging method: " + ", ".join(METHODS),
+    "batch_size": "global batch (split over DDP ranks)",
+    "lr": "peak learning rate (AdamW)",
+    "threads": "torch CPU threads; 0 = torch's default",
+    "final_eval_batches": "0 = the whole validation split",
+    "corpus_chars": "use only the first characters of the built-in corpus; 0 = all",
+    "cache_dir": "tokenizer / token-id cache; '' = $NAMEX_CACHE or ~/.cache/namex-ref",
+}
+
+
 def add_config_arguments(
     parser: argparse.ArgumentParser, *, exclude: frozenset[str] = frozenset()
 ) -> None:
@@ -256,7 +268,7 @@ def add_config_arguments(
         names = [flag_name(f.name)]
         if "_" in f.name:
             names.append("--" + f.name)
-        help_default = f"(default: {f.default!r})"
+        help_default = f"{_HELP.get(f.name, '')} (default: {f.default!r})".strip()
         if tp is bool:
             parser.add_argument(
                 *names, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
