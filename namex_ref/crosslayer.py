@@ -847,11 +847,12 @@ def crosslayer_report(
 ) -> CrosslayerReport:
     """Run the whole measurement and write the markdown table and the PNG.
 
-    Chains: synthetic (L = 24, drift ω ∈ {0, 0.05, 0.2}), the tiny preset at initialisation
-    (L = 4), a 16-layer tiny-width model at initialisation, and the tiny preset
-    (NAMEx-Full-Mom, its default β = 0.5·e^{iπ/6}, γ = 1) after ``train_steps`` AdamW steps on
-    the built-in corpus (BPE 2048). quick: small chains, a reduced model, byte tokens, 3
-    training steps and one (|β|, γ·c_0) — for the tests (seconds, not minutes).
+    Chains: synthetic (L = 24, drift ω ∈ {0, 0.05, 0.2}), the tiny preset (L = 4) and a
+    16-layer tiny-width model, each at initialisation and after ``train_steps`` AdamW steps
+    (NAMEx-Full-Mom, its default β = 0.5·e^{iπ/6}, γ = 1) on the built-in corpus (BPE 2048).
+    Grid: γ·c_0 ∈ {0.25, 0.5, 1, 2}, |β| ∈ {0.1, 0.3, 0.5, 0.8}, φ ∈ {0, ±π/12, ±π/6}.
+    quick: small chains, a reduced model, byte tokens, 3 training steps and one (|β|, γ·c_0) —
+    for the tests (seconds, not minutes).
     """
     t0 = time.perf_counter()
     chains: list[Chain] = []
@@ -868,7 +869,7 @@ def crosslayer_report(
         chains.append(model_chain(model, "reduced model, 3 steps"))
         plot_gc, plot_m = 0.5, 0.5
     else:
-        cfg = SweepConfig()
+        cfg = SweepConfig(gamma_c=(0.25, 0.5, 1.0, 2.0))
         for drift in (0.0, 0.05, 0.2):
             chains.append(synthetic_chain(n_layers=24, drift=drift, seed=seed))
         tiny = preset("tiny", "namex-full-mom")
@@ -894,11 +895,21 @@ def crosslayer_report(
                 tiny, ids, steps=train_steps, batch_size=8, seq_len=128, seed=seed
             )
         chains.append(model_chain(model, f"tiny (L=4), {train_steps} AdamW steps"))
+        with _single_thread():
+            deep_model, deep_losses = train_plain(
+                deep, ids, steps=train_steps, batch_size=8, seq_len=128, seed=seed
+            )
+        chains.append(model_chain(deep_model, f"tiny width, L=16, {train_steps} AdamW steps"))
+        c_trained = [layer0_c(ch) for ch in chains[-2:]]
         notes.append(
-            f"Trained chain: tiny preset, NAMEx-Full-Mom (|β| = 0.5, φ = π/6, γ = 1), plain AdamW "
-            f"lr 3e-3, batch 8×128 BPE-{vocab} tokens of the built-in corpus, {train_steps} "
-            f"steps: cross-entropy {losses[0]:.3f} → {np.mean(losses[-20:]):.3f} "
-            "(mean of the last 20 steps)."
+            f"Trained chains: tiny preset (L = 4) and the same width with L = 16, NAMEx-Full-Mom "
+            f"(|β| = 0.5, φ = π/6, γ = 1), plain AdamW lr 3e-3, batch 8×128 BPE-{vocab} tokens "
+            f"of the built-in corpus, {train_steps} steps: cross-entropy {losses[0]:.3f} → "
+            f"{np.mean(losses[-20:]):.3f} (L = 4) and {deep_losses[0]:.3f} → "
+            f"{np.mean(deep_losses[-20:]):.3f} (L = 16), means of the last 20 steps. The γ = 1 "
+            f"they were trained with is γc₀ = {c_trained[0]:.3g} and {c_trained[1]:.3g} "
+            f"(at initialisation γc₀ = {layer0_c(chains[3]):.3g}): the γc < 1 regime in which "
+            "S19 favours a non-real β for frozen α."
         )
         plot_gc, plot_m = 0.5, 0.3
     rows: list[SweepRow] = []

@@ -116,10 +116,12 @@ for m, recs in metrics.items():
 #
 # Each run's final checkpoint (safetensors) is loaded into a fresh `MoEGPT`. Evaluating it on
 # the same validation windows must give the run's reported validation loss: the checkpoint holds
-# the trained model. Deterministic CPU arithmetic, so the only slack is the float64 summation
-# order inside `evaluate` (1e-9 relative).
+# the trained model. The runs trained and evaluated on `BASE.threads` torch threads; the same
+# thread count here gives the same CPU arithmetic (kernels may block differently with another
+# count), so the only slack left is 1e-9 relative.
 
 # %%
+torch.set_num_threads(BASE.threads)
 data = load_token_data(BASE)
 models: dict[str, MoEGPT] = {}
 for m, r in runs.items():
