@@ -299,3 +299,19 @@ def test_default_tiny_run_beats_the_unigram_model(tmp_path: Path) -> None:
     assert res.valid_ppl < 0.5 * res.unigram_ppl
     rec = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert rec[-1]["loss"] < rec[0]["loss"] - 2.0
+
+
+def test_corrupt_files(cache: Path, tmp_path: Path) -> None:
+    """A corrupt checkpoint is a clear ValueError; a corrupt token cache is rebuilt."""
+    bad = tmp_path / "c.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_checkpoint(bad)
+    from namex_ref.train.data import load_token_data
+
+    cfg = quick(cache, tmp_path / "x")
+    good = load_token_data(cfg)
+    path = cache / f"tokens-{good.key}.safetensors"
+    path.write_bytes(b"garbage")
+    again = load_token_data(cfg)
+    assert torch.equal(again.train, good.train) and path.stat().st_size > 1000

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
@@ -133,6 +133,13 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     target = Path(path)
     if not target.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(target)!r}")
+    try:
+        return _load(target)
+    except SafetensorError as exc:
+        raise ValueError(f"{str(target)!r} is not a readable checkpoint: {exc}") from exc
+
+
+def _load(target: Path) -> Checkpoint:
     model_state: dict[str, Tensor] = {}
     optim_tensors: dict[str, dict[str, Tensor]] = {}
     rng_cuda: dict[int, Tensor] = {}

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -138,7 +139,7 @@ def load_token_data(
                 train=t["train"].long(), valid=t["valid"].long(), test=t["test"].long(),
                 vocab_size=int(t["vocab_size"].item()), key=key,
             )
-        except (OSError, KeyError, RuntimeError, ValueError):  # unreadable cache: rebuild it
+        except (OSError, KeyError, RuntimeError, ValueError, SafetensorError):  # rebuild it
             pass
     splits = _load_splits(config)
     tokenizer = train_tokenizer(splits.train, vocab_size, cache_dir=folder)
