@@ -4,7 +4,7 @@ global batch, up to floating-point reduction order.
 Why a tolerance: DDP averages the two half-batch gradients with an all-reduce, one process
 averages over the whole batch in one kernel, so the sums are taken in another order (float32,
 relative rounding ~1e-7 per operation); AdamW's normalised steps carry such differences on, so
-after a few steps the losses agree to ~1e-5 relative, not bit for bit. The method is a merging
+after a few steps the losses agree to ~1e-7 relative, not bit for bit. The method is a merging
 one (namex-full-mom): SMoE's balance loss is computed per rank on the rank's tokens and is a
 different objective under DDP. All ranks compute the same α because α depends only on the
 (replicated) parameters.
