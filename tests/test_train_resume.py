@@ -61,11 +61,11 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path: Path) -> None:
     assert proc.returncode == -signal.SIGKILL
     killed_at = load_checkpoint(ckpt).step
     assert read_result(run_out) is None and killed_at < STEPS
-    assert not list(run_out.glob(".*.tmp"))  # the atomic writer left no partial file
 
     done = subprocess.run([*_argv(cache, run_out), "--resume"], env=_env(), check=True,
                           capture_output=True, text=True)
     assert "valid ppl" in done.stdout
+    assert not list(run_out.glob(".*.tmp"))  # no partial file of the atomic writers is left
     got = read_jsonl(run_out / "metrics.jsonl")
     assert [r["step"] for r in got] == list(range(1, STEPS + 1))
     later = [(r["step"], r["loss"], r["grad_norm"], r["alpha"], r.get("valid_loss"))

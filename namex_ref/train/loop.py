@@ -345,6 +345,8 @@ def _train(config: TrainConfig, resume: bool, ctx: _Dist) -> TrainResult:
         out.mkdir(parents=True, exist_ok=True)
         (out / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         (out / RESULT_NAME).unlink(missing_ok=True)
+        for stale in out.glob(".*.tmp"):  # left by a process killed while writing
+            stale.unlink(missing_ok=True)
         if ckpt is None:
             metrics_path.unlink(missing_ok=True)
         else:
