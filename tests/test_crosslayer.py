@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import cmath
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from namex_ref.crosslayer import (
     Chain,
+    ResolveMode,
     SweepConfig,
     alpha_target,
     crosslayer_report,
@@ -30,7 +31,7 @@ from namex_ref.crosslayer import (
     tracking_errors,
     verdicts,
 )
-from namex_ref.merging.config import MergeConfig
+from namex_ref.merging.config import MergeConfig, MethodName
 from namex_ref.merging.functional import propagate
 from namex_ref.models.gpt import ModelConfig, MoEGPT
 from namex_ref.nash.solvers import solve_nash
@@ -49,7 +50,7 @@ def _flat(mats: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> np.ndarray:
     return np.concatenate([m.detach().double().reshape(-1).numpy() for m in mats])
 
 
-def _oracle_plain_namex(chain: Chain, gamma: float, resolve: str) -> np.ndarray:
+def _oracle_plain_namex(chain: Chain, gamma: float, resolve: ResolveMode) -> np.ndarray:
     """S16 by hand: E_m' = E_m + γ Σ α_i (E_i − E_m), α from solve_nash; returns (T2) per layer."""
     experts = [
         np.stack([_flat([E[i] for E in layer]) for i in range(chain.n_experts)])
@@ -58,14 +59,13 @@ def _oracle_plain_namex(chain: Chain, gamma: float, resolve: str) -> np.ndarray:
     base = _flat(chain.base)
     errs = []
     alpha = None
-    for l, E in enumerate(experts):
+    for E in experts:
         tau = E - base[None, :]
         if alpha is None or resolve == "every":
             alpha = solve_nash(torch.from_numpy(tau @ tau.T)).alpha.numpy()
         target = alpha @ E / alpha.sum()
         errs.append(np.linalg.norm(base - target) / np.linalg.norm(target))
         base = base + gamma * (alpha @ tau)
-        del l
     return np.array(errs)
 
 
@@ -156,19 +156,19 @@ def test_bad_inputs_raise() -> None:
 
 
 @pytest.mark.parametrize("resolve", ["once", "every"])
-def test_beta_zero_is_plain_namex(resolve: str) -> None:
+def test_beta_zero_is_plain_namex(resolve: ResolveMode) -> None:
     """β = 0 (S17) reproduces plain NAMEx / NAMEx-Full (S16): exactly the chain of the momentum-
     free method in propagate, and a hand-written S16 loop with α from solve_nash."""
     ch = synthetic_chain(n_layers=10, shapes=((4, 6), (6, 4)), drift=0.2, seed=3)
     gamma = 0.5 / layer0_c(ch)
-    tr = track(ch, beta=0.0, gamma=gamma, resolve=resolve)  # type: ignore[arg-type]
+    tr = track(ch, beta=0.0, gamma=gamma, resolve=resolve)
     assert tr.fallbacks == 0  # precondition: every bargain solved, no policy involved
-    method = "namex" if resolve == "once" else "namex-full"
+    method: MethodName = "namex" if resolve == "once" else "namex-full"
     cfg = MergeConfig(method=method, n_experts=4, gamma=gamma)
     plan = propagate([list(e) for e in ch.experts], [list(ch.base)] + [None] * 9, cfg)
-    bases = [t.base for t in plan.terms]
-    assert all(b is not None for b in bases)
-    _, plain, _ = tracking_errors(bases, [list(e) for e in ch.experts], plan.alphas)  # type: ignore[arg-type]
+    bases = [t.base for t in plan.terms if t.base is not None]
+    assert len(bases) == len(plan.terms)
+    _, plain, _ = tracking_errors(bases, [list(e) for e in ch.experts], plan.alphas)
     np.testing.assert_array_equal(tr.rel_error, plain)
     np.testing.assert_allclose(
         tr.rel_error, _oracle_plain_namex(ch, gamma, resolve), rtol=SOLVER_RTOL
@@ -198,8 +198,9 @@ def test_model_chain_matches_model_forward_propagation() -> None:
     with torch.no_grad():
         plan = model.merge_plan()
     ch = model_chain(model, "m")
-    bases = [t.base for t in plan.terms]
-    _, expected, _ = tracking_errors(bases, [list(e) for e in ch.experts], plan.alphas)  # type: ignore[arg-type]
+    bases = [t.base for t in plan.terms if t.base is not None]
+    assert len(bases) == len(plan.terms)
+    _, expected, _ = tracking_errors(bases, [list(e) for e in ch.experts], plan.alphas)
     tr = track(ch, beta=cmath.rect(0.4, -math.pi / 12), gamma=0.7, resolve="every")
     np.testing.assert_array_equal(tr.rel_error, expected)
     np.testing.assert_array_equal(tr.alphas, plan.alphas.numpy())
@@ -291,20 +292,20 @@ def test_gamma_c_one_converges_in_one_layer() -> None:
 @pytest.mark.parametrize("resolve", ["once", "every"])
 @given(modulus=st.floats(0.05, 0.9), phase=st.floats(0.01, math.pi), seed=st.integers(0, 500))
 def test_conjugate_phase_is_bit_identical(
-    resolve: str, modulus: float, phase: float, seed: int
+    resolve: ResolveMode, modulus: float, phase: float, seed: int
 ) -> None:
     """β and β̄ give the same base experts bit for bit (real experts, real γ): the paper's ±φ
     pairs are one experiment."""
     ch = synthetic_chain(n_layers=8, shapes=((3, 3),), drift=0.15, seed=seed)
     gamma = 0.7 / layer0_c(ch)
-    a = track(ch, beta=cmath.rect(modulus, phase), gamma=gamma, resolve=resolve)  # type: ignore[arg-type]
-    b = track(ch, beta=cmath.rect(modulus, -phase), gamma=gamma, resolve=resolve)  # type: ignore[arg-type]
+    a = track(ch, beta=cmath.rect(modulus, phase), gamma=gamma, resolve=resolve)
+    b = track(ch, beta=cmath.rect(modulus, -phase), gamma=gamma, resolve=resolve)
     np.testing.assert_array_equal(a.rel_error, b.rel_error)
     np.testing.assert_array_equal(a.rho, b.rho)
 
 
-def _transform(ch: Chain, f: object) -> Chain:
-    fn = f  # callable on a flat (..., d) tensor
+def _transform(ch: Chain, fn: Callable[[torch.Tensor], torch.Tensor]) -> Chain:
+    """Apply ``fn`` to every expert and the base as flat (..., d) parameter vectors."""
     d = sum(t[0].numel() for t in ch.experts[0])
     shapes = [tuple(t.shape[1:]) for t in ch.experts[0]]
     sizes = [math.prod(s) for s in shapes]
@@ -312,7 +313,7 @@ def _transform(ch: Chain, f: object) -> Chain:
     def apply(mats: tuple[torch.Tensor, ...], lead: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
         flat = torch.cat([m.reshape(*lead, -1) for m in mats], dim=-1)
         assert flat.shape[-1] == d
-        out = fn(flat)  # type: ignore[operator]
+        out = fn(flat)
         parts = torch.split(out, sizes, dim=-1)
         return tuple(p.reshape(*lead, *s) for p, s in zip(parts, shapes, strict=True))
 
@@ -327,25 +328,27 @@ def _transform(ch: Chain, f: object) -> Chain:
     phase=st.floats(-1.0, 1.0),
     log_s=st.floats(-2.0, 2.0),
 )
-def test_invariances(resolve: str, seed: int, modulus: float, phase: float, log_s: float) -> None:
+def test_invariances(
+    resolve: ResolveMode, seed: int, modulus: float, phase: float, log_s: float
+) -> None:
     """(T2) is unchanged by an orthogonal map of parameter space and by permuting experts (S9),
     and by scaling weights by s with γ → sγ (α → α/s, S9; ‖ΔE‖ = √N, S7)."""
     ch = synthetic_chain(n_layers=8, shapes=((3, 4),), drift=0.1, seed=seed)
     gamma = 0.6 / layer0_c(ch)
     beta = cmath.rect(modulus, phase)
-    ref = track(ch, beta=beta, gamma=gamma, resolve=resolve)  # type: ignore[arg-type]
+    ref = track(ch, beta=beta, gamma=gamma, resolve=resolve)
     assert ref.fallbacks == 0  # precondition: no policy switch that rounding could flip
     g = torch.Generator().manual_seed(seed)
     Q, _ = torch.linalg.qr(torch.randn(12, 12, generator=g, dtype=torch.float64))
-    rot = track(_transform(ch, lambda x: x @ Q.T), beta=beta, gamma=gamma, resolve=resolve)  # type: ignore[arg-type]
+    rot = track(_transform(ch, lambda x: x @ Q.T), beta=beta, gamma=gamma, resolve=resolve)
     np.testing.assert_allclose(rot.rel_error, ref.rel_error, rtol=FLOAT64_RTOL)
     perm = torch.randperm(4, generator=g)
     pch = Chain(ch.name, tuple(tuple(t[perm] for t in layer) for layer in ch.experts), ch.base)
-    per = track(pch, beta=beta, gamma=gamma, resolve=resolve)  # type: ignore[arg-type]
+    per = track(pch, beta=beta, gamma=gamma, resolve=resolve)
     np.testing.assert_allclose(per.rel_error, ref.rel_error, rtol=FLOAT64_RTOL)
     np.testing.assert_allclose(per.alphas, ref.alphas[:, perm.numpy()], rtol=FLOAT64_RTOL)
     s = 10.0**log_s
-    sc = track(_transform(ch, lambda x: s * x), beta=beta, gamma=s * gamma, resolve=resolve)  # type: ignore[arg-type]
+    sc = track(_transform(ch, lambda x: s * x), beta=beta, gamma=s * gamma, resolve=resolve)
     np.testing.assert_allclose(sc.rel_error, ref.rel_error, rtol=FLOAT64_RTOL)
     np.testing.assert_allclose(sc.c * s, ref.c, rtol=FLOAT64_RTOL)
 
