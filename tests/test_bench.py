@@ -376,3 +376,37 @@ def test_committed_results_are_well_formed(name: str) -> None:
     assert "Quick mode" not in md  # committed results come from full runs
     assert tables(md)
     check_png(ROOT / "results" / f"{name}.png")
+    if name == "solvers":
+        h, rows = tables(md)[0]
+        col = {c: i for i, c in enumerate(h)}
+        newton = [r for r in rows if r[0].startswith("newton") and r[col["device"]] == "cpu"]
+        assert {r[col["N"]] for r in newton} == {"2", "4", "8", "16", "32", "64"}
+        assert all(float(r[col["max residual"]]) <= RESIDUAL_TOL for r in newton)
+    if name == "step":
+        h, rows = tables(md)[0]
+        methods = {r[h.index("method")] for r in rows if r[h.index("preset")] == "tiny"}
+        assert set(step.METHODS) <= methods
+
+
+@pytest.mark.parametrize("case", ["plain", "zero_expert", "duplicate", "all_zero"])
+def test_batched_ridge_bargain_equals_bargain_alpha(case: str) -> None:
+    """The what-if prototype must be the same computation as bargain_alpha (ridge policy)."""
+    from namex_ref.merging.functional import bargain_alpha
+
+    g = torch.Generator().manual_seed(0)
+    taus = [torch.randn(4, 8, 6, generator=g), torch.randn(4, 6, 8, generator=g)]
+    if case == "zero_expert":
+        taus = [t.clone() for t in taus]
+        for t in taus:
+            t[2] = 0.0
+    elif case == "all_zero":
+        taus = [torch.zeros_like(t) for t in taus]
+    elif case == "duplicate":
+        taus = [torch.cat([t[:3], -t[:1]]) for t in taus]  # anti-parallel pair: no bargain
+    a = bargain_alpha(taus, iterations=20)
+    b = step.batched_ridge_bargain(taus, iterations=20)
+    torch.testing.assert_close(b.alpha, a.alpha, rtol=1e-12, atol=0)
+    torch.testing.assert_close(b.residual, a.residual, rtol=1e-9, atol=1e-15, equal_nan=True)
+    assert bool(b.fallback) == bool(a.fallback)
+    if case != "plain":
+        assert bool(a.fallback)

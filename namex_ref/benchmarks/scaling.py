@@ -180,8 +180,9 @@ def _plot(path: Path, rows: Sequence[ScalingRow],
 
 def run(out: str | Path, *, quick: bool = False, device: str = "auto",
         repeats: int | None = None) -> tuple[Path, str]:
-    """Entry point of ``namex bench scaling``."""
-    reps = repeats if repeats is not None else (1 if quick else 5)
+    """Entry point of ``namex bench scaling`` (15 repeats by default: the steps are short and
+    the shared machine's load spikes dominate the spread)."""
+    reps = repeats if repeats is not None else (1 if quick else 15)
     batch, seq = (1, 16) if quick else (4, 128)
     values: Mapping[str, Sequence[int]] = (
         {"N": (2, 4), "d": (16, 32), "L": (1, 2)} if quick else VALUES

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -49,9 +50,10 @@ from namex_ref.benchmarks.common import (
 )
 from namex_ref.demo import format_table
 from namex_ref.merging.config import METHODS
-from namex_ref.merging.functional import bargain_alpha
+from namex_ref.merging.functional import ZERO_EXPERT_RTOL, AlphaSolve, bargain_alpha
 from namex_ref.models.gpt import ModelConfig, MoEGPT, preset
 from namex_ref.nash.gram import gram_matrix
+from namex_ref.nash.problem import scaled_residual
 from namex_ref.nash.solvers import solve_newton
 
 __all__ = [
@@ -227,19 +229,41 @@ def sync_sources(device: torch.device, n: int = 4) -> list[list[str]]:
     return rows
 
 
+def _status_kib(field: str) -> int:
+    """A ``/proc/self/status`` field in KiB (Linux): VmRSS (now) or VmHWM (peak)."""
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak_rss() -> None:
+    """Reset VmHWM to the current RSS (Linux ≥ 4.0: write 5 to /proc/self/clear_refs); if that
+    is not allowed the peak keeps the model-building peak, which only lowers the growth."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
 def _rss_probe(preset_name: str, method: str, batch: int, seq: int) -> float:
-    """In a fresh process: MiB of peak-RSS growth over two training steps (Linux ru_maxrss)."""
+    """In a fresh process: MiB of peak-RSS growth over two training steps, VmHWM after the steps
+    minus VmRSS before them (``ru_maxrss`` is not used: Linux carries the parent's peak across
+    fork/exec, so a child of a large process would report no growth)."""
     code = (
-        "import json, resource, torch\n"
-        "from namex_ref.benchmarks.step import StepShape, _build\n"
+        "import json, torch\n"
+        "from namex_ref.benchmarks.step import StepShape, _build, _reset_peak_rss, _status_kib\n"
         "from namex_ref.models.gpt import preset\n"
         f"torch.set_num_threads({torch.get_num_threads()})\n"
         f"cfg = preset({preset_name!r}, {method!r})\n"
         f"model, step = _build(cfg, StepShape({preset_name!r}, 'cpu', {batch}, {seq}))\n"
-        "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "r0 = _status_kib('VmRSS')\n"
+        "_reset_peak_rss()\n"
         "step(); step()\n"
-        "r1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "print(json.dumps((r1 - r0) / 1024))\n"
+        "r1 = _status_kib('VmHWM')\n"
+        "print(json.dumps(max(r1 - r0, 0) / 1024))\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -352,6 +376,66 @@ def merge_plan_seconds(
                                repeats=repeats)
 
 
+def batched_ridge_bargain(
+    taus: Sequence[Tensor], *, policy: str = "ridge", ridge: float = 1e-3,
+    iterations: int = 20, layer: int | None = None,
+) -> AlphaSolve:
+    """What-if prototype (benchmark only) of ``bargain_alpha`` with the "ridge" policy: the
+    plain and the ridged problem solved in ONE batched Newton call (2, N, N) instead of two
+    calls — the same α, residual and fallback flags, half the kernel launches. Other policies
+    defer to ``bargain_alpha``. Mirrors ``bargain_alpha`` as of commit f942457 (the test
+    compares the two, so a drift shows up there)."""
+    if policy != "ridge":
+        return bargain_alpha(taus, policy=policy, ridge=ridge, iterations=iterations,
+                             layer=layer)
+    mats = [t.detach().reshape(t.shape[0], -1) for t in taus]
+    n = mats[0].shape[0]
+    K = gram_matrix(mats).to(torch.float64)
+    finite = torch.isfinite(K).all()
+    K0 = torch.nan_to_num(K, nan=0.0, posinf=0.0, neginf=0.0)
+    diag = K0.diagonal()
+    scale = diag.max().clamp_min(torch.finfo(torch.float64).tiny)
+    zero = diag <= ZERO_EXPERT_RTOL * scale
+    eye = torch.eye(n, dtype=torch.float64, device=K.device)
+    Ksafe = K0 + torch.diag(zero.to(torch.float64) * scale)
+    lam = ridge * diag.mean().clamp_min(torch.finfo(torch.float64).tiny)
+    both = solve_newton(torch.stack([Ksafe, Ksafe + lam * eye]), fixed_iterations=iterations)
+    ok = both.converged[0] & finite & ~zero.any() & torch.isfinite(both.alpha[0]).all()
+    residual = torch.where(finite, scaled_residual(K0, both.alpha[0]), math.nan)
+    alpha = torch.where(ok, both.alpha[0], both.alpha[1])
+    all_zero = ~(diag.max() > torch.finfo(mats[0].dtype if mats[0].dtype == torch.float64
+                                          else torch.float32).tiny)
+    alpha = torch.where(all_zero, torch.ones_like(alpha), alpha)
+    alpha = torch.nan_to_num(alpha, nan=1.0, posinf=1.0, neginf=1.0)
+    return AlphaSolve(alpha, residual, ~ok)
+
+
+def what_if_batched_ridge(shape: StepShape, *, repeats: int) -> list[list[str]]:
+    """Step time of NAMEx-Full as is, and with :func:`batched_ridge_bargain` patched in for
+    ``bargain_alpha`` (module attribute of ``namex_ref.merging.functional``), against EP-CAMEx,
+    timed interleaved. Rows of a table."""
+    import namex_ref.merging.functional as fn_mod
+
+    dev = torch.device(shape.device)
+    steps = {m: _build(preset(shape.preset, m), shape)[1] for m in ("ep-camex", "namex-full")}
+    _, full_step = _build(preset(shape.preset, "namex-full"), shape)
+
+    def patched() -> None:
+        original = fn_mod.bargain_alpha
+        fn_mod.bargain_alpha = batched_ridge_bargain
+        try:
+            full_step()
+        finally:
+            fn_mod.bargain_alpha = original
+
+    cands: dict[str, Callable[[], object]] = {
+        "ep-camex": steps["ep-camex"], "namex-full (as is)": steps["namex-full"],
+        "namex-full, ridge solve batched (what-if)": patched}
+    med = interleaved_medians(cands, dev, repeats=repeats, warmup=1)
+    ref = med["ep-camex"]
+    return [[k, fmt_seconds(v), f"{v / ref:.2f}"] for k, v in med.items()]
+
+
 def bargain_variants(shape: StepShape, *, repeats: int) -> list[list[str]]:
     """Time ways of solving one layer's bargain at this preset's shapes (rows of a table):
     ``bargain_alpha`` as the layers call it (Newton + ridge solve, 20 steps each) against
@@ -448,10 +532,15 @@ def step_report(out: str | Path, rows: Sequence[StepRow], shapes: Sequence[StepS
         "the same process (tiny: all 9 resident; small: each method in a group with SMoE and "
         "EP-CAMEx, ratios from its own group). The CPU is shared with other jobs: absolute "
         "times are noisy; read the ratios.",
+        "Small preset: the `step` column of a non-reference method is its median within its "
+        "own group; SMoE/EP-CAMEx rows give the median over all groups; ratios are always "
+        "within one group (so step/step of two rows need not equal the ratio column when the "
+        "machine's load changed between groups).",
         "Memory: `state` = parameters + gradients + AdamW moments (16 B/parameter, exact); "
         "`saved` = tensors saved for backward in one forward (saved_tensors_hooks, parameters "
         "excluded, exact); `peak` = CPU: growth of the peak RSS of a fresh process over two "
-        "steps (ru_maxrss; includes AdamW state allocation and allocator caching), CUDA: "
+        "steps (VmHWM after − VmRSS before, peak reset via /proc/self/clear_refs; includes "
+        "AdamW state allocation and allocator caching), CUDA: "
         "max_memory_allocated over one step. `sync ops`: aten::_local_scalar_dense + "
         "aten::nonzero in one forward (the operators that make the host wait on CUDA; see the "
         "sync-source table for where they come from).",
@@ -502,9 +591,14 @@ def profile_markdown(shape: StepShape, *, repeats: int) -> str:
               format_table(["method", "merge_plan (median)", "× EP-CAMEx"],
                            [[m, fmt_seconds(v), f"{v / plan['ep-camex']:.2f}"]
                             for m, v in plan.items()]), ""]
-    parts += [f"### {shape.preset} ({shape.device}): one layer's bargain, alternatives", "",
+    parts += [f"### {shape.preset} ({shape.device}): one layer's bargain, alternatives "
+              f"(median of {max(repeats, 20)})", "",
               format_table(["what", "time (median)", "× bargain_alpha", "note"],
-                           bargain_variants(shape, repeats=repeats)), ""]
+                           bargain_variants(shape, repeats=max(repeats, 20))), ""]
+    parts += [f"### {shape.preset} ({shape.device}): what-if — the ridge solve batched with "
+              "the main solve", "",
+              format_table(["step", "time (median)", "× EP-CAMEx"],
+                           what_if_batched_ridge(shape, repeats=repeats)), ""]
     return "\n".join(parts)
 
 
