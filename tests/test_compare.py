@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -142,3 +143,25 @@ def test_compare_end_to_end_and_resumable(
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert len(rows) == 3  # header + 2 methods
     assert "n/a" not in rows[1]  # the resumed run kept its timing (checkpoint counters)
+
+
+def test_parallel_jobs_give_the_sequential_results(tmp_path: Path) -> None:
+    """compare(jobs=2) trains in spawned processes (one thread each) and gets the same numbers
+    as training in this process, bit for bit (same kernels, same thread count)."""
+    from namex_ref.cli import build_parser
+    from namex_ref.train import config_from_args, train
+
+    args = build_parser().parse_args(["train", "--cache-dir", str(tmp_path / "cache"), *QUICK])
+    base = config_from_args(args)
+    res = compare(base, ["smear", "namex"], [0], tmp_path / "par", jobs=2, log=None)
+    assert [r.config.method for r in res.runs] == ["smear", "namex"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for r in res.runs:
+            seq = train(dataclasses.replace(r.config, out=str(tmp_path / "seq" / r.config.method)))
+            assert seq.valid_loss == r.valid_loss, r.config.method
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(ValueError, match="--jobs"):
+        compare(base, ["smear"], [0], tmp_path / "bad", jobs=0)

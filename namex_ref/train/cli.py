@@ -72,7 +72,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     base = config_from_args(args, out=str(args.out))
     try:
-        res = compare(base, parse_methods(args.methods), parse_seeds(args.seeds), args.out)
+        res = compare(
+            base, parse_methods(args.methods), parse_seeds(args.seeds), args.out, jobs=args.jobs
+        )
     except NonFiniteLossError as exc:
         print(f"namex compare: error: {exc}", file=sys.stderr)
         return 3
@@ -96,6 +98,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     c.add_argument("--methods", default="smoe,ep-camex,namex-full-mom",
                    help=f"comma-separated, or 'all' ({', '.join(METHODS)})")
     c.add_argument("--seeds", default="0,1,2", help="comma-separated seeds or a range a-b")
+    c.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once, one process each (2 on a 2-core machine)")
     add_config_arguments(c, exclude=frozenset({"method", "seed", "out"}))
     c.add_argument("--out", default="runs/compare", help="root folder of the runs")
     c.set_defaults(func=_cmd_compare)

@@ -144,6 +144,11 @@ def plot_compare(summaries: Sequence[MethodSummary], path: str | os.PathLike[str
     return target
 
 
+def _train_resumed(cfg: TrainConfig) -> TrainResult:
+    """Worker of ``compare(jobs > 1)`` (module level, so it pickles)."""
+    return train(cfg, resume=True)
+
+
 def _run_dir(out: Path, method: str, seed: int) -> Path:
     return out / method / f"seed{seed}"
 
@@ -154,12 +159,18 @@ def compare(
     seeds: Sequence[int],
     out: str | os.PathLike[str],
     *,
+    jobs: int = 1,
     log: Callable[[str], None] | None = print,
 ) -> CompareResult:
     """Train every (method, seed) with ``base``'s other settings; summarise and write outputs.
 
     A finished run with the same configuration is reused; an unfinished one is resumed.
+    jobs: runs trained at the same time, each in its own process (spawned) with
+    ``base.threads`` threads; ``jobs=2`` with one thread each uses both cores of a 2-core
+    machine. ``jobs=1`` trains in this process.
     """
+    if not (isinstance(jobs, int) and jobs >= 1):
+        raise ValueError(f"--jobs must be an int >= 1, got {jobs!r}")
     if not methods:
         raise ValueError("--methods must name at least one method")
     if not seeds:
@@ -170,7 +181,8 @@ def compare(
     if len(set(methods)) != len(methods) or len(set(seeds)) != len(seeds):
         raise ValueError("--methods and --seeds must not repeat values")
     root = Path(out)
-    runs: list[TrainResult] = []
+    slots: list[TrainResult | None] = []
+    todo: list[tuple[int, TrainConfig]] = []
     for method in methods:
         for seed in seeds:
             folder = _run_dir(root, method, seed)
@@ -179,15 +191,38 @@ def compare(
             if done is not None and done.config.trajectory_dict() == cfg.trajectory_dict():
                 if log:
                     log(f"[compare] {method} seed {seed}: finished, ppl {done.valid_ppl:.2f}")
-                runs.append(done)
+                slots.append(done)
                 continue
+            todo.append((len(slots), cfg))
+            slots.append(None)
+
+    def report(res: TrainResult) -> None:
+        if log:
+            log(f"[compare] {res.config.method} seed {res.config.seed}: valid ppl "
+                f"{res.valid_ppl:.2f} ({res.seconds_per_step * 1e3:.0f} ms/step)")
+
+    if jobs == 1 or len(todo) <= 1:
+        for index, cfg in todo:
             if log:
-                log(f"[compare] {method} seed {seed}: training -> {folder}")
-            res = train(cfg, resume=True)
-            if log:
-                log(f"[compare] {method} seed {seed}: valid ppl {res.valid_ppl:.2f} "
-                    f"({res.seconds_per_step * 1e3:.0f} ms/step)")
-            runs.append(res)
+                log(f"[compare] {cfg.method} seed {cfg.seed}: training -> {cfg.out}")
+            slots[index] = train(cfg, resume=True)
+            report(slots[index])  # type: ignore[arg-type]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        if log:
+            log(f"[compare] training {len(todo)} runs, {jobs} at a time")
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            futures = {
+                pool.submit(_train_resumed, dataclasses.replace(cfg, progress=False)): index
+                for index, cfg in todo
+            }
+            for fut in as_completed(futures):
+                slots[futures[fut]] = fut.result()
+                report(slots[futures[fut]])  # type: ignore[arg-type]
+    runs = [r for r in slots if r is not None]
     summaries = summarize(runs)
     unigram = runs[0].unigram_ppl if runs else None
     table = markdown_table(summaries, unigram_ppl=unigram)
