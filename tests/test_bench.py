@@ -96,6 +96,13 @@ def test_interleaved_medians_rejects_zero_repeats() -> None:
         common.interleaved_medians({"a": lambda: None}, torch.device("cpu"), repeats=0)
 
 
+def test_paired_ratio_cancels_round_spikes() -> None:
+    # round 2 is 10× slower for both candidates (a load spike): per-round ratios stay 2
+    times = {"a": [2.0, 20.0, 2.0], "b": [1.0, 10.0, 1.0]}
+    assert common.paired_ratio(times, "a", "b") == 2.0
+    assert common.paired_ratio(times, "b", "b") == 1.0
+
+
 def test_resolve_devices() -> None:
     assert common.resolve_devices("cpu") == [torch.device("cpu")]
     assert common.resolve_devices("auto")[0] == torch.device("cpu")

@@ -29,10 +29,12 @@ __all__ = [
     "fmt_ratio",
     "fmt_seconds",
     "interleaved_medians",
+    "interleaved_times",
     "log_ticks",
     "markdown_document",
     "measure_bandwidth",
     "new_figure",
+    "paired_ratio",
     "resolve_devices",
     "save_figure",
     "synchronize",
@@ -149,15 +151,16 @@ def time_call(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def interleaved_medians(
+def interleaved_times(
     candidates: Mapping[str, Callable[[], object]],
     device: torch.device | Mapping[str, torch.device],
     *,
     repeats: int,
     warmup: int = 1,
-) -> dict[str, float]:
-    """Median seconds per call of every candidate, timed round-robin: each repeat calls every
-    candidate once, in the same order, so slow drifts of a shared machine hit all of them.
+) -> dict[str, list[float]]:
+    """Seconds of every call of every candidate, timed round-robin: each repeat (round) calls
+    every candidate once, in the same order, so slow drifts of a shared machine hit all of
+    them; entry i of each list comes from round i.
 
     ``device``: one device for all, or one per candidate key (selects how each is timed).
     ``warmup`` untimed rounds come first (imports, caches, allocator). ``repeats`` ≥ 1.
@@ -172,7 +175,25 @@ def interleaved_medians(
         for k, fn in candidates.items():
             dev = device if isinstance(device, torch.device) else device[k]
             times[k].append(time_call(fn, dev))
+    return times
+
+
+def interleaved_medians(
+    candidates: Mapping[str, Callable[[], object]],
+    device: torch.device | Mapping[str, torch.device],
+    *,
+    repeats: int,
+    warmup: int = 1,
+) -> dict[str, float]:
+    """Median seconds per call of every candidate, timed by :func:`interleaved_times`."""
+    times = interleaved_times(candidates, device, repeats=repeats, warmup=warmup)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def paired_ratio(times: Mapping[str, Sequence[float]], key: str, ref: str) -> float:
+    """Median over rounds of times[key][i] / times[ref][i] (both from round i of
+    :func:`interleaved_times`): a load spike that hits one round cancels in its ratio."""
+    return statistics.median(a / b for a, b in zip(times[key], times[ref], strict=True))
 
 
 @dataclass(frozen=True)

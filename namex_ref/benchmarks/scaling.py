@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,11 @@ from namex_ref.benchmarks.common import (
     NOT_MEASURED_GPU,
     environment,
     fmt_seconds,
-    interleaved_medians,
+    interleaved_times,
     log_ticks,
     markdown_document,
     new_figure,
+    paired_ratio,
     resolve_devices,
     save_figure,
     write_text_atomic,
@@ -44,13 +46,15 @@ SCALING_METHODS = ("smoe", "ep-camex", "namex", "namex-full")
 
 @dataclass(frozen=True)
 class ScalingRow:
-    """Median step seconds of ``method`` with ``axis`` set to ``value`` on ``device``."""
+    """Median step seconds of ``method`` with ``axis`` set to ``value`` on ``device``, and the
+    median per-round ratio to EP-CAMEx at the same point (NaN when EP-CAMEx was not run)."""
 
     device: str
     axis: str
     value: int
     method: str
     seconds: float
+    vs_ep_camex: float = math.nan
 
 
 def scaling_config(method: str, axis: str, value: int) -> ModelConfig:
@@ -96,8 +100,10 @@ def bench_scaling(
         for axis, vs in vals.items():
             for v in vs:
                 steps = {m: _build(scaling_config(m, axis, v), shape)[1] for m in methods}
-                med = interleaved_medians(steps, dev, repeats=repeats, warmup=1)
-                rows += [ScalingRow(dev.type, axis, v, m, med[m]) for m in methods]
+                times = interleaved_times(steps, dev, repeats=repeats, warmup=1)
+                rows += [ScalingRow(dev.type, axis, v, m, statistics.median(times[m]),
+                                    paired_ratio(times, m, "ep-camex") if "ep-camex" in times
+                                    else math.nan) for m in methods]
     return rows
 
 
@@ -124,16 +130,16 @@ def scaling_report(out: str | Path, rows: Sequence[ScalingRow], *, batch: int, s
     if "cuda" not in devices:
         exp_rows.append(["cuda", "all", *([NOT_MEASURED_GPU] + ["—"] * (len(methods) - 1))])
     exp_table = format_table(["device", "axis", *methods], exp_rows)
-    lookup = {(r.device, r.axis, r.value, r.method): r.seconds for r in rows}
+    lookup = {(r.device, r.axis, r.value, r.method): r for r in rows}
     time_rows = []
     for dev, ax, v in sorted({(r.device, r.axis, r.value) for r in rows},
                              key=lambda k: (k[0], AXES.index(k[1]), k[2])):
-        ref = lookup.get((dev, ax, v, "ep-camex"))
         cells = []
         for m in methods:
-            t = lookup.get((dev, ax, v, m))
-            cells.append("—" if t is None else fmt_seconds(t) + (
-                f" ({t / ref:.2f}×)" if ref and m != "ep-camex" else ""))
+            r = lookup.get((dev, ax, v, m))
+            cells.append("—" if r is None else fmt_seconds(r.seconds) + (
+                f" ({r.vs_ep_camex:.2f}×)" if m != "ep-camex" and math.isfinite(r.vs_ep_camex)
+                else ""))
         time_rows.append([dev, ax, str(v), *cells])
     time_table = format_table(["device", "axis", "value", *methods], time_rows)
     notes = [
@@ -143,8 +149,8 @@ def scaling_report(out: str | Path, rows: Sequence[ScalingRow], *, batch: int, s
         f"{seq}.",
         f"Timing: methods timed interleaved at each point, median of {repeats} steps after one "
         "warm-up; shared CPU, so absolute times are noisy. Exponent b: least-squares slope of "
-        "log(step time) against log(x) (numpy.polyfit). Parentheses: ratio to EP-CAMEx at "
-        "the same point.",
+        "log(step time) against log(x) (numpy.polyfit). Parentheses: median over rounds of the "
+        "per-round ratio to EP-CAMEx at the same point.",
         *(["**Quick mode** (tests/smoke): reduced grid — not for quoting."] if quick else []),
     ]
     doc = markdown_document("Scaling benchmark", environment(), notes, [

@@ -41,8 +41,10 @@ from namex_ref.benchmarks.common import (
     environment,
     fmt_seconds,
     interleaved_medians,
+    interleaved_times,
     markdown_document,
     new_figure,
+    paired_ratio,
     resolve_devices,
     save_figure,
     synchronize,
@@ -83,17 +85,19 @@ REFERENCES = ("smoe", "ep-camex")
 
 @dataclass(frozen=True)
 class StepShape:
-    """What was run for one preset on one device: batch B × sequence T tokens."""
+    """What was run for one preset on one device: batch B × sequence T tokens; ``repeats``
+    overrides the benchmark's repeat count for this shape (None: keep it)."""
 
     preset: str
     device: str
     batch: int
     seq: int
+    repeats: int | None = None
 
 
 #: Shapes run by default. CPU: the small preset with a reduced batch/sequence so 9 methods fit
 #: in minutes on 2 cores; medium only on a GPU.
-CPU_SHAPES = (StepShape("tiny", "cpu", 8, 128), StepShape("small", "cpu", 2, 256))
+CPU_SHAPES = (StepShape("tiny", "cpu", 8, 128, repeats=15), StepShape("small", "cpu", 2, 256))
 CUDA_SHAPES = (StepShape("tiny", "cuda", 16, 128), StepShape("small", "cuda", 8, 512),
                StepShape("medium", "cuda", 8, 512))
 
@@ -308,17 +312,21 @@ def bench_step(
         med: dict[str, float] = {}
         ratio: dict[str, dict[str, float]] = {}
         ref_meds: dict[str, list[float]] = {r: [] for r in refs}
+        ref_pairs: list[float] = []
         mem: dict[str, tuple[int, float, float, float | None, int | None]] = {}
         for group in groups:
             built = {m: _build(preset(shape.preset, m), shape) for m in group}
-            times = interleaved_medians({m: b[1] for m, b in built.items()}, dev,
-                                        repeats=repeats, warmup=1)
+            reps = shape.repeats if shape.repeats is not None else repeats
+            all_t = interleaved_times({m: b[1] for m, b in built.items()}, dev,
+                                      repeats=reps, warmup=1)
+            times = {m: statistics.median(v) for m, v in all_t.items()}
+            ref_pairs.append(paired_ratio(all_t, "smoe", "ep-camex"))
             for m in group:
                 if m in refs:
                     ref_meds[m].append(times[m])
                 else:
                     med[m] = times[m]
-                    ratio[m] = {r: times[m] / times[r] for r in refs}
+                    ratio[m] = {r: paired_ratio(all_t, m, r) for r in refs}
                 if m not in mem:
                     model, step = built[m]
                     n_par = sum(p.numel() for p in model.parameters())
@@ -332,8 +340,9 @@ def bench_step(
             gc.collect()
         for r in refs:
             med[r] = statistics.median(ref_meds[r])
-        for r in refs:
-            ratio[r] = {r2: med[r] / med[r2] for r2 in refs}
+        smoe_vs_ep = statistics.median(ref_pairs)
+        ratio["smoe"] = {"smoe": 1.0, "ep-camex": smoe_vs_ep}
+        ratio["ep-camex"] = {"smoe": 1.0 / smoe_vs_ep, "ep-camex": 1.0}
         for m in [*refs, *others]:
             n_par, state, saved, peak, syncs = mem[m]
             if peak is None and rss and dev.type == "cpu":
@@ -431,9 +440,9 @@ def what_if_batched_ridge(shape: StepShape, *, repeats: int) -> list[list[str]]:
     cands: dict[str, Callable[[], object]] = {
         "ep-camex": steps["ep-camex"], "namex-full (as is)": steps["namex-full"],
         "namex-full, ridge solve batched (what-if)": patched}
-    med = interleaved_medians(cands, dev, repeats=repeats, warmup=1)
-    ref = med["ep-camex"]
-    return [[k, fmt_seconds(v), f"{v / ref:.2f}"] for k, v in med.items()]
+    all_t = interleaved_times(cands, dev, repeats=repeats, warmup=1)
+    return [[k, fmt_seconds(statistics.median(v)), f"{paired_ratio(all_t, k, 'ep-camex'):.2f}"]
+            for k, v in all_t.items()]
 
 
 def bargain_variants(shape: StepShape, *, repeats: int) -> list[list[str]]:
@@ -528,10 +537,13 @@ def step_report(out: str | Path, rows: Sequence[StepRow], shapes: Sequence[StepS
         f"Step = forward + backward + AdamW (lr 1e-4) on random tokens. Run: {shapes_txt}. "
         "Presets otherwise as in namex_ref.models.gpt.PRESETS (MergeConfig defaults: "
         "newton_iterations 20, singular_policy ridge, alpha_interval 1).",
-        f"Timing: median of {repeats} steps after one warm-up, methods timed round-robin in "
-        "the same process (tiny: all 9 resident; small: each method in a group with SMoE and "
-        "EP-CAMEx, ratios from its own group). The CPU is shared with other jobs: absolute "
-        "times are noisy; read the ratios.",
+        "Timing: methods timed round-robin in the same process after one warm-up round ("
+        + "; ".join(f"{s.preset}: {s.repeats if s.repeats is not None else repeats} rounds"
+                    for s in shapes)
+        + "); tiny: all 9 models resident; small: each method in a group with SMoE and "
+        "EP-CAMEx. `step` = median step time; ratios = median over rounds of the per-round "
+        "ratio (method / reference in the same round), so a load spike cancels. The CPU is "
+        "shared with other jobs: absolute times are noisy; read the ratios.",
         "Small preset: the `step` column of a non-reference method is its median within its "
         "own group; SMoE/EP-CAMEx rows give the median over all groups; ratios are always "
         "within one group (so step/step of two rows need not equal the ratio column when the "
