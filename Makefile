@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST := $(PY) -m pytest -n 2 -p no:cacheprovider
 
-.PHONY: install demo test test-slow lint check
+.PHONY: install demo solvers-demo test test-slow lint check
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,7 +16,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The main job: a tiny training comparison on the built-in corpus (3 methods, one seed, two runs
+# at a time on two cores; a few minutes), ending with a table and a plot in runs/demo.
 demo: $(STAMP)
+	$(VENV)/bin/namex compare --preset tiny --methods smoe,ep-camex,namex-full-mom --seeds 0 \
+		--steps 200 --jobs 2 --out runs/demo
+
+# The Nash-solver cross-check on built-in experts (every solver against the others).
+solvers-demo: $(STAMP)
 	$(VENV)/bin/namex demo
 
 test: $(STAMP)
