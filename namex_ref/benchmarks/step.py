@@ -40,7 +40,6 @@ from namex_ref.benchmarks.common import (
     NOT_MEASURED_GPU,
     environment,
     fmt_seconds,
-    interleaved_medians,
     interleaved_times,
     markdown_document,
     new_figure,
@@ -374,15 +373,15 @@ def profile_step(shape: StepShape, method: str, *, row_limit: int = 12) -> str:
     return str(table)
 
 
-def merge_plan_seconds(
+def merge_plan_times(
     shape: StepShape, methods: Sequence[str], *, repeats: int
-) -> dict[str, float]:
-    """Median seconds of ``model.merge_plan()`` (the base-expert chain, curvature and bargains
-    of S14–S18, built once per forward) per method, with autograd on as in training."""
+) -> dict[str, list[float]]:
+    """Seconds of ``model.merge_plan()`` (the base-expert chain, curvature and bargains of
+    S14–S18, built once per forward) per method and round, autograd on as in training."""
     dev = torch.device(shape.device)
     models = {m: _build(preset(shape.preset, m), shape)[0] for m in methods}
-    return interleaved_medians({m: mo.merge_plan for m, mo in models.items()}, dev,
-                               repeats=repeats)
+    return interleaved_times({m: mo.merge_plan for m, mo in models.items()}, dev,
+                             repeats=repeats)
 
 
 def batched_ridge_bargain(
@@ -476,18 +475,18 @@ def bargain_variants(shape: StepShape, *, repeats: int) -> list[list[str]]:
             scores = torch.full((shape.batch, 1, K.shape[-1]), 1.0 / K.shape[-1], device=dev)
             cap = capture_bargain(taus, base, scores)
         cands["CUDA graph replay: Gram + Newton 20 + merge"] = cap.graph.replay
-    med = interleaved_medians(cands, dev, repeats=repeats)
+    all_t = interleaved_times(cands, dev, repeats=repeats)
     res8 = float(solve_newton(K, fixed_iterations=8).residual)
     res20 = float(solve_newton(K, fixed_iterations=20).residual)
-    ref = med[ref_name]
     rows = []
-    for k, v in med.items():
+    for k, v in all_t.items():
         note = ""
         if k.startswith("Newton, 8"):
             note = f"residual {res8:.1e}"
         elif k.startswith("Newton, 20"):
             note = f"residual {res20:.1e}"
-        rows.append([k, fmt_seconds(v), f"{v / ref:.2f}", note])
+        rows.append([k, fmt_seconds(statistics.median(v)),
+                     f"{paired_ratio(all_t, k, ref_name):.2f}", note])
     return rows
 
 
@@ -597,15 +596,17 @@ def profile_markdown(shape: StepShape, *, repeats: int) -> str:
     for m in ("ep-camex", "namex-full"):
         parts += [f"### {shape.preset} ({shape.device}), {m}: top operators by self time", "",
                   "```", profile_step(shape, m), "```", ""]
-    plan = merge_plan_seconds(shape, ["ep-camex", "namex", "namex-full"], repeats=repeats)
+    plan = merge_plan_times(shape, ["ep-camex", "namex", "namex-full"],
+                            repeats=max(repeats, 10))
     parts += [f"### {shape.preset} ({shape.device}): `merge_plan()` per forward "
               "(base chain + curvature + bargains)", "",
-              format_table(["method", "merge_plan (median)", "× EP-CAMEx"],
-                           [[m, fmt_seconds(v), f"{v / plan['ep-camex']:.2f}"]
+              format_table(["method", "merge_plan (median)", "× EP-CAMEx (paired)"],
+                           [[m, fmt_seconds(statistics.median(v)),
+                             f"{paired_ratio(plan, m, 'ep-camex'):.2f}"]
                             for m, v in plan.items()]), ""]
     parts += [f"### {shape.preset} ({shape.device}): one layer's bargain, alternatives "
               f"(median of {max(repeats, 20)})", "",
-              format_table(["what", "time (median)", "× bargain_alpha", "note"],
+              format_table(["what", "time (median)", "× bargain_alpha (paired)", "note"],
                            bargain_variants(shape, repeats=max(repeats, 20))), ""]
     parts += [f"### {shape.preset} ({shape.device}): what-if — the ridge solve batched with "
               "the main solve", "",
