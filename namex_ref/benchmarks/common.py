@@ -31,6 +31,7 @@ __all__ = [
     "interleaved_medians",
     "interleaved_times",
     "log_ticks",
+    "log_y_labels",
     "markdown_document",
     "measure_bandwidth",
     "new_figure",
@@ -274,6 +275,24 @@ def log_ticks(ax: object, values: Sequence[float]) -> None:
     ax.set_xticks(vals)  # type: ignore[attr-defined]
     ax.set_xticklabels([f"{v:g}" for v in vals], fontsize=7)  # type: ignore[attr-defined]
     ax.minorticks_off()  # type: ignore[attr-defined]
+
+
+def log_y_labels(ax: object) -> None:
+    """Label a log-scaled y axis at 1, 2 and 5 × 10^k (visible even within one decade)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    def fmt(v: float, _: object) -> str:
+        return f"{v:g}"
+
+    for which, subs in (("major", (1.0,)), ("minor", (2.0, 5.0))):
+        axis = ax.yaxis  # type: ignore[attr-defined]
+        if which == "major":
+            axis.set_major_locator(LogLocator(base=10, subs=subs))
+            axis.set_major_formatter(FuncFormatter(fmt))
+        else:
+            axis.set_minor_locator(LogLocator(base=10, subs=subs))
+            axis.set_minor_formatter(FuncFormatter(fmt))
+    ax.tick_params(axis="y", which="both", labelsize=7)  # type: ignore[attr-defined]
 
 
 def new_figure(

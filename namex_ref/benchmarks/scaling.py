@@ -24,6 +24,7 @@ from namex_ref.benchmarks.common import (
     fmt_seconds,
     interleaved_times,
     log_ticks,
+    log_y_labels,
     markdown_document,
     new_figure,
     paired_ratio,
@@ -180,6 +181,7 @@ def _plot(path: Path, rows: Sequence[ScalingRow],
         ax.set(xscale="log", yscale="log", xlabel=labels[axis],  # type: ignore[attr-defined]
                ylabel="step time (s)")
         log_ticks(ax, [r.value for r in rows if r.axis == axis])
+        log_y_labels(ax)
         ax.legend(fontsize=6)  # type: ignore[attr-defined]
     save_figure(fig, path)
 
