@@ -158,7 +158,11 @@ def solve_newton(
             break
         M = a[..., :, None] * Kh * a[..., None, :] + eye  # D K̂ D + I, eigenvalues ≥ 1
         L, _ = torch.linalg.cholesky_ex(M)
-        z = -torch.cholesky_solve(r[..., None], L)[..., 0]
+        # Two triangular solves instead of torch.cholesky_solve: on CPU the latter reads a
+        # status scalar back (aten::_local_scalar_dense, one host sync per step; measured in
+        # results/step.md); the triangular solves do not.
+        y = torch.linalg.solve_triangular(L, r[..., None], upper=False)
+        z = -torch.linalg.solve_triangular(L.mT, y, upper=True)[..., 0]
         lam = (-(r * z).sum(-1)).clamp_min(0.0).sqrt()  # Newton decrement
         t = torch.where(lam > FULL_STEP_DECREMENT, 1.0 / (1.0 + lam), torch.ones_like(lam))
         # fraction to boundary on 1 + t z_i > 0
