@@ -283,12 +283,15 @@ def test_step_rows_are_consistent(tmp_path: Path) -> None:
 def test_forward_sync_ops_by_method() -> None:
     shape = step.StepShape("tiny", "cpu", 1, 16)
     counts = {}
-    for m in ("smoe", "ep-camex"):
-        cfg = dataclasses.replace(preset("tiny", m), n_layer=1)
+    for m in ("smoe", "ep-camex", "namex-full", "namex-q"):
+        cfg = dataclasses.replace(preset("tiny", m), n_layer=2)
         model = step.MoEGPT(cfg)
         counts[m] = step.forward_sync_ops(model, *step._inputs(cfg, shape))
     # EP-CAMEx has no data-dependent shapes and no solver: nothing in its forward can sync.
     assert counts["ep-camex"] == 0
+    # NAMEx solves its bargains with fixed-iteration Newton and the "ridge" policy: no host
+    # sync either (SPEC §2 "Solvers": fixed-iteration mode with no host synchronisation).
+    assert counts["namex-full"] == 0 and counts["namex-q"] == 0
     # SMoE dispatches tokens with nonzero (one per used expert; ≥ top-k experts are used).
     assert counts["smoe"] >= preset("tiny").merge.top_k
 
