@@ -714,7 +714,10 @@ def test_bargain_alpha_solves_s4(seed: int, n: int, extra: int) -> None:
     torch.testing.assert_close(res.alpha, solve_nash(G.T @ G).alpha, rtol=ALPHA_RTOL, atol=0)
     for policy in ("ridge", "uniform"):
         same = bargain_alpha(taus, policy=policy)
-        torch.testing.assert_close(same.alpha, res.alpha, rtol=0, atol=0)
+        # "ridge" solves the bargain batched with its ridge problem ((2, N, N), one call):
+        # batched and unbatched LAPACK kernels may round the last bit differently, so the
+        # policies agree to a few float64 ulps (measured: 1 ulp), not bit for bit.
+        torch.testing.assert_close(same.alpha, res.alpha, rtol=4 * 2.0**-52, atol=0)
         assert not bool(same.fallback)
 
 

@@ -144,12 +144,22 @@ def bargain_alpha(
     zero = diag <= ZERO_EXPERT_RTOL * scale  # (N,)
     eye = torch.eye(n, dtype=torch.float64, device=K.device)
     Ksafe = K0 + torch.diag(zero.to(torch.float64) * scale)
-    sol = solve_newton(Ksafe, fixed_iterations=iterations)
-    ok = sol.converged & finite & ~zero.any() & torch.isfinite(sol.alpha).all()
-    residual = torch.where(finite, scaled_residual(K0, sol.alpha), math.nan)
+    alt: Tensor | None = None
+    if policy == "ridge":
+        # The ridge problem is solved in the same batched call as the bargain itself: no host
+        # sync is needed to decide whether it is used, and one (2, N, N) solve costs about as
+        # much as one (N, N) solve (launch-bound; results/step.md "what-if").
+        lam = ridge * diag.mean().clamp_min(torch.finfo(torch.float64).tiny)
+        both = solve_newton(torch.stack((Ksafe, Ksafe + lam * eye)), fixed_iterations=iterations)
+        alpha_main, converged, alt = both.alpha[0], both.converged[0], both.alpha[1]
+    else:
+        sol = solve_newton(Ksafe, fixed_iterations=iterations)
+        alpha_main, converged = sol.alpha, sol.converged
+    ok = converged & finite & ~zero.any() & torch.isfinite(alpha_main).all()
+    residual = torch.where(finite, scaled_residual(K0, alpha_main), math.nan)
     if policy == "raise":
         if bool(ok):
-            return AlphaSolve(sol.alpha, residual, ~ok)
+            return AlphaSolve(alpha_main, residual, ~ok)
         where = "" if layer is None else f"MoE layer {layer}: "
         if not bool(finite):
             raise BargainInputError(
@@ -165,14 +175,11 @@ def bargain_alpha(
         return AlphaSolve(
             full.alpha, full.residual, torch.ones((), dtype=torch.bool, device=K.device)
         )
-    if policy == "ridge":
-        lam = ridge * diag.mean().clamp_min(torch.finfo(torch.float64).tiny)
-        alt = solve_newton(Ksafe + lam * eye, fixed_iterations=iterations).alpha
-    else:  # "uniform"
+    if alt is None:  # "uniform"
         floor = (UNIFORM_CANCEL_RTOL * diag.sum()).clamp_min(torch.finfo(torch.float64).tiny)
         total = torch.maximum(K0.sum(), floor)
         alt = torch.full((n,), 1.0, dtype=torch.float64, device=K.device) * (n / total).sqrt()
-    alpha = torch.where(ok, sol.alpha, alt)
+    alpha = torch.where(ok, alpha_main, alt)
     # Every τ_i = 0 (experts equal to the base, SPEC §3 "degenerate τ"): ΔE = 0 for any α, but
     # the policies' α ~ 1/√tiny ≈ 1e154 would overflow to inf in float32 and make ΔE = inf·0 =
     # NaN; use α = 1.
