@@ -446,7 +446,7 @@ def what_if_batched_ridge(shape: StepShape, *, repeats: int) -> list[list[str]]:
 
 def bargain_variants(shape: StepShape, *, repeats: int) -> list[list[str]]:
     """Time ways of solving one layer's bargain at this preset's shapes (rows of a table):
-    ``bargain_alpha`` as the layers call it (Newton + ridge solve, 20 steps each) against
+    ``bargain_alpha`` as the layers call it (Newton and ridge-policy solve, 20 steps) against
     Newton alone with 20 and 8 steps, the two solves batched into one call, and the Gram.
     On CUDA also the captured CUDA graph of Gram + Newton + merge (replay)."""
     dev = torch.device(shape.device)
@@ -459,7 +459,7 @@ def bargain_variants(shape: StepShape, *, repeats: int) -> list[list[str]]:
     K = gram_matrix(taus).to(torch.float64)
     lam = 1e-3 * K.diagonal().mean()
     K2 = torch.stack([K, K + lam * torch.eye(K.shape[-1], dtype=K.dtype, device=dev)])
-    ref_name = "bargain_alpha (as called: Newton 20 + ridge Newton 20)"
+    ref_name = "bargain_alpha (as the layers call it, 20 Newton steps)"
     cands: dict[str, Callable[[], object]] = {
         ref_name: lambda: bargain_alpha(taus, iterations=20),
         "Gram only": lambda: gram_matrix(taus),
