@@ -35,13 +35,17 @@ def paired(a: dict[int, float], b: dict[int, float]) -> str:
 
 def main() -> None:
     main_runs = load("repro")
+    main_runs.update(load("repro-extra"))
+    main_runs["namex-full"] = load("abl-nomom")["namex-full"]
     cfg = json.loads((RUNS / "repro" / "summary.json").read_text())["base_config"]
     print("# Reproduction study (tiny preset, built-in corpus)\n")
     print(
         f"Produced by `studies/reproduction.sh` + `studies/report.py`. Preset `{cfg['preset']}`, "
         f"{cfg['steps']} steps, batch {cfg['batch_size']}, lr {cfg['lr']}, one CPU thread per "
         "run; validation perplexity on the whole validation split; 95% Student t intervals "
-        "over seeds. A seed fixes the initialisation and the batch order, so the paired "
+        "over seeds. NAMEx-Mom and NAMEx-Q come from the `repro-extra` runs and NAMEx-Full from "
+        "the ablation's β = 0 runs (same settings and seeds). A seed fixes the initialisation "
+        "and the batch order, so the paired "
         "column (method − SMoE, per seed) removes the seed's own difficulty.\n"
     )
     print("| method | valid ppl (mean ± 95% CI) | − SMoE, paired | − EP-CAMEx, paired | per seed |")

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Reproduction study (README "Reproduction study"): six methods x 5 seeds on the tiny preset,
 # then the momentum phase ablation of NAMEx-Full-Mom. Resumable: finished runs are skipped.
-# About 35 minutes on 2 CPU cores. Then: python studies/report.py > results/reproduction.md
+# About 45 minutes on 2 CPU cores. Then: python studies/report.py > results/reproduction.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NAMEX=${NAMEX:-.venv/bin/namex}
 $NAMEX compare --methods namex-full-mom,smoe,ep-camex,namex,camex,smear --seeds 0-4 --jobs 2 \
     --no-progress --out runs/repro
+# The remaining methods of the layer, for the per-method table (issue 5).
+$NAMEX compare --methods namex-mom,namex-q --seeds 0-4 --jobs 2 --no-progress --out runs/repro-extra
 # phi = 0 (real beta), pi/12; pi/6 is the default (the main study's namex-full-mom runs).
 $NAMEX compare --methods namex-full-mom --seeds 0-4 --jobs 2 --no-progress --beta-phase 0 \
     --out runs/abl-phi0
