@@ -1,5 +1,5 @@
-"""Write the reproduction-study report (markdown on stdout) from the `namex compare` summaries
-under runs/ produced by studies/reproduction.sh.
+"""Write the reproduction-study report (markdown on stdout, plot to results/reproduction.png)
+from the `namex compare` summaries under runs/ produced by studies/reproduction.sh.
 
 Seeds fix both the initialisation and the batch order, so methods are compared per seed as well
 (paired differences, mean ± 95% Student t CI via namex_ref.train.mean_ci).
@@ -12,7 +12,8 @@ import math
 import sys
 from pathlib import Path
 
-from namex_ref.train import mean_ci
+from namex_ref.train import MethodSummary, mean_ci
+from namex_ref.train.comparison import plot_compare
 
 RUNS = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs")
 PAPER = {"smoe": 35.55, "camex": 36.53, "namex-full-mom": 35.37}  # SPEC §5, WikiText-103 test ppl
@@ -48,6 +49,13 @@ def main() -> None:
         "and the batch order, so the paired "
         "column (method − SMoE, per seed) removes the seed's own difficulty.\n"
     )
+    summaries = []
+    for m, v in main_runs.items():
+        seeds = tuple(sorted(v))
+        mean, ci = mean_ci([v[k] for k in seeds])
+        summaries.append(MethodSummary(m, seeds, tuple(v[k] for k in seeds), mean, ci, math.nan))
+    summaries.sort(key=lambda x: x.mean)
+    plot_compare(summaries, Path("results") / "reproduction.png")
     print("| method | valid ppl (mean ± 95% CI) | − SMoE, paired | − EP-CAMEx, paired | per seed |")
     print("|---|---:|---:|---:|---|")
     order = sorted(main_runs, key=lambda m: sum(main_runs[m].values()) / len(main_runs[m]))
