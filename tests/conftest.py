@@ -19,6 +19,17 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 # torch's default of one thread per core the workers oversubscribe the machine; measured on the
 # dev box, a 4×4 Cholesky (Newton's inner step) then took 16 ms instead of 1.3 µs. Tests that
 # start subprocesses (DDP, resume) set their own thread counts.
+from collections.abc import Iterator  # noqa: E402
+
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Every test starts on one thread, whatever an earlier test in the worker set."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import cmath
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -74,15 +74,6 @@ MERGE_METHODS = [m for m in METHODS if METHOD_TABLE[m].kind == "merge"]
 FIRST_LAYER_METHODS = [m for m in METHODS if METHOD_TABLE[m].base == "first-layer"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Run these tiny-tensor tests on one intra-op thread. With two MKL/OpenMP threads on a
-    loaded 2-core machine, each 4×4 Cholesky of the Newton solve measured 16–19 ms instead of
-    1.3 µs (threads wait at the OpenMP barrier for a descheduled sibling)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 SHAPES = [(4, 3), (3, 4)]  # two weight matrices per expert (like W1: (F, C), W2: (C, F))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -30,15 +29,6 @@ SEG = 4
 T_PARTIAL = 18  # 4 full segments of 4 and a last partial one of 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Run these tiny-tensor tests on one intra-op thread. With two MKL/OpenMP threads on a
-    loaded 2-core machine, each 4×4 Cholesky of the Newton solve measured 16–19 ms instead of
-    1.3 µs (threads wait at the OpenMP barrier for a descheduled sibling)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def micro(method: str, **merge: object) -> ModelConfig:

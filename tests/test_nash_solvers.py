@@ -165,8 +165,12 @@ def test_closed_form_two_experts(problem):
     assert_agree(s_cf.alpha, formula, 1e-14)
     assert float(s_cf.residual) <= RESIDUAL_TOL
     assert_agree(s_cf.alpha, s_nt.alpha, rule_rtol(2, s_cf.residual, s_nt.residual))
-    # the formula itself satisfies Kα = 1/α (independent of both solvers)
-    assert float(scaled_residual(K, formula)) <= 1e-12
+    # the formula itself satisfies Kα = 1/α (independent of both solvers), to 1e-12 or to 8× the
+    # float64 rounding floor of evaluating the residual, whichever is larger: for nearly
+    # anti-parallel experts α is large and (Kα)_i cancels (hypothesis found ρ ≈ −0.9999 with
+    # residual 1.6e-12, floor ≈ 6e-11; README "Near-infeasible bargains").
+    bound = max(1e-12, 8 * float(residual_floor(K, formula)))
+    assert float(scaled_residual(K, formula)) <= bound
 
 
 # ------------------------------------------------------------------------------------------
