@@ -24,15 +24,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_solve(args: argparse.Namespace) -> int:
-    from namex_ref.nash import gram_matrix, solve_nash
+def _load_npy(path: Path) -> np.ndarray:
+    """Read a numeric .npy array (no pickles), with errors that name the file."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(
+            f"could not read {str(path)!r} as a .npy array ({exc.__class__.__name__}); save it "
+            "with numpy.save(path, array) from a float array."
+        ) from exc
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
+        raise ValueError(f"{str(path)!r} does not hold a real numeric array (dtype {arr.dtype}).")
+    return arr
 
-    arr = np.load(args.path)
-    if args.taus:
-        K = gram_matrix(torch.from_numpy(arr))
+
+def _cmd_solve(args: argparse.Namespace) -> int:
+    from namex_ref.nash import nash_bargain, solve_nash
+
+    arr = _load_npy(args.path)
+    if args.taus:  # the same route as the API's nash_bargain (checks name the expert)
+        t = torch.from_numpy(arr)
+        t = t if t.is_floating_point() else t.to(torch.float64)
+        sol = nash_bargain(t, method=args.method, require_converged=False).solution
     else:
-        K = torch.from_numpy(arr)
-    sol = solve_nash(K, method=args.method)
+        sol = solve_nash(torch.from_numpy(arr), method=args.method)
     print(json.dumps({
         "method": sol.method,
         "alpha": sol.alpha.tolist(),

@@ -168,10 +168,17 @@ def bargain_alpha(
             )
         try:
             full = solve_nash(K_acc)
-        except (BargainInputError, InfeasibleBargainError, NashConvergenceError) as err:
+        except (BargainInputError, InfeasibleBargainError) as err:
             # keep the exception's class and attributes (certificate, ...); prefix the layer
             err.args = (where + str(err.args[0]), *err.args[1:])
             raise
+        if not full.all_converged:  # a feasible bargain the full solver could not finish
+            raise NashConvergenceError(
+                f"{where}the Nash bargain did not converge: residual "
+                f"{float(full.residual.max()):.3e} after {full.iterations} Newton steps "
+                f"({full.status}); use singular_policy 'ridge' or 'uniform' to continue with a "
+                "fallback α (counted in the metrics)."
+            )
         return AlphaSolve(
             full.alpha, full.residual, torch.ones((), dtype=torch.bool, device=K.device)
         )

@@ -14,6 +14,7 @@ from namex_ref.nash.gram import Granularity, gram_matrix, stack_domain_vectors
 from namex_ref.nash.result import (
     BargainInputError,
     DegenerateExpertError,
+    InfeasibleBargainError,
     NashConvergenceError,
     NashSolution,
 )
@@ -82,10 +83,27 @@ def nash_bargain(
                 "expert's parameters and the base expert."
             )
     K = gram_matrix(mats, granularity=granularity)
+    if not bool(torch.isfinite(K).all()):
+        biggest = max(float(t.abs().max()) for t in mats)
+        raise BargainInputError(
+            f"the Gram matrix K = GᵀG overflowed in {K.dtype} (the domain vectors are finite, "
+            f"but their largest entry is {biggest:.3g}, so ‖τ_i‖² exceeds "
+            f"{torch.finfo(K.dtype).max:.3g}). Rescale the domain vectors (α scales inversely, "
+            "S9) or pass them in float64."
+        )
     diag = K.diagonal(dim1=-2, dim2=-1)
     if bool((diag == 0).any()):
         idx = (diag == 0).nonzero()[0].tolist()
         i = idx[-1]
+        nonzero = [int((t[i] != 0).any()) for t in mats]
+        if any(nonzero):
+            norm = max(float(t[i].abs().max()) for t in mats)
+            raise BargainInputError(
+                f"‖τ_{i}‖² underflowed to 0 in {K.dtype}: expert {i}'s domain vector is not "
+                f"zero (largest entry {norm:.3g}) but its squared norm is below "
+                f"{torch.finfo(K.dtype).tiny:.3g}. Rescale the domain vectors (α scales "
+                "inversely, S9) or pass them in float64."
+            )
         cert = torch.zeros(n, dtype=torch.float64)
         cert[i] = 1.0
         where = f" in weight matrix {idx[0]}" if granularity == "matrix" else ""
@@ -97,7 +115,18 @@ def nash_bargain(
         )
     if method == "primal" and granularity == "expert" and "G" not in options:
         options["G"] = torch.cat(mats, dim=1).T  # (d, N): the real τ, not a factor of K
-    sol = solve_nash(K, method=method, **options)
+    d = sum(t.shape[1] for t in mats)
+    try:
+        sol = solve_nash(K, method=method, **options)
+    except InfeasibleBargainError as err:
+        if n > d:  # more experts than dimensions: often τ given as (d, N)
+            err.args = (
+                f"{err.args[0]} Note: τ has N = {n} experts (rows) but only d = {d} parameters "
+                f"each; if the experts are the columns, pass the transpose (shape ({d}, {n}) → "
+                f"({n}, {d})).",
+                *err.args[1:],
+            )
+        raise
     if require_converged and not sol.all_converged:
         raise NashConvergenceError(
             f"{method} stopped at residual {float(sol.residual.max()):.3e} after "

@@ -58,6 +58,11 @@ def stack_domain_vectors(taus: Tensor | Sequence[Tensor]) -> list[Tensor]:
             )
         if t.is_complex() or not t.is_floating_point():
             raise BargainInputError(f"domain vectors entry {m} has dtype {t.dtype}; use floats.")
+        if t.numel() == 0:
+            raise BargainInputError(
+                f"domain vectors entry {m} is empty (shape {tuple(t.shape)}): a bargain needs "
+                "N ≥ 2 experts with at least one parameter each."
+            )
         out.append(t.reshape(t.shape[0], -1))
     return out
 
@@ -69,7 +74,10 @@ def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def gram_matrix(
-    taus: Tensor | Sequence[Tensor], *, granularity: Granularity = "expert"
+    taus: Tensor | Sequence[Tensor],
+    *,
+    granularity: Granularity = "expert",
+    batch_dims: int = 0,
 ) -> Tensor:
     """S2: K = GᵀG, K_ij = ⟨τ_i, τ_j⟩ over flattened parameters.
 
@@ -78,7 +86,23 @@ def gram_matrix(
     across all its matrices, K = Σ_m K_m (N, N) — equal to the Gram matrix of the concatenated
     vectors. ``"matrix"``: one bargain per weight matrix, K of shape (M, N, N).
     Accumulates in float32 (float64 for float64 input).
+
+    Batches: a single tensor with more than two dimensions is ambiguous — (B, N, d) problems or
+    one weight matrix (N, out, in) of N experts — and raises unless ``batch_dims`` says which:
+    with ``batch_dims=b``, a tensor (*B, N, *P) with b leading batch dimensions gives one
+    (N, N) Gram per problem, K of shape (*B, N, N). Wrap a single weight-matrix stack in a list
+    (``[t]``) to keep the (N, *P) reading.
     """
+    if batch_dims:
+        return _batched_gram(taus, batch_dims, granularity)
+    if isinstance(taus, Tensor) and taus.ndim > 2:
+        raise BargainInputError(
+            f"gram_matrix got one tensor of shape {tuple(taus.shape)}: is that a batch of "
+            f"problems {tuple(taus.shape[:-2])} × (N, d), or one weight matrix of "
+            f"N = {taus.shape[0]} experts? Pass batch_dims={taus.ndim - 2} for the batch "
+            "(K of shape (..., N, N)), or [tensor] (a list of per-matrix [N, ...] tensors) for "
+            "the weight matrix."
+        )
     mats = stack_domain_vectors(taus)
     grams = []
     for t in mats:
@@ -92,3 +116,27 @@ def gram_matrix(
     if granularity == "matrix":
         return torch.stack([g.to(grams[0].dtype) for g in grams])
     raise ValueError(f"granularity must be 'expert' or 'matrix'; got {granularity!r}")
+
+
+def _batched_gram(
+    taus: Tensor | Sequence[Tensor], batch_dims: int, granularity: Granularity
+) -> Tensor:
+    """``gram_matrix`` for one tensor (*B, N, *P) with ``batch_dims`` = len(B) → (*B, N, N)."""
+    if not isinstance(taus, Tensor):
+        raise BargainInputError("batch_dims applies to a single tensor (*B, N, d), not a list.")
+    if isinstance(batch_dims, bool) or not isinstance(batch_dims, int) or batch_dims < 0:
+        raise BargainInputError(f"batch_dims must be a non-negative int; got {batch_dims!r}")
+    if taus.ndim < batch_dims + 2:
+        raise BargainInputError(
+            f"batch_dims={batch_dims} needs a tensor of at least {batch_dims + 2} dimensions "
+            f"(*B, N, d); got shape {tuple(taus.shape)}."
+        )
+    if granularity != "expert":
+        raise BargainInputError("batch_dims works with granularity='expert' only.")
+    if taus.is_complex() or not taus.is_floating_point():
+        raise BargainInputError(f"domain vectors have dtype {taus.dtype}; use floats.")
+    if taus.numel() == 0:
+        raise BargainInputError(f"domain vectors are empty (shape {tuple(taus.shape)}).")
+    lead = taus.shape[: batch_dims + 1]  # (*B, N)
+    t = taus.reshape(*lead, -1).to(_accumulate_dtype(taus.dtype))  # (*B, N, d)
+    return t @ t.transpose(-1, -2)

@@ -25,8 +25,11 @@ from namex_ref.nash.result import BargainInputError, DegenerateExpertError, Infe
 
 __all__ = [
     "CERTIFICATE_TOL",
+    "ROUNDING_CAP",
+    "ROUNDING_FACTOR",
     "as_gram_tensor",
     "check_gram",
+    "converged_mask",
     "gradient",
     "hessian",
     "infeasibility_certificate",
@@ -43,6 +46,11 @@ __all__ = [
 #: the residual below ~1e-6 (see ``residual_floor``). Evaluated in float64 from v, not taken
 #: from the LP's objective (HiGHS's feasibility tolerance is ~1e-7).
 CERTIFICATE_TOL = 1e-9
+#: Where α̂ is large, the residual cannot be evaluated below its rounding floor (see
+#: ``residual_floor``, ∝ α̂²); a solution then counts as converged at 8× that floor, but only
+#: while the floor is ≤ 1e-6 — beyond that float64 cannot certify the bargain at all.
+ROUNDING_FACTOR = 8.0
+ROUNDING_CAP = 1e-6
 
 
 def _dtype_eps(dtype: torch.dtype) -> float:
@@ -105,6 +113,15 @@ def check_gram(K: Tensor) -> Tensor:
     rtol = _dtype_eps(K.dtype) ** 0.5
     K64 = K.to(torch.float64)
     finite = torch.isfinite(K64)
+    diag_finite = torch.isfinite(K64.diagonal(dim1=-2, dim2=-1))
+    if not bool(diag_finite.all()):  # K_ii = ‖τ_i‖²: the expert itself is named
+        *batch, i = (~diag_finite).nonzero()[0].tolist()
+        where = f" in problem {tuple(batch)}" if batch else ""
+        raise BargainInputError(
+            f"K has a non-finite diagonal entry K[{i}, {i}] = {K64[(*batch, i, i)].item()}{where}: "
+            f"the domain vector of expert {i} contains NaN/Inf (or its squared norm overflows). "
+            "Check that expert's parameters (and the base expert) before bargaining."
+        )
     if not bool(finite.all()):
         bad = (~finite).nonzero()[0].tolist()
         *batch, i, j = bad
@@ -215,14 +232,29 @@ def residual_floor(K: Tensor, alpha: Tensor) -> Tensor:
     return eps * n * (alpha * (K.abs() @ alpha[..., None])[..., 0]).amax(-1)
 
 
+def converged_mask(K: Tensor, alpha: Tensor, residual: Tensor, tol: float) -> Tensor:
+    """The one convergence rule every solver uses (S4): residual ≤ max(tol, min(8·floor, 1e-6)).
+
+    K: (..., N, N), α: (..., N) in the same units (the rule is scale-free, S9); residual: (...)
+    the scale-free max_i |α_i(Kα)_i − 1|. ``floor`` is :func:`residual_floor`: where α̂ is large
+    (near-infeasible problems) no float64 evaluation can show a residual below it, so the
+    threshold rises to ``ROUNDING_FACTOR``× the floor, capped at ``ROUNDING_CAP``. A NaN
+    residual is never converged. → (...) bool, no host synchronisation.
+    """
+    floor = (ROUNDING_FACTOR * residual_floor(K, alpha)).clamp_max(ROUNDING_CAP)
+    return residual <= torch.clamp(floor, min=tol)
+
+
 def infeasibility_certificate(K: Tensor) -> tuple[Tensor, float]:
     """Closest-to-infeasible direction of one problem (S6): v ≥ 0, Σv = 1 with K̂v ≈ 0.
 
     K: (N, N) float64 PSD with positive diagonal. Solves the linear programme
     min t s.t. −t ≤ (K̂v̂)_i ≤ t, v̂ ≥ 0, Σ v̂ = 1 with HiGHS (scipy). Since Gv = 0 ⇔ Kv = 0 for
     PSD K, a bargain exists iff the optimum is > 0. Returns the certificate in the coordinates
-    of K (v_i ∝ v̂_i / ‖τ_i‖, renormalised to sum 1) and its quality v̂ᵀK̂v̂ = ‖Σ v̂_i τ̂_i‖²,
-    recomputed in float64.
+    of K (v_i ∝ v̂_i / ‖τ_i‖, renormalised to sum 1) and its *distance*: v̂ᵀK̂v̂ = ‖Σ v̂_i τ̂_i‖²
+    (τ̂_i = τ_i/‖τ_i‖) at the LP's minimiser v̂, recomputed in float64. This is not the LP's
+    optimum t = ‖K̂v̂‖∞ (HiGHS's accuracy ~1e-7 is too coarse for the test ≤ CERTIFICATE_TOL);
+    since Σv̂ = 1, v̂ᵀK̂v̂ ≤ ‖K̂v̂‖∞, and both are 0 exactly when the experts cancel.
     """
     from scipy.optimize import linprog  # oracle-only dependency
 

@@ -18,6 +18,7 @@ cvxpy and scipy are imported inside the oracle solvers only.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import math
@@ -25,23 +26,28 @@ import warnings
 from collections.abc import Callable
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from namex_ref.nash.problem import (
+    ROUNDING_CAP,
+    ROUNDING_FACTOR,
     as_gram_tensor,
     check_gram,
+    converged_mask,
     normalise_gram,
     raise_if_infeasible,
-    residual_floor,
     scaled_residual,
 )
-from namex_ref.nash.result import InfeasibleBargainError, NashSolution
+from namex_ref.nash.result import BargainInputError, InfeasibleBargainError, NashSolution
 
 __all__ = [
     "CCP_MAX_STEPS",
     "METHODS",
     "RESIDUAL_TOL",
+    "ROUNDING_CAP",
+    "ROUNDING_FACTOR",
     "Method",
     "solve_ccp",
     "solve_closed_form",
@@ -58,11 +64,6 @@ METHODS: tuple[Method, ...] = ("newton", "closed_form", "cvxpy", "primal", "ccp"
 #: ~N·eps·max_i α_i Σ_j |K_ij| α_j ≈ 1e-14 for well-conditioned K; 1e-10 leaves four orders for
 #: cancellation in ill-conditioned K (cond(K̂) up to ~1e12 still converges, see tests).
 RESIDUAL_TOL = 1e-10
-#: Where α̂ is large, the residual cannot be evaluated below its rounding floor (see
-#: ``problem.residual_floor``, ∝ α̂²); Newton then counts as converged at 8× that floor, but
-#: only while the floor is ≤ 1e-6 — beyond that float64 cannot certify the bargain at all.
-ROUNDING_FACTOR = 8.0
-ROUNDING_CAP = 1e-6
 #: Adaptive Newton's iteration cap. Damped phase: f decreases by ≥ 0.25 − log 1.25 ≈ 0.027 per
 #: step (self-concordance), quadratic convergence after; typical problems need 5–10 steps.
 NEWTON_MAX_ITER = 100
@@ -94,6 +95,37 @@ CCP_ECOS_MAX_ITERS = 100
 # --------------------------------------------------------------------------------------------
 
 
+def _check_alpha0(alpha0: Any, batch: torch.Size, *, check_values: bool) -> Tensor:
+    """Validate a warm start: a tensor broadcastable to the batch's (..., N), and (when
+    ``check_values``; one host synchronisation) finite and > 0 everywhere."""
+    if not isinstance(alpha0, Tensor):
+        try:
+            alpha0 = torch.as_tensor(np.asarray(alpha0, dtype=np.float64))
+        except (TypeError, ValueError) as exc:
+            raise BargainInputError(f"alpha0 must be array-like; got {type(alpha0)!r}") from exc
+    a0: Tensor = alpha0
+    n = batch[-1]
+    if alpha0.ndim == 0 or alpha0.shape[-1] != n or alpha0.ndim > len(batch) or any(
+        s not in (1, b) for s, b in zip(alpha0.shape[::-1], batch[::-1], strict=False)
+    ):
+        raise BargainInputError(
+            f"alpha0 has shape {tuple(alpha0.shape)}; it must broadcast to the batch's α shape "
+            f"{tuple(batch)} (one positive weight per expert, N = {n})."
+        )
+    if alpha0.is_complex():
+        raise BargainInputError("alpha0 must be real; got a complex tensor.")
+    if check_values:
+        a = alpha0.to(torch.float64)
+        if not bool(torch.isfinite(a).all()):
+            raise BargainInputError(f"alpha0 must be finite; got {alpha0.tolist()}.")
+        if not bool((a > 0).all()):
+            raise BargainInputError(
+                f"alpha0 must be positive (the bargain's α lies in the open orthant, S4); got "
+                f"{alpha0.tolist()}."
+            )
+    return a0
+
+
 def solve_newton(
     K: Tensor,
     *,
@@ -119,8 +151,18 @@ def solve_newton(
     the Newton decrement λ = √(rᵀ(DK̂D + I)⁻¹r) exceeds 0.25 (damped phase; α at most doubles per
     step), then 1; a fraction-to-boundary rule (0.99) keeps α > 0 in all cases.
 
-    Convergence: residual ≤ ``tol``, or ≤ 8× its own float64 rounding floor when that floor is
-    larger (near-infeasible problems with large α̂), as long as the floor is ≤ 1e-6.
+    Convergence: the shared rule :func:`~namex_ref.nash.problem.converged_mask` — residual ≤
+    ``tol``, or ≤ 8× its own float64 rounding floor when that floor is larger (near-infeasible
+    problems with large α̂), as long as the floor is ≤ 1e-6.
+
+    Guarantees on any input, validated or not: α is finite and > 0. A problem that is no
+    bargain at all (a non-finite entry or a non-positive diagonal, only reachable with
+    ``solve_nash(validate=False)`` or by calling this function directly), or whose Newton step
+    becomes non-finite (an indefinite K), is returned as α = 1, residual = inf,
+    converged = False, without affecting the rest of the batch. An invalid ``alpha0`` (wrong
+    shape; in adaptive mode also non-finite or ≤ 0) raises :class:`BargainInputError`; in
+    fixed-iteration mode, where values are not read back, a problem with an invalid warm start
+    starts from α̂ = 1 instead.
 
     Modes:
         adaptive (default): stop when every problem has converged or after ``max_iter`` steps; one
@@ -132,27 +174,34 @@ def solve_newton(
     Returns a :class:`NashSolution` with ``alpha`` (..., N) float64 in K's units.
     """
     K64 = K.to(torch.float64)
+    n = K64.shape[-1]
+    eye = torch.eye(n, dtype=torch.float64, device=K64.device)
+    # Problems that are not bargains at all (non-finite entries, a non-positive diagonal: only
+    # reachable unvalidated) are swapped for the identity so they cannot poison the batch, and
+    # are reported as α = 1, residual = inf, converged = False. No host synchronisation.
+    valid = torch.isfinite(K64).all(-1).all(-1) & (K64.diagonal(dim1=-2, dim2=-1) > 0).all(-1)
+    K64 = torch.where(valid[..., None, None], K64, eye)
     Kh, d = normalise_gram(K64)
-    eye = torch.eye(Kh.shape[-1], dtype=torch.float64, device=Kh.device)
+    batch = Kh.shape[:-1]
     if alpha0 is None:
-        a = torch.ones(Kh.shape[:-1], dtype=torch.float64, device=Kh.device)
+        a = torch.ones(batch, dtype=torch.float64, device=Kh.device)
     else:
-        a = (alpha0.to(device=Kh.device, dtype=torch.float64) / d).expand(Kh.shape[:-1]).clone()
+        a0 = _check_alpha0(alpha0, batch, check_values=fixed_iterations is None)
+        a0 = a0.to(device=Kh.device, dtype=torch.float64).expand(batch)
+        start_ok = (torch.isfinite(a0) & (a0 > 0)).all(-1, keepdim=True)
+        a = torch.where(start_ok, a0 / d, 1.0).clone()
     n_steps = max_iter if fixed_iterations is None else fixed_iterations
     history: list[Tensor] = []
 
     def residual_vector(a: Tensor) -> Tensor:
         return a * (Kh @ a[..., None])[..., 0] - 1.0
 
-    def is_done(a: Tensor, res: Tensor) -> Tensor:
-        floor = (ROUNDING_FACTOR * residual_floor(Kh, a)).clamp_max(ROUNDING_CAP)
-        return res <= torch.clamp(floor, min=tol)
-
     r = residual_vector(a)
     res = r.abs().amax(-1)
+    broken = torch.zeros(batch[:-1], dtype=torch.bool, device=Kh.device)
     it = 0
     for it in range(1, n_steps + 1):
-        done = is_done(a, res)
+        done = converged_mask(Kh, a, res, tol) | broken
         if fixed_iterations is None and bool(done.all()):
             it -= 1
             break
@@ -169,13 +218,18 @@ def solve_newton(
         neg = torch.where(z < 0, -FRACTION_TO_BOUNDARY / z, torch.full_like(z, math.inf))
         t = torch.minimum(t, neg.amin(-1))
         a_new = a * (1.0 + t[..., None] * z)
-        a = torch.where(done[..., None], a, a_new)
+        # A non-finite step (only for an indefinite K, i.e. unvalidated bad input) freezes the
+        # problem at its last finite iterate; it is reported as not converged below.
+        broken = broken | ~(torch.isfinite(a_new) & (a_new > 0)).all(-1)
+        a = torch.where((done | broken)[..., None], a, a_new)
         r = residual_vector(a)
         res = r.abs().amax(-1)
         if record_history:
             history.append(res)
-    alpha = a * d
-    converged = is_done(a, res)
+    ok = valid & ~broken & torch.isfinite(res)
+    alpha = torch.where(ok[..., None], a * d, 1.0)
+    res = torch.where(ok, res, math.inf)
+    converged = converged_mask(Kh, a, res, tol) & ok
     hist = torch.stack(history) if record_history and history else None
     if fixed_iterations is not None:
         status = "fixed_iterations"
@@ -200,7 +254,7 @@ def solve_closed_form(K: Tensor) -> NashSolution:
         raise ValueError(f"closed_form solves N = 2 only (S11); got N = {K.shape[-1]}.")
     K64 = K.to(torch.float64)
     k11, k22, k12 = K64[..., 0, 0], K64[..., 1, 1], K64[..., 0, 1]
-    rho = k12 / (k11 * k22).sqrt()
+    rho = k12 / (k11 * k22).sqrt()  # NaN for a zero/non-finite diagonal: caught by solve_nash
     bad = rho <= -1.0 + 1e-12
     if bool(bad.any()):
         idx = tuple(int(i) for i in bad.nonzero()[0].tolist())
@@ -214,7 +268,8 @@ def solve_closed_form(K: Tensor) -> NashSolution:
         )
     alpha = torch.stack([k11, k22], -1).mul(1.0 + rho[..., None]).rsqrt()
     res = scaled_residual(K64, alpha)
-    return NashSolution(alpha, res, res <= RESIDUAL_TOL, 0, "closed_form", "closed_form")
+    converged = converged_mask(K64, alpha, res, RESIDUAL_TOL)  # the same rule as Newton's
+    return NashSolution(alpha, res, converged, 0, "closed_form", "closed_form")
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,7 +316,9 @@ def _loop(
     alpha = torch.stack(alphas).reshape(*batch, K64.shape[-1]).to(K.device)
     res = scaled_residual(K.to(torch.float64), alpha)
     status = "/".join(sorted(statuses))
-    return NashSolution(alpha, res, res <= ORACLE_RESIDUAL_TOL, iters, method, status)
+    K64c = K.to(torch.float64)
+    converged = converged_mask(K64c, alpha.to(torch.float64), res, ORACLE_RESIDUAL_TOL)
+    return NashSolution(alpha, res, converged, iters, method, status)
 
 
 def _conic_status_check(status: str, K: Tensor, idx: tuple[int, ...], method: str) -> None:
@@ -466,10 +523,24 @@ def solve_nash(
         "newton": solve_newton, "closed_form": solve_closed_form, "cvxpy": solve_cvxpy,
         "primal": solve_primal, "ccp": solve_ccp,
     }
+    if validate and options.get("alpha0") is not None:
+        options["alpha0"] = _check_alpha0(options["alpha0"], K64.shape[:-1], check_values=True)
     sol = solver[method](K64, **options)
     if validate and not sol.all_converged:
         _certify_unconverged(K64, sol)
-    return sol
+    return _never_nan(sol)
+
+
+def _never_nan(sol: NashSolution) -> NashSolution:
+    """The last guard of every solver path (no host synchronisation): a problem whose α is not
+    finite and positive is returned as α = 1, residual = inf, converged = False."""
+    ok = (torch.isfinite(sol.alpha) & (sol.alpha > 0)).all(-1)
+    return dataclasses.replace(
+        sol,
+        alpha=torch.where(ok[..., None], sol.alpha, torch.ones_like(sol.alpha)),
+        residual=torch.where(ok, sol.residual, math.inf),
+        converged=sol.converged & ok,
+    )
 
 
 def _certify_unconverged(K: Tensor, sol: NashSolution) -> None:

@@ -300,8 +300,8 @@ def _train(config: TrainConfig, resume: bool, ctx: _Dist) -> TrainResult:
     if ckpt_path.is_file():
         if not resume:
             raise ValueError(
-                f"{str(out)!r} already holds a checkpoint; pass --resume to continue it or "
-                f"choose another --out"
+                f"{str(out)!r} already holds a checkpoint; pass resume=True (CLI: --resume) to "
+                f"continue it, or choose another out folder (CLI: --out)"
             )
         ckpt = load_checkpoint(ckpt_path)
         problems = _config_mismatch(ckpt.config, config)
