@@ -155,6 +155,18 @@ def test_certificate_distance_is_squared_norm_of_normalised_combination() -> Non
     assert float(np.abs(Kh @ vh.numpy()).max()) == pytest.approx(best.fun, rel=1e-6)
 
 
+def test_closed_form_distance_is_the_same_quantity() -> None:
+    """N = 2, 1 + ρ = 1e-13 (infeasible for the closed form, ρ ≤ −1 + 1e-12): its distance is
+    ‖(τ̂_1 + τ̂_2)/2‖² = (1 + ρ)/2, the same quantity the LP path reports (to its rounding)."""
+    rho = -1.0 + 1e-13
+    K = torch.tensor([[4.0, 2.0 * rho], [2.0 * rho, 1.0]], dtype=torch.float64)  # norms 2, 1
+    with pytest.raises(InfeasibleBargainError) as exc:
+        solve_closed_form(K)
+    assert exc.value.distance == pytest.approx(0.5 * (1 + rho), rel=1e-3)  # ρ rounds at 1e-16
+    _, lp = infeasibility_certificate(K)
+    assert lp == pytest.approx(exc.value.distance, abs=1e-15)
+
+
 # ------------------------------------------------------------------------------------------
 # Shapes: batched τ, alpha0, empty inputs
 # ------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Pure merging mathematics (SPEC S12–S18): curvature operators, the merge, the bargain with its
-singular-bargain policy, and base-expert propagation across MoE layers.
+"""Pure merging mathematics (S12–S18, docs/math.md): curvature operators, the merge, the
+bargain with its singular-bargain policy, and base-expert propagation across MoE layers.
 
 Experts are lists of weight matrices: ``experts[m]`` is (N, *P_m), the m-th matrix of all N
 experts; a base expert is a list of (*P_m) tensors. Nothing here owns parameters; the modules in
@@ -187,7 +187,7 @@ def bargain_alpha(
         total = torch.maximum(K0.sum(), floor)
         alt = torch.full((n,), 1.0, dtype=torch.float64, device=K.device) * (n / total).sqrt()
     alpha = torch.where(ok, alpha_main, alt)
-    # Every τ_i = 0 (experts equal to the base, SPEC §3 "degenerate τ"): ΔE = 0 for any α, but
+    # Every τ_i = 0 (experts equal to the base, docs/math.md, "degenerate τ"): ΔE = 0 for any α, but
     # the policies' α ~ 1/√tiny ≈ 1e154 would overflow to inf in float32 and make ΔE = inf·0 =
     # NaN; use α = 1.
     all_zero = ~(diag.max() > torch.finfo(K_acc.dtype).tiny)

@@ -1,4 +1,4 @@
-"""The Nash bargaining core (SPEC §1–§2): Gram matrices, the shared problem, five solvers."""
+"""The Nash bargaining core (S1–S11, docs/math.md): Gram, shared problem, five solvers."""
 
 from namex_ref.nash.bargain import BargainResult, nash_bargain
 from namex_ref.nash.gram import domain_vectors, gram_matrix

@@ -1,4 +1,4 @@
-"""User-facing bargain over domain vectors: α, ΔE and utilities (SPEC S1–S4, S7)."""
+"""User-facing bargain over domain vectors: α, ΔE and utilities (S1–S4, S7; docs/math.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Domain vectors and Gram matrices (SPEC S1–S2)."""
+"""Domain vectors and Gram matrices (S1–S2, docs/math.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The one problem definition every solver shares (SPEC S4–S7).
+"""The one problem definition every solver shares (S4–S7, docs/math.md).
 
 Given a Gram matrix K = GᵀG of N domain vectors (S2), the Nash bargaining weights are the
 α > 0 with Kα = 1/α (S4), the unique minimiser of the strictly convex

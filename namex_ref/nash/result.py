@@ -1,4 +1,4 @@
-"""Solver result records and the errors of the bargaining core (SPEC S4–S7).
+"""Solver result records and the errors of the bargaining core (S4–S7, docs/math.md).
 
 Every solver returns one :class:`NashSolution` (a frozen record, as scipy's ``OptimizeResult``
 but visible to mypy). Failure is always visible: ``converged`` is ``False`` with a residual, or
@@ -68,8 +68,11 @@ class InfeasibleBargainError(ValueError):
             expert norms: Σ_i v_i τ_i / ‖τ_i‖ ≈ 0 is what is checked), for the first failing
             problem of a batch.
         batch_index: index of that problem in the batch (``()`` when unbatched).
-        distance: min over the simplex of ‖K̂v‖_∞ with K̂ the unit-diagonal Gram matrix; 0 means
-            exactly infeasible.
+        distance: ‖Σ_i v̂_i τ̂_i‖² = v̂ᵀK̂v̂ for the unit-normalised experts τ̂_i = τ_i/‖τ_i‖,
+            evaluated in float64 at the simplex point v̂ that minimises ‖K̂v‖_∞ (the S6 LP of
+            ``problem.infeasibility_certificate``); 0 means exactly infeasible, and the LP
+            path declares infeasibility at ≤ ``CERTIFICATE_TOL`` (1e-9). The closed form
+            (N = 2, v̂ = (½, ½)) reports the same quantity, (1 + ρ)/2.
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""Solvers for the Nash bargaining weights: Kα = 1/α (SPEC S4–S5, §2 "Solvers").
+"""Solvers for the Nash bargaining weights: Kα = 1/α (S4–S5, docs/math.md).
 
 All solvers share one problem definition (:mod:`namex_ref.nash.problem`), return a
 :class:`~namex_ref.nash.result.NashSolution`, and agree on α up to their tolerances:
@@ -264,7 +264,7 @@ def solve_closed_form(K: Tensor) -> NashSolution:
             f"anti-parallel (cosine {rho[idx].item():.12f}), so no update improves both (S6, S11).",
             certificate=v / v.sum(),
             batch_index=idx,
-            distance=float((1.0 + rho[idx]).clamp_min(0.0)),
+            distance=float((0.5 * (1.0 + rho[idx])).clamp_min(0.0)),  # ‖(τ̂_1 + τ̂_2)/2‖²
         )
     alpha = torch.stack([k11, k22], -1).mul(1.0 + rho[..., None]).rsqrt()
     res = scaled_residual(K64, alpha)
