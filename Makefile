@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST := $(PY) -m pytest -n 2 -p no:cacheprovider
 
-.PHONY: install demo solvers-demo test test-slow lint check
+.PHONY: install demo solvers-demo test test-slow lint check mutation
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -37,3 +37,8 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy --strict namex_ref
 
 check: lint test
+
+# Mutation testing of the core (tools/mutation.py; long: tens of minutes on 2 cores, not in CI).
+# Writes results/mutation.md and results/mutation.json.
+mutation: $(STAMP)
+	$(PY) tools/mutation.py --jobs 2

@@ -1,7 +1,8 @@
 """Shared pytest configuration: hypothesis profiles and one torch thread per worker.
 
 Profiles: "default" (30 examples, no deadline: cvxpy oracles take tens of ms and the first call
-pays import/compilation time) and "ci" (the same, derandomised so CI runs are reproducible).
+pays import/compilation time), "ci" (the same, derandomised so CI runs are reproducible) and
+"mutation" (derandomised, 10 examples, no example database: tools/mutation.py's repeatable runs).
 Select with the environment variable HYPOTHESIS_PROFILE (default "default").
 """
 
@@ -13,6 +14,9 @@ from hypothesis import settings
 
 settings.register_profile("default", max_examples=30, deadline=None)
 settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True)
+settings.register_profile(
+    "mutation", max_examples=10, deadline=None, derandomize=True, database=None
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 # One intra-op thread per test process: the suite runs as 2 xdist workers on 2 cores, and with
