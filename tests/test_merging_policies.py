@@ -6,7 +6,7 @@ they return, so a changed threshold or a changed fallback formula is caught:
 * the zero-expert threshold ``ZERO_EXPERT_RTOL`` (1e-12 of the largest K_ii): an expert at
   1e-10 is a real direction, one at 1e-14 is a zero;
 * "ridge" returns the root of (K' + λI)α = 1/α, K' = K with zero experts' diagonal set to
-  max_j K_jj, λ = ridge·mean(diag K): the root is found here by scipy's hybrid root finder;
+  max_j K_jj, λ = ridge·mean(diag K): the root is found by ``tests.oracles.positive_root``;
 * "uniform" returns α_i = √(N / max(1ᵀK1, 1e-6·tr K));
 * a non-finite K falls back with K's non-finite entries read as 0;
 * "raise" returns the bargain itself when it converges, with no fallback.
@@ -23,33 +23,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.optimize import root
 from torch import Tensor
 
 from namex_ref.merging.functional import ZERO_EXPERT_RTOL, bargain_alpha
+from tests.oracles import positive_root
 
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def _root(K: np.ndarray) -> np.ndarray:
-    """α > 0 with Kα = 1/α (S4), by scipy's MINPACK hybrid method on the unit-diagonal K̂ (S9).
-
-    Continuation from the diagonal (where α̂ = 1 exactly, S8) along K̂_t = (1 − t)I + tK̂, which
-    is positive definite for t < 1, in log coordinates α̂ = exp(x) so every root stays positive.
-    MINPACK may stop with "xtol too small" at full precision, so the final residual decides.
-    """
-    d = 1.0 / np.sqrt(np.diag(K))
-    Kh = d[:, None] * K * d[None, :]
-    n = K.shape[0]
-    x = np.zeros(n)
-    for t in [*(1.0 - np.geomspace(1.0, 1e-9, 80))[1:], 1.0]:  # dense where α̂ grows
-        Kt = (1.0 - t) * np.eye(n) + t * Kh
-        x = root(lambda x, Kt=Kt: np.exp(x) * (Kt @ np.exp(x)) - 1.0, x, tol=1e-14).x
-    a = np.exp(x) * d
-    assert np.max(np.abs(a * (K @ a) - 1)) < 1e-12
-    return a
 
 
 def _cone(n: int, d: int, seed: int) -> Tensor:
@@ -62,7 +43,7 @@ def test_raise_policy_returns_the_bargain_without_fallback() -> None:
     t = _cone(4, 12, 0)
     res = bargain_alpha([t], policy="raise")
     assert not bool(res.fallback)
-    np.testing.assert_allclose(res.alpha.numpy(), _root((t @ t.T).numpy()), rtol=1e-8)
+    np.testing.assert_allclose(res.alpha.numpy(), positive_root((t @ t.T).numpy()), rtol=1e-8)
     assert float(res.residual) <= 1e-10
 
 
@@ -77,7 +58,7 @@ def test_tiny_expert_above_threshold_is_a_real_direction() -> None:
     for policy in ("raise", "ridge", "uniform"):
         res = bargain_alpha([small], policy=policy)
         assert not bool(res.fallback), policy
-        full = _root((t @ t.T).numpy())
+        full = positive_root((t @ t.T).numpy())
         want = full * np.array([1.0, 1e5, 1.0])
         np.testing.assert_allclose(res.alpha.numpy(), want, rtol=1e-8)
 
@@ -94,7 +75,7 @@ def test_expert_below_threshold_is_a_zero_expert() -> None:
     Kp = K.copy()
     Kp[1, 1] += K.diagonal().max()
     lam = 1e-3 * K.diagonal().mean()
-    np.testing.assert_allclose(res.alpha.numpy(), _root(Kp + lam * np.eye(3)), rtol=1e-8)
+    np.testing.assert_allclose(res.alpha.numpy(), positive_root(Kp + lam * np.eye(3)), rtol=1e-8)
 
 
 @pytest.mark.parametrize("ridge", [1e-3, 1e-1])
@@ -108,7 +89,7 @@ def test_ridge_policy_on_antiparallel_experts(ridge: float) -> None:
     assert bool(res.fallback)
     K = (t @ t.T).numpy()
     lam = ridge * K.diagonal().mean()
-    np.testing.assert_allclose(res.alpha.numpy(), _root(K + lam * np.eye(3)), rtol=1e-8)
+    np.testing.assert_allclose(res.alpha.numpy(), positive_root(K + lam * np.eye(3)), rtol=1e-8)
 
 
 def test_uniform_policy_on_cancelling_experts_is_capped_exactly() -> None:
@@ -144,7 +125,7 @@ def test_non_finite_gram_falls_back_with_nan_read_as_zero(policy: str) -> None:
     if policy == "ridge":
         Kp = K.copy()
         Kp[0, 0] = K.diagonal().max()
-        want = _root(Kp + 1e-3 * K.diagonal().mean() * np.eye(3))
+        want = positive_root(Kp + 1e-3 * K.diagonal().mean() * np.eye(3))
     else:
         want = np.full(3, math.sqrt(3 / max(K.sum(), 1e-6 * np.trace(K))))
     np.testing.assert_allclose(res.alpha.numpy(), want, rtol=1e-8)
@@ -157,4 +138,4 @@ def test_float32_experts_match_float64_reference() -> None:
     res = bargain_alpha([t.float()], policy="raise")
     assert not bool(res.fallback)
     K = (t.float().double() @ t.float().double().T).numpy()
-    np.testing.assert_allclose(res.alpha.numpy(), _root(K), rtol=1e-5)
+    np.testing.assert_allclose(res.alpha.numpy(), positive_root(K), rtol=1e-5)

@@ -1,0 +1,171 @@
+"""Newton's algorithm, step by step, against its specification computed here in numpy (S4, S5).
+
+``solve_newton`` documents a damped Newton method on f(α) = ½αᵀKα − Σ log α_i (S5): Newton
+direction Δ = −(∇²f)⁻¹∇f, decrement λ = √(∇fᵀ(∇²f)⁻¹∇f), step 1/(1 + λ) while λ > 0.25 and 1
+after, started at α̂ = 1 in unit-diagonal units (S9). The iterates are read off the solver by
+running it for k = 0, 1, 2, … fixed iterations, and each step is recomputed here from K and the
+previous iterate with numpy's own linear algebra — so a wrong decrement, damping rule, threshold
+or triangular solve is caught at the step where it happens, not only as "slower".
+
+The fraction-to-boundary rule (0.99) is never active for N ≤ 1089, so it is not observable
+here. Proof: with M = DK̂D + I ⪰ I and r = M1 − 2·1 (because r = α̂∘(K̂α̂) − 1 = (M − I)1 − 1),
+the step z = −M⁻¹r = −1 + 2M⁻¹1 has ‖z‖₂ ≤ 3√N, and λ² = zᵀMz ≥ ‖z‖₂². A step t·z_i < −0.99
+needs |z_i| > 0.99(1 + λ) ≥ 0.99(1 + ‖z‖₂), so ‖z‖₂ > 99, i.e. N > 1089.
+
+Tolerances: one step is recomputed from the same α in float64 by LAPACK (numpy) instead of the
+solver's multiplicative-form Cholesky; the two differ by rounding amplified by the condition
+number of ∇²f in the α̂ scaling, ≤ 1e3 for the problems below: 1e-10 relative on the step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from namex_ref.nash import solve_nash
+from namex_ref.nash.problem import infeasibility_certificate, residual_floor
+from namex_ref.nash.solvers import solve_closed_form, solve_newton
+from tests.oracles import positive_root
+
+
+def _problem(n: int, d: int, seed: int, spread: float = 1.0, scale: float = 2.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(d)
+    G = w[:, None] + spread * rng.standard_normal((d, n))
+    G = G * 10.0 ** rng.uniform(-scale, scale, n)[None, :]
+    return G.T @ G
+
+
+def _iterates(K: np.ndarray, steps: int) -> list[np.ndarray]:
+    Kt = torch.from_numpy(K)
+    out = [solve_newton(Kt, fixed_iterations=k).alpha.numpy() for k in range(steps + 1)]
+    return out
+
+
+def _spec_step(K: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, float]:
+    """One step of the documented damped Newton method, in numpy."""
+    g = K @ a - 1.0 / a
+    H = K + np.diag(a**-2.0)
+    delta = -np.linalg.solve(H, g)
+    lam = math.sqrt(max(float(-g @ delta), 0.0))
+    t = 1.0 / (1.0 + lam) if lam > 0.25 else 1.0
+    return a + t * delta, lam
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("n", [2, 3, 5, 8])
+def test_every_newton_step_is_the_specified_damped_step(n: int, seed: int) -> None:
+    K = _problem(n, n + 3, seed, spread=1.5)
+    its = _iterates(K, 12)
+    d = 1.0 / np.sqrt(np.diag(K))
+    np.testing.assert_allclose(its[0], d, rtol=1e-15)  # α̂ = 1 start (exact for S8)
+    lams = []
+    for k in range(12):
+        want, lam = _spec_step(K, its[k])
+        lams.append(lam)
+        if lam < 1e-7:  # converged: the solver freezes solved problems
+            break
+        np.testing.assert_allclose(its[k + 1], want, rtol=1e-10, err_msg=f"step {k}")
+    assert lams[-1] < 1e-7, lams  # reached the solution within 12 steps
+
+
+def test_damped_and_full_steps_both_occur() -> None:
+    """The problems above exercise both regimes: λ > 0.25 (damped) and λ ≤ 0.25 (full)."""
+    K = _problem(5, 8, 0, spread=1.5)
+    its = _iterates(K, 12)
+    lams = [_spec_step(K, a)[1] for a in its]
+    assert max(lams) > 0.25 and min(lams) < 0.25, lams
+
+
+def test_adaptive_iteration_count_and_status() -> None:
+    """Adaptive mode stops at the first iterate whose residual passes (S4 residual ≤ 1e-10):
+    its iteration count is the first k where the recomputed residual of iterate k does."""
+    K = _problem(6, 9, 1, spread=1.5)
+    its = _iterates(K, 15)
+    res = [float(np.max(np.abs(a * (K @ a) - 1))) for a in its]
+    first = next(k for k, r in enumerate(res) if r <= 1e-10)
+    sol = solve_newton(torch.from_numpy(K))
+    assert sol.iterations == first and sol.status == "converged" and bool(sol.converged)
+    capped = solve_newton(torch.from_numpy(K), max_iter=first - 1)
+    assert capped.status == "max_iter" and not bool(capped.converged)
+    assert capped.iterations == first - 1
+    fixed = solve_newton(torch.from_numpy(K), fixed_iterations=3)
+    assert fixed.status == "fixed_iterations" and fixed.iterations == 3
+
+
+def test_pinned_accuracy_against_independent_root() -> None:
+    """Accuracy pinned by its own number (not the code's RESIDUAL_TOL): residual ≤ 1e-10 and α
+    within 1e-9 relative of scipy's root, on problems with norms spread over 1e-2…1e2."""
+    for seed in range(8):
+        K = _problem(7, 10, seed)
+        sol = solve_nash(torch.from_numpy(K))
+        a = sol.alpha.numpy()
+        assert float(np.max(np.abs(a * (K @ a) - 1))) <= 1e-10
+        np.testing.assert_allclose(a, positive_root(K), rtol=1e-9)
+
+
+@pytest.mark.parametrize("lone", [0, 2, 4])
+def test_block_diagonal_with_a_single_expert_block(lone: int) -> None:
+    """Expert ``lone`` is orthogonal to all others: K is block diagonal and the blocks decouple,
+    α_lone = 1/‖τ_lone‖ (S8) and the rest is the bargain of the others alone (scipy root)."""
+    rng = np.random.default_rng(lone)
+    n, d = 5, 9
+    G = rng.standard_normal((d, n)) + 2.0 * rng.standard_normal(d)[:, None]
+    G[:, lone] = 0.0
+    G[-1, :] = 0.0
+    G[-1, lone] = 3.0  # τ_lone = 3·e_d, orthogonal to every other τ
+    K = G.T @ G
+    others = [i for i in range(n) if i != lone]
+    want = np.empty(n)
+    want[lone] = 1.0 / 3.0
+    want[others] = positive_root(K[np.ix_(others, others)])
+    for sol in (solve_nash(torch.from_numpy(K)), solve_newton(torch.from_numpy(K))):
+        assert bool(sol.converged)
+        np.testing.assert_allclose(sol.alpha.numpy(), want, rtol=1e-9)
+
+
+def test_two_orthogonal_experts_closed_form_and_newton() -> None:
+    K = torch.tensor([[4.0, 0.0], [0.0, 0.25]], dtype=torch.float64)
+    for sol in (solve_closed_form(K), solve_newton(K)):
+        np.testing.assert_allclose(sol.alpha.numpy(), [0.5, 2.0], rtol=1e-15)
+        assert bool(sol.converged)
+
+
+def test_residual_floor_formula() -> None:
+    """residual_floor = eps·N·max_i α_i(|K|α)_i, recomputed here."""
+    K = _problem(4, 6, 3)
+    a = positive_root(K)
+    want = np.finfo(np.float64).eps * 4 * np.max(a * (np.abs(K) @ a))
+    got = float(residual_floor(torch.from_numpy(K), torch.from_numpy(a)))
+    assert got == pytest.approx(want, rel=1e-14)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("infeasible", [False, True])
+def test_certificate_lp_is_optimal(seed: int, infeasible: bool) -> None:
+    """The S6 LP's v̂ minimises ‖K̂v‖∞ over the simplex: checked against cvxpy (Clarabel), an
+    independent solver of the same convex problem, to 1e-6 absolute (both solvers' accuracy)."""
+    import cvxpy as cp
+
+    rng = np.random.default_rng(seed)
+    G = rng.standard_normal((6, 5))  # rank 5: no v ≥ 0, v ≠ 0 with Gv = 0 (feasible)
+    if infeasible:
+        G[:, 4] = -(G[:, :4] @ rng.uniform(0.2, 1.0, 4))  # 0 in the cone: no bargain (S6)
+    K = G.T @ G
+    v, dist = infeasibility_certificate(torch.from_numpy(K))
+    norms = np.sqrt(np.diag(K))
+    Kh = K / np.outer(norms, norms)
+    vh = v.numpy() * norms
+    vh = vh / vh.sum()
+    x = cp.Variable(5, nonneg=True)
+    prob = cp.Problem(cp.Minimize(cp.norm(Kh @ x, "inf")), [cp.sum(x) == 1])
+    prob.solve(solver=cp.CLARABEL)
+    assert float(np.max(np.abs(Kh @ vh))) == pytest.approx(prob.value, abs=1e-6)
+    assert dist == pytest.approx(float(vh @ Kh @ vh), abs=1e-15)
+    if infeasible:
+        assert dist <= 1e-9
+    else:
+        assert prob.value > 1e-3 and dist > 1e-9
