@@ -1,7 +1,10 @@
 """Shared pytest configuration: hypothesis profiles and one torch thread per worker.
 
 Profiles: "default" (30 examples, no deadline: cvxpy oracles take tens of ms and the first call
-pays import/compilation time), "ci" (the same, derandomised so CI runs are reproducible) and
+pays import/compilation time), "ci" (the same, derandomised so CI runs are reproducible),
+"ci-random" (NOT derandomised, the same fixed budget of 30 examples per test unless a test sets
+its own, no example database, failures print a reproduction blob: CI's slow step runs under it
+so that latent flaky examples surface in CI rather than in users' hands) and
 "mutation" (derandomised, 10 examples, no example database: tools/mutation.py's repeatable runs).
 Select with the environment variable HYPOTHESIS_PROFILE (default "default").
 """
@@ -14,6 +17,9 @@ from hypothesis import settings
 
 settings.register_profile("default", max_examples=30, deadline=None)
 settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True)
+settings.register_profile(
+    "ci-random", max_examples=30, deadline=None, derandomize=False, database=None, print_blob=True
+)
 settings.register_profile(
     "mutation", max_examples=10, deadline=None, derandomize=True, database=None
 )

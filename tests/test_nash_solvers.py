@@ -54,6 +54,9 @@ SLOW = settings(max_examples=8, deadline=None, suppress_health_check=[HealthChec
 CCP = settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+EPS = float(np.finfo(np.float64).eps)
+
+
 def rule_rtol(n: int, r1: float, r2: float) -> float:
     """Agreement tolerance of two solutions with scale-free residuals r1, r2 (module docstring)."""
     return 2.0 * math.sqrt(n) * (float(r1) + float(r2)) + 1e-12
@@ -132,7 +135,7 @@ def test_newton_residual_and_s7_identities(problem):
 @given(feasible_problems())
 def test_newton_vs_cvxpy_oracle(problem):
     """§2 Solvers: Newton and the Clarabel α-form oracle agree by the residual rule;
-    the oracle's residual ≤ ORACLE_RESIDUAL_TOL (1e-6, its documented acceptance)."""
+    the oracle's residual ≤ ORACLE_RESIDUAL_TOL (1e-5, its documented acceptance)."""
     _, K = problem
     s1 = newton(K)
     s2 = solve_nash(K, method="cvxpy")
@@ -144,7 +147,8 @@ def test_newton_vs_cvxpy_oracle(problem):
 @given(feasible_problems())
 def test_newton_vs_primal_with_real_G(problem):
     """S3 vs S4: the primal ΔE-problem solved on the real τ (solve_primal(K, G=G)) gives
-    α_i = 1/u_i agreeing with Newton by the residual rule; primal residual ≤ 1e-6."""
+    α_i = 1/u_i agreeing with Newton by the residual rule; primal residual ≤ ORACLE_RESIDUAL_TOL
+    (1e-5)."""
     G, K = problem
     s1 = newton(K)
     s2 = solve_primal(K, G=G)
@@ -152,25 +156,71 @@ def test_newton_vs_primal_with_real_G(problem):
     assert_agree(s1.alpha, s2.alpha, rule_rtol(K.shape[0], s1.residual, s2.residual))
 
 
+def s11_polynomial_oracle(K: torch.Tensor) -> tuple[np.ndarray, float]:
+    """Positive root of the S4 system for N = 2, solved numerically at 50 digits (mpmath).
+
+    k11 x² + k12 xy = 1 and k22 y² + k12 xy = 1 (x = α_1, y = α_2, K's exact float64 values).
+    Eliminating y = (1 − k11 x²)/(k12 x) from the first leaves the quartic
+    (k11² k22 − k11 k12²) x⁴ − 2 k11 k22 x² + k22 = 0, whose roots ``mpmath.polyroots`` finds
+    (no closed form is used); the root with x, y > 0 that satisfies both equations to 1e-40 is
+    the bargain. Returns (α (2,), 1 + ρ) with ρ = k12/√(k11 k22), also at 50 digits.
+    """
+    import mpmath
+
+    with mpmath.workdps(50):
+        k11, k12, k22 = (mpmath.mpf(float(K[i, j])) for i, j in ((0, 0), (0, 1), (1, 1)))
+        one_plus_rho = 1 + k12 / mpmath.sqrt(k11 * k22)
+        if k12 == 0:  # S8: the system decouples
+            return np.array([float(1 / mpmath.sqrt(k11)), float(1 / mpmath.sqrt(k22))]), 1.0
+        coeffs = [k11**2 * k22 - k11 * k12**2, 0, -2 * k11 * k22, 0, k22]
+        while coeffs[0] == 0:  # exactly singular K: the quartic drops to a quadratic
+            coeffs = coeffs[2:]
+        found = []
+        for root in mpmath.polyroots(coeffs, maxsteps=200, extraprec=200):
+            if abs(mpmath.im(root)) > mpmath.mpf(10) ** -30 or mpmath.re(root) <= 0:
+                continue
+            x = mpmath.re(root)
+            y = (1 - k11 * x**2) / (k12 * x)
+            eqs = (k11 * x**2 + k12 * x * y - 1, k22 * y**2 + k12 * x * y - 1)
+            if y > 0 and max(abs(e) for e in eqs) < mpmath.mpf(10) ** -40:
+                found.append((float(x), float(y)))
+        assert len(found) == 1, found  # the bargain is unique (S5)
+        return np.array(found[0]), float(one_plus_rho)
+
+
 @given(feasible_problems(2, 2))
 def test_closed_form_two_experts(problem):
-    """S11: closed form equals Newton (residual rule) and equals α_i = 1/√(K_ii(1+ρ)),
-    ρ = K_12/√(K_11 K_22), computed here (rtol 1e-14: same formula, different evaluation order
-    only — a few ulps)."""
+    """S11: the closed form equals the positive root of the S4 polynomial system, found
+    numerically by mpmath (``s11_polynomial_oracle``), and agrees with Newton (residual rule).
+
+    Tolerance from the conditioning of the formula α_i = (K_ii(1 + ρ))^{-1/2}: evaluating ρ in
+    float64 costs ~3 eps relative (a product, a square root, a division), i.e. an absolute
+    error ≤ 3 eps in 1 + ρ, which moves α by ½·3 eps/(1 + ρ) relative; the final product and
+    rsqrt add ~3 eps. So rtol = 2 eps/(1 + ρ) + 4 eps, doubled for safety: 4 eps/(1 + ρ) + 8 eps
+    (≈ 4e-15 for the cone problems here, 1 + ρ ≥ 0.4; ~1e-9 at 1 + ρ = 1e-6).
+    """
     _, K = problem
     s_cf = solve_nash(K, method="closed_form")
     s_nt = newton(K)
-    rho = K[0, 1] / torch.sqrt(K[0, 0] * K[1, 1])
-    formula = 1.0 / torch.sqrt(torch.diagonal(K) * (1.0 + rho))
-    assert_agree(s_cf.alpha, formula, 1e-14)
-    assert float(s_cf.residual) <= RESIDUAL_TOL
+    exact, one_plus_rho = s11_polynomial_oracle(K)
+    rtol = 4 * EPS / one_plus_rho + 8 * EPS
+    assert_agree(s_cf.alpha, torch.from_numpy(exact), rtol)
+    assert float(s_cf.residual) <= newton_tol(K, s_cf.alpha)
+    assert bool(s_cf.converged)
     assert_agree(s_cf.alpha, s_nt.alpha, rule_rtol(2, s_cf.residual, s_nt.residual))
-    # the formula itself satisfies Kα = 1/α (independent of both solvers), to 1e-12 or to 8× the
-    # float64 rounding floor of evaluating the residual, whichever is larger: for nearly
-    # anti-parallel experts α is large and (Kα)_i cancels (hypothesis found ρ ≈ −0.9999 with
-    # residual 1.6e-12, floor ≈ 6e-11; README "Near-infeasible bargains").
-    bound = max(1e-12, 8 * float(residual_floor(K, formula)))
-    assert float(scaled_residual(K, formula)) <= bound
+
+
+def test_closed_form_near_anti_parallel_matches_polynomial_root():
+    """S11 at 1 + ρ = 1e-2…1e-8 (α̂ up to 1e4): the same oracle and tolerance rule as above,
+    in the regime where the tolerance is dominated by the conditioning term 4 eps/(1 + ρ)."""
+    for k in range(2, 9):
+        phi = 2.0 * math.asin(math.sqrt(10.0**-k / 2.0))
+        G = torch.tensor([[1.0, -math.cos(phi)], [0.0, math.sin(phi)]], dtype=torch.float64)
+        G = G * torch.tensor([3e-3, 2e2], dtype=torch.float64)
+        K = G.T @ G
+        exact, one_plus_rho = s11_polynomial_oracle(K)
+        s_cf = solve_nash(K, method="closed_form")
+        assert_agree(s_cf.alpha, torch.from_numpy(exact), 4 * EPS / one_plus_rho + 8 * EPS)
 
 
 # ------------------------------------------------------------------------------------------
@@ -180,12 +230,21 @@ def test_closed_form_two_experts(problem):
 
 @given(st.integers(2, 8), st.integers(0, 2**32 - 1))
 def test_s8_diagonal(n, seed):
-    """S8: diagonal K ⇒ α_i = 1/‖τ_i‖ = 1/√K_ii. rtol 1e-14: exact in exact arithmetic (Newton
-    starts there), so only the rounding of a square root and a product remains."""
-    diag = 10.0 ** np.random.default_rng(seed).uniform(-4, 4, n)
+    """S8: diagonal K ⇒ α_i = 1/‖τ_i‖ = 1/√K_ii. Newton's default start α̂ = 1 IS this answer,
+    so the solve is started elsewhere: α0 = 10**U(−2, 1)/√K_ii per expert, and it must take at
+    least one step. (Starts far ABOVE the answer converge only additively in the damped phase,
+    about one unit of α̂ per step: 100× needs 108 steps, beyond NEWTON_MAX_ITER; measured.)
+    Tolerance: the residual rule against the exact answer (residual 0), plus 2 eps for
+    rounding 1/√K_ii."""
+    rng = np.random.default_rng(seed)
+    diag = 10.0 ** rng.uniform(-4, 4, n)
     K = torch.diag(torch.from_numpy(diag))
-    sol = solve_nash(K)
-    assert_agree(sol.alpha, 1.0 / torch.sqrt(torch.from_numpy(diag)), 1e-14)
+    exact = torch.from_numpy(1.0 / np.sqrt(diag))
+    alpha0 = exact * torch.from_numpy(10.0 ** rng.uniform(-2, 1, n))
+    sol = solve_nash(K, alpha0=alpha0)
+    assert sol.iterations >= 1 and bool(sol.converged)
+    assert float(sol.residual) <= RESIDUAL_TOL
+    assert_agree(sol.alpha, exact, rule_rtol(n, sol.residual, 0.0) + 2 * EPS)
 
 
 @given(feasible_problems(), st.randoms(use_true_random=False))
@@ -249,54 +308,129 @@ def test_s9_rescaling(problem, seed):
 # ------------------------------------------------------------------------------------------
 
 
-@SLOW
-@given(st.one_of(gaussian_problems(), cone_problems()))
-def test_s10_pareto_lp_independent_solver(problem):
-    """S10: with ΔE* = Gα (‖ΔE*‖ = √N), max Σ u_i(x) s.t. Gᵀx ≥ u*, ‖x‖ ≤ √N has optimum
-    Σ u* = Σ 1/α. Solved with ECOS (an independent interior-point code, not Clarabel which the
-    oracles use). Tolerance 1e-6 relative: ECOS's default feasibility/gap tolerances are ~1e-8
-    absolute, and the feasible set is (nearly) the single point ΔE*, a degenerate programme
-    where interior-point accuracy degrades to ~sqrt of the tolerances on the objective.
-    The constraint is relaxed by 1e-9 relative so that the feasible set is not empty when α
-    carries its residual (≤ 1e-10)."""
+def on_ball(G: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x = √N·Gα/‖Gα‖ on the S3 ball (ε = √N) and its utilities u = Gᵀx. For the bargain
+    ‖Gα‖ = √N already (S7); any other α > 0 is scaled onto the ball the same way."""
+    n = G.shape[1]
+    x = G @ alpha
+    x = x / np.linalg.norm(x) * math.sqrt(n)
+    return x, G.T @ x
+
+
+def pareto_gap(G: np.ndarray, alpha: np.ndarray) -> float:
+    """S10 with ECOS (an interior-point code independent of Newton and of Clarabel, which the
+    oracles use): (max Σ_i u_i(y) s.t. Gᵀy ≥ u, ‖y‖ ≤ √N) / Σu − 1 at the point x of
+    ``on_ball``; ≈ 0 iff nothing dominates x. The constraint is relaxed by 1e-9·|u| so the
+    (nearly single-point) feasible set is not empty."""
     import cvxpy as cp
 
-    G, K = problem
-    n = K.shape[0]
-    a = newton(K).alpha
-    u_star = (1.0 / a).numpy()
-    Gn = G.numpy()
-    x = cp.Variable(Gn.shape[0])
-    prob = cp.Problem(
-        cp.Maximize(cp.sum(Gn.T @ x)),
-        [Gn.T @ x >= u_star * (1 - 1e-9), cp.norm(x, 2) <= math.sqrt(n)],
-    )
+    n = G.shape[1]
+    _, u = on_ball(G, alpha)
+    y = cp.Variable(G.shape[0])
+    prob = cp.Problem(cp.Maximize(cp.sum(G.T @ y)),
+                      [G.T @ y >= u - 1e-9 * np.abs(u), cp.norm(y, 2) <= math.sqrt(n)])
     prob.solve(solver=cp.ECOS)
     assert prob.status in ("optimal", "optimal_inaccurate"), prob.status
-    assert abs(prob.value - u_star.sum()) <= 1e-6 * u_star.sum(), (prob.value, u_star.sum())
+    return float(prob.value / u.sum() - 1.0)
+
+
+def nash_gap(G: np.ndarray, alpha: np.ndarray) -> float:
+    """The S3 optimality certificate of the Nash product, which Pareto optimality lacks: x
+    maximises Σ log u_i on the ball iff max_{‖y‖≤√N} Σ_i u_i(y)/u_i(x) = N (first-order
+    condition of a concave function on a convex set). The left side is the maximum of the linear
+    function yᵀG(1/u) on the ball, √N‖G(1/u)‖ (Cauchy–Schwarz, no solver). Returns it / N − 1:
+    0 at the bargain, 1/cos θ − 1 > 0 elsewhere (θ = angle between x and G(1/u))."""
+    n = G.shape[1]
+    _, u = on_ball(G, alpha)
+    return float(math.sqrt(n) * np.linalg.norm(G @ (1.0 / u)) / n - 1.0)
+
+
+def nash_gap_tol(K: torch.Tensor, alpha: torch.Tensor, residual: float) -> float:
+    """Bound on ``nash_gap`` for an α with scale-free residual r: 1/u ∝ α∘(1 − r') with
+    |r'| ≤ r(1 + 2r), so sin θ ≤ r'·‖G diag α‖_F/‖Gα‖ = r'·√(Σ α̂_i²)/√(Σ α_i(Kα)_i) and the gap
+    ≈ θ²/2; plus 1e-13 for evaluating √N‖G(1/u)‖ in float64 (d- and N-term sums, ~(d+N)·eps)."""
+    ahat2 = float((alpha**2 * torch.diagonal(K)).sum())
+    n = K.shape[0]
+    sin = residual * (1 + 2 * residual) * math.sqrt(ahat2 / (n * (1 - residual)))
+    return sin**2 + 1e-13
+
+
+def check_s10(G: torch.Tensor, K: torch.Tensor, alpha: torch.Tensor, residual: float) -> None:
+    """S10 (Pareto, ECOS, rtol 1e-6: ECOS's default tolerances ~1e-8 degrade to ~1e-7 on this
+    degenerate programme, measured ≤ 5e-8) and the Nash certificate (tolerance derived in
+    ``nash_gap_tol``)."""
+    assert abs(pareto_gap(G.numpy(), alpha.numpy())) <= 1e-6
+    gap = nash_gap(G.numpy(), alpha.numpy())
+    assert gap <= nash_gap_tol(K, alpha, residual), gap
+
+
+@SLOW
+@given(st.one_of(gaussian_problems(), cone_problems()))
+def test_s10_pareto_and_nash_certificates(problem):
+    """S10 + S3: ΔE* = Gα is Pareto optimal (no point of the ball dominates it; ECOS) AND it is
+    the maximiser of the Nash product (first-order certificate). Pareto optimality alone holds
+    for EVERY α > 0 scaled onto the ball (x = Gα is then a positive combination of the τ_i, the
+    KKT condition of a weighted-sum maximiser), so only the second check pins the bargain; see
+    test_s10_certificates_reject_a_wrong_alpha."""
+    G, K = problem
+    sol = newton(K)
+    check_s10(G, K, sol.alpha, float(sol.residual))
+
+
+def test_s10_certificates_reject_a_wrong_alpha():
+    """The S10/S3 checks run on a wrong α (the bargain perturbed by 1 %, scaled onto the ball):
+    the Pareto check still passes (why it cannot certify α), the Nash check fails — measured
+    gaps 1.5e-9…5e-2 against tolerances ~1e-13; and the brute-force search below finds a point
+    with a larger Σ u_i/u*_i. Fixed Gaussian and cone problems, N = 2…7."""
+    rng = np.random.default_rng(0)
+    for seed in range(6):
+        n = 2 + seed
+        Gn = gaussian_G(n, n + 3, seed) if seed % 2 else cone_G(n, n + 1, seed)
+        G = torch.from_numpy(Gn)
+        K = G.T @ G
+        sol = newton(K)
+        check_s10(G, K, sol.alpha, float(sol.residual))  # the bargain passes
+        wrong = sol.alpha * torch.from_numpy(1.0 + 1e-2 * rng.standard_normal(n)).abs()
+        assert abs(pareto_gap(Gn, wrong.numpy())) <= 1e-6  # a wrong α is Pareto optimal too
+        # as if a solver returned `wrong` while reporting the bargain's residual
+        with pytest.raises(AssertionError):
+            check_s10(G, K, wrong, float(sol.residual))
+        if seed >= 3:  # gaps ≥ 1e-6 there: large enough for random search to see
+            with pytest.raises(AssertionError):
+                bruteforce_s10(Gn, wrong.numpy(), float(sol.residual), seed)
+
+
+def bruteforce_s10(G: np.ndarray, alpha: np.ndarray, residual: float, seed: int) -> None:
+    """20000 points y on the ball (half of them near x = ΔE*): none dominates u* = Gᵀx by more
+    than 1e-9·max|u*| (S10), and none has Σ u_i(y)/u*_i above N by more than the Nash-gap
+    tolerance (``nash_gap_tol``) plus the rounding of the sample sums, (d + N)·eps·√N·Σ α̂_i
+    relative (S3 certificate)."""
+    d, n = G.shape
+    x, u_star = on_ball(G, alpha)
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((20000, d))
+    near = 10.0 ** rng.uniform(-8, -1, (10000, 1)) * rng.standard_normal((10000, d))
+    X[10000:] = x / np.linalg.norm(x) + near
+    X = X / np.linalg.norm(X, axis=1, keepdims=True) * math.sqrt(n)
+    U = X @ G
+    tol = 1e-9 * float(np.abs(u_star).max())
+    dominating = (U >= u_star).all(1) & (U > u_star + tol).any(1)
+    assert not bool(dominating.any())
+    Gt = torch.from_numpy(G)
+    ahat = alpha * np.linalg.norm(G, axis=0)
+    bound = nash_gap_tol(Gt.T @ Gt, torch.from_numpy(alpha), residual) + (
+        (d + n) * EPS * math.sqrt(n) * float(ahat.sum()))
+    best = float((U / u_star).sum(1).max())
+    assert best <= n * (1 + bound), (best / n - 1, bound)
 
 
 @given(st.one_of(gaussian_problems(), cone_problems()), st.integers(0, 2**32 - 1))
 @settings(max_examples=10, deadline=None)
 def test_s10_pareto_bruteforce(problem, seed):
-    """S10: 20000 random directions x with ‖x‖ = √N never dominate u* = Gᵀ(Gα): no x with
-    u(x) ≥ u* everywhere and u_i(x) > u*_i + 1e-9·max|u*| somewhere. Random directions also
-    include perturbations of ΔE* itself (the only place a dominating point could hide)."""
+    """S10 and the S3 certificate by random search (``bruteforce_s10``) at the bargain."""
     G, K = problem
-    d, n = G.shape
-    a = newton(K).alpha
-    dE = G @ a
-    u_star = G.T @ dE
-    rng = np.random.default_rng(seed)
-    X = torch.from_numpy(rng.standard_normal((20000, d)))
-    # half of them near ΔE*
-    X[10000:] = dE / dE.norm() + torch.from_numpy(
-        10.0 ** rng.uniform(-8, -1, (10000, 1)) * rng.standard_normal((10000, d)))
-    X = X / X.norm(dim=1, keepdim=True) * math.sqrt(n)
-    U = X @ G
-    tol = 1e-9 * float(u_star.abs().max())
-    dominating = (U >= u_star).all(1) & (U > u_star + tol).any(1)
-    assert not bool(dominating.any())
+    sol = newton(K)
+    bruteforce_s10(G.numpy(), sol.alpha.numpy(), float(sol.residual), seed)
 
 
 # ------------------------------------------------------------------------------------------
@@ -308,10 +442,11 @@ def test_s10_pareto_bruteforce(problem, seed):
 @given(well_scaled_problems(2, 8))
 def test_ccp_well_scaled_agrees(problem):
     """§2 CCP: on well-scaled experts (norms in [0.5, 2]) the baseline either reports converged
-    and then agrees with Newton by the residual rule with its OWN reported residual (≤ 1e-6), or
-    its failure is visible (converged False, true residual > 1e-6). Measured: ~37/40 converge;
-    failures seen: ECOS "unbounded" (no point), duplicate experts stuck at residual 1.0, and a
-    stop by its own rule at 1.2e-6. The convergence RATE is asserted in
+    and then agrees with Newton by the residual rule with its OWN reported residual
+    (≤ ORACLE_RESIDUAL_TOL = 1e-5), or its failure is visible (converged False, true residual
+    > 1e-5). Measured: ~37/40 converge; failures seen: ECOS "unbounded" (no point), duplicate
+    experts stuck at residual 1.0 (and a stop by its own rule at 1.2e-6, a failure only under
+    the former 1e-6 acceptance). The convergence RATE is asserted in
     test_ccp_well_scaled_mostly_converges."""
     _, K = problem
     s = solve_nash(K, method="ccp")
@@ -400,8 +535,9 @@ BAD_SEEDS = [0, 1, 2, 3]
 @pytest.mark.parametrize("seed", BAD_SEEDS)
 def test_ccp_badly_scaled_failure_is_visible(seed):
     """§2 CCP: with norms spread over 1e-2…1e2 and N = 8 the baseline may fail (SPEC: residual
-    0.5–3.4); whenever its residual is > 1e-6 it must say converged=False, never a silent wrong
-    answer. Also its reported residual must be the true one, recomputed here."""
+    0.5–3.4); whenever its residual is > ORACLE_RESIDUAL_TOL (1e-5) it must say
+    converged=False, never a silent wrong answer. Also its reported residual must be the true
+    one, recomputed here."""
     n = 8
     G = rescale_columns(gaussian_G(n, 16, seed), seed)
     Gt = torch.from_numpy(G)
@@ -409,7 +545,7 @@ def test_ccp_badly_scaled_failure_is_visible(seed):
     s = solve_nash(K, method="ccp")
     true_res = float(scaled_residual(K, s.alpha))
     assert abs(true_res - float(s.residual)) <= 1e-12 + 1e-9 * true_res
-    if true_res > 1e-6:
+    if true_res > ORACLE_RESIDUAL_TOL:
         assert not bool(s.converged), (s.status, true_res)
     else:
         sn = newton(K)
@@ -472,20 +608,39 @@ def test_fixed_iterations_mixed_feasible_infeasible():
     assert sol.converged.tolist() == [True, False]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def input_rounding_rtol(K: torch.Tensor, alpha: torch.Tensor, dtype: torch.dtype) -> float:
+    """Relative change of α caused by rounding K to ``dtype`` (first order, derivation).
+
+    Rounding to nearest gives K̃ = K + ΔK with |ΔK_ij| ≤ u|K_ij|, u = eps(dtype)/2. Differentiating
+    Kα = 1/α: (K + diag α⁻²) dα = −ΔK α; with dα = α∘z and D = diag α this is
+    (DKD + I) z = −α∘(ΔK α). The matrix has eigenvalues ≥ 1 (module docstring), so
+    max_i |z_i| ≤ ‖α∘(ΔK α)‖₂ ≤ u·‖α∘(|K|α)‖₂ — the conditioning of the bargain at α, in
+    scale-free form (S9). Doubled for the second-order terms (valid while the bound ≪ 1).
+    """
+    u = float(torch.finfo(dtype).eps) / 2
+    return 2 * u * float((alpha * (K.abs() @ alpha)).norm())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_low_precision_inputs(dtype):
-    """§2: float32/bfloat16 K accepted, α is float64; float32/bf16 K gives exactly the α of
-    K.double() of the same rounded values (the solve runs in float64; equality is exact)."""
+    """§2: float32/float16/bfloat16 K are accepted, solved in float64 (α is float64), and give
+    the bargain of the float64 K up to the effect of rounding K's entries
+    (``input_rounding_rtol``: 2.7e-7 / 2.2e-3 / 1.7e-2 here; measured errors 1.7e-8 / 1.3e-4 /
+    7.5e-4) plus the residual rule. The bound is not vacuous: the rounding really moves α
+    (error > 0) and α moved by 2× the bound fails."""
     G = torch.from_numpy(cone_G(5, 12, 11, spread=0.5))
-    K = (G.T @ G).to(dtype)
+    K64 = G.T @ G
+    K = K64.to(dtype)
     s = solve_nash(K)
     assert s.alpha.dtype == torch.float64 and bool(s.converged)
-    s64 = solve_nash(K.double())
-    assert torch.equal(s.alpha, s64.alpha)
-    # and it is close to the float64 bargain: K's rounding is ~eps(dtype) relative
-    s_true = newton(G.T @ G)
-    eps = torch.finfo(dtype).eps
-    assert_agree(s.alpha, s_true.alpha, 50 * eps)
+    assert float(s.residual) <= RESIDUAL_TOL  # residual of the ROUNDED K, in float64
+    s_true = newton(K64)
+    rtol = input_rounding_rtol(K64, s_true.alpha, dtype) + rule_rtol(5, s.residual, s_true.residual)
+    assert rtol < 0.05  # first-order regime
+    err = ((s.alpha - s_true.alpha).abs() / s_true.alpha).max().item()
+    assert 0 < err <= rtol, (err, rtol)
+    with pytest.raises(AssertionError):
+        assert_agree(s_true.alpha * (1 + 2 * rtol), s_true.alpha, rtol)
 
 
 @given(feasible_problems())
