@@ -1,7 +1,9 @@
 """Shared helpers for the symbolic proofs in ``proofs/``.
 
-Each ``proofs/s*.py`` script checks one claim of SPEC.md with sympy. Run one from the
-repository root as ``python -m proofs.s5_convexity``; ``tests/test_proofs.py`` runs them all.
+Each ``proofs/s*.py`` script checks one claim of docs/math.md (tags S3–S19) with sympy. Run one
+as a script, ``python proofs/s5_convexity.py`` (from any directory), or as a module from the
+repository root, ``python -m proofs.s5_convexity``; ``tests/test_proofs.py`` runs them all both
+ways.
 """
 
 from __future__ import annotations

@@ -25,6 +25,11 @@ Claims (SPEC S13–S17), each checked symbolically:
 from __future__ import annotations
 
 import itertools
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (python proofs/<name>.py): make `proofs` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sympy as sp
 

@@ -17,7 +17,12 @@ Remark (checked too): β_c and its conjugate give the same Re(μ) sequence for r
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import TypeAlias
+
+if __package__ in (None, ""):  # run as a script (python proofs/<name>.py): make `proofs` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sympy as sp
 

@@ -31,6 +31,12 @@ from E and do not feed Re μ. So ρ(R_ℍ) = max(ρ(R_ℂ with β_c), |β|).
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (python proofs/<name>.py): make `proofs` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import sympy as sp
 
 from proofs._common import check

@@ -9,6 +9,12 @@ and α_i = 1/‖τ_i‖ solves its equations.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (python proofs/<name>.py): make `proofs` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import sympy as sp
 
 from proofs._common import check, check_true, residual

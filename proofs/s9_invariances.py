@@ -14,6 +14,11 @@ Claims (SPEC S9), with r(K, α) = Kα − 1/α the S4 residual, for N = 3 and ge
 from __future__ import annotations
 
 import itertools
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (python proofs/<name>.py): make `proofs` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sympy as sp
 
