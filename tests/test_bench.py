@@ -313,7 +313,17 @@ def test_cli_bench_step_quick(tmp_path: Path) -> None:
     assert main(["bench", "step", "--quick", "--out", str(tmp_path)]) == 0
     md = (tmp_path / "step.md").read_text(encoding="utf-8")
     assert "Host-sync sources (cpu)" in md and "top operators by self time" in md
+    assert "the bargains' share of a NAMEx-Full step" in md
     assert len(tables(md)[0][1]) >= 9
+
+
+def test_bargain_share_rows() -> None:
+    """The table that times ``bargain_alpha`` itself against whole steps: one row per step
+    method and one for the per-layer bargains; the reference's paired ratio is exactly 1."""
+    rows = step.bargain_share(step.StepShape("tiny", "cpu", 1, 16), repeats=1)
+    assert [r[0] for r in rows[:2]] == ["ep-camex step", "namex-full step"]
+    assert rows[2][0].startswith("bargain_alpha × ") and len(rows) == 3
+    assert rows[0][2] == "1.00" and all(float(r[2]) > 0 for r in rows)
 
 
 # ------------------------------------------------------------------------------------------
@@ -396,27 +406,3 @@ def test_committed_results_are_well_formed(name: str) -> None:
         h, rows = tables(md)[0]
         methods = {r[h.index("method")] for r in rows if r[h.index("preset")] == "tiny"}
         assert set(step.METHODS) <= methods
-
-
-@pytest.mark.parametrize("case", ["plain", "zero_expert", "duplicate", "all_zero"])
-def test_batched_ridge_bargain_equals_bargain_alpha(case: str) -> None:
-    """The what-if prototype must be the same computation as bargain_alpha (ridge policy)."""
-    from namex_ref.merging.functional import bargain_alpha
-
-    g = torch.Generator().manual_seed(0)
-    taus = [torch.randn(4, 8, 6, generator=g), torch.randn(4, 6, 8, generator=g)]
-    if case == "zero_expert":
-        taus = [t.clone() for t in taus]
-        for t in taus:
-            t[2] = 0.0
-    elif case == "all_zero":
-        taus = [torch.zeros_like(t) for t in taus]
-    elif case == "duplicate":
-        taus = [torch.cat([t[:3], -t[:1]]) for t in taus]  # anti-parallel pair: no bargain
-    a = bargain_alpha(taus, iterations=20)
-    b = step.batched_ridge_bargain(taus, iterations=20)
-    torch.testing.assert_close(b.alpha, a.alpha, rtol=1e-12, atol=0)
-    torch.testing.assert_close(b.residual, a.residual, rtol=1e-9, atol=1e-15, equal_nan=True)
-    assert bool(b.fallback) == bool(a.fallback)
-    if case != "plain":
-        assert bool(a.fallback)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -51,10 +50,9 @@ from namex_ref.benchmarks.common import (
 )
 from namex_ref.demo import format_table
 from namex_ref.merging.config import METHODS
-from namex_ref.merging.functional import ZERO_EXPERT_RTOL, AlphaSolve, bargain_alpha
+from namex_ref.merging.functional import bargain_alpha
 from namex_ref.models.gpt import ModelConfig, MoEGPT, preset
 from namex_ref.nash.gram import gram_matrix
-from namex_ref.nash.problem import scaled_residual
 from namex_ref.nash.solvers import solve_newton
 
 __all__ = [
@@ -384,63 +382,29 @@ def merge_plan_times(
                              repeats=repeats)
 
 
-def batched_ridge_bargain(
-    taus: Sequence[Tensor], *, policy: str = "ridge", ridge: float = 1e-3,
-    iterations: int = 20, layer: int | None = None,
-) -> AlphaSolve:
-    """What-if prototype (benchmark only) of ``bargain_alpha`` with the "ridge" policy: the
-    plain and the ridged problem solved in ONE batched Newton call (2, N, N) instead of two
-    calls — the same α, residual and fallback flags, half the kernel launches. Other policies
-    defer to ``bargain_alpha``. Mirrors ``bargain_alpha`` as of commit f942457 (the test
-    compares the two, so a drift shows up there)."""
-    if policy != "ridge":
-        return bargain_alpha(taus, policy=policy, ridge=ridge, iterations=iterations,
-                             layer=layer)
-    mats = [t.detach().reshape(t.shape[0], -1) for t in taus]
-    n = mats[0].shape[0]
-    K = gram_matrix(mats).to(torch.float64)
-    finite = torch.isfinite(K).all()
-    K0 = torch.nan_to_num(K, nan=0.0, posinf=0.0, neginf=0.0)
-    diag = K0.diagonal()
-    scale = diag.max().clamp_min(torch.finfo(torch.float64).tiny)
-    zero = diag <= ZERO_EXPERT_RTOL * scale
-    eye = torch.eye(n, dtype=torch.float64, device=K.device)
-    Ksafe = K0 + torch.diag(zero.to(torch.float64) * scale)
-    lam = ridge * diag.mean().clamp_min(torch.finfo(torch.float64).tiny)
-    both = solve_newton(torch.stack([Ksafe, Ksafe + lam * eye]), fixed_iterations=iterations)
-    ok = both.converged[0] & finite & ~zero.any() & torch.isfinite(both.alpha[0]).all()
-    residual = torch.where(finite, scaled_residual(K0, both.alpha[0]), math.nan)
-    alpha = torch.where(ok, both.alpha[0], both.alpha[1])
-    all_zero = ~(diag.max() > torch.finfo(mats[0].dtype if mats[0].dtype == torch.float64
-                                          else torch.float32).tiny)
-    alpha = torch.where(all_zero, torch.ones_like(alpha), alpha)
-    alpha = torch.nan_to_num(alpha, nan=1.0, posinf=1.0, neginf=1.0)
-    return AlphaSolve(alpha, residual, ~ok)
-
-
-def what_if_batched_ridge(shape: StepShape, *, repeats: int) -> list[list[str]]:
-    """Step time of NAMEx-Full as is, and with :func:`batched_ridge_bargain` patched in for
-    ``bargain_alpha`` (module attribute of ``namex_ref.merging.functional``), against EP-CAMEx,
-    timed interleaved. Rows of a table."""
-    import namex_ref.merging.functional as fn_mod
-
+def bargain_share(shape: StepShape, *, repeats: int) -> list[list[str]]:
+    """Step time of EP-CAMEx and NAMEx-Full against ``bargain_alpha`` alone, called once per MoE
+    layer on NAMEx-Full's domain vectors (the α solves one NAMEx-Full step makes with
+    ``alpha_interval`` 1), timed interleaved. Rows of a table: what, median, × EP-CAMEx step."""
     dev = torch.device(shape.device)
     steps = {m: _build(preset(shape.preset, m), shape)[1] for m in ("ep-camex", "namex-full")}
-    _, full_step = _build(preset(shape.preset, "namex-full"), shape)
+    model, _ = _build(preset(shape.preset, "namex-full"), shape)
+    with torch.no_grad():  # each layer bargains over τ = E − its propagated base (S14–S18)
+        plan = model.merge_plan()
+        layer_taus = []
+        for layer, terms in zip(model.moe_layers(), plan.terms, strict=True):
+            assert terms.base is not None
+            layer_taus.append([E - b for E, b in zip(layer.experts(), terms.base, strict=True)])
 
-    def patched() -> None:
-        original = fn_mod.bargain_alpha
-        fn_mod.bargain_alpha = batched_ridge_bargain
-        try:
-            full_step()
-        finally:
-            fn_mod.bargain_alpha = original
+    def bargains() -> None:
+        for taus in layer_taus:
+            bargain_alpha(taus, iterations=20)
 
     cands: dict[str, Callable[[], object]] = {
-        "ep-camex": steps["ep-camex"], "namex-full (as is)": steps["namex-full"],
-        "namex-full, ridge solve batched (what-if)": patched}
+        "ep-camex step": steps["ep-camex"], "namex-full step": steps["namex-full"],
+        f"bargain_alpha × {len(layer_taus)} layers (20 Newton steps, ridge policy)": bargains}
     all_t = interleaved_times(cands, dev, repeats=repeats, warmup=1)
-    return [[k, fmt_seconds(statistics.median(v)), f"{paired_ratio(all_t, k, 'ep-camex'):.2f}"]
+    return [[k, fmt_seconds(statistics.median(v)), f"{paired_ratio(all_t, k, 'ep-camex step'):.2f}"]
             for k, v in all_t.items()]
 
 
@@ -608,10 +572,10 @@ def profile_markdown(shape: StepShape, *, repeats: int) -> str:
               f"(median of {max(repeats, 20)})", "",
               format_table(["what", "time (median)", "× bargain_alpha (paired)", "note"],
                            bargain_variants(shape, repeats=max(repeats, 20))), ""]
-    parts += [f"### {shape.preset} ({shape.device}): what-if — the ridge solve batched with "
-              "the main solve", "",
-              format_table(["step", "time (median)", "× EP-CAMEx"],
-                           what_if_batched_ridge(shape, repeats=repeats)), ""]
+    parts += [f"### {shape.preset} ({shape.device}): the bargains' share of a NAMEx-Full step",
+              "",
+              format_table(["what", "time (median)", "× EP-CAMEx step (paired)"],
+                           bargain_share(shape, repeats=repeats)), ""]
     return "\n".join(parts)
 
 
