@@ -12,6 +12,7 @@ proofs/s17_s18_quaternion.py; here it is checked numerically over many layers.
 from __future__ import annotations
 
 import math
+import numbers
 import re
 
 import numpy as np
@@ -362,3 +363,170 @@ def test_step_input_validation() -> None:
     with pytest.raises(ValueError, match="floating"):
         complex_momentum_step(torch.zeros(3, 2, dtype=torch.float64),
                               torch.zeros(3, dtype=torch.int64), x, beta=0.5, gamma=1.0)
+
+
+# ----------------------------------------------------------------------------- mutation kills
+# Cases found by mutation testing (tools/mutation.py, results/mutation.md): each pins a part of
+# the documented contract that no earlier test reached. Oracles: the S17/S18 formulas written
+# here, and the documented errors (ValueError naming the problem).
+
+
+class _OpaqueNumber(numbers.Number):
+    """Registered as a number but not convertible to complex."""
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+_X = torch.zeros(3, dtype=torch.float64)
+_MU2 = torch.zeros(3, 2, dtype=torch.float64)
+_MU4 = torch.zeros(3, 4, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("beta", [True, "0.5", _OpaqueNumber()])
+def test_complex_step_rejects_non_numbers(beta: object) -> None:
+    """S17 needs β ∈ ℂ: a bool, a numeric string or an unconvertible number is refused."""
+    with pytest.raises(ValueError, match="beta must be a real or complex number"):
+        complex_momentum_step(_MU2, _X, _X, beta=beta, gamma=1.0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("gamma", [math.inf, -math.inf, math.nan, complex(0.5, math.nan)])
+def test_steps_reject_non_finite_gamma(gamma: complex) -> None:
+    with pytest.raises(ValueError, match="gamma must be finite"):
+        complex_momentum_step(_MU2, _X, _X, beta=0.5, gamma=gamma)
+    with pytest.raises(ValueError, match="gamma must be finite"):
+        quaternion_momentum_step(_MU4, _X, _X, beta=(0.5, 0.0, 0.0, 0.0), gamma=gamma)  # type: ignore[arg-type]
+
+
+def test_complex_step_with_unit_imaginary_gamma() -> None:
+    """S17 with γ = 0.5 + 1i: E' = E + Re(γμ') = E + 0.5 Re μ' − 1·Im μ' (complex128 oracle)."""
+    mu_c = torch.tensor([1.0 + 2.0j, -0.5 + 0.25j], dtype=torch.complex128)
+    delta = torch.tensor([0.75, -1.0], dtype=torch.float64)
+    base = torch.tensor([2.0, 3.0], dtype=torch.float64)
+    beta, gamma = 0.5 - 0.25j, 0.5 + 1.0j
+    mu_new, base_new = complex_momentum_step(torch.view_as_real(mu_c), delta, base, beta=beta,
+                                             gamma=gamma)
+    want_mu = beta * mu_c + delta
+    # dyadic inputs: every operation is exact in float64, so equality is exact
+    assert torch.view_as_complex(mu_new).tolist() == want_mu.tolist()
+    assert base_new.tolist() == (base + (gamma * want_mu).real).tolist()
+
+
+def test_real_gamma_base_update_ignores_the_imaginary_buffer() -> None:
+    """S17, real γ: Re(γμ') = γ Re μ', so E' does not depend on Im μ' even when it overflows."""
+    mu = torch.tensor([[1.0, 1e308]], dtype=torch.float64)  # Re μ = 1, Im μ = 1e308
+    delta = torch.tensor([0.5], dtype=torch.float64)
+    base = torch.tensor([1.0], dtype=torch.float64)
+    mu_new, base_new = complex_momentum_step(mu, delta, base, beta=2.0, gamma=0.5)
+    assert mu_new[0, 0].item() == 2.5 and math.isinf(mu_new[0, 1].item())  # 2·1e308 overflows
+    assert base_new.tolist() == [1.0 + 0.5 * 2.5]
+
+
+def test_complex_step_on_a_scalar_parameter() -> None:
+    """ΔE of shape () has a (2,) buffer: μ' = βμ + ΔE, E' = E + γ Re μ' (S17, by hand)."""
+    mu = torch.tensor([1.0, -1.0], dtype=torch.float64)  # μ = 1 − i
+    mu_new, base_new = complex_momentum_step(
+        mu, torch.tensor(0.5, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64),
+        beta=0.5j, gamma=2.0,
+    )
+    # 0.5i·(1 − i) + 0.5 = 1 + 0.5i; E' = 1 + 2·1 = 3
+    assert mu_new.tolist() == [1.0, 0.5] and base_new.item() == 3.0
+    with pytest.raises(ValueError, match="mu must have shape"):
+        complex_momentum_step(torch.tensor(0.0, dtype=torch.float64), _X, _X, beta=0.5,
+                              gamma=1.0)
+
+
+@pytest.mark.parametrize("which", ["mu", "delta", "base"])
+def test_steps_name_the_non_tensor_input(which: str) -> None:
+    args = {"mu": _MU4, "delta": _X, "base": _X}
+    args[which] = [0.0, 0.0, 0.0]  # type: ignore[assignment]
+    with pytest.raises(ValueError, match=f"S18: {which} must be a torch.Tensor"):
+        quaternion_momentum_step(args["mu"], args["delta"], args["base"],
+                                 beta=(0.5, 0.0, 0.0, 0.0), gamma=1.0)
+
+
+def test_quaternion_step_validates_its_own_inputs() -> None:
+    """S18's checks name the step and the argument (not a later error inside the product)."""
+    with pytest.raises(ValueError, match=r"S18: delta must have a real floating dtype"):
+        quaternion_momentum_step(_MU4, torch.zeros(3, dtype=torch.int64), _X,
+                                 beta=(0.5, 0.0, 0.0, 0.0), gamma=1.0)
+    with pytest.raises(ValueError, match=r"S18: mu must have shape \(\.\.\., 4\)"):
+        quaternion_momentum_step(_MU2, _X, _X, beta=(0.5, 0.0, 0.0, 0.0), gamma=1.0)
+
+
+@pytest.mark.parametrize(
+    "beta",
+    [
+        torch.tensor([[0.5, 0.0, 0.0, 0.0]], dtype=torch.float64),  # (1, 4): would broadcast
+        torch.tensor([0.5, 0.0, 0.0], dtype=torch.float64),
+        torch.tensor([1, 0, 0, 0]),  # integer
+    ],
+)
+def test_quaternion_step_rejects_bad_beta_tensors(beta: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match=r"beta must be a real \(4,\) tensor"):
+        quaternion_momentum_step(_MU4, _X, _X, beta=beta, gamma=1.0)
+
+
+def test_quaternion_step_keeps_the_buffer_dtype_for_a_float64_beta_tensor() -> None:
+    """β as a float64 tensor is cast to μ's dtype: a float32 buffer stays float32."""
+    mu = torch.zeros(2, 4, dtype=torch.float32)
+    x = torch.ones(2, dtype=torch.float32)
+    beta = torch.tensor([0.5, 0.1, 0.1, 0.1], dtype=torch.float64)
+    m, b = quaternion_momentum_step(mu, x, x, beta=beta, gamma=1.0)
+    assert m.dtype == b.dtype == torch.float32
+
+
+def test_plain_namex_validates_its_empty_buffer() -> None:
+    """kind "none" (S16) takes the (..., 0) buffer of zero_buffer; a wider one is an error."""
+    cfg = MomentumConfig()
+    with pytest.raises(ValueError, match=r"S16: mu must have shape \(\.\.\., 0\)"):
+        momentum_step(_MU2, _X, _X, config=cfg)
+
+
+@pytest.mark.parametrize(
+    "beta", [(0.0, 0.99, 0.0, 0.0), (0.0, 0.0, 0.99, 0.0), (0.0, 0.0, 0.0, 0.99), (0.1,) * 4]
+)
+def test_quaternion_beta_inside_the_unit_ball_is_accepted(beta: tuple[float, ...]) -> None:
+    """S18: every component counts in ‖β‖ = √(w² + x² + y² + z²) < 1."""
+    assert MomentumConfig("quaternion", beta, 1.0).beta == beta  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "beta", [(1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0), (0.0, 0.0, 0.0, 1.0),
+             (0.0, 0.0, 0.6, 0.8)]
+)
+def test_quaternion_beta_on_the_unit_sphere_is_rejected(beta: tuple[float, ...]) -> None:
+    """S18 needs ‖β‖ < 1 strictly; these have ‖β‖ = 1 (0.36 + 0.64 rounds to 1.0 exactly)."""
+    assert math.fsum(v * v for v in beta) == 1.0
+    with pytest.raises(ValueError, match=r"\|\|beta\|\| < 1"):
+        MomentumConfig("quaternion", beta, 1.0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("beta", ["0000", b"\x00\x00\x00\x00", 0.5])
+def test_quaternion_beta_must_be_four_floats(beta: object) -> None:
+    """A 4-character string or 4 bytes iterate to four numbers, but they are not a β (S18)."""
+    with pytest.raises(ValueError, match=r"beta as four floats \(w, x, y, z\)"):
+        MomentumConfig("quaternion", beta, 1.0)  # type: ignore[arg-type]
+
+
+def test_complex_config_names_the_quaternion_alternative() -> None:
+    with pytest.raises(ValueError, match="use kind='quaternion'"):
+        MomentumConfig("complex", (0.5, 0.0, 0.0, 0.0), 1.0)  # type: ignore[arg-type]
+
+
+def test_plain_config_reports_a_non_finite_beta_as_such() -> None:
+    with pytest.raises(ValueError, match="beta must be finite"):
+        MomentumConfig("none", math.nan, 1.0)
+
+
+def test_config_defaults_and_gamma_type() -> None:
+    """γ defaults to 1 (the plain S16 step) and is stored as a Python float."""
+    assert MomentumConfig().gamma == 1.0
+    assert MomentumConfig("complex", 0.5).gamma == 1.0
+    c = MomentumConfig("complex", 0.5, 2)
+    assert type(c.gamma) is float and c.gamma == 2.0
+
+
+def test_quaternion_beta_error_reports_the_norm() -> None:
+    """The message shows ‖β‖ = √(0.81 + 0.25) (math.hypot as the oracle), not its square."""
+    with pytest.raises(ValueError, match=re.escape(f"||beta||={math.hypot(0.9, 0.5):.6g}")):
+        MomentumConfig("quaternion", (0.9, 0.5, 0.0, 0.0), 1.0)

@@ -10,6 +10,7 @@ Oracles (none of them calls namex_ref.quaternion):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -200,3 +201,81 @@ def test_as_quaternion_roundtrip() -> None:
     q = as_quaternion((0.8, 0.3, 0.3, 0.3))
     assert q.dtype == torch.float64 and q.shape == (4,)
     assert q.tolist() == [0.8, 0.3, 0.3, 0.3]
+
+
+# ---- Input validation of every operation and the tensor path of as_quaternion (S18) -----------
+# Found by mutation testing (tools/mutation.py): the checks below were reachable only through
+# hamilton's first argument, so removing any other check went unnoticed. The expected behaviour
+# is the documented contract (ValueError naming the problem), not the code's output.
+
+_BAD_QUATERNIONS = [
+    pytest.param(torch.zeros(3), "trailing dimension", id="shape-3"),
+    pytest.param(torch.zeros(2, 5), "trailing dimension", id="shape-2x5"),
+    pytest.param(torch.zeros(4, dtype=torch.int64), "floating dtype", id="int64"),
+    pytest.param([1.0, 0.0, 0.0, 0.0], "torch.Tensor", id="list"),
+]
+_GOOD = torch.tensor([0.5, -0.25, 1.0, 2.0], dtype=torch.float64)
+
+
+@pytest.mark.parametrize(("bad", "message"), _BAD_QUATERNIONS)
+@pytest.mark.parametrize(
+    "operation",
+    [
+        pytest.param(check_quaternion, id="check_quaternion"),
+        pytest.param(lambda q: hamilton(q, _GOOD), id="hamilton-left"),
+        pytest.param(lambda q: hamilton(_GOOD, q), id="hamilton-right"),
+        pytest.param(left_matrix, id="left_matrix"),
+        pytest.param(conj, id="conj"),
+        pytest.param(qnorm, id="qnorm"),
+    ],
+)
+def test_every_operation_rejects_a_non_quaternion(
+    operation: Callable[[object], object], bad: object, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        operation(bad)
+
+
+def test_as_quaternion_from_a_tensor() -> None:
+    """A (4,) floating tensor is accepted and converted exactly (float32 → float64 is exact)."""
+    values = np.array([0.8, -0.3, 0.1, 2.5], dtype=np.float32)
+    q = as_quaternion(torch.from_numpy(values))
+    assert q.dtype == torch.float64 and q.shape == (4,)
+    assert q.tolist() == [float(v) for v in values.astype(np.float64)]
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (torch.zeros(2, 4), "single quaternion of shape"),
+        (torch.zeros(1, 4), "single quaternion of shape"),
+        (torch.zeros(4, dtype=torch.int64), "floating dtype"),
+        (torch.tensor([1.0, float("inf"), 1.0, 1.0]), "finite"),
+    ],
+)
+def test_as_quaternion_rejects_tensors(bad: torch.Tensor, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        as_quaternion(bad)
+
+
+@pytest.mark.parametrize(
+    "bad", [(1.0, float("inf"), 1.0, 1.0), (1.0, 2.0, float("nan"), 3.0), (-math.inf, 1, 1, 1)]
+)
+def test_as_quaternion_rejects_non_finite_components(bad: tuple[float, ...]) -> None:
+    """All other components are non-zero, so only the finiteness check can reject these."""
+    with pytest.raises(ValueError, match="finite"):
+        as_quaternion(bad)
+
+
+def test_zero_components_are_valid() -> None:
+    assert as_quaternion((0.0, 0.0, 0.0, 0.0)).tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_qnorm_and_conj_act_per_quaternion_on_batches() -> None:
+    """qnorm reduces the trailing (w, x, y, z) axis only; conj flips the vector part (S18)."""
+    q = np.array([[3.0, 4.0, 0.0, 0.0], [1.0, 2.0, 2.0, 4.0], [0.0, 0.0, 0.0, 0.0]])
+    got = qnorm(_t(q))
+    assert got.shape == (3,)
+    # math.hypot is an independent, correctly rounded-enough Euclidean norm (exact here: 5, 5, 0).
+    assert got.tolist() == [math.hypot(*row) for row in q] == [5.0, 5.0, 0.0]
+    assert conj(_t(q)).tolist() == [[w, -x, -y, -z] for w, x, y, z in q.tolist()]

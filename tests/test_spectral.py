@@ -20,6 +20,8 @@ cases are pinned separately with their own √eps / ∛eps tolerances.
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -521,3 +523,174 @@ def test_validation(call: object, shown: str) -> None:
 
     with pytest.raises(ValueError, match=re.escape(shown)):
         call()  # type: ignore[operator]
+
+
+# ----------------------------------------------------------------------------- more validation
+# Found by mutation testing (tools/mutation.py): every documented ValueError below was
+# unreachable from the earlier tests, so deleting the check went unnoticed (S19 tools).
+
+
+@pytest.mark.parametrize(
+    ("call", "shown"),
+    [
+        (lambda: momentum_matrix(np.array([[np.inf]]), 0.5, 1.0), "H must be finite"),
+        (lambda: spectral_radius(np.array([[1.0, np.nan], [0.0, 1.0]])), "H must be finite"),
+        (lambda: momentum_matrix(np.eye(2), 0.5, complex("nan")), "gamma must be finite"),
+        (lambda: cubic_coefficients(complex("inf"), 0.5, 1.0), "h must be finite"),
+        (lambda: spectral_radius_from_cubic([], 0.5, 1.0), "non-empty 1-D array"),
+        (lambda: spectral_radius_from_cubic(np.ones((2, 2)), 0.5, 1.0), "got shape (2, 2)"),
+        (lambda: rho_grid([np.inf], [0.5], [0.0], [1.0]), "h_eigs must be"),
+        (lambda: rho_grid([], [0.5], [0.0], [1.0]), "h_eigs must be"),
+        (lambda: rho_grid([[1.0]], [0.5], [0.0], [1.0]), "h_eigs must be"),
+        (lambda: rho_grid([1.0], [], [0.0], [1.0]), "moduli must be a non-empty"),
+        (lambda: rho_grid([1.0], [0.5], [np.nan], [1.0]), "phases must be a non-empty"),
+        (lambda: rho_grid([1.0], [0.5], [0.0], [[1.0]]), "gammas must be a non-empty"),
+        (lambda: bilinear_game_matrix([]), "sigmas must be a non-empty"),
+        (lambda: cooperative_matrix(math.inf), "c must be finite"),
+        (lambda: cooperative_matrix(1.0, 0), "dim must be >= 1, got dim=0"),
+        (lambda: simulate(np.eye(2), 0.5, 1.0, np.ones(2), 5, observable="energy"),  # type: ignore[arg-type]
+         "'energy'"),
+        (lambda: simulate(np.eye(2), 0.5, 1.0, np.ones(2), True), "steps=True"),
+        (lambda: simulate(np.eye(2), 0.5, 1.0, np.ones(2), 2.0), "steps=2.0"),  # type: ignore[arg-type]
+        (lambda: simulate(np.eye(2), (0.5, 0.0, 0.0, 0.0), 0.5j, np.ones(2), 3),
+         "S18 uses a real step gamma"),
+        (lambda: fitted_rate([1.0, 0.5, 0.25], tail_fraction=1.5), "tail_fraction=1.5"),
+        (lambda: fitted_rate(np.ones((3, 3))), "got shape (3, 3)"),
+        (lambda: plot_rho_grid([], [0.5], [0.0], 0.5, "unused.png"), "panels must not be empty"),
+        (lambda: momentum_grid_main(".", n_moduli=1), "n_moduli=1"),
+        (lambda: momentum_grid_main(".", n_phases=True), "n_phases=True"),
+        (lambda: momentum_grid_main(".", n_phases=5.0), "n_phases=5.0"),  # type: ignore[arg-type]
+        (lambda: momentum_grid_main(".", gamma=math.nan), "gamma=nan"),
+        (lambda: momentum_grid_main(".", gamma=0.0), "gamma=0.0"),
+    ],
+)
+def test_validation_names_the_problem(call: object, shown: str) -> None:
+    import re
+
+    with pytest.raises(ValueError, match=re.escape(shown)):
+        call()  # type: ignore[operator]
+
+
+# ----------------------------------------------------------------------------- grid table, plot
+
+
+def _spec_rho(h_eigs: list[complex], beta: complex, gamma: float) -> float:
+    """ρ from numpy.roots of the SPEC §4 cubic typed in above (independent of rho_grid)."""
+    return max(float(np.abs(np.roots(spec_cubic(h, beta, gamma))).max()) for h in h_eigs)
+
+
+_ROW = re.compile(
+    r"^  (best on grid|best real β|paper φ=\s*([+-]\d+)°)\s+\|β\|=([\d.]+)"
+    r"(?:\s+φ=\s*([+-][\d.]+)°)?\s+ρ=([\d.]+)$"
+)
+
+
+@pytest.mark.parametrize(
+    ("h_kind", "titles", "h_eigs"),
+    [
+        ("cooperative", ["H = cI, c = 2 (frozen-α NAMEx)  (γ = 0.25)"], [[2.0]]),
+        ("bilinear", ["bilinear game, eigenvalues ±0.5i  (γ = 0.25)"], [[0.5j, -0.5j]]),
+        ("both", ["H = cI, c = 2 (frozen-α NAMEx)  (γ = 0.25)",
+                  "bilinear game, eigenvalues ±0.5i  (γ = 0.25)"], [[2.0], [0.5j, -0.5j]]),
+    ],
+)
+def test_grid_table_matches_the_spec_cubic(
+    tmp_path: Path, h_kind: str, titles: list[str], h_eigs: list[list[complex]]
+) -> None:
+    """Every number in the momentum-grid table (S19) is recomputed here from the SPEC cubic:
+    the grid minimum, the best real β (φ ∈ {0, π}) and the best |β| at each paper phase.
+    The table prints ρ to 5 decimals, |β| to 3 and φ to 0.1°, hence the tolerances."""
+    gamma, n_m, n_p = 0.25, 7, 9
+    path, table = momentum_grid_main(tmp_path, h_kind=h_kind, c=2.0, sigma=0.5, gamma=gamma,  # type: ignore[arg-type]
+                                     n_moduli=n_m, n_phases=n_p)
+    assert path == tmp_path / "rho_grid.png" and path.read_bytes()[:4] == b"\x89PNG"
+    moduli = [0.99 * i / (n_m - 1) for i in range(n_m)]
+    phases = [-math.pi + 2 * math.pi * j / (n_p - 1) for j in range(n_p)]
+    lines = table.splitlines()
+    assert len(lines) == 8 * len(titles)
+    for block, (title, hs) in enumerate(zip(titles, h_eigs, strict=True)):
+        head, *rows = lines[8 * block: 8 * block + 8]
+        assert head == title
+
+        def rho(m: float, phi: float, hs: list[complex] = hs) -> float:
+            return _spec_rho(hs, m * complex(math.cos(phi), math.sin(phi)), gamma)
+
+        parsed = [_ROW.match(r) for r in rows]
+        assert all(parsed), rows
+        kinds = [p.group(1) for p in parsed if p]
+        assert kinds[:2] == ["best on grid", "best real β"]
+        wanted_phases = [round(math.degrees(phi)) for phi in PAPER_PHASES]
+        assert [int(p.group(2)) for p in parsed[2:] if p] == wanted_phases
+        for p, candidates in zip(
+            parsed,
+            [[(m, phi) for m in moduli for phi in phases],
+             [(m, phi) for m in moduli for phi in (0.0, math.pi)]]
+            + [[(m, phi) for m in moduli] for phi in PAPER_PHASES],
+            strict=True,
+        ):
+            assert p is not None
+            best = min(rho(m, phi) for m, phi in candidates)
+            assert abs(float(p.group(5)) - best) <= 6e-6
+            shown_m = float(p.group(3))
+            m, phi = min(candidates, key=lambda c: (abs(c[0] - shown_m), 0.0))
+            if p.group(4) is not None:  # the row also shows φ: the point must be on the grid
+                shown_phi = math.radians(float(p.group(4)))
+                m, phi = min(candidates, key=lambda c: abs(c[0] - shown_m) + abs(
+                    (c[1] - shown_phi + math.pi) % (2 * math.pi) - math.pi))
+                assert abs(math.degrees(phi) - float(p.group(4))) <= 0.051
+            assert abs(m - shown_m) <= 5e-4
+            assert abs(rho(m, phi) - float(p.group(5))) <= 6e-6
+
+
+def test_plot_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The documented content of each panel (S19): ρ over |β| × φ (degrees) with a colormap
+    diverging at ρ = 1, the ρ = 1 contour when ρ crosses 1, the best grid point as a star and
+    the paper's phases as dotted vertical lines; one colorbar per panel."""
+    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.figure import Figure
+
+    saved: list[Figure] = []
+    original = Figure.savefig
+
+    def spy(self: Figure, *args: object, **kwargs: object) -> None:
+        saved.append(self)
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    moduli = np.linspace(0.0, 0.99, 12)
+    phases = np.linspace(-math.pi, math.pi, 13)
+    gamma = 0.5
+    panels = [("coop", [1.0]), ("bilinear", [1j, -1j])]
+    plot_rho_grid(panels, moduli, phases, gamma, tmp_path / "rho.png")
+    (fig,) = saved
+    axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(axes) == 2 and len(fig.axes) == 4  # two panels, two colorbars
+    for ax, (title, hs) in zip(axes, panels, strict=True):
+        # independent ρ on the grid (SPEC cubic, numpy.roots)
+        want = np.array([[_spec_rho(hs, m * complex(math.cos(p), math.sin(p)), gamma)
+                          for p in phases] for m in moduli])
+        (mesh,) = [c for c in ax.collections if c.get_array() is not None
+                   and np.size(c.get_array()) == want.size]
+        np.testing.assert_allclose(np.asarray(mesh.get_array()).reshape(want.shape), want,
+                                   rtol=0, atol=1e-9)
+        norm = mesh.norm
+        assert isinstance(norm, TwoSlopeNorm) and norm.vcenter == 1.0
+        assert norm.vmin is not None and norm.vmax is not None
+        assert norm.vmin < 1.0 < norm.vmax
+        assert norm.vmin <= want.min() + 1e-9 and norm.vmax >= want.max() - 1e-9
+        crosses = want.min() < 1.0 < want.max()
+        contours = [c for c in ax.collections if hasattr(c, "levels")]
+        assert (len(contours) == 1 and list(contours[0].levels) == [1.0]) if crosses \
+            else not contours
+        stars = [ln for ln in ax.lines if ln.get_marker() == "*"]
+        (star,) = stars
+        i, j = np.unravel_index(int(np.argmin(want)), want.shape)
+        assert list(star.get_xdata()) == [pytest.approx(math.degrees(phases[j]))]
+        assert list(star.get_ydata()) == [pytest.approx(moduli[i])]
+        verticals = sorted(float(ln.get_xdata()[0]) for ln in ax.lines
+                           if ln.get_linestyle() == ":")
+        assert verticals == pytest.approx(sorted(math.degrees(p) for p in PAPER_PHASES))
+        assert ax.get_title().startswith(f"{title}\nγ=0.5, min ρ={want.min():.4f}")
+        assert "phase" in ax.get_xlabel() and ax.get_ylabel() == "|β|"
+        x0, x1 = ax.get_xlim()
+        assert x0 <= -179 and x1 >= 179  # the φ axis is in degrees

@@ -426,7 +426,7 @@ def generate_mutants(source: str, path: str) -> list[Mutant]:
     tree = ast.parse(source, filename=path)
     collector = _Collector(tree, path)
     collector.walk(tree, (), "")
-    seen: dict[tuple[str, str, str, str], int] = {}
+    seen: dict[str, int] = {}
     mutants: list[Mutant] = []
     for qual, node, where, operator, make in collector.found:
         line: int = getattr(node, "lineno", 0)
@@ -435,12 +435,12 @@ def generate_mutants(source: str, path: str) -> list[Mutant]:
         replacement = ast.unparse(make(copy.deepcopy(node)))
         if original == replacement:
             continue
-        key = (qual, operator, original, replacement)
-        seen[key] = seen.get(key, 0) + 1
-        uid = (
+        base = (
             f"{path}::{qual or '<module>'}::{operator}::"
-            f"{_short(original, 60)} -> {_short(replacement, 60)}#{seen[key]}"
+            f"{_short(original, 60)} -> {_short(replacement, 60)}"
         )
+        seen[base] = seen.get(base, 0) + 1
+        uid = f"{base}#{seen[base]}"
         mutants.append(
             Mutant(
                 uid=uid,
