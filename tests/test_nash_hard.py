@@ -51,6 +51,9 @@ from tests.nash_strategies import (
 )
 
 EPS = float(np.finfo(np.float64).eps)
+#: The documented certificate threshold (README "Near-infeasible bargains"), used as a literal so
+#: that the oracles do not move with the code (pinned in test_documented_constants).
+CERT_TOL = 1e-9
 
 #: Default profile: a reduced count so the file runs in a few seconds; the large sweep is below,
 #: behind ``slow`` (``make test-slow``, where CI uses the non-derandomised "ci-random" profile).
@@ -64,7 +67,7 @@ def test_documented_constants() -> None:
     8× the floor, capped at 1e-6; certificates at ‖Σ v̂_i τ̂_i‖² ≤ 1e-9. The oracles below use
     these literal values; a change of a constant must be a deliberate change of this test."""
     assert (RESIDUAL_TOL, ROUNDING_FACTOR, ROUNDING_CAP, CERTIFICATE_TOL) == (
-        1e-10, 8.0, 1e-6, 1e-9)
+        1e-10, 8.0, 1e-6, CERT_TOL)
 
 
 # ------------------------------------------------------------------------------------------
@@ -109,7 +112,7 @@ def check_certificate(G: np.ndarray, err: InfeasibleBargainError) -> float:
     w /= w.sum()
     dist = float(np.sum(((G / norms) @ w) ** 2))
     slack = 8 * (d + n) * EPS
-    assert dist <= CERTIFICATE_TOL + slack, dist
+    assert dist <= CERT_TOL + slack, dist
     assert abs(err.distance - dist) <= slack, (err.distance, dist)
     return dist
 
@@ -131,8 +134,12 @@ def outcome(G: torch.Tensor, K: torch.Tensor, method: str = "newton") -> str:
     assert sol.alpha.dtype == torch.float64 and a.shape == (Kn.shape[0],)
     assert np.all(np.isfinite(a)) and np.all(a > 0), a
     thr, ev, floor = rule(Kn, a)
-    exact = exact_residual(Kn, a)
     reported = float(sol.residual)
+    if not bool(sol.converged) and math.isinf(reported):
+        # result.py's flag for a Newton step that broke down: α = 1, residual = inf
+        assert np.all(a == 1.0), a
+        return "unconverged"
+    exact = exact_residual(Kn, a)
     assert abs(reported - exact) <= ev, (reported, exact, ev)
     if not bool(sol.converged):
         # visible failure: the rule really is not met (reported residual above the threshold)
@@ -182,6 +189,10 @@ def _pair(delta: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 def _label_and_target(G: torch.Tensor, K: torch.Tensor) -> str:
     label = outcome(G, K)
     event(label)
+    # The issue's property has two outcomes. A visible "unconverged" return is documented
+    # (README) but never seen in these families (0 of ~3000 examples): if a random run finds
+    # one, float64 can neither certify the bargain nor its absence there — worth a look.
+    assert label != "unconverged", "neither converged nor certified infeasible"
     Kh = K / torch.sqrt(torch.outer(torch.diagonal(K), torch.diagonal(K)))
     # steer hypothesis towards the most anti-parallel pairs (where the branches switch)
     target(-math.log10(max(1.0 + float(Kh.min()), 1e-300)), label="-log10(1 + min cos)")
@@ -259,7 +270,7 @@ def test_branches_are_reached(monkeypatch: pytest.MonkeyPatch) -> None:
         check_unvalidated(K, 30)
     seen = set(labels.values())
     assert {"converged", "converged-floor", "converged-cap", "infeasible"} <= seen, labels
-    assert any(d <= CERTIFICATE_TOL for d in lp_distances), lp_distances  # branch (c) via LP
+    assert any(d <= CERT_TOL for d in lp_distances), lp_distances  # branch (c) via LP
     # the boundary is where S6 puts it: well-separated pairs converge, 1 + cos ≤ 1e-11 cannot
     assert all(labels[f"pair-1e-{k}-s0"].startswith("converged") for k in range(9))
     assert all(labels[f"pair-1e-{k}-s{s}"] == "infeasible" for k in (11, 12) for s in (0, 1))
