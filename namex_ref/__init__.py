@@ -1,6 +1,6 @@
 """namex-ref: reference implementation of NAMEx (Nash Merging of Experts).
 
-Equation tags (S1…S19) refer to SPEC.md. The stable public API:
+Equation tags (S1…S19) refer to docs/math.md. The stable public API:
 
 - Nash core (S1–S11): :func:`solve_nash`, :func:`nash_bargain`, :class:`NashSolution`,
   :class:`InfeasibleBargainError` and friends.

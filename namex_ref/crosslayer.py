@@ -6,8 +6,8 @@ is linear in the base expert,
     ΔE^(l) = Σ_i α_i τ_i^(l) = Σ_i α_i (E_i^(l) − E_m^(l)) = c (Ē_α^(l) − E_m^(l)),
     c = Σ_i α_i,   Ē_α^(l) = Σ_i α_i E_i^(l) / Σ_i α_i,                                  (T1)
 
-i.e. ΔE = −H(E_m − E*) with H = cI and E* = Ē_α^(l) (SPEC §4). With real β that linear chain is
-optimal only for γc ≥ 1; for γc < 1 a non-real β has a smaller ρ(R) (README, S19). In a real
+i.e. ΔE = −H(E_m − E*) with H = cI and E* = Ē_α^(l) (docs/math.md §4). With real β that linear chain
+is optimal only for γc ≥ 1; for γc < 1 a non-real β has a smaller ρ(R) (README, S19). In a real
 network neither premise holds: the experts E_i^(l) change from layer to layer, so the fixed point
 Ē_α^(l) moves, and NAMEx-Full re-solves α at every layer, so c and Ē_α change too. This module
 measures what the propagation actually used (:func:`namex_ref.merging.functional.propagate`)
@@ -919,9 +919,9 @@ def crosslayer_report(
         "Produced by `namex_ref.crosslayer.crosslayer_report` "
         f"({'quick' if quick else 'full'} mode). Metric (T2): err_l = ‖E_m^(l) − Ē_α^(l)‖ / "
         "‖Ē_α^(l)‖ with Ē_α^(l) = Σα_iE_i^(l)/Σα_i, the fixed point of the frozen-α "
-        "linearisation ΔE = c(Ē_α − E_m), c = Σα_i (SPEC §4). Score: mean err_l over layers "
-        f"l ≥ {cfg.first_scored_layer} (layers 0, 1 do not depend on β). ρ̄: mean over the same "
-        "layers of ρ(R) for H = c_l I (S19). γ = (γc₀)/c₀ with c₀ = Σα at layer 0. "
+        "linearisation ΔE = c(Ē_α − E_m), c = Σα_i (docs/math.md §4). Score: mean err_l over "
+        f"layers l ≥ {cfg.first_scored_layer} (layers 0, 1 do not depend on β). ρ̄: mean over the "
+        "same layers of ρ(R) for H = c_l I (S19). γ = (γc₀)/c₀ with c₀ = Σα at layer 0. "
         "α once = NAMEx-Mom, α every = NAMEx-Full-Mom (the propagation of "
         "`namex_ref.merging.functional.propagate`, ridge policy, 20 Newton steps). "
         "±φ give bit-identical chains (conjugate symmetry), so each column holds both. "

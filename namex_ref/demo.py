@@ -1,4 +1,4 @@
-"""Built-in expert vectors and the solver cross-check behind ``namex demo`` (SPEC S4–S10).
+"""Built-in expert vectors and the solver cross-check behind ``namex demo`` (S4–S10, docs/math.md).
 
 The CLI and notebooks call these functions; nothing here is CLI-specific.
 """
@@ -93,7 +93,8 @@ def run_demo(seed: int = 0) -> str:
     u = taus @ (alpha @ taus)  # u_i = τ_iᵀΔE, ΔE = Gα (S4, unscaled: ‖ΔE‖ = √N)
     norms = taus.norm(dim=1)
     cos = (K / torch.outer(norms, norms)).to(torch.float64)
-    out = ["Nash bargain over the built-in experts (SPEC S4: Kα = 1/α, ΔE = Σ α_i τ_i)", ""]
+    out = ["Nash bargain over the built-in experts (S4 of docs/math.md: Kα = 1/α, ΔE = Σ α_i τ_i)",
+           ""]
     out.append(format_table(
         ["expert", "‖τ_i‖", "α_i", "α_i‖τ_i‖", "u_i = τ_iᵀΔE", "α_i·u_i (S7: 1)"],
         [[n, f"{float(norms[i]):.3g}", f"{float(alpha[i]):.6g}",

@@ -1,4 +1,4 @@
-r"""Momentum across MoE layers for the base expert (SPEC S16–S18): pure per-layer steps.
+r"""Momentum across MoE layers for the base expert (S16–S18, docs/math.md): pure per-layer steps.
 
 NAMEx (S16) moves the base expert from layer to layer, E_m^(l+1) = E_m^(l) + γ ΔE^(l). The
 momentum variants keep a buffer μ that accumulates the bargained updates ΔE^(l):
@@ -20,7 +20,7 @@ dtypes without complex support, and autograd sees ordinary real arithmetic:
 
 Here (...) is the shape of ΔE, e.g. (d_out, d_in) or (B, d_out, d_in) for per-sequence routing.
 
-Convention (ours, as in SPEC S17): μ^(1) = 0 at the first MoE layer of every forward pass
+Convention (ours, S17 in docs/math.md): μ^(1) = 0 at the first MoE layer of every forward pass
 (:func:`zero_buffer`), so the first step gives μ^(2) = ΔE^(1). Note: ``torch.optim.SGD`` instead
 starts its buffer at the first gradient; with μ^(1) = 0 the two agree on μ^(2) but our first
 base update is Re(γ ΔE^(1)), as in NAMEx.
@@ -97,7 +97,7 @@ def validate_complex_beta(beta: complex) -> complex:
     value = _as_complex(beta, "beta")
     if not abs(value) < 1.0:
         raise ValueError(
-            f"complex momentum needs |beta| < 1 (SPEC S17), got beta={beta!r} with "
+            f"complex momentum needs |beta| < 1 (S17, docs/math.md), got beta={beta!r} with "
             f"|beta|={abs(value):.6g}"
         )
     return value
@@ -114,8 +114,8 @@ def validate_quaternion_beta(beta: Sequence[float] | Tensor) -> QuaternionBeta:
     norm = math.sqrt(w * w + x * x + y * y + z * z)
     if not norm < 1.0:
         raise ValueError(
-            f"quaternion momentum needs ||beta|| < 1 (SPEC S18), got beta={tuple(beta)!r} with "
-            f"||beta||={norm:.6g}"
+            f"quaternion momentum needs ||beta|| < 1 (S18, docs/math.md), got beta={tuple(beta)!r} "
+            f"with ||beta||={norm:.6g}"
         )
     return (w, x, y, z)
 
@@ -157,7 +157,7 @@ class MomentumConfig:
             or not float(gamma) > 0.0
         ):
             raise ValueError(
-                f"gamma must be a finite real number > 0 (SPEC S16), got gamma={gamma!r}"
+                f"gamma must be a finite real number > 0 (S16, docs/math.md), got gamma={gamma!r}"
             )
         object.__setattr__(self, "gamma", float(gamma))
         beta: complex | QuaternionBeta

@@ -1,4 +1,4 @@
-"""Quaternions as real tensors of shape (..., 4) = (w, x, y, z) (SPEC S18).
+"""Quaternions as real tensors of shape (..., 4) = (w, x, y, z) (S18, docs/math.md).
 
 A quaternion q = w + x·i + y·j + z·k is stored as its four real components in the trailing
 dimension, so every operation runs on real dtypes (float16 … float64) on any device and is

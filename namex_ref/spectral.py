@@ -1,4 +1,4 @@
-r"""Convergence of base-expert momentum on linear dynamics (SPEC S19), in float64.
+r"""Convergence of base-expert momentum on linear dynamics (S19, docs/math.md), in float64.
 
 Model: the bargained update is linear in the base expert's error, ΔE = −H (E − E*), H a real
 (d, d) matrix, and the base moves by S17 (complex β, step γ) or S18 (quaternion β, real γ).
@@ -12,15 +12,15 @@ Complex momentum (S17). On the state s = [Re μ; Im μ; E − E*] (3d), one step
 Derivation (checked in ``tests/test_spectral.py`` against the step itself): μ' = βμ − He, so
 Re μ' = Re β Re μ − Im β Im μ − He and Im μ' = Im β Re μ + Re β Im μ; then
 e' = e + Re(γμ') = e + Re(γβ) Re μ − Im(γβ) Im μ − Re(γ) He. For real γ this is exactly the R
-of SPEC §4 (I − γH); for complex γ the SPEC's "I − γH" would be complex and is replaced by
-I − Re(γ)H (our extension; the SPEC states S19 for real γ only).
+of docs/math.md §4 (I − γH); for complex γ the stated "I − γH" would be complex and is replaced by
+I − Re(γ)H (our extension; S19 is stated for real γ only).
 
 Spectrum. Every block is a polynomial in H, so spec(R) is the union over eigenvalues h of H
 (complex ones included) of the roots of the per-eigenvalue cubic, β = a + ib,
 
     λ³ − (1 + 2a − Re(γ) h) λ² + (|β|² + 2a − Re(γβ̄) h) λ − |β|² = 0,
 
-which for real γ (Re(γβ̄) = γa) is the SPEC's cubic verbatim (trace, sum of principal 2×2 minors
+which for real γ (Re(γβ̄) = γa) is the cubic of S19 verbatim (trace, sum of principal 2×2 minors
 and determinant of the 3×3 scalar matrix; ``proofs/s19_spectral.py``). Lorraine et al.,
 Theorem 1: if ρ(R) < 1 the iterates converge linearly at rate O((ρ(R) + ε)^j).
 
@@ -31,7 +31,7 @@ block (c, k) = L(β)_{ck}·I for the buffer, −H added at (w, e), and the last 
 
 Findings these tools reproduce (pinned in ``tests/test_spectral.py``):
 
-- The SPEC §4 matrix R and cubic ARE one step of S17 for ΔE = −H(E − E*) and real γ (no
+- The docs/math.md §4 matrix R and cubic ARE one step of S17 for ΔE = −H(E − E*) and real γ (no
   discrepancy found); the heavy-ball factorisation for real β holds.
 - Bilinear game, H = [[0, σ], [−σ, 0]] per pair (eigenvalues ±iσ): every real β gives
   ρ(R) ≥ 1 (Schur–Cohn on the heavy-ball quadratic), while a non-zero phase reaches ρ < 1,
@@ -104,9 +104,9 @@ def _finite_complex(value: complex, name: str) -> complex:
 def momentum_matrix(H: ArrayLike, beta: complex, gamma: complex) -> NDArray[np.float64]:
     """Step matrix R of S17 on the state [Re μ; Im μ; E − E*] for ΔE = −H(E − E*) (S19).
 
-    H: (d, d) real; beta: β ∈ ℂ; gamma: γ (real as in the SPEC; complex accepted, see the module
+    H: (d, d) real; beta: β ∈ ℂ; gamma: γ (real as in S19; complex accepted, see the module
     docstring). Returns R: (3d, 3d) float64 with s' = R s exactly as one
-    :func:`namex_ref.momentum.complex_momentum_step`. Matches SPEC §4 for real γ.
+    :func:`namex_ref.momentum.complex_momentum_step`. Matches docs/math.md §4 for real γ.
     """
     Hm = _square_matrix(H)
     b = _finite_complex(beta, "beta")
@@ -159,7 +159,7 @@ def cubic_coefficients(h: complex, beta: complex, gamma: complex) -> NDArray[np.
     """Coefficients (highest power first, shape (4,)) of the S19 cubic for one eigenvalue h.
 
     λ³ − (1 + 2a − Re(γ) h) λ² + (|β|² + 2a − Re(γβ̄) h) λ − |β|², with a = Re β.
-    For real γ, Re(γβ̄) = γ Re β and this is SPEC §4's cubic.
+    For real γ, Re(γβ̄) = γ Re β and this is docs/math.md §4's cubic.
     """
     b = _finite_complex(beta, "beta")
     g = _finite_complex(gamma, "gamma")

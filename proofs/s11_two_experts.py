@@ -1,6 +1,6 @@
 """S11: closed form of the bargain for two experts.
 
-Claim (SPEC S11, S6). For N = 2, K = [[a, b], [b, c]] with a, c > 0 and cosine
+Claim (S11, S6, docs/math.md). For N = 2, K = [[a, b], [b, c]] with a, c > 0 and cosine
 ρ = b/√(ac) ∈ (−1, 1], the unique positive solution of Kα = 1/α is
 
     α_1 = 1/√(a(1 + ρ)),   α_2 = 1/√(c(1 + ρ)),

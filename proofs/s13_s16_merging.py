@@ -1,6 +1,6 @@
 """S13–S17: the identities the merging layers rely on (namex_ref/merging/functional.py).
 
-Claims (SPEC S13–S17), each checked symbolically:
+Claims (S13–S17, docs/math.md), each checked symbolically:
 
 1. Kronecker curvature (S14), row-major reshape. ``kronecker_apply`` reshapes τ (o1·o2, i1·i2)
    to t[a, b, c, d] = τ[a·o2 + b, c·i2 + d] and contracts

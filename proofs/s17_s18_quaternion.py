@@ -1,7 +1,7 @@
 """S18 ≡ S17: quaternion momentum with real inputs is complex momentum with β_c = Re β + i‖Im β‖.
 
-Claim (SPEC S17, S18). Quaternions are 4 real components (w, x, y, z) = w + xi + yj + zk with
-the Hamilton product written out. The S18 step is μ ← β⊗μ + ΔE (ΔE real, i.e. in the real
+Claim (S17, S18, docs/math.md). Quaternions are 4 real components (w, x, y, z) = w + xi + yj + zk
+with the Hamilton product written out. The S18 step is μ ← β⊗μ + ΔE (ΔE real, i.e. in the real
 part), E_m ← E_m + γ·Re(μ) with real γ, μ⁽¹⁾ = 0. Write β = b_0 + n·u with n = ‖Im β‖ and, when
 n > 0, u = Im β / n a unit pure quaternion (u⊗u = −1). Then:
 

@@ -1,6 +1,6 @@
 """S19: the one-step matrix R of complex momentum and its characteristic polynomial.
 
-Claim (SPEC §4, S19). For linear dynamics ΔE = −H(E − E*) and real γ, one step of S17
+Claim (docs/math.md §4, S19). For linear dynamics ΔE = −H(E − E*) and real γ, one step of S17
 (μ' = βμ + ΔE, E' = E + Re(γμ')) on the real state [Re μ; Im μ; E − E*] is
 
     R = [[Re β·I, −Im β·I, −H], [Im β·I, Re β·I, 0], [Re(γβ)·I, −Im(γβ)·I, I − γH]],
@@ -13,9 +13,9 @@ commute and spec(R) is the union over h ∈ spec(H) of the roots of the scalar 3
 which for real β is (λ − β)(λ² − (1 + β − γh)λ + β) (heavy ball).
 
 Here R is first derived from the one-step update (Jacobian of the linear map) and compared with
-the SPEC's R, for scalar h and for a generic 2×2 H (where det(λI − R) = det(p_λ(H)), p_λ the
+the documented R, for scalar h and for a generic 2×2 H (where det(λI − R) = det(p_λ(H)), p_λ the
 cubic with h replaced by H: the block-polynomial statement). Remark: for a complex γ the derived
-R has first two columns Re(γβ), −Im(γβ) as written but corner I − Re(γ)·H; the SPEC's I − γH
+R has first two columns Re(γβ), −Im(γβ) as written but corner I − Re(γ)·H; the documented I − γH
 holds for real γ, which is what it assumes.
 
 Quaternion analogue (S18): on the state [μ_0, μ_1, μ_2, μ_3; E − E*] with μ' = β⊗μ + ΔE·1,
@@ -46,14 +46,14 @@ lam = sp.Symbol("lambda")
 
 
 def cubic(br: sp.Expr, abs2: sp.Expr, gamma: sp.Expr, h: sp.Expr) -> sp.Expr:
-    """The SPEC's cubic in λ for Re β = br, |β|² = abs2."""
+    """The documented S19 cubic in λ for Re β = br, |β|² = abs2."""
     return (
         lam**3 - (1 + 2 * br - gamma * h) * lam**2 + (abs2 + 2 * br - gamma * h * br) * lam - abs2
     )
 
 
 def spec_R(br: sp.Expr, bi: sp.Expr, gamma: sp.Expr, H: sp.Matrix) -> sp.Matrix:
-    """R exactly as written in SPEC §4 (blocks of the size of H)."""
+    """R exactly as written in docs/math.md §4 (blocks of the size of H)."""
     n = H.shape[0]
     eye, zero = sp.eye(n), sp.zeros(n, n)
     gb = sp.expand(gamma * (br + sp.I * bi))
@@ -87,12 +87,12 @@ def _complex_case() -> None:
     Hs = sp.Matrix([[h]])
     R = derived_R(br, bi, gamma, Hs)
     check(
-        "S19: derived one-step R equals the SPEC's R (scalar h, real gamma)",
+        "S19: derived one-step R equals the documented R (scalar h, real gamma)",
         R - spec_R(br, bi, gamma, Hs),
     )
     charpoly = (lam * sp.eye(3) - R).det()
     check(
-        "S19: det(lambda I - R) equals the SPEC's cubic",
+        "S19: det(lambda I - R) equals the documented cubic",
         charpoly - cubic(br, br**2 + bi**2, gamma, h),
     )
     beta = sp.Symbol("beta", real=True)
@@ -105,7 +105,10 @@ def _complex_case() -> None:
     # Block version with a generic (non-symmetric) 2×2 H.
     H = sp.Matrix(2, 2, lambda i, j: sp.Symbol(f"h{i + 1}{j + 1}", real=True))
     R6 = derived_R(br, bi, gamma, H)
-    check("S19: derived R equals the SPEC's block R (generic 2x2 H)", R6 - spec_R(br, bi, gamma, H))
+    check(
+        "S19: derived R equals the documented block R (generic 2x2 H)",
+        R6 - spec_R(br, bi, gamma, H),
+    )
     abs2 = br**2 + bi**2
     eye = sp.eye(2)
     p_of_H = (
@@ -121,13 +124,13 @@ def _complex_case() -> None:
         (lam * sp.eye(6) - R6).det(method="berkowitz") - p_of_H.det(),
     )
 
-    # Complex γ: what the one-step map really gives (SPEC assumes real γ).
+    # Complex γ: what the one-step map really gives (S19 assumes real γ).
     gr, gi = sp.symbols("g_r g_i", real=True)
     Rc = derived_R(br, bi, gr + sp.I * gi, Hs)
     gb = sp.expand((gr + sp.I * gi) * (br + sp.I * bi))
     expected = sp.Matrix([[br, -bi, -h], [bi, br, 0], [sp.re(gb), -sp.im(gb), 1 - gr * h]])
     check(
-        "S19 remark: complex gamma gives corner 1 - Re(gamma) h, first columns as in SPEC",
+        "S19 remark: complex gamma gives corner 1 - Re(gamma) h, first columns as documented",
         Rc - expected,
     )
 

@@ -1,6 +1,6 @@
 """S3/S4: the KKT conditions of the primal bargain reduce to Kα = 1/α.
 
-Claim (SPEC S3, S4). For the primal max Σ_i log(τ_iᵀΔE) s.t. ‖ΔE‖² ≤ ε² (G = [τ_1 … τ_N],
+Claim (S3, S4, docs/math.md). For the primal max Σ_i log(τ_iᵀΔE) s.t. ‖ΔE‖² ≤ ε² (G = [τ_1 … τ_N],
 K = GᵀG, u_i = τ_iᵀΔE), with Lagrangian L = Σ log u_i − λ(‖ΔE‖² − ε²):
 
 1. ∇_ΔE L = Σ_i τ_i/u_i − 2λΔE = G(1/u) − 2λΔE, so a KKT point has ΔE ∝ Σ_i τ_i/u_i.

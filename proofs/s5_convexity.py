@@ -1,6 +1,6 @@
 """S5/S6: gradient, Hessian and convexity of f(α) = ½αᵀKα − Σ log α_i; unboundedness (S6).
 
-Claims (SPEC S5, S6), for N = 3 with a generic symmetric K:
+Claims (S5, S6, docs/math.md), for N = 3 with a generic symmetric K:
 
 - ∇f = Kα − 1/α, so ∇f = 0 on α > 0 is exactly Kα = 1/α (S4).
 - ∇²f = K + diag(α⁻²), and vᵀ∇²f v = vᵀKv + Σ_i v_i²/α_i². For K PSD the first term is ≥ 0 and

@@ -1,6 +1,6 @@
 """S7: identities at the solution of Kα = 1/α.
 
-Claim (SPEC S7). With G = [τ_1 … τ_N], K = GᵀG and α > 0 solving Kα = 1/α:
+Claim (S7, docs/math.md). With G = [τ_1 … τ_N], K = GᵀG and α > 0 solving Kα = 1/α:
 u_i = τ_iᵀGα = (Kα)_i = 1/α_i, α_i u_i = 1 and ‖Gα‖² = αᵀKα = Σ_i α_i(Kα)_i = N.
 
 Two steps, for N = 2, 3, 4:

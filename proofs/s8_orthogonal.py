@@ -1,6 +1,6 @@
 """S8: orthogonal experts (K diagonal) have α_i = 1/√K_ii = 1/‖τ_i‖.
 
-Claim (SPEC S8). If K = diag(k_1, …, k_N) with k_i > 0, then Kα = 1/α decouples into
+Claim (S8, docs/math.md). If K = diag(k_1, …, k_N) with k_i > 0, then Kα = 1/α decouples into
 k_i α_i = 1/α_i, whose only positive root is α_i = 1/√k_i; since k_i = K_ii = ‖τ_i‖², this is
 α_i = 1/‖τ_i‖. Checked for N = 3: sympy.solve over α > 0 returns exactly that root, and an explicit
 symbolic orthogonal family τ_1 = (a, b, 0), τ_2 = s(−b, a, 0), τ_3 = (0, 0, c) has diagonal K

@@ -1,6 +1,7 @@
 """S9: invariances of the bargaining solution.
 
-Claims (SPEC S9), with r(K, α) = Kα − 1/α the S4 residual, for N = 3 and generic symmetric K:
+Claims (S9, docs/math.md), with r(K, α) = Kα − 1/α the S4 residual, for N = 3 and generic
+symmetric K:
 
 (a) permutations: for every 3×3 permutation P, r(PKPᵀ, Pα) = P·r(K, α). So α solves K iff Pα
     solves PKPᵀ (relabelling the experts relabels α).

@@ -1,4 +1,4 @@
-"""Hypothesis strategies for feasible Nash bargaining problems (SPEC S2, S6).
+"""Hypothesis strategies for feasible Nash bargaining problems (S2, S6, docs/math.md).
 
 Every strategy returns ``(G, K)`` with G a float64 torch tensor of shape (d, N) (domain vectors
 τ_i as columns) and K = GᵀG (N, N). All generated problems have a bargain (S6):

@@ -1,4 +1,4 @@
-"""nash_bargain on per-matrix domain vectors (SPEC S1–S4, S7, §3 S16 radius convention).
+"""nash_bargain on per-matrix domain vectors (S1–S4, S7, the S16 radius convention; docs/math.md).
 
 Agreement of α between two solves uses the residual rule derived in test_nash_solvers.py:
 rtol = 2·√N·(r1 + r2) + 1e-12 from the reported residuals.

@@ -290,7 +290,7 @@ def test_forward_sync_ops_by_method() -> None:
     # EP-CAMEx has no data-dependent shapes and no solver: nothing in its forward can sync.
     assert counts["ep-camex"] == 0
     # NAMEx solves its bargains with fixed-iteration Newton and the "ridge" policy: no host
-    # sync either (SPEC §2 "Solvers": fixed-iteration mode with no host synchronisation).
+    # sync either (docs/math.md §2 "Solvers": fixed-iteration mode with no host synchronisation).
     assert counts["namex-full"] == 0 and counts["namex-q"] == 0
     # SMoE dispatches tokens with nonzero (one per used expert; ≥ top-k experts are used).
     assert counts["smoe"] >= preset("tiny").merge.top_k

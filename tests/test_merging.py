@@ -1,4 +1,4 @@
-"""Merging layers and their functional core (SPEC §3, S12–S18), on small hand-built tensors.
+"""Merging layers and their functional core (docs/math.md §3, S12–S18), on small hand-built tensors.
 
 Every check compares the code with an oracle written here independently of it:
 - S12: an explicit per-token loop Σ_{i∈topk} s_i f_i(x) and a hand-counted N Σ f_i P_i;

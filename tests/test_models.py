@@ -1,7 +1,7 @@
 """The MoE GPT (namex_ref.models): presets, causality, gradients, statistics, validation.
 
 Causality is checked by changing one token and comparing every earlier position (segment
-routing of SPEC §3: segment k is merged with the scores of segment k − 1, segment 0 with
+routing of docs/math.md §3: segment k is merged with the scores of segment k − 1, segment 0 with
 uniform scores). α is checked to be a constant for autograd (S16) by recomputing the gradient
 with α fixed through propagate()'s solve_alpha hook.
 """
@@ -304,8 +304,8 @@ def test_zero_expert_policies(layer: int) -> None:
 
 @pytest.mark.parametrize("policy", ["ridge", "uniform"])
 def test_all_experts_equal_to_base_in_float32(policy: str) -> None:
-    """SPEC §3 "degenerate τ": experts initialised equal to the base (every τ_i = 0) at layer
-    0 of a float32 model: the policy's fallback keeps logits and gradients finite (regression:
+    """docs/math.md §6 (singular bargains): experts initialised equal to the base (every τ_i = 0) at
+    layer 0 of a float32 model: the policy's fallback keeps logits and gradients finite (regression:
     "ridge" returned α ≈ 7e153, inf in float32, and NaN logits)."""
     model = build(micro("namex-full", singular_policy=policy), double=False)
     moe = model.moe_layers()[0]

@@ -148,7 +148,7 @@ def test_quaternion_left_not_right_multiplication() -> None:
 
 
 def test_equivalent_complex_beta_hand_value() -> None:
-    """SPEC's example β = 0.8 + 0.3i + 0.3j + 0.3k ↦ 0.8 + i·0.3√3."""
+    """the paper's example β = 0.8 + 0.3i + 0.3j + 0.3k ↦ 0.8 + i·0.3√3."""
     b = equivalent_complex_beta((0.8, 0.3, 0.3, 0.3))
     assert b.real == 0.8
     assert abs(b.imag - 0.3 * math.sqrt(3.0)) <= 4 * EPS
@@ -338,7 +338,7 @@ def test_config_accepts_and_normalises() -> None:
     c = MomentumConfig("complex", 0.9, 2)
     assert c.beta == complex(0.9) and isinstance(c.beta, complex) and c.gamma == 2.0
     assert c.buffer_width == 2 and c.complex_beta == 0.9 + 0j
-    q = MomentumConfig("quaternion", (0.8, 0.3, 0.3, 0.3), 1.0)  # SPEC example
+    q = MomentumConfig("quaternion", (0.8, 0.3, 0.3, 0.3), 1.0)  # the paper's example
     assert q.buffer_width == 4
     assert abs(q.complex_beta - complex(0.8, 0.3 * math.sqrt(3))) <= 4 * EPS
     assert MomentumConfig().kind == "none" and MomentumConfig().buffer_width == 0

@@ -1,4 +1,4 @@
-"""Bad inputs to the Nash core raise a specific exception with a useful message (SPEC S2, S6).
+"""Bad inputs to the Nash core raise a specific exception with a useful message (S2, S6).
 
 Infeasibility certificates (S6) are checked independently of the solver: v ≥ 0, Σv = 1 and
 ‖Gv‖ ≤ 1e-6·max_i‖τ_i‖ computed from the real G (1e-6: the LP (HiGHS) returns v to ~1e-9 in

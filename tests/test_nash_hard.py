@@ -1,4 +1,4 @@
-"""The near-infeasible regime (SPEC S4, S6, S9, S11): problems on both sides of the S6 boundary.
+"""The near-infeasible regime (S4, S6, S9, S11): problems on both sides of the S6 boundary.
 
 Strategies (``tests/nash_strategies.py``): nearly anti-parallel pairs with 1 + cos down to
 1e-12, cones whose apex angle tends to π, expert norms over 1e-6…1e6, N up to 33.

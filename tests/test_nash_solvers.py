@@ -1,4 +1,4 @@
-"""Property tests of the Nash bargaining solvers (SPEC S4–S11, §2 "Solvers").
+"""Property tests of the Nash bargaining solvers (S4–S11 and §2 "Solvers" of docs/math.md).
 
 Tolerance rule used throughout (derivation)
 -------------------------------------------
@@ -460,9 +460,9 @@ def test_ccp_well_scaled_agrees(problem):
 
 
 def test_ccp_well_scaled_mostly_converges():
-    """§2 CCP (SPEC: ~1e-7 in 2 solves on well-scaled experts): on 20 fixed full-rank Gaussian
-    problems with unit-norm experts, N = 2…8, at least 16 converge (measured 37/40 on a mixed
-    sample incl. singular cones; the bound leaves room for ECOS variations)."""
+    """§2 CCP (docs/math.md, Solvers: ~1e-7 in 2 solves on well-scaled experts): on 20 fixed
+    full-rank Gaussian problems with unit-norm experts, N = 2…8, at least 16 converge (measured
+    37/40 on a mixed sample incl. singular cones; the bound leaves room for ECOS variations)."""
     ok = 0
     for seed in range(20):
         n = 2 + seed % 7
@@ -534,10 +534,10 @@ BAD_SEEDS = [0, 1, 2, 3]
 
 @pytest.mark.parametrize("seed", BAD_SEEDS)
 def test_ccp_badly_scaled_failure_is_visible(seed):
-    """§2 CCP: with norms spread over 1e-2…1e2 and N = 8 the baseline may fail (SPEC: residual
-    0.5–3.4); whenever its residual is > ORACLE_RESIDUAL_TOL (1e-5) it must say
-    converged=False, never a silent wrong answer. Also its reported residual must be the true
-    one, recomputed here."""
+    """§2 CCP: with norms spread over 1e-2…1e2 and N = 8 the baseline may fail (docs/math.md,
+    Solvers: residual 0.5–3.4); whenever its residual is > ORACLE_RESIDUAL_TOL (1e-5) it must say
+    converged=False, never a silent wrong answer. Also its reported residual must be the true one,
+    recomputed here."""
     n = 8
     G = rescale_columns(gaussian_G(n, 16, seed), seed)
     Gt = torch.from_numpy(G)

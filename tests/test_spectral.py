@@ -1,8 +1,8 @@
 """S19: step matrices, spectral radius, simulated rates, and the grid findings (float64).
 
 Independent references used here (none copied from the code's output):
-- the SPEC §4 matrix R and cubic, typed in from SPEC.md;
-- the heavy-ball factorisation (λ − β)(λ² − (1 + β − γh)λ + β) for real β (SPEC §4);
+- the matrix R and cubic of S19, typed in from docs/math.md §4;
+- the heavy-ball factorisation (λ − β)(λ² − (1 + β − γh)λ + β) for real β (docs/math.md §4);
 - closed forms: β = 0 ⇒ ρ = max_h |1 − γh|; H = cI, real underdamped β ⇒ ρ = √β; heavy-ball
   optimum over real β for H = cI, ρ* = |1 − √(γc)| at β* = (1 − √(γc))²; bilinear game,
   β = 0 ⇒ ρ = √(1 + γ²σ²);
@@ -65,7 +65,7 @@ seeds = st.integers(0, 2**32 - 1)
 
 
 def spec_matrix(H: np.ndarray, beta: complex, gamma: float) -> np.ndarray:
-    """R exactly as typed in SPEC.md §4 (real γ)."""
+    """R exactly as written in docs/math.md §4 (S19, real γ)."""
     d = H.shape[0]
     eye = np.eye(d)
     gb = gamma * beta
@@ -79,7 +79,7 @@ def spec_matrix(H: np.ndarray, beta: complex, gamma: float) -> np.ndarray:
 
 
 def spec_cubic(h: complex, beta: complex, gamma: float) -> np.ndarray:
-    """SPEC §4 cubic: λ³ − (1 + 2Reβ − γh)λ² + (|β|² + 2Reβ − γh Reβ)λ − |β|²."""
+    """docs/math.md §4 cubic: λ³ − (1 + 2Reβ − γh)λ² + (|β|² + 2Reβ − γh Reβ)λ − |β|²."""
     a, m = beta.real, abs(beta) ** 2
     return np.array([1, -(1 + 2 * a - gamma * h), m + 2 * a - gamma * h * a, -m], dtype=complex)
 
@@ -151,7 +151,7 @@ def test_matrix_is_one_complex_step(
 def test_matrix_equals_spec_for_real_gamma(
     seed: int, d: int, m: float, phi: float, gamma: float
 ) -> None:
-    """The code's R is SPEC §4's R (real γ): the SPEC's matrix is the derived step."""
+    """The code's R is docs/math.md §4's R (real γ): the documented matrix is the derived step."""
     H = np.random.default_rng(seed).normal(size=(d, d))
     beta = m * complex(math.cos(phi), math.sin(phi))
     np.testing.assert_allclose(
@@ -199,7 +199,7 @@ def test_rho_matrix_equals_rho_cubic(
     rho_c = spectral_radius_from_cubic(hs, beta, gamma)
     tol = rho_tolerance(hs, beta, gamma, float(np.linalg.norm(R, 2)))
     assert abs(rho_m - rho_c) <= tol, (rho_m, rho_c, tol)
-    # the code's cubic is the SPEC's cubic (real γ), coefficient by coefficient
+    # the code's cubic is the documented S19 cubic (real γ), coefficient by coefficient
     for h in hs:
         np.testing.assert_allclose(
             cubic_coefficients(complex(h), beta, gamma), spec_cubic(complex(h), beta, gamma),
@@ -229,7 +229,7 @@ def test_rho_matrix_equals_cubic_complex_gamma(seed: int, m: float, phi: float, 
 @settings(max_examples=40, deadline=None)
 @given(beta=st.floats(-0.99, 0.99), gamma=st.floats(0.0, 2.0), h=st.floats(-1.0, 3.0))
 def test_real_beta_cubic_factorises_as_heavy_ball(beta: float, gamma: float, h: float) -> None:
-    """SPEC §4: real β ⇒ cubic = (λ − β)(λ² − (1 + β − γh)λ + β)."""
+    """docs/math.md §4: real β ⇒ cubic = (λ − β)(λ² − (1 + β − γh)λ + β)."""
     want = np.polymul([1.0, -beta], [1.0, -(1 + beta - gamma * h), beta])
     np.testing.assert_allclose(
         cubic_coefficients(h, beta, gamma).real, want, rtol=0, atol=16 * EPS * (2 + abs(gamma * h))
@@ -575,7 +575,7 @@ def test_validation_names_the_problem(call: object, shown: str) -> None:
 
 
 def _spec_rho(h_eigs: list[complex], beta: complex, gamma: float) -> float:
-    """ρ from numpy.roots of the SPEC §4 cubic typed in above (independent of rho_grid)."""
+    """ρ from numpy.roots of the docs/math.md §4 cubic typed in above (independent of rho_grid)."""
     return max(float(np.abs(np.roots(spec_cubic(h, beta, gamma))).max()) for h in h_eigs)
 
 
@@ -597,7 +597,7 @@ _ROW = re.compile(
 def test_grid_table_matches_the_spec_cubic(
     tmp_path: Path, h_kind: str, titles: list[str], h_eigs: list[list[complex]]
 ) -> None:
-    """Every number in the momentum-grid table (S19) is recomputed here from the SPEC cubic:
+    """Every number in the momentum-grid table (S19) is recomputed here from the S19 cubic:
     the grid minimum, the best real β (φ ∈ {0, π}) and the best |β| at each paper phase.
     The table prints ρ to 5 decimals, |β| to 3 and φ to 0.1°, hence the tolerances."""
     gamma, n_m, n_p = 0.25, 7, 9
@@ -666,7 +666,7 @@ def test_plot_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
     assert len(axes) == 2 and len(fig.axes) == 4  # two panels, two colorbars
     for ax, (title, hs) in zip(axes, panels, strict=True):
-        # independent ρ on the grid (SPEC cubic, numpy.roots)
+        # independent ρ on the grid (S19 cubic, numpy.roots)
         want = np.array([[_spec_rho(hs, m * complex(math.cos(p), math.sin(p)), gamma)
                           for p in phases] for m in moduli])
         (mesh,) = [c for c in ax.collections if c.get_array() is not None

@@ -1,5 +1,5 @@
 """Benchmark 1 — solvers: time per problem and residual reached for every solver of Kα = 1/α
-(S4, SPEC §2 "Solvers"), with ratios against ``ccp`` (the paper's solver) from the same run.
+(S4, docs/math.md §2 "Solvers"), with ratios against ``ccp`` (the paper's solver) from the same run.
 
 Variants: ``newton`` (batched, adaptive: stops when every problem converged, one host sync per
 step), ``newton-fixed`` (exactly ``fixed_iterations`` steps, no host sync — what the training

@@ -1,5 +1,5 @@
 """Benchmark 3 — the training step: time and memory of every merging method of the MoE layer
-(SPEC §3) relative to SMoE and EP-CAMEx, per model preset; a profile of NAMEx-Full against
+(docs/math.md §3) relative to SMoE and EP-CAMEx, per model preset; a profile of NAMEx-Full against
 EP-CAMEx; and a count of the operators that synchronise the host with the device.
 
 One step = forward (``MoEGPT``), backward and an AdamW step on a random token batch.

@@ -1,4 +1,4 @@
-"""Expert-merging MoE layers (SPEC §3, S12–S18): one layer configured by method."""
+"""Expert-merging MoE layers (docs/math.md §3, S12–S18): one layer configured by method."""
 
 from namex_ref.merging.config import METHOD_TABLE, METHODS, MergeConfig, MethodSpec
 from namex_ref.merging.functional import (

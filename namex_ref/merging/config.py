@@ -1,7 +1,7 @@
-"""Merging methods as configuration (SPEC §3, S12–S18): one layer, many methods.
+"""Merging methods as configuration (docs/math.md §3, S12–S18): one layer, many methods.
 
-Every method of SPEC §3 is a row of :data:`METHOD_TABLE`: which routing it uses (token top-k or
-merged parameters), where its base expert comes from, whether curvature operators M_i act on the
+Every method of docs/math.md §3 is a row of :data:`METHOD_TABLE`: which routing it uses (token top-k
+or merged parameters), where its base expert comes from, whether curvature operators M_i act on the
 domain vectors, how the base expert is propagated to the next layer, how often α is re-solved and
 which momentum buffer carries it. :class:`MergeConfig` holds the user's hyper-parameters and
 validates them on construction (``ValueError`` naming the bad value).
@@ -114,7 +114,7 @@ class MergeConfig:
     gamma: propagation step γ > 0 of S15–S18 (real).
     beta_abs, beta_phase: complex momentum β = |β| e^{iφ} for NAMEx-Mom / NAMEx-Full-Mom (S17);
         0 ≤ |β| < 1. Our default |β| = 0.5, φ = π/6 (the paper sweeps φ ∈ {0, ±π/12, ±π/6}).
-    beta_q: quaternion β (w, x, y, z) for NAMEx-Q, ‖β‖ < 1; default SPEC's example.
+    beta_q: quaternion β (w, x, y, z) for NAMEx-Q, ‖β‖ < 1; default the paper's example.
     alpha_interval: Δl, re-solve α every Δl MoE layers for the "-full" methods (1 = every layer).
     singular_policy: what a layer does when its bargain has no solution within the Newton budget
         (τ_i = 0, an infeasible or near-infeasible K): "raise" the solver's error (one host sync
@@ -122,7 +122,8 @@ class MergeConfig:
         ‖Σ α_i τ_i‖ = √N, the norm S7 gives). Every fallback is counted in the layer statistics.
     ridge: λ for "ridge".
     newton_iterations: fixed Newton budget per solve (no host synchronisation, S5); converged
-        problems freeze, unconverged ones go to the policy. The paper's budget is 20 (SPEC §5).
+        problems freeze, unconverged ones go to the policy. The paper's budget is 20
+        (docs/math.md §5).
     radius: ball radius ε of S3 (ΔE scaled by ε/√N); ``None`` is the unscaled S4 solution.
     curvature_rank: ``None`` — each Kronecker factor of M_i is a full square matrix initialised
         to I (CAMEx's form); r ≥ 1 — each factor is I + U Vᵀ with rank-r U, V (V = 0 at init).

@@ -1,8 +1,8 @@
 """Modules that hold the parameters of the merging layers and call :mod:`functional`.
 
-One feed-forward MoE layer, :class:`MoEFeedForward`, serves every method of SPEC §3; the method
-is configuration (:class:`~namex_ref.merging.config.MergeConfig`). An expert is a two-matrix GELU
-MLP without biases: f_i(x) = W2_i gelu(W1_i x), W1_i: (F, C), W2_i: (C, F).
+One feed-forward MoE layer, :class:`MoEFeedForward`, serves every method of docs/math.md §3; the
+method is configuration (:class:`~namex_ref.merging.config.MergeConfig`). An expert is a two-matrix
+GELU MLP without biases: f_i(x) = W2_i gelu(W1_i x), W1_i: (F, C), W2_i: (C, F).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class LayerOutput(NamedTuple):
 
 
 class MoEFeedForward(nn.Module):
-    """One MoE feed-forward layer for every method of SPEC §3.
+    """One MoE feed-forward layer for every method of docs/math.md §3.
 
     Parameters: experts ``w1`` (N, F, C) and ``w2`` (N, C, F), a bias-free router C → N,
     a base expert (``base1`` (F, C), ``base2`` (C, F)) when ``has_base``, and Kronecker curvature

@@ -1,4 +1,4 @@
-"""A small decoder-only GPT whose every feed-forward block is an MoE layer (SPEC §3).
+"""A small decoder-only GPT whose every feed-forward block is an MoE layer (docs/math.md §3).
 
 Pre-LayerNorm blocks (causal self-attention, then :class:`MoEFeedForward`), learned positions,
 tied input/output embeddings. Before the blocks run, :func:`namex_ref.merging.functional.propagate`
