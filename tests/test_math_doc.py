@@ -231,6 +231,29 @@ def test_in_page_links_resolve() -> None:
     assert not bad, f"links to missing headings: {bad}"
 
 
+def test_part_references_resolve() -> None:
+    """(d) Every "docs/math.md §n" cited in the code, tests, proofs or README names a part
+    ``## §n — <title>`` of the document."""
+    parts = {int(n) for n in re.findall(r"^## §(\d+) — ", _doc(), re.MULTILINE)}
+    bad = []
+    for p in _citing_files(("namex_ref", "tests", "proofs"), ("README.md",)):
+        text = " ".join(p.read_text(encoding="utf-8").split())  # references may wrap lines
+        for n in re.findall(r"docs/math\.md §(\d+)", text):
+            if int(n) not in parts:
+                bad.append(f"{p.relative_to(ROOT)}: §{n}")
+    assert not bad, f"references to parts docs/math.md does not have: {bad}"
+
+
+def test_no_citation_of_a_missing_spec() -> None:
+    """(d) SPEC.md is not part of the repository: code, tests and proofs cite docs/math.md."""
+    bad = [
+        str(p.relative_to(ROOT))
+        for p in _citing_files(("namex_ref", "tests", "proofs"))
+        if re.search(r"\bSPEC\b", p.read_text(encoding="utf-8"))
+    ]
+    assert not bad, f"files citing SPEC instead of docs/math.md: {bad}"
+
+
 def test_readme_links_the_document() -> None:
     """(d) The README points readers to docs/math.md, not to a SPEC.md the repo lacks."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
