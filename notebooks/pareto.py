@@ -16,7 +16,7 @@
 # A rebuild of the idea of the NAMEx paper's three-expert toy (Fig. 11) with our own fixed
 # experts in R³: experts 0 and 1 cooperate (their domain vectors point roughly the same way),
 # expert 2 is partly adversarial to expert 0 (τ₀ᵀτ₂ < 0). Utilities are u_i(x) = τ_iᵀx with
-# disagreement point 0 (SPEC S3); the feasible set is the ball ‖x‖ ≤ √3 = √N, the radius of
+# disagreement point 0 (S3, docs/math.md); the feasible set is the ball ‖x‖ ≤ √3 = √N, the radius of
 # the default ΔE = Gα (S4, S7). Each section ends in `assert`s, so executing this notebook (as
 # `tests/test_notebooks.py` does) is a test.
 

@@ -13,7 +13,7 @@
 # %% [markdown]
 # # Training: the tiny-preset comparison of merging methods, α per layer, expert similarity
 #
-# A few methods of SPEC §3 trained with the project's training API (`namex_ref.train.compare`,
+# A few methods of docs/math.md §3 trained with the project's training API (`namex_ref.train.compare`,
 # one seed each) on the built-in corpus, for very few steps so this notebook executes in about a
 # minute on 2 CPU cores. The numbers are therefore a smoke test of the workflow, not a ranking
 # of the methods. Then, from the saved checkpoints:
@@ -94,7 +94,7 @@ assert [s.method for s in result.summaries] == METHODS
 # From the metrics log of each run: the mean training cross-entropy of the last logged interval
 # is below that of the first by a clear margin (0.3 nats; uniform guessing is ln 2048 ≈ 7.62),
 # and the validation perplexity is far below uniform. Experts and base are initialised
-# independently (SPEC §3, degenerate τ), so every bargain has a solution: no layer of any step
+# independently (docs/math.md §3, degenerate τ), so every bargain has a solution: no layer of any step
 # may have fallen back to the singular-bargain policy.
 
 # %%

@@ -16,7 +16,7 @@ from namex_ref.train import MethodSummary, mean_ci
 from namex_ref.train.comparison import plot_compare
 
 RUNS = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs")
-PAPER = {"smoe": 35.55, "camex": 36.53, "namex-full-mom": 35.37}  # SPEC §5, WikiText-103 test ppl
+PAPER = {"smoe": 35.55, "camex": 36.53, "namex-full-mom": 35.37}  # docs/math.md §5, WikiText-103 test ppl
 
 
 def load(name: str) -> dict[str, dict[int, float]]:
@@ -66,7 +66,7 @@ def main() -> None:
             f"| {m} | {fmt([v[s] for s in seeds])} | {paired(v, main_runs['smoe'])} | "
             f"{paired(v, main_runs['ep-camex'])} | {', '.join(f'{v[s]:.1f}' for s in seeds)} |"
         )
-    print("\nPaper (SPEC §5, WikiText-103 test ppl, medium model): " + ", ".join(
+    print("\nPaper (docs/math.md §5, WikiText-103 test ppl, medium model): " + ", ".join(
         f"{k} {v}" for k, v in PAPER.items()) + ".\n")
     print("## Momentum phase ablation (NAMEx-Full-Mom, |β| = 0.5, γ = 1)\n")
     print("| φ | valid ppl (mean ± 95% CI) | − (φ = π/6), paired | − (φ = 0), paired | per seed |")
