@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from namex_ref.benchmarks.solvers import SolverRow, bench_solvers, random_grams, solver_report
+from namex_ref.benchmarks.solvers import (
+    SolverTiming,
+    bench_solvers,
+    random_grams,
+    solver_report,
+)
 
 __all__ = ["SolverTiming", "bench_solvers", "random_grams", "solver_table_main"]
-
-#: Former name of the per-(solver, N, batch) record.
-SolverTiming = SolverRow
-
 
 def solver_table_main(
     out: str | Path,

@@ -14,8 +14,9 @@ from torch import Tensor
 from namex_ref.nash.gram import gram_matrix
 from namex_ref.nash.result import NashSolution
 from namex_ref.nash.solvers import METHODS, Method, solve_nash
+from namex_ref.tables import format_table
 
-__all__ = ["SolverRow", "builtin_experts", "compare_solvers", "format_table"]
+__all__ = ["SolverCheck", "builtin_experts", "compare_solvers"]
 
 
 def builtin_experts(seed: int = 0) -> tuple[Tensor, list[str]]:
@@ -48,8 +49,8 @@ def builtin_experts(seed: int = 0) -> tuple[Tensor, list[str]]:
 
 
 @dataclass(frozen=True)
-class SolverRow:
-    """One solver's result on the built-in problem."""
+class SolverCheck:
+    """One solver's answer on a problem, checked against Newton's α (:func:`compare_solvers`)."""
 
     method: str
     solution: NashSolution
@@ -57,9 +58,9 @@ class SolverRow:
     max_rel_diff: float  # max_i |α_i − α_i^newton| / α_i^newton
 
 
-def compare_solvers(K: Tensor, methods: tuple[Method, ...] = METHODS) -> list[SolverRow]:
+def compare_solvers(K: Tensor, methods: tuple[Method, ...] = METHODS) -> list[SolverCheck]:
     """Solve K (N, N) with every method and compare α against Newton's."""
-    rows: list[SolverRow] = []
+    rows: list[SolverCheck] = []
     ref = solve_nash(K, method="newton").alpha
     for m in methods:
         if m == "closed_form" and K.shape[-1] != 2:
@@ -68,19 +69,8 @@ def compare_solvers(K: Tensor, methods: tuple[Method, ...] = METHODS) -> list[So
         sol = solve_nash(K, method=m)
         dt = time.perf_counter() - t0
         diff = float(((sol.alpha - ref) / ref).abs().max())
-        rows.append(SolverRow(m, sol, dt, diff))
+        rows.append(SolverCheck(m, sol, dt, diff))
     return rows
-
-
-def format_table(header: list[str], rows: list[list[str]]) -> str:
-    """A plain markdown table."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    line = "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    body = [
-        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
-    ]
-    return "\n".join([line, sep, *body])
 
 
 def run_demo(seed: int = 0) -> str:

@@ -33,8 +33,8 @@ from namex_ref.benchmarks.common import (
     write_text_atomic,
 )
 from namex_ref.benchmarks.step import StepShape, _build
-from namex_ref.demo import format_table
 from namex_ref.models.gpt import ModelConfig, preset
+from namex_ref.tables import format_table
 
 __all__ = ["AXES", "ScalingRow", "bench_scaling", "fit_exponent", "scaling_config",
            "scaling_report"]

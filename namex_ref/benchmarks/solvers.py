@@ -30,15 +30,15 @@ from namex_ref.benchmarks.common import (
     save_figure,
     write_text_atomic,
 )
-from namex_ref.demo import format_table
 from namex_ref.nash.result import NashSolution
 from namex_ref.nash.solvers import RESIDUAL_TOL, solve_nash, solve_newton
+from namex_ref.tables import format_table
 
 __all__ = [
     "BATCHES",
     "NS",
     "VARIANTS",
-    "SolverRow",
+    "SolverTiming",
     "bench_solvers",
     "random_grams",
     "solver_report",
@@ -78,7 +78,7 @@ def random_grams(n: int, batch: int, *, d: int = EXPERT_DIM, seed: int = 0) -> T
 
 
 @dataclass(frozen=True)
-class SolverRow:
+class SolverTiming:
     """One timed (variant, device, N, batch): median seconds per problem, worst residual
     max_i |α_i(Kα)_i − 1| over the batch, fraction converged, iterations used."""
 
@@ -108,7 +108,7 @@ def bench_solvers(
     device: str = "auto",
     fixed_iterations: int = FIXED_ITERATIONS,
     max_batch: dict[int, int] | None = None,
-) -> list[SolverRow]:
+) -> list[SolverTiming]:
     """Time every solver variant for each N. Batched variants run at every batch size on every
     device; the oracles (cvxpy, ccp) loop over ``oracle_problems`` problems on CPU. For one N all
     jobs are timed interleaved (``interleaved_medians``), so ratios compare like with like.
@@ -117,7 +117,7 @@ def bench_solvers(
         if v not in VARIANTS:
             raise ValueError(f"unknown solver variant {v!r}; choose from {VARIANTS}")
     devs = resolve_devices(device)
-    rows: list[SolverRow] = []
+    rows: list[SolverTiming] = []
     for n in ns:
         K_all = random_grams(n, max(max(batches), oracle_problems), seed=n)
         jobs: dict[str, Callable[[], object]] = {}
@@ -146,14 +146,14 @@ def bench_solvers(
         med = interleaved_medians(jobs, job_dev, repeats=repeats)
         for key, (v, dev, b, K) in meta.items():
             sol = _solver(v, fixed_iterations)(K)  # residual of the timed call (deterministic)
-            rows.append(SolverRow(
+            rows.append(SolverTiming(
                 v, dev.type, n, b, med[key] / b, float(sol.residual.max()),
                 float(sol.converged.double().mean()), sol.iterations,
             ))
     return rows
 
 
-def _ccp_time(rows: Sequence[SolverRow]) -> dict[int, float]:
+def _ccp_time(rows: Sequence[SolverTiming]) -> dict[int, float]:
     return {r.n: r.seconds_per_problem for r in rows if r.variant == "ccp"}
 
 
@@ -161,7 +161,7 @@ def _us(s: float) -> str:
     return f"{s * 1e6:.2f}" if s < 1e-5 else f"{s * 1e6:.1f}" if s < 1e-3 else f"{s * 1e6:.0f}"
 
 
-def solver_report(out: str | Path, rows: Sequence[SolverRow], *, quick: bool = False,
+def solver_report(out: str | Path, rows: Sequence[SolverTiming], *, quick: bool = False,
                   repeats: int = 3, fixed_iterations: int = FIXED_ITERATIONS,
                   plot: bool = True, max_batch: dict[int, int] | None = None
                   ) -> tuple[Path, str]:
@@ -226,7 +226,7 @@ def solver_report(out: str | Path, rows: Sequence[SolverRow], *, quick: bool = F
     return path, table
 
 
-def _target_line(rows: Sequence[SolverRow]) -> str:
+def _target_line(rows: Sequence[SolverTiming]) -> str:
     ccp = _ccp_time(rows)
     cands = [r for r in rows if r.n == TARGET_N and r.variant.startswith("newton")
              and r.device == "cpu"]
@@ -248,7 +248,7 @@ def _target_line(rows: Sequence[SolverRow]) -> str:
     return "\n".join(lines)
 
 
-def _plot(path: Path, rows: Sequence[SolverRow]) -> None:
+def _plot(path: Path, rows: Sequence[SolverTiming]) -> None:
     fig, (ax1, ax2) = new_figure(2)
     for v in VARIANTS:
         for dev in ("cpu", "cuda"):

@@ -48,12 +48,12 @@ from namex_ref.benchmarks.common import (
     synchronize,
     write_text_atomic,
 )
-from namex_ref.demo import format_table
 from namex_ref.merging.config import METHODS
 from namex_ref.merging.functional import bargain_alpha
 from namex_ref.models.gpt import ModelConfig, MoEGPT, preset
 from namex_ref.nash.gram import gram_matrix
 from namex_ref.nash.solvers import solve_newton
+from namex_ref.tables import format_table
 
 __all__ = [
     "CPU_SHAPES",

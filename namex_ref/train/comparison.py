@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from namex_ref.merging.config import METHODS
+from namex_ref.tables import format_table
 from namex_ref.train.config import TrainConfig
 from namex_ref.train.loop import TrainResult, read_result, train
 from namex_ref.train.metrics import clean_json
@@ -103,18 +104,18 @@ def _fmt(v: float, digits: int = 2) -> str:
 
 def markdown_table(summaries: Sequence[MethodSummary], *, unigram_ppl: float | None = None) -> str:
     """Markdown table: method, seeds, valid ppl mean ± 95% CI, per-seed values, s/step."""
-    lines = [
-        "| method | n | valid ppl (mean ± 95% CI) | per seed | s / step |",
-        "|---|---:|---:|---|---:|",
+    rows = [
+        [
+            s.method,
+            str(len(s.ppl)),
+            _fmt(s.mean) + ("" if not math.isfinite(s.ci) else f" ± {_fmt(s.ci)}"),
+            ", ".join(_fmt(v) for v in s.ppl),
+            _fmt(s.seconds_per_step, 3),
+        ]
+        for s in summaries
     ]
-    for s in summaries:
-        ci = "" if not math.isfinite(s.ci) else f" ± {_fmt(s.ci)}"
-        per = ", ".join(_fmt(v) for v in s.ppl)
-        lines.append(
-            f"| {s.method} | {len(s.ppl)} | {_fmt(s.mean)}{ci} | {per} | "
-            f"{_fmt(s.seconds_per_step, 3)} |"
-        )
-    text = "\n".join(lines) + "\n"
+    header = ["method", "n", "valid ppl (mean ± 95% CI)", "per seed", "s / step"]
+    text = format_table(header, rows, align="lrrlr") + "\n"
     if unigram_ppl is not None and math.isfinite(unigram_ppl):
         text += f"\nUnigram (context-free) validation perplexity: {unigram_ppl:.1f}\n"
     return text
