@@ -169,3 +169,15 @@ def test_certificate_lp_is_optimal(seed: int, infeasible: bool) -> None:
         assert dist <= 1e-9
     else:
         assert prob.value > 1e-3 and dist > 1e-9
+
+
+@pytest.mark.parametrize("c", [1e-4, 1e-2, 1e2, 1e4])
+def test_warm_start_with_a_wrong_overall_scale_costs_nothing(c: float) -> None:
+    """A warm start c·α* (the right direction, the wrong scale) is rescaled to the minimum of f
+    on its ray, s = √(N/α0ᵀKα0), which is α* itself (S7: α*ᵀKα* = N): at most one step, and α
+    equals the independent root. Before, c = 100 needed ~108 damped steps (> the 100 allowed)."""
+    K = _problem(6, 9, 4)
+    want = positive_root(K)
+    sol = solve_nash(torch.from_numpy(K), alpha0=torch.from_numpy(c * want))
+    assert bool(sol.converged) and sol.iterations <= 1, (sol.iterations, sol.status)
+    np.testing.assert_allclose(sol.alpha.numpy(), want, rtol=1e-9)

@@ -232,8 +232,10 @@ def test_closed_form_near_anti_parallel_matches_polynomial_root():
 def test_s8_diagonal(n, seed):
     """S8: diagonal K ⇒ α_i = 1/‖τ_i‖ = 1/√K_ii. Newton's default start α̂ = 1 IS this answer,
     so the solve is started elsewhere: α0 = 10**U(−2, 1)/√K_ii per expert, and it must take at
-    least one step. (Starts far ABOVE the answer converge only additively in the damped phase,
-    about one unit of α̂ per step: 100× needs 108 steps, beyond NEWTON_MAX_ITER; measured.)
+    least one step. (The warm start's overall scale is corrected by an exact line search on
+    its ray; what remains, experts far ABOVE their answer relative to the others, converges
+    only additively in the damped phase, about one unit of α̂ per step, so the spread is kept
+    within 10**U(−2, 1).)
     Tolerance: the residual rule against the exact answer (residual 0), plus 2 eps for
     rounding 1/√K_ii."""
     rng = np.random.default_rng(seed)

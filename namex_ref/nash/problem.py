@@ -48,7 +48,7 @@ __all__ = [
 CERTIFICATE_TOL = 1e-9
 #: Where α̂ is large, the residual cannot be evaluated below its rounding floor (see
 #: ``residual_floor``, ∝ α̂²); a solution then counts as converged at 8× that floor, but only
-#: while the floor is ≤ 1e-6 — beyond that float64 cannot certify the bargain at all.
+#: while 8× the floor is ≤ 1e-6 — beyond that float64 cannot certify the bargain at all.
 ROUNDING_FACTOR = 8.0
 ROUNDING_CAP = 1e-6
 
@@ -233,16 +233,22 @@ def residual_floor(K: Tensor, alpha: Tensor) -> Tensor:
 
 
 def converged_mask(K: Tensor, alpha: Tensor, residual: Tensor, tol: float) -> Tensor:
-    """The one convergence rule every solver uses (S4): residual ≤ max(tol, min(8·floor, 1e-6)).
+    """The one convergence rule every solver uses (S4).
+
+    Converged ⇔ residual ≤ max(tol, 8·floor) and 8·floor ≤ max(tol, 1e-6).
 
     K: (..., N, N), α: (..., N) in the same units (the rule is scale-free, S9); residual: (...)
-    the scale-free max_i |α_i(Kα)_i − 1|. ``floor`` is :func:`residual_floor`: where α̂ is large
-    (near-infeasible problems) no float64 evaluation can show a residual below it, so the
-    threshold rises to ``ROUNDING_FACTOR``× the floor, capped at ``ROUNDING_CAP``. A NaN
-    residual is never converged. → (...) bool, no host synchronisation.
+    the scale-free max_i |α_i(Kα)_i − 1|. ``floor`` is :func:`residual_floor`, the rounding
+    level of that residual in float64: where α̂ is large (near-infeasible problems) no
+    evaluation can show a residual below it, so the threshold rises to ``ROUNDING_FACTOR``× the
+    floor. Once that exceeds ``ROUNDING_CAP`` (or ``tol``, if larger) the evaluated residual no
+    longer bounds the true one — it can read 1e-7 where the exact residual is 1e-3 — so the
+    problem is *not* converged and the S6 linear programme decides whether a bargain exists. A
+    NaN residual is never converged. → (...) bool, no host synchronisation.
     """
-    floor = (ROUNDING_FACTOR * residual_floor(K, alpha)).clamp_max(ROUNDING_CAP)
-    return residual <= torch.clamp(floor, min=tol)
+    floor8 = ROUNDING_FACTOR * residual_floor(K, alpha)
+    certifiable = floor8 <= max(tol, ROUNDING_CAP)
+    return (residual <= torch.clamp(floor8, min=tol)) & certifiable
 
 
 def infeasibility_certificate(K: Tensor) -> tuple[Tensor, float]:

@@ -141,7 +141,9 @@ def solve_newton(
     dtype and device; solved in float64. ``alpha0``: optional warm start (..., N), > 0.
 
     The problem is first put in unit-diagonal form K̂ (S9), started at α̂ = 1 (exact when K is
-    diagonal, S8) or the warm start. Each step solves the Newton system in multiplicative form:
+    diagonal, S8) or at the warm start rescaled to the minimum of f on its ray,
+    s·α0 with s = √(N / α0ᵀKα0) (so a warm start with the wrong overall scale costs nothing).
+    Each step solves the Newton system in multiplicative form:
     with D = diag(α̂) and r = α̂∘(K̂α̂) − 1 (the scale-free residual vector),
 
         (D K̂ D + I) z = −r,   step = α̂∘z,
@@ -152,8 +154,8 @@ def solve_newton(
     step), then 1; a fraction-to-boundary rule (0.99) keeps α > 0 in all cases.
 
     Convergence: the shared rule :func:`~namex_ref.nash.problem.converged_mask` — residual ≤
-    ``tol``, or ≤ 8× its own float64 rounding floor when that floor is larger (near-infeasible
-    problems with large α̂), as long as the floor is ≤ 1e-6.
+    ``tol``, or ≤ 8× its own float64 rounding floor when that is larger (near-infeasible
+    problems with large α̂), and only while 8× the floor is ≤ 1e-6 (else not certifiable).
 
     Guarantees on any input, validated or not: α is finite and > 0. A problem that is no
     bargain at all (a non-finite entry or a non-positive diagonal, only reachable with
@@ -189,7 +191,13 @@ def solve_newton(
         a0 = _check_alpha0(alpha0, batch, check_values=fixed_iterations is None)
         a0 = a0.to(device=Kh.device, dtype=torch.float64).expand(batch)
         start_ok = (torch.isfinite(a0) & (a0 > 0)).all(-1, keepdim=True)
-        a = torch.where(start_ok, a0 / d, 1.0).clone()
+        a = torch.where(start_ok, a0 / d, 1.0)
+        # Exact line search along the warm start's ray: f(s·a) = ½s²·aᵀK̂a − N log s + const is
+        # minimal at s = √(N / aᵀK̂a) (S7: αᵀKα = N at the solution). This removes a wrong
+        # overall scale, which damped Newton would otherwise shed one unit of α̂ per step.
+        q = (a * (Kh @ a[..., None])[..., 0]).sum(-1, keepdim=True)
+        scale = torch.where(q > 0, (n / q.clamp_min(torch.finfo(torch.float64).tiny)).sqrt(), 1.0)
+        a = (a * scale).clone()
     n_steps = max_iter if fixed_iterations is None else fixed_iterations
     history: list[Tensor] = []
 
