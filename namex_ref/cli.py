@@ -1,6 +1,8 @@
-"""Command line: ``namex demo | solve | momentum-grid | bench-solvers``.
+"""Command line: ``namex train | compare | bench | demo | solve | momentum-grid``.
 
-Each command calls the public API functions; nothing is computed here.
+``train`` and ``compare`` come from :mod:`namex_ref.train.cli`, ``bench`` from
+:mod:`namex_ref.benchmarks.cli`; the rest are defined here. Each command calls the public API
+functions; nothing is computed here.
 """
 
 from __future__ import annotations
@@ -73,15 +75,6 @@ def _cmd_momentum_grid(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench_solvers(args: argparse.Namespace) -> int:
-    from namex_ref.bench import solver_table_main
-
-    path, table = solver_table_main(args.out, ns=tuple(args.n), newton_batch=args.batch)
-    print(table)
-    print(f"wrote {path}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``namex`` argument parser."""
     from namex_ref.nash.solvers import METHODS
@@ -105,11 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n-moduli", type=int, default=50)
     g.add_argument("--n-phases", type=int, default=73)
     g.set_defaults(func=_cmd_momentum_grid)
-    b = sub.add_parser("bench-solvers", help="time per problem of every solver, vs ccp")
-    b.add_argument("--out", type=Path, default=Path("results"))
-    b.add_argument("--n", type=int, nargs="+", default=[2, 8, 32])
-    b.add_argument("--batch", type=int, default=1024, help="Newton batch size")
-    b.set_defaults(func=_cmd_bench_solvers)
     from namex_ref.benchmarks.cli import register as register_bench
     from namex_ref.train.cli import register as register_train
 

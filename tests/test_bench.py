@@ -192,16 +192,6 @@ def test_cli_bench_solvers_quick(tmp_path: Path) -> None:
     assert len(sweep) == 5  # newton ×2 N, newton-fixed ×2 N, closed_form at N = 2
 
 
-def test_legacy_bench_solvers_entry_points(tmp_path: Path) -> None:
-    from namex_ref.bench import solver_table_main
-
-    path, table = solver_table_main(tmp_path, ns=(2,), newton_batch=4, repeats=1,
-                                    oracle_problems=1, device="cpu")
-    assert path == tmp_path / "solvers.md" and "| newton " in table
-    with pytest.raises(ValueError, match="newton_batch"):
-        solver_table_main(tmp_path, newton_batch=0)
-
-
 # ------------------------------------------------------------------------------------------
 # 2. Gram formation
 # ------------------------------------------------------------------------------------------
@@ -365,7 +355,7 @@ def test_cli_bench_scaling_quick(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# CLI and scripts
+# CLI and the module entry point
 # ------------------------------------------------------------------------------------------
 
 
@@ -376,11 +366,12 @@ def test_cli_bench_rejects_bad_options(tmp_path: Path) -> None:
     assert main(["bench", "gram", "--quick", "--repeats", "0", "--out", str(tmp_path)]) == 2
 
 
-def test_script_runs_gram_quick(tmp_path: Path) -> None:
+def test_module_entry_point_runs_gram_quick(tmp_path: Path) -> None:
+    """``python -m namex_ref.benchmarks.cli`` is ``namex bench`` without the installed script."""
     res = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_gram.py"), "--quick", "--device",
-         "cpu", "--threads", "1", "--out", str(tmp_path)],
-        capture_output=True, text=True, check=False)
+        [sys.executable, "-m", "namex_ref.benchmarks.cli", "gram", "--quick", "--device", "cpu",
+         "--threads", "1", "--out", str(tmp_path)],
+        capture_output=True, text=True, check=False, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "gram.md").exists() and (tmp_path / "gram.png").exists()
 

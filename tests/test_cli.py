@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+import namex_ref.cli
 from namex_ref import gram_matrix, solve_nash
-from namex_ref.cli import main
+from namex_ref.cli import build_parser, main
 from namex_ref.demo import builtin_experts
 
 
@@ -47,3 +48,17 @@ def test_momentum_grid_writes_png(tmp_path: Path, capsys: pytest.CaptureFixture[
     png = tmp_path / "rho_grid.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "wrote" in capsys.readouterr().out
+
+
+def test_docstring_names_every_command() -> None:
+    """The module docstring lists exactly the parser's sub-commands (and no retired ones)."""
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert sub.choices is not None
+    commands = set(sub.choices)
+    assert commands == {"train", "compare", "bench", "demo", "solve", "momentum-grid"}
+    doc = namex_ref.cli.__doc__ or ""
+    first = doc.splitlines()[0]
+    listed = {c.strip(" `.") for c in first.split("namex", 1)[1].split("|")}
+    assert listed == commands
+    with pytest.raises(SystemExit):
+        main(["bench-solvers"])  # one benchmark home: `namex bench solvers`

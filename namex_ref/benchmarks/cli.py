@@ -2,7 +2,8 @@
 
 ``namex bench solvers|gram|step|scaling|all [--out results] [--quick] [--device auto|cpu|cuda]
 [--threads T] [--repeats R]`` — each target writes ``<target>.md`` and ``<target>.png`` in
-``--out``. The same entry points are :func:`run_target` and the scripts in ``benchmarks/``.
+``--out``. From Python: :func:`run_target`; without the ``namex`` script:
+``python -m namex_ref.benchmarks.cli <target> ...``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``bench`` options (shared with the ``benchmarks/`` scripts)."""
+    """The ``bench`` options (shared by ``namex bench`` and :func:`main`)."""
     p.add_argument("target", choices=[*TARGETS, "all"], help="which benchmark to run")
     p.add_argument("--out", type=Path, default=Path("results"), help="results folder")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (tests)")
