@@ -299,3 +299,24 @@ def test_python_caller_is_told_resume_true(tmp_path: Path) -> None:
     (tmp_path / "checkpoint.safetensors").write_bytes(b"x")
     with pytest.raises(ValueError, match=r"resume=True"):
         train(TrainConfig(out=str(tmp_path)))
+
+
+def test_domain_vectors_per_matrix_and_mismatches() -> None:
+    """S1 for experts made of several weight matrices: one τ per matrix, E_i − E_m computed
+    here; mismatched shapes or counts raise BargainInputError naming the matrix."""
+    from namex_ref.nash import domain_vectors
+
+    g = torch.Generator().manual_seed(0)
+    experts = [torch.randn(3, 4, 5, generator=g), torch.randn(3, 7, generator=g)]
+    base = [torch.randn(4, 5, generator=g), torch.randn(7, generator=g)]
+    taus = domain_vectors(experts, base)
+    for E, b, t in zip(experts, base, taus, strict=True):
+        for i in range(3):
+            assert torch.equal(t[i], E[i] - b)
+    assert torch.equal(domain_vectors(experts[0], base[0]), taus[0])
+    with pytest.raises(BargainInputError, match="weight matrix 1"):
+        domain_vectors(experts, [base[0], torch.randn(6)])
+    with pytest.raises(BargainInputError, match="2 expert matrices but 1 base"):
+        domain_vectors(experts, base[:1])
+    with pytest.raises(BargainInputError, match="both be tensors"):
+        domain_vectors(experts[0], base)  # type: ignore[call-overload]

@@ -181,3 +181,19 @@ def test_warm_start_with_a_wrong_overall_scale_costs_nothing(c: float) -> None:
     sol = solve_nash(torch.from_numpy(K), alpha0=torch.from_numpy(c * want))
     assert bool(sol.converged) and sol.iterations <= 1, (sol.iterations, sol.status)
     np.testing.assert_allclose(sol.alpha.numpy(), want, rtol=1e-9)
+
+
+def test_scaled_gradient_is_alpha_times_autograd_gradient_of_f() -> None:
+    """S5: scaled_gradient(K, α) = α∘∇f with f(α) = ½αᵀKα − Σ log α_i differentiated here by
+    autograd (an independent route to ∇f), and it vanishes at the independent root (S4)."""
+    from namex_ref.nash.problem import scaled_gradient
+
+    K = torch.from_numpy(_problem(5, 7, 5))
+    a = torch.rand(5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) + 0.1
+    a.requires_grad_(True)
+    f = 0.5 * a @ K @ a - a.log().sum()
+    (g,) = torch.autograd.grad(f, a)
+    torch.testing.assert_close(scaled_gradient(K, a.detach()), a.detach() * g, rtol=1e-13,
+                               atol=1e-13)
+    root_ = torch.from_numpy(positive_root(K.numpy()))
+    assert float(scaled_gradient(K, root_).abs().max()) <= 1e-12

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from namex_ref.merging.config import MergeConfig
 from namex_ref.momentum import momentum_step, zero_buffer
-from namex_ref.nash.gram import gram_matrix
+from namex_ref.nash.gram import domain_vectors, gram_matrix
 from namex_ref.nash.problem import scaled_residual
 from namex_ref.nash.result import BargainInputError, InfeasibleBargainError, NashConvergenceError
 from namex_ref.nash.solvers import solve_nash, solve_newton
@@ -288,7 +288,7 @@ def propagate(
             base_l = bases[l]
             if base_l is None:
                 raise ValueError(f"method {config.method!r} needs a base expert at layer {l}")
-            taus = [E - b for E, b in zip(experts[l], base_l, strict=True)]
+            taus = domain_vectors(experts[l], base_l)
             terms.append(LayerTerms(list(base_l), curv[l](taus)))
             base_norms[l] = _norm(base_l)
         return MergePlan(terms, alphas, residuals, fallbacks, base_norms)
@@ -312,7 +312,7 @@ def propagate(
 
     alpha: Tensor | None = None
     for l in range(L):
-        taus = [E - b for E, b in zip(experts[l], base, strict=True)]  # S1 per matrix (N, *P_m)
+        taus = domain_vectors(experts[l], base)  # S1 per matrix (N, *P_m)
         curved = curv[l](taus)
         terms.append(LayerTerms(base, curved))
         base_norms[l] = _norm(base)

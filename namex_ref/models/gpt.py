@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from namex_ref.merging.config import MergeConfig
 from namex_ref.merging.functional import LayerTerms, MergePlan, cosine_matrix, propagate
 from namex_ref.merging.layers import INIT_STD, MoEFeedForward
+from namex_ref.nash.gram import domain_vectors
 
 __all__ = ["PRESETS", "MoEGPT", "ModelConfig", "ModelOutput", "count_parameters", "preset"]
 
@@ -242,10 +243,7 @@ class MoEGPT(nn.Module):
                 mats = (
                     terms.deltas
                     if terms.base is None
-                    else [
-                        E - b
-                        for E, b in zip(self.moe_layers()[l].experts(), terms.base, strict=True)
-                    ]
+                    else domain_vectors(self.moe_layers()[l].experts(), terms.base)
                 )
                 cos[l] = cosine_matrix(mats)[off].mean()
         stats = LayerStats(plan.alphas, plan.residuals, plan.fallbacks, plan.base_norms, cos)

@@ -5,7 +5,7 @@ from namex_ref.nash.gram import domain_vectors, gram_matrix
 from namex_ref.nash.problem import (
     check_gram,
     infeasibility_certificate,
-    objective,
+    scaled_gradient,
     scaled_residual,
 )
 from namex_ref.nash.result import (
@@ -31,7 +31,7 @@ __all__ = [
     "gram_matrix",
     "infeasibility_certificate",
     "nash_bargain",
-    "objective",
+    "scaled_gradient",
     "scaled_residual",
     "solve_nash",
     "solve_newton",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, overload
 
 import torch
 from torch import Tensor
@@ -15,17 +15,49 @@ __all__ = ["Granularity", "domain_vectors", "gram_matrix", "stack_domain_vectors
 Granularity = Literal["expert", "matrix"]
 
 
-def domain_vectors(experts: Tensor, base: Tensor) -> Tensor:
+@overload
+def domain_vectors(experts: Tensor, base: Tensor) -> Tensor: ...
+
+
+@overload
+def domain_vectors(experts: Sequence[Tensor], base: Sequence[Tensor]) -> list[Tensor]: ...
+
+
+def domain_vectors(
+    experts: Tensor | Sequence[Tensor], base: Tensor | Sequence[Tensor]
+) -> Tensor | list[Tensor]:
     """S1: τ_i = E_i − E_m.
 
-    experts: (N, *P) stacked expert parameters; base: (*P) the base expert. Returns (N, *P).
+    experts: (N, *P) stacked expert parameters and base (*P), or — for experts made of several
+    weight matrices — a sequence of per-matrix (N, *P_m) tensors and a sequence of the base's
+    (*P_m) matrices. Returns (N, *P), or the list of per-matrix (N, *P_m) domain vectors.
     """
+    if isinstance(experts, Tensor) != isinstance(base, Tensor):
+        raise BargainInputError(
+            "experts and base must both be tensors or both be sequences of per-matrix tensors."
+        )
+    if isinstance(experts, Tensor):
+        assert isinstance(base, Tensor)
+        _check_base(experts, base, None)
+        return experts - base
+    assert not isinstance(base, Tensor)
+    if len(experts) != len(base):
+        raise BargainInputError(
+            f"{len(experts)} expert matrices but {len(base)} base matrices; pass one base matrix "
+            "per weight matrix of the experts."
+        )
+    for m, (E, b) in enumerate(zip(experts, base, strict=True)):
+        _check_base(E, b, m)
+    return [E - b for E, b in zip(experts, base, strict=True)]
+
+
+def _check_base(experts: Tensor, base: Tensor, m: int | None) -> None:
     if experts.shape[1:] != base.shape:
+        where = "" if m is None else f" (weight matrix {m})"
         raise BargainInputError(
             f"base expert shape {tuple(base.shape)} does not match the experts' shape "
-            f"{tuple(experts.shape)}; expected experts = [N, *base.shape]."
+            f"{tuple(experts.shape)}{where}; expected experts = [N, *base.shape]."
         )
-    return experts - base
 
 
 def stack_domain_vectors(taus: Tensor | Sequence[Tensor]) -> list[Tensor]:

@@ -30,13 +30,11 @@ __all__ = [
     "as_gram_tensor",
     "check_gram",
     "converged_mask",
-    "gradient",
-    "hessian",
     "infeasibility_certificate",
     "normalise_gram",
-    "objective",
     "raise_if_infeasible",
     "residual_floor",
+    "scaled_gradient",
     "scaled_residual",
 ]
 
@@ -194,20 +192,14 @@ def normalise_gram(K: Tensor) -> tuple[Tensor, Tensor]:
     return d[..., :, None] * K * d[..., None, :], d
 
 
-def objective(K: Tensor, alpha: Tensor) -> Tensor:
-    """f(α) = ½ αᵀKα − Σ_i log α_i (S5). K: (..., N, N), α: (..., N) → (...)."""
-    Ka = (K @ alpha[..., None])[..., 0]
-    return 0.5 * (alpha * Ka).sum(-1) - alpha.log().sum(-1)
+def scaled_gradient(K: Tensor, alpha: Tensor) -> Tensor:
+    """α∘∇f = α∘(Kα) − 1, the gradient of f (S5) in multiplicative coordinates. → (..., N).
 
-
-def gradient(K: Tensor, alpha: Tensor) -> Tensor:
-    """∇f = Kα − 1/α (S5). K: (..., N, N), α: (..., N) → (..., N)."""
-    return (K @ alpha[..., None])[..., 0] - alpha.reciprocal()
-
-
-def hessian(K: Tensor, alpha: Tensor) -> Tensor:
-    """∇²f = K + diag(α⁻²) (S5), positive definite for PSD K. → (..., N, N)."""
-    return K + torch.diag_embed(alpha.pow(-2))
+    Zero exactly at the bargain (S4: Kα = 1/α), and the S7 identity α_i u_i = 1 in residual
+    form. Scale-free (S9): under τ_i → c_i τ_i, α_i → α_i/c_i it does not change. Newton's
+    step (``solvers.solve_newton``) and :func:`scaled_residual` are both built on it.
+    """
+    return alpha * (K @ alpha[..., None])[..., 0] - 1.0
 
 
 def scaled_residual(K: Tensor, alpha: Tensor) -> Tensor:
@@ -215,9 +207,7 @@ def scaled_residual(K: Tensor, alpha: Tensor) -> Tensor:
 
     Invariant under τ_i → c_i τ_i, α_i → α_i / c_i (S9), so one tolerance serves all scales.
     """
-    K = K.to(torch.float64)
-    alpha = alpha.to(torch.float64)
-    return (alpha * (K @ alpha[..., None])[..., 0] - 1.0).abs().amax(-1)
+    return scaled_gradient(K.to(torch.float64), alpha.to(torch.float64)).abs().amax(-1)
 
 
 def residual_floor(K: Tensor, alpha: Tensor) -> Tensor:

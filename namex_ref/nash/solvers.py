@@ -38,6 +38,7 @@ from namex_ref.nash.problem import (
     converged_mask,
     normalise_gram,
     raise_if_infeasible,
+    scaled_gradient,
     scaled_residual,
 )
 from namex_ref.nash.result import BargainInputError, InfeasibleBargainError, NashSolution
@@ -201,10 +202,7 @@ def solve_newton(
     n_steps = max_iter if fixed_iterations is None else fixed_iterations
     history: list[Tensor] = []
 
-    def residual_vector(a: Tensor) -> Tensor:
-        return a * (Kh @ a[..., None])[..., 0] - 1.0
-
-    r = residual_vector(a)
+    r = scaled_gradient(Kh, a)
     res = r.abs().amax(-1)
     broken = torch.zeros(batch[:-1], dtype=torch.bool, device=Kh.device)
     it = 0
@@ -230,7 +228,7 @@ def solve_newton(
         # problem at its last finite iterate; it is reported as not converged below.
         broken = broken | ~(torch.isfinite(a_new) & (a_new > 0)).all(-1)
         a = torch.where((done | broken)[..., None], a, a_new)
-        r = residual_vector(a)
+        r = scaled_gradient(Kh, a)
         res = r.abs().amax(-1)
         if record_history:
             history.append(res)
