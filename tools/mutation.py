@@ -670,6 +670,22 @@ def run_baseline(test_files: Sequence[str], target_paths: Sequence[str],
     return Baseline(tests, failing, by_line, import_lines, wall)
 
 
+def check_node_ids(node_ids: Sequence[str]) -> None:
+    """Every baseline node id must be selectable from the command line (else a mutant run
+    would end in a usage error, which is reported as "error", never as a kill)."""
+    if not node_ids:
+        return
+
+    def child() -> int:
+        import pytest
+
+        return int(pytest.main([*node_ids, "--collect-only", *PYTEST_ARGS]))
+
+    _, status = os.waitpid(_fork(child, None), 0)
+    if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+        raise RuntimeError("some baseline node ids cannot be selected by pytest; see --list")
+
+
 def select_tests(mutant: Mutant, baseline: Baseline) -> list[str]:
     """Tests that execute any line of the mutant, fastest first (all of them for import-time
     lines: a module constant or default can change any test's outcome)."""
@@ -688,7 +704,7 @@ def select_tests(mutant: Mutant, baseline: Baseline) -> list[str]:
 
 @dataclasses.dataclass
 class Outcome:
-    status: str  # killed | timeout | survived | no-coverage
+    status: str  # killed | timeout | survived | no-coverage | error (selected tests not run)
     tests: int
     seconds: float
 
@@ -749,8 +765,10 @@ def run_mutants(mutants: Sequence[Mutant], source: str, baseline: Baseline, jobs
         if pid in timed_out:
             state = "timeout"
             timed_out.discard(pid)
-        elif os.WIFEXITED(status) and os.WEXITSTATUS(status) in (0, 5):
+        elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
             state = "survived"
+        elif os.WIFEXITED(status) and os.WEXITSTATUS(status) in (4, 5):
+            state = "error"  # usage error / nothing ran: never counted as a kill
         else:
             state = "killed"
         results[mutant.uid] = Outcome(state, ntests, seconds)
@@ -821,6 +839,7 @@ def measure_module(module: str, jobs: int, sample: int | None, seed: int,
     print(f"{module}: {len(mutants)} of {generated} mutants, tests {files}", flush=True)
     baseline = run_baseline(files, [path])
     print(f"  baseline: {len(baseline.tests)} passing tests, {baseline.wall_s:.1f} s", flush=True)
+    check_node_ids(sorted(baseline.tests))
     outcomes = run_mutants(mutants, source, baseline, jobs, progress=module)
     wall = time.perf_counter() - start
     return {
@@ -858,7 +877,7 @@ def _summary(entry: dict[str, Any], equivalents: dict[str, str]) -> dict[str, An
     counts = {"killed": 0, "timeout": 0, "survived": 0, "equivalent": 0}
     for m in entry["mutants"]:
         status = m["status"]
-        if status in ("survived", "no-coverage"):
+        if status in ("survived", "no-coverage", "error"):
             status = "equivalent" if m["uid"] in equivalents else "survived"
         counts[status] += 1
     denominator = counts["killed"] + counts["timeout"] + counts["survived"]
@@ -898,10 +917,10 @@ def render_report(store: dict[str, Any], equivalents: dict[str, str], command: s
     lines += ["", "Operators: " + "; ".join(f"`{k}` {v}" for k, v in OPERATORS.items()) + ".", ""]
     for module in order:
         entry = store[module]
+        alive = ("survived", "no-coverage", "error")
         survivors = [m for m in entry["mutants"]
-                     if m["status"] in ("survived", "no-coverage") and m["uid"] not in equivalents]
-        equiv = [m for m in entry["mutants"]
-                 if m["status"] in ("survived", "no-coverage") and m["uid"] in equivalents]
+                     if m["status"] in alive and m["uid"] not in equivalents]
+        equiv = [m for m in entry["mutants"] if m["status"] in alive and m["uid"] in equivalents]
         lines += [f"## {module} (`{entry['path']}`)", ""]
         lines.append(f"Test files: {', '.join(f'`{f}`' for f in entry['test_files'])}; "
                      f"{entry['baseline_tests']} passing tests in the baseline"
@@ -912,7 +931,8 @@ def render_report(store: dict[str, Any], equivalents: dict[str, str], command: s
             lines += [f"Survivors ({len(survivors)}):", "",
                       "| line | operator | original → mutated | id |", "|---|---|---|---|"]
             for m in survivors:
-                tag = " (*no test*)" if m["status"] == "no-coverage" else ""
+                tag = {"no-coverage": " (*no test*)", "error": " (*error: tests not run*)"}.get(
+                    m["status"], "")
                 lines.append(
                     f"| {m['line']}{tag} | {m['operator']} | `{_md(m['original'])}` → "
                     f"`{_md(m['replacement'])}` | `{_pipe(m['uid'])}` |"
