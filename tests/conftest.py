@@ -5,7 +5,8 @@ pays import/compilation time), "ci" (the same, derandomised so CI runs are repro
 "ci-random" (NOT derandomised, the same fixed budget of 30 examples per test unless a test sets
 its own, no example database, failures print a reproduction blob: CI's slow step runs under it
 so that latent flaky examples surface in CI rather than in users' hands) and
-"mutation" (derandomised, 10 examples, no example database: tools/mutation.py's repeatable runs).
+"mutation" (derandomised, 10 examples, no example database, no shrinking: tools/mutation.py's
+repeatable runs).
 Select with the environment variable HYPOTHESIS_PROFILE (default "default").
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from hypothesis import settings
+from hypothesis import Phase, settings
 
 settings.register_profile("default", max_examples=30, deadline=None)
 settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True)
@@ -21,7 +22,12 @@ settings.register_profile(
     "ci-random", max_examples=30, deadline=None, derandomize=False, database=None, print_blob=True
 )
 settings.register_profile(
-    "mutation", max_examples=10, deadline=None, derandomize=True, database=None
+    "mutation",
+    max_examples=10,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=(Phase.explicit, Phase.generate),  # a failure is a kill: no time spent shrinking it
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 

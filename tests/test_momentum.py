@@ -466,10 +466,14 @@ def test_quaternion_step_rejects_bad_beta_tensors(beta: torch.Tensor) -> None:
         quaternion_momentum_step(_MU4, _X, _X, beta=beta, gamma=1.0)
 
 
-def test_quaternion_step_keeps_the_buffer_dtype_for_a_float64_beta_tensor() -> None:
-    """β as a float64 tensor is cast to μ's dtype: a float32 buffer stays float32."""
-    mu = torch.zeros(2, 4, dtype=torch.float32)
-    x = torch.ones(2, dtype=torch.float32)
+@pytest.mark.parametrize("shape", [(2,), ()])
+def test_quaternion_step_keeps_the_buffer_dtype_for_a_float64_beta_tensor(
+    shape: tuple[int, ...]
+) -> None:
+    """β as a float64 tensor is cast to μ's dtype: a float32 buffer stays float32, also for a
+    scalar parameter (shape (), buffer (4,)), where no broadcasting hides β's dtype."""
+    mu = torch.zeros(*shape, 4, dtype=torch.float32)
+    x = torch.ones(shape, dtype=torch.float32)
     beta = torch.tensor([0.5, 0.1, 0.1, 0.1], dtype=torch.float64)
     m, b = quaternion_momentum_step(mu, x, x, beta=beta, gamma=1.0)
     assert m.dtype == b.dtype == torch.float32
