@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from namex_ref.benchmarks import common, gram, scaling, solvers, step
+from namex_ref.benchmarks import common, gram, memory, scaling, solvers, step, syncs
 from namex_ref.benchmarks.common import NOT_MEASURED_GPU
 from namex_ref.cli import main
 from namex_ref.models.gpt import count_parameters, preset
@@ -234,17 +234,18 @@ def test_count_sync_ops_counts_item_and_nonzero() -> None:
             x.sum().item()
         torch.nonzero(x > 2)
 
-    counts = step.count_sync_ops(fn)
+    counts = syncs.count_sync_ops(fn)
     assert counts == {"aten::_local_scalar_dense": 3, "aten::nonzero": 1}
-    assert step.count_sync_ops(lambda: x * 2) == {"aten::_local_scalar_dense": 0,
+    assert syncs.count_sync_ops(lambda: x * 2) == {"aten::_local_scalar_dense": 0,
                                                    "aten::nonzero": 0}
 
 
 def test_saved_tensor_bytes_grows_with_batch() -> None:
     cfg = preset("tiny", "ep-camex")
     model = step.MoEGPT(cfg)
-    small = step.saved_tensor_bytes(model, *step._inputs(cfg, step.StepShape("tiny", "cpu", 1, 32)))
-    big = step.saved_tensor_bytes(model, *step._inputs(cfg, step.StepShape("tiny", "cpu", 2, 32)))
+    one, two = step.StepShape("tiny", "cpu", 1, 32), step.StepShape("tiny", "cpu", 2, 32)
+    small = memory.saved_tensor_bytes(model, *step._inputs(cfg, one))
+    big = memory.saved_tensor_bytes(model, *step._inputs(cfg, two))
     assert 0 < small < big <= 2 * small
 
 
@@ -276,7 +277,7 @@ def test_forward_sync_ops_by_method() -> None:
     for m in ("smoe", "ep-camex", "namex-full", "namex-q"):
         cfg = dataclasses.replace(preset("tiny", m), n_layer=2)
         model = step.MoEGPT(cfg)
-        counts[m] = step.forward_sync_ops(model, *step._inputs(cfg, shape))
+        counts[m] = syncs.forward_sync_ops(model, *step._inputs(cfg, shape))
     # EP-CAMEx has no data-dependent shapes and no solver: nothing in its forward can sync.
     assert counts["ep-camex"] == 0
     # NAMEx solves its bargains with fixed-iteration Newton and the "ridge" policy: no host
@@ -287,14 +288,14 @@ def test_forward_sync_ops_by_method() -> None:
 
 
 def test_sync_sources_table_on_cpu() -> None:
-    rows = step.sync_sources(torch.device("cpu"))
+    rows = syncs.sync_sources(torch.device("cpu"))
     assert len(rows) == 4
     assert rows[2][1:] == ["0", "0"]  # triangular solves never read a scalar back
 
 
 @pytest.mark.slow
 def test_rss_probe_reports_growth() -> None:
-    grow = step._rss_probe("tiny", "ep-camex", 2, 32)
+    grow = memory.rss_growth_mib("tiny", "ep-camex", 2, 32)
     assert grow >= 0 and math.isfinite(grow)
 
 

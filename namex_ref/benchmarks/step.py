@@ -4,30 +4,24 @@ EP-CAMEx; and a count of the operators that synchronise the host with the device
 
 One step = forward (``MoEGPT``), backward and an AdamW step on a random token batch.
 
-Memory, three measures, each saying what it is:
+Memory, three measures, each saying what it is (:mod:`namex_ref.benchmarks.memory`):
 - ``state``: parameters + gradients + AdamW's two moments, 4 × 4 bytes per parameter (exact).
-- ``saved``: bytes of the tensors autograd saves for backward during the forward, counted with
-  ``torch.autograd.graph.saved_tensors_hooks`` and de-duplicated by storage, leaving out
-  parameters (exact, device independent; this is the part that differs between methods).
+- ``saved``: bytes of the tensors autograd saves for backward during the forward, de-duplicated
+  by storage, leaving out parameters (exact, device independent; this is the part that differs
+  between methods).
 - CUDA: ``torch.cuda.max_memory_allocated`` over one step (after a warm-up step).
-  CPU: the growth of the process's peak RSS (``ru_maxrss``) over two steps, in a fresh
+  CPU: the growth of the peak RSS (VmHWM after two steps minus VmRSS before them), in a fresh
   subprocess per method (includes allocator caching and the optimizer state allocated at the
   first step; noisy to a few MiB).
 
-Host synchronisation: on CUDA, ``aten::_local_scalar_dense`` (``.item()``, ``bool(t)``) and
-``aten::nonzero`` wait for the device. The profiler counts these operators on any device, so a
-CPU run finds the Python-level syncs a GPU run would pay. Caveat: a kernel's own error check
-can differ between devices (see :func:`sync_sources`).
+Host synchronisation: counted by :mod:`namex_ref.benchmarks.syncs` (the operators that make the
+host wait for a CUDA device, found by the profiler on any device).
 """
 
 from __future__ import annotations
 
 import gc
-import json
-import os
 import statistics
-import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,9 +39,10 @@ from namex_ref.benchmarks.common import (
     paired_ratio,
     resolve_devices,
     save_figure,
-    synchronize,
     write_text_atomic,
 )
+from namex_ref.benchmarks.memory import cuda_peak_mib, rss_growth_mib, saved_tensor_bytes
+from namex_ref.benchmarks.syncs import forward_sync_ops, sync_sources
 from namex_ref.merging.config import METHODS
 from namex_ref.merging.functional import bargain_alpha
 from namex_ref.models.gpt import ModelConfig, MoEGPT, preset
@@ -58,23 +53,15 @@ from namex_ref.tables import format_table
 __all__ = [
     "CPU_SHAPES",
     "CUDA_SHAPES",
-    "SYNC_OPS",
     "TARGETS",
     "StepRow",
     "StepShape",
     "bench_step",
-    "count_sync_ops",
-    "forward_sync_ops",
     "make_step",
     "profile_step",
-    "saved_tensor_bytes",
     "step_report",
-    "sync_sources",
 ]
 
-#: Operators that make the host wait for a CUDA device: reading a scalar (``.item()``,
-#: ``bool(t)``, ``if t:`` all end in ``_local_scalar_dense``) and data-dependent shapes.
-SYNC_OPS = ("aten::_local_scalar_dense", "aten::nonzero")
 #: The issue's targets (time per step relative to EP-CAMEx).
 TARGETS = {"namex-full": 1.10, "namex": 1.03}
 REFERENCES = ("smoe", "ep-camex")
@@ -151,134 +138,6 @@ def _build(cfg: ModelConfig, shape: StepShape, seed: int = 0) -> tuple[MoEGPT, C
     return model, make_step(model, opt, idx, tgt)
 
 
-def saved_tensor_bytes(model: MoEGPT, idx: Tensor, tgt: Tensor) -> int:
-    """Bytes autograd saves for backward in one forward of ``model`` (parameters excluded,
-    storages counted once).
-
-    The pack hook returns only the byte count, not the tensor: a hook that returned the tensor
-    itself would store an output inside its own grad_fn, a reference cycle through C++ that
-    Python's collector cannot free (every call would leak one forward's activations). The
-    storages are held in a local dict until the forward ends (as the graph would hold them), so
-    addresses are not reused while counting. The graph is not usable for backward.
-    """
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, torch.UntypedStorage] = {}
-
-    def pack(t: Tensor) -> int:
-        st = t.untyped_storage()
-        ptr = st.data_ptr()
-        if ptr not in params and ptr != 0:
-            seen.setdefault(ptr, st)
-        return st.nbytes()
-
-    def unpack(_: int) -> Tensor:
-        raise RuntimeError("saved_tensor_bytes builds a forward graph for counting only")
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-        out = model(idx, tgt)
-    del out
-    total = sum(st.nbytes() for st in seen.values())
-    seen.clear()
-    return total
-
-
-def count_sync_ops(fn: Callable[[], object]) -> dict[str, int]:
-    """How often each operator of :data:`SYNC_OPS` runs in ``fn()`` (torch.profiler, CPU
-    activity; the same operators synchronise on CUDA)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn()
-    counts = {k: 0 for k in SYNC_OPS}
-    for ev in prof.key_averages():
-        if ev.key in counts:
-            counts[ev.key] += int(ev.count)
-    return counts
-
-
-def forward_sync_ops(model: MoEGPT, idx: Tensor, tgt: Tensor) -> int:
-    """Host-sync operators (:data:`SYNC_OPS`) in one forward of ``model`` on (idx, tgt)."""
-    return _forward_syncs(model, idx, tgt)
-
-
-def _forward_syncs(model: MoEGPT, idx: Tensor, tgt: Tensor) -> int:
-    counts = count_sync_ops(lambda: model(idx, tgt))
-    return sum(counts.values())
-
-
-def sync_sources(device: torch.device, n: int = 4) -> list[list[str]]:
-    """Sync operators of the pieces of a NAMEx bargain on ``device`` (rows of a table): one
-    ``solve_newton(fixed_iterations=20)``, one ``torch.cholesky_solve`` (its Newton step), the
-    same solve as two ``torch.linalg.solve_triangular`` calls, and ``bargain_alpha``."""
-    g = torch.Generator().manual_seed(0)
-    G = torch.randn(64, n, generator=g, dtype=torch.float64)
-    K = (G.T @ G).to(device)
-    L = torch.linalg.cholesky(K + torch.eye(n, dtype=K.dtype, device=device))
-    r = torch.ones(n, 1, dtype=K.dtype, device=device)
-    taus = [G.T.to(device=device, dtype=torch.float32)]
-    pieces: dict[str, Callable[[], object]] = {
-        "solve_newton(K, fixed_iterations=20)": lambda: solve_newton(K, fixed_iterations=20),
-        "torch.cholesky_solve (one Newton step's solve)": lambda: torch.cholesky_solve(r, L),
-        "2 × torch.linalg.solve_triangular (same solve)": lambda: torch.linalg.solve_triangular(
-            L.mT, torch.linalg.solve_triangular(L, r, upper=False), upper=True),
-        "bargain_alpha(τ, iterations=20), ridge policy": lambda: bargain_alpha(taus),
-    }
-    rows = []
-    for name, fn in pieces.items():
-        c = count_sync_ops(fn)
-        rows.append([name, str(c["aten::_local_scalar_dense"]), str(c["aten::nonzero"])])
-    return rows
-
-
-def _status_kib(field: str) -> int:
-    """A ``/proc/self/status`` field in KiB (Linux): VmRSS (now) or VmHWM (peak)."""
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise OSError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak_rss() -> None:
-    """Reset VmHWM to the current RSS (Linux ≥ 4.0: write 5 to /proc/self/clear_refs); if that
-    is not allowed the peak keeps the model-building peak, which only lowers the growth."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
-            fh.write("5")
-    except OSError:
-        pass
-
-
-def _rss_probe(preset_name: str, method: str, batch: int, seq: int) -> float:
-    """In a fresh process: MiB of peak-RSS growth over two training steps, VmHWM after the steps
-    minus VmRSS before them (``ru_maxrss`` is not used: Linux carries the parent's peak across
-    fork/exec, so a child of a large process would report no growth)."""
-    code = (
-        "import json, torch\n"
-        "from namex_ref.benchmarks.step import StepShape, _build, _reset_peak_rss, _status_kib\n"
-        "from namex_ref.models.gpt import preset\n"
-        f"torch.set_num_threads({torch.get_num_threads()})\n"
-        f"cfg = preset({preset_name!r}, {method!r})\n"
-        f"model, step = _build(cfg, StepShape({preset_name!r}, 'cpu', {batch}, {seq}))\n"
-        "r0 = _status_kib('VmRSS')\n"
-        "_reset_peak_rss()\n"
-        "step(); step()\n"
-        "r1 = _status_kib('VmHWM')\n"
-        "print(json.dumps(max(r1 - r0, 0) / 1024))\n"
-    )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    return float(json.loads(res.stdout.strip().splitlines()[-1]))
-
-
-def _cuda_peak(step: Callable[[], None], dev: torch.device) -> float:
-    synchronize(dev)
-    torch.cuda.reset_peak_memory_stats(dev)
-    step()
-    synchronize(dev)
-    return torch.cuda.max_memory_allocated(dev) / 2**20
-
-
 def bench_step(
     shapes: Sequence[StepShape],
     methods: Sequence[str] = METHODS,
@@ -329,8 +188,8 @@ def bench_step(
                     n_par = sum(p.numel() for p in model.parameters())
                     idx, tgt = _inputs(model.config, shape, seed=1)
                     saved = saved_tensor_bytes(model, idx, tgt) / 2**20
-                    peak = _cuda_peak(step, dev) if dev.type == "cuda" else None
-                    syncs = _forward_syncs(model, idx, tgt) if sync_counts else None
+                    peak = cuda_peak_mib(step, dev) if dev.type == "cuda" else None
+                    syncs = forward_sync_ops(model, idx, tgt) if sync_counts else None
                     mem[m] = (n_par, 16 * n_par / 2**20, saved, peak, syncs)
                     del model, step
             del built
@@ -343,7 +202,7 @@ def bench_step(
         for m in [*refs, *others]:
             n_par, state, saved, peak, syncs = mem[m]
             if peak is None and rss and dev.type == "cpu":
-                peak = _rss_probe(shape.preset, m, shape.batch, shape.seq)
+                peak = rss_growth_mib(shape.preset, m, shape.batch, shape.seq)
             rows.append(StepRow(
                 shape.preset, shape.device, m, shape.batch, shape.seq, n_par, med[m],
                 ratio[m]["smoe"], ratio[m]["ep-camex"], state, saved, peak, syncs))
