@@ -70,7 +70,7 @@ def test_unknown_granularity_raises() -> None:
     ("taus", "match"),
     [
         ([torch.randn(3, 4), "not a tensor"], "entry 1 is str, not a Tensor"),
-        ([torch.randn(3, 4), torch.randn(2, 4)], "weight matrix 1 has 2 experts but matrix 0 has 3"),
+        ([torch.randn(3, 4), torch.randn(2, 4)], "matrix 1 has 2 experts but matrix 0 has 3"),
         ([torch.randn(3, 4), torch.ones(3, 4, dtype=torch.int64)], "entry 1 has dtype torch.int64"),
         ([torch.randn(3, 4, dtype=torch.complex64)], "entry 0 has dtype torch.complex64"),
     ],
