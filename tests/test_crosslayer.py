@@ -1,15 +1,20 @@
-"""Cross-layer tracking metric (namex_ref.crosslayer): properties against independent oracles.
+"""Cross-layer tracking: the library metric (namex_ref.tracking, T1/T2) and the study built on
+it (studies/crosslayer.py), against independent oracles.
 
 Oracles: a NumPy loop of S16 with α from the validated solver ``solve_nash`` (not the fixed-budget
 Newton inside ``propagate``), the S19 step matrix R applied to the scalar state of an H = cI chain,
-and the S9 invariances of the bargain.
+and the S9 invariances of the bargain. The study's end-to-end report (it trains two tiny models)
+is behind ``slow``.
 """
 
 from __future__ import annotations
 
 import cmath
 import math
+import sys
+import typing
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,25 +22,30 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from namex_ref.crosslayer import (
+from namex_ref.merging.config import MergeConfig, MethodName, MethodSpec
+from namex_ref.merging.functional import propagate
+from namex_ref.models.gpt import ModelConfig, MoEGPT, preset
+from namex_ref.nash.solvers import solve_nash
+from namex_ref.spectral import cubic_coefficients, fitted_rate, momentum_matrix
+from namex_ref.tracking import alpha_target, tracking_errors
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # studies/ is a folder of scripts beside the package
+    sys.path.insert(0, str(ROOT))
+
+from studies.crosslayer import (  # noqa: E402
     Chain,
     ResolveMode,
     SweepConfig,
-    alpha_target,
     crosslayer_report,
     layer0_c,
     model_chain,
+    study_train_config,
     synthetic_chain,
     target_cosines,
     track,
-    tracking_errors,
     verdicts,
 )
-from namex_ref.merging.config import MergeConfig, MethodName
-from namex_ref.merging.functional import propagate
-from namex_ref.models.gpt import ModelConfig, MoEGPT
-from namex_ref.nash.solvers import solve_nash
-from namex_ref.spectral import cubic_coefficients, fitted_rate, momentum_matrix
 
 # Relative agreement of two float64 propagations that differ only by rounding: each layer adds a
 # few ulps (~1e-16) to E_m; over ≤ 24 layers with |growth| ≤ ~2 per layer that stays below 1e-9.
@@ -61,7 +71,7 @@ def _oracle_plain_namex(chain: Chain, gamma: float, resolve: ResolveMode) -> np.
     alpha = None
     for E in experts:
         tau = E - base[None, :]
-        if alpha is None or resolve == "every":
+        if alpha is None or resolve == "interval":
             alpha = solve_nash(torch.from_numpy(tau @ tau.T)).alpha.numpy()
         target = alpha @ E / alpha.sum()
         errs.append(np.linalg.norm(base - target) / np.linalg.norm(target))
@@ -151,11 +161,36 @@ def test_bad_inputs_raise() -> None:
         track(ch, beta=0.5, gamma=1.0).score(3)
 
 
+def test_resolve_names_are_the_method_tables() -> None:
+    """The study's re-solve modes are MethodSpec.resolve's values, mapped to the method that
+    has them."""
+    spec_values = typing.get_args(typing.get_type_hints(MethodSpec)["resolve"])
+    assert typing.get_args(ResolveMode) == spec_values == ("once", "interval")
+    ch = synthetic_chain(n_layers=4, shapes=((2, 2),), drift=0.1)
+    once = track(ch, beta=0.3, gamma=1.0, resolve="once")
+    again = track(ch, beta=0.3, gamma=1.0, resolve="interval")
+    assert np.all(once.alphas == once.alphas[0])  # α solved once, reused
+    assert not np.allclose(again.alphas[1:], again.alphas[0])  # re-solved at each layer
+
+
+def test_study_trains_the_tiny_preset_at_the_asked_depth() -> None:
+    """The trained chains come from namex_ref.train with the tiny preset, only n_layer
+    changed, and the batch and step count the report states."""
+    cfg = study_train_config(16, "unused", steps=300, seed=0, quick=False, cache_dir="")
+    tiny = preset("tiny", "namex-full-mom")
+    assert cfg.model_config() == ModelConfig(**{**tiny.__dict__, "n_layer": 16})
+    assert (cfg.steps, cfg.batch_size, cfg.lr, cfg.warmup, cfg.corpus_chars) == (
+        300, 8, 3e-3, 40, 0
+    )
+    four = study_train_config(4, "unused", steps=300, seed=0, quick=False, cache_dir="")
+    assert four.model_config() == tiny
+
+
 # ------------------------------------------------------------------------------------------------
 # β = 0 is plain NAMEx; the measurement uses the model's own propagation
 
 
-@pytest.mark.parametrize("resolve", ["once", "every"])
+@pytest.mark.parametrize("resolve", ["once", "interval"])
 def test_beta_zero_is_plain_namex(resolve: ResolveMode) -> None:
     """β = 0 (S17) reproduces plain NAMEx / NAMEx-Full (S16): exactly the chain of the momentum-
     free method in propagate, and a hand-written S16 loop with α from solve_nash."""
@@ -201,7 +236,7 @@ def test_model_chain_matches_model_forward_propagation() -> None:
     bases = [t.base for t in plan.terms if t.base is not None]
     assert len(bases) == len(plan.terms)
     _, expected, _ = tracking_errors(bases, [list(e) for e in ch.experts], plan.alphas)
-    tr = track(ch, beta=cmath.rect(0.4, -math.pi / 12), gamma=0.7, resolve="every")
+    tr = track(ch, beta=cmath.rect(0.4, -math.pi / 12), gamma=0.7, resolve="interval")
     np.testing.assert_array_equal(tr.rel_error, expected)
     np.testing.assert_array_equal(tr.alphas, plan.alphas.numpy())
 
@@ -289,7 +324,7 @@ def test_gamma_c_one_converges_in_one_layer() -> None:
 # Symmetries and invariances of (T2)
 
 
-@pytest.mark.parametrize("resolve", ["once", "every"])
+@pytest.mark.parametrize("resolve", ["once", "interval"])
 @given(modulus=st.floats(0.05, 0.9), phase=st.floats(0.01, math.pi), seed=st.integers(0, 500))
 def test_conjugate_phase_is_bit_identical(
     resolve: ResolveMode, modulus: float, phase: float, seed: int
@@ -321,7 +356,7 @@ def _transform(ch: Chain, fn: Callable[[torch.Tensor], torch.Tensor]) -> Chain:
     return Chain(ch.name, tuple(apply(layer, (n,)) for layer in ch.experts), apply(ch.base, ()))
 
 
-@pytest.mark.parametrize("resolve", ["once", "every"])
+@pytest.mark.parametrize("resolve", ["once", "interval"])
 @given(
     seed=st.integers(0, 500),
     modulus=st.floats(0.0, 0.8),
@@ -372,11 +407,16 @@ def test_translation_leaves_absolute_error(seed: int, modulus: float, phase: flo
 # The report (quick mode)
 
 
-def test_quick_report(tmp_path: object) -> None:
-    from pathlib import Path
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
 
-    out = Path(str(tmp_path))
-    rep = crosslayer_report(out / "x.md", out / "x.png", quick=True)
+
+@pytest.mark.slow
+def test_quick_report(tmp_path: Path) -> None:
+    """The study end to end (quick mode: two synthetic chains, a 3-layer tiny model at
+    initialisation and after 3 steps of namex_ref.train.train): tables consistent with the rows."""
+    out = tmp_path
+    rep = crosslayer_report(out / "x.md", out / "x.png", quick=True, token_cache=out / "cache")
     png = (out / "x.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     text = (out / "x.md").read_text(encoding="utf-8")
@@ -388,9 +428,7 @@ def test_quick_report(tmp_path: object) -> None:
     for chain in chains:
         assert f"## {chain}" in text
     table_rows = [
-        line
-        for line in text.splitlines()
-        if line.startswith("| once") or line.startswith("| every")
+        line for line in text.splitlines() if _cells(line)[0] in ("once", "interval")
     ]
     assert len(table_rows) == 4 * 2
     assert all(math.isfinite(r.score) and r.score >= 0 for r in rep.rows)
@@ -403,14 +441,14 @@ def test_quick_report(tmp_path: object) -> None:
     # Headline table: the whole-grid ratio is min score over real β (β = 0 included) divided
     # by min score over φ ≠ 0, recomputed here from the rows.
     for chain in chains:
-        for resolve in ("once", "every"):
+        for resolve in ("once", "interval"):
             sub = [r for r in rep.rows if r.chain == chain and r.resolve == resolve]
             real = min(r.score for r in sub if r.phase == 0.0)
             other = min(r.score for r in sub if r.phase != 0.0)
             row = next(
-                line for line in text.splitlines() if line.startswith(f"| {chain} | {resolve} |")
+                _cells(line) for line in text.splitlines() if _cells(line)[:2] == [chain, resolve]
             )
-            assert row.split(" | ")[-2] == f"{real / other:.4g}", row
+            assert row[-2] == f"{real / other:.4g}", row
     assert len(rep.train_losses) == 3 and all(math.isfinite(x) for x in rep.train_losses)
     # The identical-expert synthetic chain with frozen α follows S19: at γc₀ = 0.5 < 1 a
     # non-real β contracts faster than φ = 0 at |β| = 0.5 (ρ 0.707 → 0.67 at φ = ±30°), and

@@ -1,28 +1,26 @@
-r"""Cross-layer tracking: does the propagated base expert follow its α-weighted target? (S16–S19)
+r"""Cross-layer tracking study: does the propagated base expert follow its α-weighted target?
 
-The S19 analysis (:mod:`namex_ref.spectral`) freezes α and the experts. Then the bargained update
-is linear in the base expert,
+Run ``python studies/crosslayer.py`` (about 7 minutes on 2 shared CPU cores, the first time
+including the tokenisation of the corpus) to write
+``results/crosslayer.md`` and ``results/crosslayer.png``; ``--quick`` is the seconds-long
+version the tests run. The metric (T1)–(T2) is the library's :mod:`namex_ref.tracking`; this
+file holds the experiment: the chains, the propagation at each (β, γ), sweeps, verdicts, plot
+and report.
 
-    ΔE^(l) = Σ_i α_i τ_i^(l) = Σ_i α_i (E_i^(l) − E_m^(l)) = c (Ē_α^(l) − E_m^(l)),
-    c = Σ_i α_i,   Ē_α^(l) = Σ_i α_i E_i^(l) / Σ_i α_i,                                  (T1)
+The S19 analysis (:mod:`namex_ref.spectral`) freezes α and the experts, so the bargained update
+is ΔE = c (Ē_α − E_m) with c = Σ_i α_i, i.e. ΔE = −H(E_m − E*) with H = cI and E* = Ē_α
+(docs/math.md §4). With real β that linear chain is optimal only for γc ≥ 1; for γc < 1 a
+non-real β has a smaller ρ(R) (README, S19). In a real network neither premise holds: the experts
+E_i^(l) change from layer to layer, so the fixed point Ē_α^(l) moves, and NAMEx-Full re-solves α
+at every layer, so c and Ē_α change too. The study measures what the propagation actually used
+(:func:`namex_ref.merging.functional.propagate`) does on such chains.
 
-i.e. ΔE = −H(E_m − E*) with H = cI and E* = Ē_α^(l) (docs/math.md §4). With real β that linear chain
-is optimal only for γc ≥ 1; for γc < 1 a non-real β has a smaller ρ(R) (README, S19). In a real
-network neither premise holds: the experts E_i^(l) change from layer to layer, so the fixed point
-Ē_α^(l) moves, and NAMEx-Full re-solves α at every layer, so c and Ē_α change too. This module
-measures what the propagation actually used (:func:`namex_ref.merging.functional.propagate`)
-does on such chains.
-
-Tracking metric (ours). At MoE layer l (0-based), with α^(l) the α in force there (solved at
-layer 0 for NAMEx/NAMEx-Mom, re-solved at l for the "-full" methods) and E_m^(l) the propagated
-base expert that layer merges with (all weight matrices of an expert concatenated into one
-vector),
-
-    err_l = ‖E_m^(l) − Ē_α^(l)‖ / ‖Ē_α^(l)‖.                                              (T2)
-
-err_l = 0 means the base sits exactly at the fixed point of the layer's frozen-α linearisation
-(T1). Layers 0 and 1 do not depend on β (μ^(1) = 0 and μ^(2) = ΔE^(1) is real, S17), so
-momentum is scored by the mean of err_l over l ≥ 2 (``first_scored_layer``).
+At MoE layer l (0-based) the metric is err_l = ‖E_m^(l) − Ē_α^(l)‖ / ‖Ē_α^(l)‖ (T2), with α^(l)
+the α in force there: solved at layer 0 and frozen (``resolve="once"``: NAMEx, NAMEx-Mom) or
+re-solved at every layer (``resolve="interval"`` with Δl = 1: NAMEx-Full, NAMEx-Full-Mom); the
+names are :class:`namex_ref.merging.config.MethodSpec`'s. Layers 0 and 1 do not depend on β
+(μ^(1) = 0 and μ^(2) = ΔE^(1) is real, S17), so momentum is scored by the mean of err_l over
+l ≥ 2 (``first_scored_layer``).
 
 Spectral prediction per layer: ρ_l = ρ(R) for H = c_l I with c_l = Σ_i α_i^(l) at the given β
 and γ (S19 cubic, :func:`namex_ref.spectral.spectral_radius_from_cubic`). For identical experts
@@ -38,13 +36,28 @@ Facts used by the report (all tested in ``tests/test_crosslayer.py``):
   ‖ΔE‖ = √N is fixed by S7, so the step must scale with the weights). The absolute error
   ‖E_m − Ē_α‖ is invariant under adding one vector to every expert and the base.
 
-Nothing here has a CLI: :func:`crosslayer_report` writes ``results/crosslayer.md`` and a PNG.
+Trained chains come from the project's trainer, :func:`namex_ref.train.train`, on its token data
+(:func:`namex_ref.train.load_token_data`: the built-in corpus's training split, local BPE with
+the preset's vocabulary), with the settings of ``namex train --preset tiny --method
+namex-full-mom --steps 300 --batch-size 8`` (AdamW β₂ = 0.95, lr 3e-3 with 40 warm-up steps and
+cosine decay to 3e-4, weight decay 0.1 on matrices, gradient clip 1); the 16-layer model is the
+same with ``n_layer = 16`` (:class:`DepthTrainConfig`). The metric, the chains' initialisation
+and the grid do not depend on the trainer; the trained weights do. This study used to train with
+a loop of its own (constant lr 3e-3, torch's AdamW defaults on every parameter, its own batch
+sampler, BPE trained on the first 10^6 characters only); measuring the experts the project's
+trainer produces is the point, so the trained-chain rows of ``results/crosslayer.md`` moved with
+the trainer (cosine of consecutive targets up to 0.18 instead of 0.09, lowest score 1.08 instead
+of 1.10, best real β / best φ ≠ 0 within ×0.989–×1.008 instead of ×0.992–×1.008), while the
+synthetic and initialisation chains give the same numbers bit for bit.
 """
 
 from __future__ import annotations
 
+import argparse
 import cmath
+import dataclasses
 import math
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -57,45 +70,19 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from namex_ref.data import (
-    ByteTokenizer,
-    encode_to_tensor,
-    load_builtin_corpus,
-    split_corpus,
-    token_batches,
-    train_tokenizer,
-)
 from namex_ref.merging.config import MergeConfig, MethodName
 from namex_ref.merging.functional import bargain_alpha, propagate
 from namex_ref.models.gpt import ModelConfig, MoEGPT, preset
 from namex_ref.spectral import PAPER_PHASES, spectral_radius_from_cubic
+from namex_ref.tables import format_table
+from namex_ref.tracking import alpha_target, tracking_errors
+from namex_ref.train import TrainConfig, load_checkpoint, train
+from namex_ref.train.loop import CHECKPOINT_NAME, METRICS_NAME
+from namex_ref.train.metrics import read_jsonl
 
-__all__ = [
-    "Chain",
-    "CrosslayerReport",
-    "PhaseVerdict",
-    "ResolveMode",
-    "SweepConfig",
-    "SweepRow",
-    "Tracking",
-    "alpha_target",
-    "crosslayer_report",
-    "headline_table",
-    "layer0_c",
-    "lm_token_ids",
-    "model_chain",
-    "plot_tracking",
-    "render_markdown",
-    "sweep",
-    "synthetic_chain",
-    "target_cosines",
-    "track",
-    "tracking_errors",
-    "train_plain",
-    "verdicts",
-]
-
-ResolveMode = Literal["once", "every"]
+#: When α is solved: "once" at the first MoE layer, or at every "interval" of Δl = 1 layers;
+#: the values of :attr:`namex_ref.merging.config.MethodSpec.resolve`.
+ResolveMode = Literal["once", "interval"]
 
 #: Relative difference below which two mean errors count as a tie when ranking phases: the
 #: propagation runs in float64 (synthetic) or float32 (model weights, ~1e-7 relative rounding
@@ -152,58 +139,13 @@ class Chain:
         return int(self.experts[0][0].shape[0])
 
 
-def alpha_target(experts: Sequence[Tensor], alpha: Tensor) -> list[Tensor]:
-    """Ē_α = Σ_i α_i E_i / Σ_i α_i per weight matrix (T1), the fixed point of H = cI.
-
-    experts: per matrix (N, *P_m); alpha: (N,) positive. Returns per matrix (*P_m) in the
-    experts' dtype.
-    """
-    a = alpha.detach().to(torch.float64)
-    if a.ndim != 1 or a.shape[0] != experts[0].shape[0]:
-        raise ValueError(
-            f"alpha must have shape ({experts[0].shape[0]},), got {tuple(alpha.shape)}"
-        )
-    if not bool(torch.isfinite(a).all()) or not bool((a > 0).all()):
-        raise ValueError(f"alpha must be finite and > 0, got {a.tolist()}")
-    w = a / a.sum()
-    return [torch.tensordot(w.to(E.dtype), E.detach(), dims=1) for E in experts]
-
-
-def _flat(mats: Sequence[Tensor]) -> Tensor:
-    return torch.cat([m.detach().reshape(-1).to(torch.float64) for m in mats])
-
-
-def tracking_errors(
-    bases: Sequence[Sequence[Tensor]],
-    experts: Sequence[Sequence[Tensor]],
-    alphas: Tensor,
-) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """(abs_error, rel_error, target_norm), each (L,) float64, of (T2) per layer.
-
-    bases: per layer the base E_m^(l) per matrix (*P_m); experts: per layer per matrix (N, *P_m);
-    alphas: (L, N) the α in force at each layer. abs = ‖E_m − Ē_α‖, rel = abs / ‖Ē_α‖ (all
-    matrices concatenated, float64).
-    """
-    L = len(experts)
-    if len(bases) != L or alphas.shape[0] != L:
-        raise ValueError(
-            f"need one base and one α row per layer: {len(bases)} bases, {alphas.shape[0]} α "
-            f"rows, {L} layers"
-        )
-    abs_err = np.empty(L)
-    tnorm = np.empty(L)
-    for l in range(L):
-        target = _flat(alpha_target(experts[l], alphas[l]))
-        diff = _flat(bases[l]) - target
-        abs_err[l] = float(torch.linalg.vector_norm(diff))
-        tnorm[l] = float(torch.linalg.vector_norm(target))
-    return abs_err, abs_err / tnorm, tnorm
-
-
 def target_cosines(experts: Sequence[Sequence[Tensor]], alphas: Tensor) -> NDArray[np.float64]:
     """cos(Ē_α^(l), Ē_α^(l+1)) for consecutive layers, (L − 1,) float64: how smoothly the
     per-layer targets (T1) move. 1 for identical layers; ≈ 0 for unrelated random layers."""
-    flats = [_flat(alpha_target(e, a)) for e, a in zip(experts, alphas, strict=True)]
+    flats = [
+        torch.cat([t.reshape(-1).to(torch.float64) for t in alpha_target(e, a)])
+        for e, a in zip(experts, alphas, strict=True)
+    ]
     out = np.empty(max(len(flats) - 1, 0))
     for l in range(len(flats) - 1):
         a, b = flats[l], flats[l + 1]
@@ -247,9 +189,9 @@ def _merge_config(
     n: int, beta: complex, gamma: float, resolve: ResolveMode, policy: str, iterations: int
 ) -> MergeConfig:
     if resolve not in get_args(ResolveMode):
-        raise ValueError(f"resolve must be 'once' or 'every', got {resolve!r}")
+        raise ValueError(f"resolve must be 'once' or 'interval', got {resolve!r}")
     method: MethodName = "namex-mom" if resolve == "once" else "namex-full-mom"
-    return MergeConfig(
+    cfg = MergeConfig(
         method=method,
         n_experts=n,
         beta_abs=abs(beta),
@@ -259,6 +201,8 @@ def _merge_config(
         singular_policy=policy,  # type: ignore[arg-type]  # validated by MergeConfig
         newton_iterations=iterations,
     )
+    assert cfg.spec.resolve == resolve  # the study's names are the method table's
+    return cfg
 
 
 def track(
@@ -266,14 +210,14 @@ def track(
     *,
     beta: complex,
     gamma: float,
-    resolve: ResolveMode = "every",
+    resolve: ResolveMode = "interval",
     singular_policy: str = "ridge",
     newton_iterations: int = 20,
 ) -> Tracking:
     """Propagate ``chain`` with the project's :func:`propagate` and measure (T2) per layer.
 
     resolve: "once" = NAMEx-Mom (α solved at layer 0, frozen; exactly the H = cI chain when the
-    experts do not change), "every" = NAMEx-Full-Mom (α re-solved at every layer, Δl = 1).
+    experts do not change), "interval" = NAMEx-Full-Mom (α re-solved at every layer, Δl = 1).
     β = 0 is plain NAMEx / NAMEx-Full (S16). singular_policy, newton_iterations: as in
     :class:`MergeConfig` (the training defaults). Raises ValueError on bad settings (|β| ≥ 1,
     γ ≤ 0, unknown resolve or policy).
@@ -395,65 +339,30 @@ def model_chain(model: MoEGPT, name: str) -> Chain:
     return Chain(name, experts, tuple(t.detach().clone() for t in base))
 
 
-def lm_token_ids(
-    *,
-    tokenizer: Literal["bpe", "byte"] = "bpe",
-    vocab_size: int = 2048,
-    max_chars: int = 1_000_000,
-    cache_dir: str | Path | None = None,
-) -> tuple[Tensor, int]:
-    """Training token ids from the built-in corpus (train split, first ``max_chars`` chars).
+@dataclass(frozen=True)
+class DepthTrainConfig(TrainConfig):
+    """A :class:`TrainConfig` whose preset depth is replaced by ``n_layer`` (0 = the preset's).
 
-    tokenizer: "bpe" (:func:`train_tokenizer` on that text, ``vocab_size``) or "byte" (256).
-    Returns (ids (n,) int64, the tokenizer's vocabulary size).
+    The one model this study trains that is not a preset is the tiny preset with 16 MoE layers;
+    everything else about the run is :func:`namex_ref.train.train`'s.
     """
-    if max_chars < 1000:
-        raise ValueError(f"max_chars must be >= 1000, got {max_chars!r}")
-    text = split_corpus(load_builtin_corpus(), 0.05, 0.05).train[:max_chars]
-    if tokenizer == "byte":
-        tok = ByteTokenizer()
-        return encode_to_tensor(tok, text), tok.vocab_size
-    if tokenizer == "bpe":
-        bpe = train_tokenizer(text, vocab_size, cache_dir=cache_dir)
-        return encode_to_tensor(bpe, text), bpe.vocab_size
-    raise ValueError(f"tokenizer must be 'bpe' or 'byte', got {tokenizer!r}")
+
+    n_layer: int = 0
+
+    def model_config(self) -> ModelConfig:
+        cfg = super().model_config()
+        return dataclasses.replace(cfg, n_layer=self.n_layer) if self.n_layer else cfg
 
 
-def train_plain(
-    config: ModelConfig,
-    ids: Tensor,
-    *,
-    steps: int,
-    batch_size: int = 8,
-    seq_len: int = 128,
-    lr: float = 3e-3,
-    seed: int = 0,
-) -> tuple[MoEGPT, list[float]]:
-    """A plain AdamW loop (no schedule, grad-norm clip 1) on random windows of ``ids``.
-
-    Only to get trained experts for the tracking measurement; the project's trainer is
-    :mod:`namex_ref.train`. Returns (model in eval mode, per-step cross-entropy).
-    """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
-    if seq_len > config.seq_len:
-        raise ValueError(f"seq_len {seq_len} exceeds the model's seq_len {config.seq_len}")
-    torch.manual_seed(seed)
-    model = MoEGPT(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed + 1)
-    losses: list[float] = []
-    model.train()
-    for _ in range(steps):
-        batch = token_batches(ids, batch_size, seq_len, gen)
-        out = model(batch.x, batch.y)
-        assert out.loss is not None and out.ce is not None  # targets given
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(float(out.ce.detach()))
+def train_model(config: TrainConfig) -> tuple[MoEGPT, list[float]]:
+    """Train with :func:`namex_ref.train.train` and return (the final model in eval mode, the
+    cross-entropy of every logged step). ``config.out`` must not hold a checkpoint yet."""
+    train(config)
+    out = Path(config.out)
+    model = MoEGPT(config.model_config())
+    model.load_state_dict(load_checkpoint(out / CHECKPOINT_NAME).model_state)
     model.eval()
+    losses = [float(r["ce"]) for r in read_jsonl(out / METRICS_NAME) if "ce" in r]
     return model, losses
 
 
@@ -466,7 +375,7 @@ class SweepConfig:
     """Grid of the measurement. γ is set per chain from the target γ·c_0 (c_0 = Σα at layer 0).
 
     moduli: |β| values; phases: φ = arg β (radians; default the paper's 0, ±π/12, ±π/6);
-    gamma_c: target γ·c_0 values; resolves: "once" (NAMEx-Mom) and/or "every" (NAMEx-Full-Mom);
+    gamma_c: target γ·c_0 values; resolves: "once" (NAMEx-Mom) and/or "interval" (NAMEx-Full-Mom);
     first_scored_layer: the score is the mean (T2) over l ≥ this (2: the first β-dependent
     layer).
     """
@@ -474,7 +383,7 @@ class SweepConfig:
     moduli: tuple[float, ...] = (0.1, 0.3, 0.5, 0.8)
     phases: tuple[float, ...] = PAPER_PHASES
     gamma_c: tuple[float, ...] = (0.5, 1.0, 2.0)
-    resolves: tuple[ResolveMode, ...] = ("once", "every")
+    resolves: tuple[ResolveMode, ...] = ("once", "interval")
     first_scored_layer: int = 2
 
     def __post_init__(self) -> None:
@@ -485,7 +394,7 @@ class SweepConfig:
         if not self.gamma_c or any(not (math.isfinite(g) and g > 0) for g in self.gamma_c):
             raise ValueError(f"gamma_c must be non-empty positive values, got {self.gamma_c!r}")
         if not self.resolves or any(r not in get_args(ResolveMode) for r in self.resolves):
-            raise ValueError(f"resolves must be 'once'/'every', got {self.resolves!r}")
+            raise ValueError(f"resolves must be 'once'/'interval', got {self.resolves!r}")
         if self.first_scored_layer < 0:
             raise ValueError(f"first_scored_layer must be >= 0, got {self.first_scored_layer!r}")
 
@@ -697,9 +606,7 @@ def headline_table(rows: Sequence[SweepRow]) -> list[str]:
         + [f"real/φ≠0 at γc₀={g:g}" for g in gcs]
         + ["real/φ≠0 whole grid", "ρ picks best \\|φ\\|"]
     )
-    lines = ["## Does a non-zero phase help? (best real β / best φ ≠ 0; > 1 means it does)", ""]
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "---|" * len(head))
+    body: list[list[str]] = []
 
     def ratio(sub: list[SweepRow]) -> str:
         real = [r.score for r in sub if r.phase == 0.0]
@@ -709,7 +616,7 @@ def headline_table(rows: Sequence[SweepRow]) -> list[str]:
         return f"{min(real) / min(other):.4g}"
 
     for chain in dict.fromkeys(r.chain for r in rows):
-        for resolve in ("once", "every"):
+        for resolve in get_args(ResolveMode):
             crow = [r for r in rows if r.chain == chain and r.resolve == resolve]
             if not crow:
                 continue
@@ -718,9 +625,9 @@ def headline_table(rows: Sequence[SweepRow]) -> list[str]:
             cells = [chain, resolve, f"{tcos:.3f}", _fmt(min(r.score for r in crow))]
             cells += [ratio([r for r in crow if r.gamma_c0 == g]) for g in gcs]
             cells += [ratio(crow), f"{sum(v.spectral_agrees for v in cv)}/{len(cv)}"]
-            lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    return lines
+            body.append(cells)
+    title = "## Does a non-zero phase help? (best real β / best φ ≠ 0; > 1 means it does)"
+    return [title, "", format_table(head, body), ""]
 
 
 def render_markdown(
@@ -748,7 +655,7 @@ def render_markdown(
     )
     chains = list(dict.fromkeys(r.chain for r in rows))
     for chain in chains:
-        for resolve in ("once", "every"):
+        for resolve in get_args(ResolveMode):
             cv = [v for v in vs if v.chain == chain and v.resolve == resolve]
             if not cv:
                 continue
@@ -781,9 +688,7 @@ def render_markdown(
     )
     for chain in chains:
         crow = [r for r in rows if r.chain == chain]
-        lines += [f"## {chain}", ""]
-        lines.append("| " + " | ".join(head) + " |")
-        lines.append("|" + "---|" * len(head))
+        body: list[list[str]] = []
         keys = dict.fromkeys((r.resolve, r.gamma_c0, r.beta_abs) for r in crow if r.beta_abs > 0)
         for resolve, gc, m in keys:
             grp = [r for r in crow if r.resolve == resolve and r.gamma_c0 == gc]
@@ -806,8 +711,8 @@ def render_markdown(
             else:
                 cells += ["–", "–"]
             cells.append(str(sum(r.fallbacks for r in at.values())))
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+            body.append(cells)
+        lines += [f"## {chain}", "", format_table(head, body), ""]
     return "\n".join(lines) + "\n"
 
 
@@ -824,15 +729,31 @@ class CrosslayerReport:
     seconds: float
 
 
-def _tiny_quick_config() -> ModelConfig:
-    return ModelConfig(
-        vocab_size=256,
-        d_model=16,
-        n_layer=3,
-        n_head=2,
-        d_ff=32,
-        seq_len=16,
-        merge=MergeConfig(method="namex-full-mom", n_experts=4, segment_len=8),
+def study_train_config(
+    n_layer: int, out: str | Path, *, steps: int, seed: int, quick: bool, cache_dir: str
+) -> DepthTrainConfig:
+    """The training run behind a trained chain: ``namex train --preset tiny --method
+    namex-full-mom --steps <steps> --batch-size 8`` with ``n_layer`` MoE layers, one CPU thread,
+    metrics every step, one checkpoint at the end and one validation batch (not reported).
+    quick: batch 2, one warm-up step and the first 300 000 characters of the corpus (tests)."""
+    return DepthTrainConfig(
+        preset="tiny",
+        method="namex-full-mom",
+        n_layer=n_layer,
+        seed=seed,
+        steps=steps,
+        batch_size=2 if quick else 8,
+        warmup=min(TrainConfig.warmup, steps) if not quick else 1,
+        eval_every=0,
+        final_eval_batches=1,
+        log_every=1,
+        ckpt_every=0,
+        device="cpu",
+        threads=1,
+        progress=False,
+        corpus_chars=300_000 if quick else 0,
+        cache_dir=cache_dir,
+        out=str(out),
     )
 
 
@@ -848,88 +769,81 @@ def crosslayer_report(
     """Run the whole measurement and write the markdown table and the PNG.
 
     Chains: synthetic (L = 24, drift ω ∈ {0, 0.05, 0.2}), the tiny preset (L = 4) and a
-    16-layer tiny-width model, each at initialisation and after ``train_steps`` AdamW steps
-    (NAMEx-Full-Mom, its default β = 0.5·e^{iπ/6}, γ = 1) on the built-in corpus (BPE 2048).
-    Grid: γ·c_0 ∈ {0.25, 0.5, 1, 2}, |β| ∈ {0.1, 0.3, 0.5, 0.8}, φ ∈ {0, ±π/12, ±π/6}.
-    quick: small chains, a reduced model, byte tokens, 3 training steps and one (|β|, γ·c_0) —
-    for the tests (seconds, not minutes).
+    16-layer tiny-width model, each at initialisation and after ``train_steps`` steps of
+    :func:`namex_ref.train.train` (NAMEx-Full-Mom, its default β = 0.5·e^{iπ/6}, γ = 1; see
+    :func:`study_train_config`). Grid: γ·c_0 ∈ {0.25, 0.5, 1, 2}, |β| ∈ {0.1, 0.3, 0.5, 0.8},
+    φ ∈ {0, ±π/12, ±π/6}. token_cache: the tokenizer / token-id cache (None: the trainer's
+    default). quick: small synthetic chains, the tiny preset with L = 3, 3 training steps and
+    one (|β|, γ·c_0) — for the tests (seconds, not minutes).
     """
     t0 = time.perf_counter()
     chains: list[Chain] = []
     notes: list[str] = []
+    cache = str(token_cache) if token_cache is not None else ""
+    depths = (3,) if quick else (4, 16)
+    steps = 3 if quick else train_steps
     if quick:
         cfg = SweepConfig(moduli=(0.5,), gamma_c=(0.5,))
         for drift in (0.0, 0.2):
             chains.append(synthetic_chain(n_layers=6, shapes=((4, 4),), drift=drift, seed=seed))
-        mcfg = _tiny_quick_config()
-        torch.manual_seed(seed)
-        chains.append(model_chain(MoEGPT(mcfg), "reduced model, init"))
-        ids, _ = lm_token_ids(tokenizer="byte", max_chars=20_000)
-        model, losses = train_plain(mcfg, ids, steps=3, batch_size=2, seq_len=16, seed=seed)
-        chains.append(model_chain(model, "reduced model, 3 steps"))
         plot_gc, plot_m = 0.5, 0.5
     else:
         cfg = SweepConfig(gamma_c=(0.25, 0.5, 1.0, 2.0))
         for drift in (0.0, 0.05, 0.2):
             chains.append(synthetic_chain(n_layers=24, drift=drift, seed=seed))
-        tiny = preset("tiny", "namex-full-mom")
-        torch.manual_seed(seed)
-        chains.append(model_chain(MoEGPT(tiny), "tiny (L=4), init"))
-        deep = preset("tiny", "namex-full-mom")
-        deep = ModelConfig(
-            vocab_size=deep.vocab_size,
-            d_model=deep.d_model,
-            n_layer=16,
-            n_head=deep.n_head,
-            d_ff=deep.d_ff,
-            seq_len=deep.seq_len,
-            merge=deep.merge,
-        )
-        torch.manual_seed(seed)
-        chains.append(model_chain(MoEGPT(deep), "tiny width, L=16, init"))
-        ids, vocab = lm_token_ids(
-            tokenizer="bpe", vocab_size=tiny.vocab_size, cache_dir=token_cache
-        )
-        with _single_thread():
-            model, losses = train_plain(
-                tiny, ids, steps=train_steps, batch_size=8, seq_len=128, seed=seed
+        plot_gc, plot_m = 0.5, 0.3
+
+    def label(n_layer: int) -> str:
+        return "tiny (L=4)" if n_layer == 4 else f"tiny width, L={n_layer}"
+
+    losses: dict[int, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="crosslayer-") as tmp:
+        runs = {
+            n: study_train_config(
+                n, Path(tmp) / f"L{n}", steps=steps, seed=seed, quick=quick, cache_dir=cache
             )
-        chains.append(model_chain(model, f"tiny (L=4), {train_steps} AdamW steps"))
-        with _single_thread():
-            deep_model, deep_losses = train_plain(
-                deep, ids, steps=train_steps, batch_size=8, seq_len=128, seed=seed
-            )
-        chains.append(model_chain(deep_model, f"tiny width, L=16, {train_steps} AdamW steps"))
+            for n in depths
+        }
+        for n, run in runs.items():
+            torch.manual_seed(seed)  # the initialisation train() starts from
+            chains.append(model_chain(MoEGPT(run.model_config()), f"{label(n)}, init"))
+        for n, run in runs.items():
+            model, losses[n] = train_model(run)
+            chains.append(model_chain(model, f"{label(n)}, {steps} training steps"))
+    if not quick:
+        vocab = preset("tiny").vocab_size
         c_trained = [layer0_c(ch) for ch in chains[-2:]]
         notes.append(
             f"Trained chains: tiny preset (L = 4) and the same width with L = 16, NAMEx-Full-Mom "
-            f"(|β| = 0.5, φ = π/6, γ = 1), plain AdamW lr 3e-3, batch 8×128 BPE-{vocab} tokens "
-            f"of the built-in corpus, {train_steps} steps: cross-entropy {losses[0]:.3f} → "
-            f"{np.mean(losses[-20:]):.3f} (L = 4) and {deep_losses[0]:.3f} → "
-            f"{np.mean(deep_losses[-20:]):.3f} (L = 16), means of the last 20 steps. The γ = 1 "
+            f"(|β| = 0.5, φ = π/6, γ = 1), trained by `namex_ref.train.train` as "
+            f"`namex train --preset tiny --method namex-full-mom --steps {steps} --batch-size 8` "
+            f"(AdamW lr 3e-3, warm-up 40, cosine to 3e-4, weight decay 0.1, 8×128 BPE-{vocab} "
+            f"tokens of the built-in corpus per step): cross-entropy {losses[4][0]:.3f} → "
+            f"{np.mean(losses[4][-20:]):.3f} (L = 4) and {losses[16][0]:.3f} → "
+            f"{np.mean(losses[16][-20:]):.3f} (L = 16), means of the last 20 steps. The γ = 1 "
             f"they were trained with is γc₀ = {c_trained[0]:.3g} and {c_trained[1]:.3g} "
             f"(at initialisation γc₀ = {layer0_c(chains[3]):.3g}): the γc < 1 regime in which "
             "S19 favours a non-real β for frozen α."
         )
-        plot_gc, plot_m = 0.5, 0.3
     rows: list[SweepRow] = []
     for ch in chains:
         rows.extend(sweep(ch, cfg))
     notes = [
-        "Produced by `namex_ref.crosslayer.crosslayer_report` "
+        "Produced by `python studies/crosslayer.py` "
         f"({'quick' if quick else 'full'} mode). Metric (T2): err_l = ‖E_m^(l) − Ē_α^(l)‖ / "
         "‖Ē_α^(l)‖ with Ē_α^(l) = Σα_iE_i^(l)/Σα_i, the fixed point of the frozen-α "
-        "linearisation ΔE = c(Ē_α − E_m), c = Σα_i (docs/math.md §4). Score: mean err_l over "
-        f"layers l ≥ {cfg.first_scored_layer} (layers 0, 1 do not depend on β). ρ̄: mean over the "
-        "same layers of ρ(R) for H = c_l I (S19). γ = (γc₀)/c₀ with c₀ = Σα at layer 0. "
-        "α once = NAMEx-Mom, α every = NAMEx-Full-Mom (the propagation of "
-        "`namex_ref.merging.functional.propagate`, ridge policy, 20 Newton steps). "
+        "linearisation ΔE = c(Ē_α − E_m), c = Σα_i (docs/math.md §4; `namex_ref.tracking`). "
+        f"Score: mean err_l over layers l ≥ {cfg.first_scored_layer} (layers 0, 1 do not depend "
+        "on β). ρ̄: mean over the same layers of ρ(R) for H = c_l I (S19). γ = (γc₀)/c₀ with "
+        "c₀ = Σα at layer 0. α once = NAMEx-Mom, α interval = NAMEx-Full-Mom (α re-solved "
+        "every Δl = 1 layer; the propagation of `namex_ref.merging.functional.propagate`, ridge "
+        "policy, 20 Newton steps). "
         "±φ give bit-identical chains (conjugate symmetry), so each column holds both. "
         "gain = score(φ=0)/score(best φ≠0) at the same |β| and γc₀; bold when > 1. The "
         "decisive number per chain is the bold ratio in the summary: the best real β (β = 0 "
         "included) against the best φ ≠ 0 over the whole grid.",
-        "Reading ρ̄ in the α-every rows: re-solving α at every layer fixes ‖ΔE‖ = √N (S7), so "
-        "c_l = Σα_i grows as E_m approaches Ē_α and γc_l leaves the range where H = c_l I "
+        "Reading ρ̄ in the α-interval rows: re-solving α at every layer fixes ‖ΔE‖ = √N (S7), "
+        "so c_l = Σα_i grows as E_m approaches Ē_α and γc_l leaves the range where H = c_l I "
         "predicts anything (ρ̄ > 1 without divergence); the chain then steps around the target "
         "with a step of fixed length γ√N (the period-2 zig-zag in the plot).",
         *notes,
@@ -946,6 +860,28 @@ def crosslayer_report(
         markdown=md,
         md_path=md_out,
         png_path=png,
-        train_losses=losses,
+        train_losses=losses[depths[0]],
         seconds=time.perf_counter() - t0,
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python studies/crosslayer.py [--quick] [--out results] [--steps 300] [--seed 0]
+    [--cache-dir DIR]``: writes ``crosslayer.md`` and ``crosslayer.png`` in ``--out``."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--out", type=Path, default=Path("results"))
+    p.add_argument("--quick", action="store_true", help="seconds-long smoke run (tests)")
+    p.add_argument("--steps", type=int, default=300, help="training steps per trained chain")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", default=None, help="token cache (default: the trainer's)")
+    args = p.parse_args(argv)
+    rep = crosslayer_report(
+        args.out / "crosslayer.md", args.out / "crosslayer.png", quick=args.quick,
+        train_steps=args.steps, seed=args.seed, token_cache=args.cache_dir,
+    )
+    print(f"wrote {rep.md_path} and {rep.png_path} ({rep.seconds:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
