@@ -33,7 +33,7 @@ def one_thread() -> Iterator[None]:
 
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-#: Committed plots must stay small (the issue asks for small PNGs in the repository).
+#: Committed plots must stay small: they live in the repository.
 MAX_PNG_BYTES = 300_000
 #: Relative slack for re-deriving a reported ratio from the reported numbers: the inputs are
 #: the same floats, so only rounding of the division (1e-15) separates them.

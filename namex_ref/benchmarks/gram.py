@@ -36,7 +36,7 @@ from namex_ref.tables import format_table
 
 __all__ = ["GPU_TARGET", "GramRow", "bench_gram", "gram_report", "run"]
 
-#: The issue's target on GPU: Gram formation at ≥ 70 % of the device's memory bandwidth.
+#: The performance target on GPU: Gram formation at ≥ 70 % of the device's memory bandwidth.
 GPU_TARGET = 0.70
 NS = (4, 8, 16)
 PARAMS = (2**16, 2**18, 2**20, 2**22)

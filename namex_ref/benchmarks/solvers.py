@@ -51,7 +51,7 @@ BATCHES = (1, 4, 16, 64, 256, 1024, 4096)
 #: Largest batch timed per N by default: batched Newton's work grows as batch·N³, and at
 #: N = 64, batch 4096 one fixed-iteration call takes ~40 s on a shared 2-core CPU.
 DEFAULT_MAX_BATCH = {32: 1024, 64: 256}
-#: The issue's target: at N = 8 Newton must be ≥ 1000× faster per problem than ccp while
+#: The performance target: at N = 8 Newton must be ≥ 1000× faster per problem than ccp while
 #: reaching a residual ≤ 1e-10 (Newton's own stopping tolerance, RESIDUAL_TOL).
 TARGET_N, TARGET_SPEEDUP = 8, 1000.0
 #: Fixed Newton budget of the training loop (MergeConfig.newton_iterations; the paper's 20).

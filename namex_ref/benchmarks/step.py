@@ -62,7 +62,7 @@ __all__ = [
     "step_report",
 ]
 
-#: The issue's targets (time per step relative to EP-CAMEx).
+#: The performance targets: time per step relative to EP-CAMEx at most these ratios.
 TARGETS = {"namex-full": 1.10, "namex": 1.03}
 REFERENCES = ("smoe", "ep-camex")
 
