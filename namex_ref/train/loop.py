@@ -9,12 +9,13 @@ accumulated in device tensors (sums, running maxima, a cumulative fallback count
 step with a non-finite loss) and read when a metrics line is written.
 
 Distributed: run the same entry point under ``torchrun --nproc_per_node=W``; the process group
-(gloo on CPU, nccl on CUDA) is created here from the torchrun environment. Every rank draws the
-same global batch and keeps its slice (:func:`namex_ref.train.data.batch_for_step`), DDP averages
-the gradients, so the update equals the single-process one up to reduction order. All ranks
-compute the same α, because α depends only on the (replicated) parameters. Only rank 0 writes
-files. SMoE's balance loss is computed per rank on the rank's tokens, so SMoE under DDP is not
-the same objective as one process with the global batch; merging methods have no such term.
+(gloo on CPU, nccl on CUDA) is created from the torchrun environment
+(:mod:`namex_ref.train.distributed`). Every rank draws the same global batch and keeps its slice
+(:func:`namex_ref.train.data.batch_for_step`), DDP averages the gradients, so the update equals
+the single-process one up to reduction order. All ranks compute the same α, because α depends
+only on the (replicated) parameters. Only rank 0 writes files. SMoE's balance loss is computed
+per rank on the rank's tokens, so SMoE under DDP is not the same objective as one process with
+the global batch; merging methods have no such term.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from namex_ref.models.gpt import ModelOutput, MoEGPT, count_parameters
 from namex_ref.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from namex_ref.train.config import RUN_CONTROL_FIELDS, TrainConfig, flag_name
 from namex_ref.train.data import batch_for_step, load_token_data, unigram_perplexity
+from namex_ref.train.distributed import Distributed, resolve_device, setup_distributed
 from namex_ref.train.metrics import append_jsonl, clean_json, read_jsonl, truncate_after
 
 __all__ = [
@@ -119,50 +121,6 @@ def lr_at(step: int, config: TrainConfig) -> float:
     progress = min(max(step - config.warmup, 0) / span, 1.0)
     floor = config.lr * config.min_lr_ratio
     return floor + 0.5 * (config.lr - floor) * (1.0 + math.cos(math.pi * progress))
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """"cpu", "cuda" or "auto" (cuda when available) as a torch device (cuda:local_rank)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda requested but CUDA is not available")
-        return torch.device("cuda", local_rank)
-    if name != "cpu":
-        raise ValueError(f"--device must be cpu, cuda or auto, got {name!r}")
-    return torch.device("cpu")
-
-
-@dataclass
-class _Dist:
-    rank: int
-    world: int
-    local_rank: int
-    owns_group: bool
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-
-def _setup_dist(device_name: str) -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist(0, 1, 0, owns_group=False)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    owns = False
-    if not dist.is_initialized():
-        use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
-        if use_cuda:
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        owns = True
-    return _Dist(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=owns)
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -265,7 +223,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         NonFiniteLossError: the loss became NaN/inf (checked at log and checkpoint steps).
         ValueError: bad configuration, refused resume, too little data.
     """
-    ctx = _setup_dist(config.device)
+    ctx = setup_distributed(config.device)
     threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -277,7 +235,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
             dist.destroy_process_group()
 
 
-def _train(config: TrainConfig, resume: bool, ctx: _Dist) -> TrainResult:
+def _train(config: TrainConfig, resume: bool, ctx: Distributed) -> TrainResult:
     device = resolve_device(config.device, ctx.local_rank)
     out = Path(config.out)
     ckpt_path = out / CHECKPOINT_NAME
