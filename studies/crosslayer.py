@@ -73,6 +73,7 @@ from torch import Tensor
 from namex_ref.merging.config import MergeConfig, MethodName
 from namex_ref.merging.functional import bargain_alpha, propagate
 from namex_ref.models.gpt import ModelConfig, MoEGPT, preset
+from namex_ref.nash.gram import domain_vectors
 from namex_ref.spectral import PAPER_PHASES, spectral_radius_from_cubic
 from namex_ref.tables import format_table
 from namex_ref.tracking import alpha_target, tracking_errors
@@ -259,7 +260,7 @@ def layer0_c(chain: Chain, *, singular_policy: str = "ridge", newton_iterations:
 
     Used to pick γ from a target γ·c_0 (the S19 axis of the H = cI analysis).
     """
-    taus = [E - b for E, b in zip(chain.experts[0], chain.base, strict=True)]
+    taus = domain_vectors(list(chain.experts[0]), list(chain.base))  # S1 per matrix
     res = bargain_alpha(taus, policy=singular_policy, iterations=newton_iterations, layer=0)
     return float(res.alpha.sum())
 
