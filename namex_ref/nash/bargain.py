@@ -95,9 +95,9 @@ def nash_bargain(
     if bool((diag == 0).any()):
         idx = (diag == 0).nonzero()[0].tolist()
         i = idx[-1]
-        nonzero = [int((t[i] != 0).any()) for t in mats]
-        if any(nonzero):
-            norm = max(float(t[i].abs().max()) for t in mats)
+        own = mats if granularity == "expert" else [mats[idx[0]]]  # the matrices K_ii sums
+        if any(bool((t[i] != 0).any()) for t in own):
+            norm = max(float(t[i].abs().max()) for t in own)
             raise BargainInputError(
                 f"‖τ_{i}‖² underflowed to 0 in {K.dtype}: expert {i}'s domain vector is not "
                 f"zero (largest entry {norm:.3g}) but its squared norm is below "
