@@ -28,6 +28,7 @@ import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from matplotlib.figure import Figure
 
 from namex_ref.momentum import (
     complex_momentum_step,
@@ -518,9 +519,10 @@ def test_plot_and_grid_main(tmp_path: object) -> None:
         (lambda: best_on_grid(np.zeros((2, 2)), [0.1], [0.0, 1.0]), "(1, 2)"),
     ],
 )
-def test_validation(call: object, shown: str) -> None:
-    import re
-
+def test_validation(
+    call: object, shown: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # "." above: nothing is written into the checkout
     with pytest.raises(ValueError, match=re.escape(shown)):
         call()  # type: ignore[operator]
 
@@ -564,14 +566,23 @@ def test_validation(call: object, shown: str) -> None:
         (lambda: momentum_grid_main(".", gamma=0.0), "gamma=0.0"),
     ],
 )
-def test_validation_names_the_problem(call: object, shown: str) -> None:
-    import re
-
+def test_validation_names_the_problem(
+    call: object, shown: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # "." above: nothing is written into the checkout
     with pytest.raises(ValueError, match=re.escape(shown)):
         call()  # type: ignore[operator]
 
 
 # ----------------------------------------------------------------------------- grid table, plot
+
+
+#: The phases swept in the NAMEx paper (S17): 0, ±15°, ±30°, in this order.
+PAPER_PHASES_DEG = (0, 15, -15, 30, -30)
+
+
+def test_paper_phases() -> None:
+    assert [math.degrees(p) for p in PAPER_PHASES] == pytest.approx(PAPER_PHASES_DEG, abs=1e-12)
 
 
 def _spec_rho(h_eigs: list[complex], beta: complex, gamma: float) -> float:
@@ -592,6 +603,8 @@ _ROW = re.compile(
         ("bilinear", ["bilinear game, eigenvalues ±0.5i  (γ = 0.25)"], [[0.5j, -0.5j]]),
         ("both", ["H = cI, c = 2 (frozen-α NAMEx)  (γ = 0.25)",
                   "bilinear game, eigenvalues ±0.5i  (γ = 0.25)"], [[2.0], [0.5j, -0.5j]]),
+        ("defaults", ["H = cI, c = 1 (frozen-α NAMEx)  (γ = 0.5)",
+                      "bilinear game, eigenvalues ±1i  (γ = 0.5)"], [[1.0], [1j, -1j]]),
     ],
 )
 def test_grid_table_matches_the_spec_cubic(
@@ -599,10 +612,15 @@ def test_grid_table_matches_the_spec_cubic(
 ) -> None:
     """Every number in the momentum-grid table (S19) is recomputed here from the S19 cubic:
     the grid minimum, the best real β (φ ∈ {0, π}) and the best |β| at each paper phase.
-    The table prints ρ to 5 decimals, |β| to 3 and φ to 0.1°, hence the tolerances."""
-    gamma, n_m, n_p = 0.25, 7, 9
-    path, table = momentum_grid_main(tmp_path, h_kind=h_kind, c=2.0, sigma=0.5, gamma=gamma,  # type: ignore[arg-type]
-                                     n_moduli=n_m, n_phases=n_p)
+    The table prints ρ to 5 decimals, |β| to 3 and φ to 0.1°, hence the tolerances.
+    "defaults": the documented defaults (both panels, c = σ = 1, γ = 0.5, a 50 × 73 grid)."""
+    if h_kind == "defaults":
+        gamma, n_m, n_p = 0.5, 50, 73
+        path, table = momentum_grid_main(tmp_path)
+    else:
+        gamma, n_m, n_p = 0.25, 7, 9
+        path, table = momentum_grid_main(tmp_path, h_kind=h_kind, c=2.0, sigma=0.5,  # type: ignore[arg-type]
+                                         gamma=gamma, n_moduli=n_m, n_phases=n_p)
     assert path == tmp_path / "rho_grid.png" and path.read_bytes()[:4] == b"\x89PNG"
     moduli = [0.99 * i / (n_m - 1) for i in range(n_m)]
     phases = [-math.pi + 2 * math.pi * j / (n_p - 1) for j in range(n_p)]
@@ -619,13 +637,13 @@ def test_grid_table_matches_the_spec_cubic(
         assert all(parsed), rows
         kinds = [p.group(1) for p in parsed if p]
         assert kinds[:2] == ["best on grid", "best real β"]
-        wanted_phases = [round(math.degrees(phi)) for phi in PAPER_PHASES]
+        wanted_phases = list(PAPER_PHASES_DEG)
         assert [int(p.group(2)) for p in parsed[2:] if p] == wanted_phases
         for p, candidates in zip(
             parsed,
             [[(m, phi) for m in moduli for phi in phases],
              [(m, phi) for m in moduli for phi in (0.0, math.pi)]]
-            + [[(m, phi) for m in moduli] for phi in PAPER_PHASES],
+            + [[(m, math.radians(phi)) for m in moduli] for phi in PAPER_PHASES_DEG],
             strict=True,
         ):
             assert p is not None
@@ -646,9 +664,6 @@ def test_plot_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The documented content of each panel (S19): ρ over |β| × φ (degrees) with a colormap
     diverging at ρ = 1, the ρ = 1 contour when ρ crosses 1, the best grid point as a star and
     the paper's phases as dotted vertical lines; one colorbar per panel."""
-    from matplotlib.colors import TwoSlopeNorm
-    from matplotlib.figure import Figure
-
     saved: list[Figure] = []
     original = Figure.savefig
 
@@ -660,11 +675,29 @@ def test_plot_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     moduli = np.linspace(0.0, 0.99, 12)
     phases = np.linspace(-math.pi, math.pi, 13)
     gamma = 0.5
-    panels = [("coop", [1.0]), ("bilinear", [1j, -1j])]
-    plot_rho_grid(panels, moduli, phases, gamma, tmp_path / "rho.png")
-    (fig,) = saved
+    # ρ crosses 1 (first two); ρ > 1 everywhere (bilinear, γσ = 4); ρ < 1 everywhere
+    # (H = cI, γc = 0.5, |β| ≤ 0.54)
+    panels = [("coop", [1.0]), ("bilinear", [1j, -1j]), ("above", [8j, -8j]), ("below", [1.0])]
+    plot_rho_grid(panels[:2], moduli, phases, gamma, tmp_path / "rho.png")
+    plot_rho_grid(panels[2:3], moduli, phases, gamma, tmp_path / "above.png")
+    plot_rho_grid(panels[3:], moduli[:7], phases, gamma, tmp_path / "below.png")
+    assert len(saved) == 3
+    checked = 0
+    for fig, fig_panels, mods in zip(saved, (panels[:2], panels[2:3], panels[3:]),
+                                     (moduli, moduli, moduli[:7]), strict=True):
+        checked += _check_plot(fig, fig_panels, mods, phases, gamma)
+    assert checked == 4
+
+
+def _check_plot(fig: Figure, panels: list[tuple[str, list[complex]]], moduli: np.ndarray,
+                phases: np.ndarray, gamma: float) -> int:
+    from matplotlib.colors import TwoSlopeNorm
+
     axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
-    assert len(axes) == 2 and len(fig.axes) == 4  # two panels, two colorbars
+    assert len(axes) == len(panels) and len(fig.axes) == 2 * len(panels)  # + one colorbar each
+    for ax in axes:  # one row of panels, side by side
+        assert ax.get_position().height > 0.5
+    assert [ax.get_position().x0 for ax in axes] == sorted(ax.get_position().x0 for ax in axes)
     for ax, (title, hs) in zip(axes, panels, strict=True):
         # independent ρ on the grid (S19 cubic, numpy.roots)
         want = np.array([[_spec_rho(hs, m * complex(math.cos(p), math.sin(p)), gamma)
@@ -677,7 +710,9 @@ def test_plot_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert isinstance(norm, TwoSlopeNorm) and norm.vcenter == 1.0
         assert norm.vmin is not None and norm.vmax is not None
         assert norm.vmin < 1.0 < norm.vmax
-        assert norm.vmin <= want.min() + 1e-9 and norm.vmax >= want.max() - 1e-9
+        # the colour range is the data's range, widened only as far as ρ = 1
+        assert norm.vmin == pytest.approx(min(want.min(), 1.0), abs=1e-5)
+        assert norm.vmax == pytest.approx(max(want.max(), 1.0), abs=1e-5)
         crosses = want.min() < 1.0 < want.max()
         contours = [c for c in ax.collections if hasattr(c, "levels")]
         assert (len(contours) == 1 and list(contours[0].levels) == [1.0]) if crosses \
@@ -689,8 +724,110 @@ def test_plot_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert list(star.get_ydata()) == [pytest.approx(moduli[i])]
         verticals = sorted(float(ln.get_xdata()[0]) for ln in ax.lines
                            if ln.get_linestyle() == ":")
-        assert verticals == pytest.approx(sorted(math.degrees(p) for p in PAPER_PHASES))
+        assert verticals == pytest.approx(sorted(PAPER_PHASES_DEG))
         assert ax.get_title().startswith(f"{title}\nγ=0.5, min ρ={want.min():.4f}")
         assert "phase" in ax.get_xlabel() and ax.get_ylabel() == "|β|"
         x0, x1 = ax.get_xlim()
         assert x0 <= -179 and x1 >= 179  # the φ axis is in degrees
+    return len(axes)
+
+
+# ----------------------------------------------------------------------------- inputs and edges
+# More cases found by mutation testing: accepted input forms (ArrayLike, scalars, float32),
+# boundary values of the documented ranges, and the exact norms simulate returns (S19).
+
+
+def test_array_likes_and_scalars_are_accepted() -> None:
+    """Lists, scalars and integer arrays are ArrayLike inputs; the results equal the S19
+    formulas evaluated here."""
+    np.testing.assert_array_equal(momentum_matrix([[2]], 0.5, 1.0),
+                                  spec_matrix(np.array([[2.0]]), 0.5, 1.0))
+    beta, gamma = 0.3 + 0.4j, 0.7
+    assert spectral_radius_from_cubic(2.0, beta, gamma) == pytest.approx(
+        _spec_rho([2.0], beta, gamma), abs=1e-12)
+    grid = rho_grid(2.0, 0.5, 0.25, 0.7)  # all four axes as scalars
+    assert grid.shape == (1, 1, 1)
+    assert grid[0, 0, 0] == pytest.approx(
+        _spec_rho([2.0], 0.5 * complex(math.cos(0.25), math.sin(0.25)), 0.7), abs=1e-12)
+    assert best_on_grid([[0.3, 0.2], [0.1, 0.4]], [0.5, 0.9], [0.0, 1.0]) == (0.9, 0.0, 0.1)
+    np.testing.assert_array_equal(cooperative_matrix(2.0), [[2.0]])  # dim defaults to 1
+
+
+def test_rho_grid_computes_in_float64_for_float32_axes() -> None:
+    """float32 moduli/phases are converted to float64 first: the grid equals the S19 cubic
+    evaluated at the same (exactly widened) values to 1e-12, far below float32 rounding."""
+    moduli = np.array([0.3, 0.7, 0.95], dtype=np.float32)
+    phases = np.array([-2.0, 0.1, 1.3], dtype=np.float32)
+    grid = rho_grid([0.4, 1.9], moduli, phases, [0.8])
+    for i, m in enumerate(moduli.astype(np.float64)):
+        for j, p in enumerate(phases.astype(np.float64)):
+            beta = m * complex(math.cos(p), math.sin(p))
+            assert abs(grid[i, j, 0] - _spec_rho([0.4, 1.9], beta, 0.8)) <= 1e-12
+
+
+def test_zero_eigenvalue_gives_rho_one() -> None:
+    """h = 0: the cubic is (λ − 1)(λ² − 2aλ + |β|²), so ρ = max(1, |β|) = 1 for |β| < 1."""
+    grid = rho_grid([0.0], [0.0, 0.5, 0.9], [0.0, 2.0], [0.5])
+    np.testing.assert_allclose(grid, 1.0, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("call", "shown"),
+    [
+        (lambda: quaternion_momentum_matrix(np.array([[np.inf]]), (0.5, 0, 0, 0), 1.0),
+         "H must be finite"),
+        (lambda: quaternion_momentum_matrix(np.zeros((1, 2)), (0.5, 0, 0, 0), 1.0),
+         "square (d, d)"),
+        (lambda: quaternion_momentum_matrix(np.eye(2), (0.5, 0, 0, 0), math.nan),
+         "gamma must be finite"),
+        (lambda: cubic_coefficients(1.0, complex("nan"), 1.0), "beta must be finite"),
+        (lambda: cubic_coefficients(1.0, 0.5, math.inf), "gamma must be finite"),
+        (lambda: simulate(np.eye(1), (0.5, 0.0, 0.0, 0.0), complex(0.5, math.nan), [1.0], 2),
+         "gamma must be finite"),
+        (lambda: momentum_grid_main(".", gamma=math.inf), "gamma=inf"),
+    ],
+)
+def test_more_validation(
+    call: object, shown: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=re.escape(shown)):
+        call()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("beta", [0.5 - 0.25j, (0.5, 0.25, -0.5, 0.125)])
+def test_simulate_one_step_norms(beta: complex | tuple[float, ...]) -> None:
+    """steps = 1 (the smallest allowed): μ¹ = 0, so μ² = ΔE = −H e⁰ and e¹ = e⁰ − γ H e⁰ for any
+    β (S17/S18). "error" returns (‖e⁰‖, ‖e¹‖), "state" (‖e⁰‖, ‖(μ², e¹)‖); list inputs."""
+    H = [[0.5, 0.25], [0.0, 0.75]]
+    e0 = [0.375, -0.5]  # dyadic: every quantity below is exact
+    gamma = 0.5
+    delta = -np.array(H) @ np.array(e0)
+    e1 = np.array(e0) + gamma * delta
+    err = simulate(H, beta, gamma, e0, 1)
+    assert err.shape == (2,)
+    assert err.tolist() == pytest.approx([math.hypot(*e0), math.hypot(*e1)], rel=1e-15)
+    state = simulate(H, beta, gamma, e0, 1, observable="state")
+    assert state.tolist() == pytest.approx(
+        [math.hypot(*e0), math.hypot(*delta, *e1)], rel=1e-15)  # μ² = (ΔE, 0, ...)
+
+
+def test_simulate_from_zero_and_tiny_errors() -> None:
+    """e⁰ = 0 stays 0 (no 0/0 in the rescaled norm); ‖e⁰‖ = 1e-200 is not lost to underflow."""
+    assert simulate(np.eye(2), 0.5, 0.5, np.zeros(2), 3).tolist() == [0.0] * 4
+    tiny = simulate(np.eye(2), 0.0, 0.5, np.array([3e-200, 4e-200]), 1)
+    assert tiny.tolist() == pytest.approx([5e-200, 2.5e-200], rel=1e-15)  # e¹ = e⁰/2
+
+
+def test_fitted_rate_uses_at_least_three_points() -> None:
+    """Fits the last max(3, ⌈f·n⌉) points; least squares through 3 equally spaced points has
+    slope (y₃ − y₁)/2, so the rate is √(e₃/e₁). Three entries and f = 1 are allowed."""
+    assert fitted_rate([1.0, 0.5, 0.25, 0.2]) == pytest.approx(math.sqrt(0.2 / 0.5), rel=1e-12)
+    assert fitted_rate([1.0, 0.5, 0.25]) == pytest.approx(0.5, rel=1e-12)
+    assert fitted_rate([1.0, 0.5, 0.25, 0.125], tail_fraction=1.0) == pytest.approx(0.5, rel=1e-12)
+
+
+def test_grid_main_smallest_grid(tmp_path: Path) -> None:
+    """n_moduli = n_phases = 2 is the smallest grid allowed (|β| ∈ {0, 0.99}, φ ∈ {−π, π})."""
+    _, table = momentum_grid_main(tmp_path, h_kind="cooperative", n_moduli=2, n_phases=2)
+    assert len(table.splitlines()) == 8
