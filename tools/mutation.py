@@ -889,7 +889,8 @@ def render_report(store: dict[str, Any], equivalents: dict[str, str], command: s
     lines = [
         "# Mutation testing of the core",
         "",
-        f"Written by `{command}` (`tools/mutation.py`; `make mutation` runs every module).",
+        f"Last written by `{command}` (`tools/mutation.py`; `make mutation` runs every module;"
+        " each module's own command, commit and date are given below).",
         f"Machine: {_machine()}.",
         "",
         "Each module is mutated by the tool's AST mutator (operators below) and every mutant is",
@@ -922,6 +923,8 @@ def render_report(store: dict[str, Any], equivalents: dict[str, str], command: s
                      if m["status"] in alive and m["uid"] not in equivalents]
         equiv = [m for m in entry["mutants"] if m["status"] in alive and m["uid"] in equivalents]
         lines += [f"## {module} (`{entry['path']}`)", ""]
+        if entry.get("command"):
+            lines += [f"Measured by `{entry['command']}`.", ""]
         lines.append(f"Test files: {', '.join(f'`{f}`' for f in entry['test_files'])}; "
                      f"{entry['baseline_tests']} passing tests in the baseline"
                      + (f", failing (left out): {entry['baseline_failing']}"
@@ -969,6 +972,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-mutants", type=int, default=None,
                         help="run only the first N mutants per module (source order)")
     parser.add_argument("--list", action="store_true", help="print the mutants and exit")
+    parser.add_argument("--report", action="store_true",
+                        help="only rewrite the report from the stored JSON (e.g. after editing "
+                             "the equivalents file)")
     parser.add_argument("--json", type=Path, default=JSON_OUT)
     parser.add_argument("--out", type=Path, default=MD_OUT)
     args = parser.parse_args(argv)
@@ -979,6 +985,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for m in generate_mutants((ROOT / path).read_text(), path):
                 print(f"{path}:{m.line}:{m.col} {m.operator}: {_short(m.original)} -> "
                       f"{_short(m.replacement)}")
+        return 0
+    if args.report:
+        stored: dict[str, Any] = json.loads(args.json.read_text())
+        last = max(stored.values(), key=lambda e: str(e["date"]))
+        args.out.write_text(render_report(stored, load_equivalents(), last.get("command", "")))
         return 0
     os.chdir(ROOT)
     os.environ["HYPOTHESIS_PROFILE"] = "mutation"
@@ -997,13 +1008,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch  # noqa: F401
 
     command = "python tools/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    equivalents = load_equivalents()
     for module in modules:
         entry = measure_module(module, args.jobs, args.sample, args.seed, args.max_mutants)
         # Read-modify-write: another run may have updated other modules meanwhile.
         store: dict[str, Any] = json.loads(args.json.read_text()) if args.json.exists() else {}
         entry["command"] = command.strip()
         store[module] = entry
+        equivalents = load_equivalents()  # re-read: it may have been edited during the run
         s = _summary(entry, equivalents)
         print(f"{module}: kill rate {100 * s['rate']:.1f}% ({s}), {entry['wall_s']:.0f} s",
               flush=True)
