@@ -16,7 +16,8 @@ from namex_ref.train import MethodSummary, mean_ci
 from namex_ref.train.comparison import plot_compare
 
 RUNS = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs")
-PAPER = {"smoe": 35.55, "camex": 36.53, "namex-full-mom": 35.37}  # docs/math.md §5, WikiText-103 test ppl
+# docs/math.md §5: WikiText-103 test perplexity of the paper's medium models
+PAPER = {"smoe": 35.55, "camex": 36.53, "namex-full-mom": 35.37}
 
 
 def load(name: str) -> dict[str, dict[int, float]]:
