@@ -23,8 +23,8 @@ from namex_ref.momentum import (
     zero_buffer,
 )
 from namex_ref.nash import (
-    METHODS,
     RESIDUAL_TOL,
+    SOLVERS,
     BargainInputError,
     BargainResult,
     DegenerateExpertError,
@@ -43,8 +43,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MERGE_METHODS",
-    "METHODS",
     "RESIDUAL_TOL",
+    "SOLVERS",
     "BargainInputError",
     "BargainResult",
     "DegenerateExpertError",

@@ -77,7 +77,7 @@ def _cmd_momentum_grid(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``namex`` argument parser."""
-    from namex_ref.nash.solvers import METHODS
+    from namex_ref.nash.solvers import SOLVERS
 
     p = argparse.ArgumentParser(prog="namex", description="NAMEx reference implementation")
     sub = p.add_subparsers(dest="command", required=True)
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("solve", help="solve Kα = 1/α for a .npy file (K [..., N, N] or τ [N, d])")
     s.add_argument("path", type=Path)
     s.add_argument("--taus", action="store_true", help="the file holds τ [N, d], not K")
-    s.add_argument("--method", choices=METHODS, default="newton")
+    s.add_argument("--method", choices=SOLVERS, default="newton")
     s.set_defaults(func=_cmd_solve)
     g = sub.add_parser("momentum-grid", help="ρ(R) over (|β|, φ) for a chosen H (S19), PNG")
     g.add_argument("--out", type=Path, default=Path("runs/momentum-grid"))

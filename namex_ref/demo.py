@@ -13,7 +13,7 @@ from torch import Tensor
 
 from namex_ref.nash.gram import gram_matrix
 from namex_ref.nash.result import NashSolution
-from namex_ref.nash.solvers import METHODS, Method, solve_nash
+from namex_ref.nash.solvers import SOLVERS, SolverName, solve_nash
 from namex_ref.tables import format_table
 
 __all__ = ["SolverCheck", "builtin_experts", "compare_solvers"]
@@ -58,7 +58,7 @@ class SolverCheck:
     max_rel_diff: float  # max_i |α_i − α_i^newton| / α_i^newton
 
 
-def compare_solvers(K: Tensor, methods: tuple[Method, ...] = METHODS) -> list[SolverCheck]:
+def compare_solvers(K: Tensor, methods: tuple[SolverName, ...] = SOLVERS) -> list[SolverCheck]:
     """Solve K (N, N) with every method and compare α against Newton's."""
     rows: list[SolverCheck] = []
     ref = solve_nash(K, method="newton").alpha

@@ -35,8 +35,10 @@ Findings these tools reproduce (pinned in ``tests/test_spectral.py``):
   discrepancy found); the heavy-ball factorisation for real β holds.
 - Bilinear game, H = [[0, σ], [−σ, 0]] per pair (eigenvalues ±iσ): every real β gives
   ρ(R) ≥ 1 (Schur–Cohn on the heavy-ball quadratic), while a non-zero phase reaches ρ < 1,
-  e.g. γσ = 0.5: ρ = 0.902 at |β| = 0.68, φ = ±64°; the paper's phases (|φ| ≤ 30°) reach ρ < 1
-  only for small steps (γσ = 0.1: 0.972 at φ = ±30°).
+  e.g. γσ = 0.5: ρ = 0.889 at |β| = 0.672, φ = ±62.7° (a fine search; grids find slightly more:
+  0.902 on tests/test_spectral.py's 100×181 grid, 0.907 on the 50×73 default of
+  ``namex momentum-grid``); the paper's phases (|φ| ≤ 30°) reach ρ < 1 only for small steps
+  (γσ = 0.1: 0.972 at φ = ±30°).
 - Frozen-α NAMEx, H = cI: for γc ≥ 1 the best β over the disk is real (heavy ball at critical
   damping, ρ = |1 − √(γc)|). For γc < 1 a NON-real β does better: the cubic can be made a
   perfect cube (λ − r)³ with r < |1 − √(γc)|, e.g. γc = 0.3: r = 0.386 vs 0.452 for the best

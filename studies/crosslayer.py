@@ -261,7 +261,9 @@ def layer0_c(chain: Chain, *, singular_policy: str = "ridge", newton_iterations:
     Used to pick γ from a target γ·c_0 (the S19 axis of the H = cI analysis).
     """
     taus = domain_vectors(list(chain.experts[0]), list(chain.base))  # S1 per matrix
-    res = bargain_alpha(taus, policy=singular_policy, iterations=newton_iterations, layer=0)
+    res = bargain_alpha(
+        taus, singular_policy=singular_policy, newton_iterations=newton_iterations, layer=0
+    )
     return float(res.alpha.sum())
 
 

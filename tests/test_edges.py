@@ -105,7 +105,7 @@ def test_raise_policy_raises_on_unconverged_bargain_naming_layer(
                          for _ in range(4)])]
     taus[0][1] = -0.999 * taus[0][0] + 0.05 * w  # nearly opposed: Newton needs many steps
     with pytest.raises(NashConvergenceError, match="MoE layer 3"):
-        bargain_alpha(taus, policy="raise", iterations=1, layer=3)
+        bargain_alpha(taus, singular_policy="raise", newton_iterations=1, layer=3)
 
 
 # ------------------------------------------------------------------------------------------

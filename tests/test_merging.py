@@ -697,14 +697,14 @@ def test_bargain_alpha_solves_s4(seed: int, n: int, extra: int) -> None:
         torch.from_numpy(rng.standard_normal((n, d1, 2))),
         torch.from_numpy(rng.standard_normal((n, 3))),
     ]
-    res = bargain_alpha(taus, policy="raise", layer=0)
+    res = bargain_alpha(taus, singular_policy="raise", layer=0)
     G = torch.cat([t.reshape(n, -1) for t in taus], 1).T  # (d, N)
     u = G.T @ (G @ res.alpha)  # utilities u_i = τ_iᵀ Gα (S7)
     assert float((res.alpha * u - 1).abs().max()) <= NASH_RESIDUAL_TOL
     assert float(res.residual) <= NASH_RESIDUAL_TOL and not bool(res.fallback)
     torch.testing.assert_close(res.alpha, solve_nash(G.T @ G).alpha, rtol=ALPHA_RTOL, atol=0)
     for policy in ("ridge", "uniform"):
-        same = bargain_alpha(taus, policy=policy)
+        same = bargain_alpha(taus, singular_policy=policy)
         # "ridge" solves the bargain batched with its ridge problem ((2, N, N), one call):
         # batched and unbatched LAPACK kernels may round the last bit differently, so the
         # policies agree to a few float64 ulps (measured: 1 ulp), not bit for bit.
@@ -720,13 +720,13 @@ def test_bargain_alpha_never_silent(problem: tuple[Tensor, Tensor], iterations: 
     finishes the solve with the full solver instead of raising."""
     G, K = problem
     taus = [G.T.contiguous()]  # (N, d)
-    res = bargain_alpha(taus, policy="ridge", iterations=iterations)
+    res = bargain_alpha(taus, singular_policy="ridge", newton_iterations=iterations)
     true_res = float((res.alpha * (K @ res.alpha) - 1).abs().max())
     if not bool(res.fallback):
         assert float(res.residual) <= NEWTON_CONVERGED and true_res <= NEWTON_CONVERGED
     else:
         assert float(res.residual) > RESIDUAL_TOL
-    full = bargain_alpha(taus, policy="raise", iterations=iterations, layer=0)
+    full = bargain_alpha(taus, singular_policy="raise", newton_iterations=iterations, layer=0)
     assert float(full.residual) <= NEWTON_CONVERGED
     torch.testing.assert_close(full.alpha, solve_nash(K).alpha, rtol=1e-6, atol=0)
 
@@ -759,15 +759,15 @@ def test_singular_bargain_policies(
     """ "raise" names the MoE layer; "ridge"/"uniform" give finite α and flag the fallback."""
     taus = make()
     with pytest.raises(error, match="MoE layer 3") as info:
-        bargain_alpha(taus, policy="raise", layer=3)
+        bargain_alpha(taus, singular_policy="raise", layer=3)
     assert isinstance(info.value, InfeasibleBargainError) and info.value.certificate.numel() == 3
     n = taus[0].shape[0]
     for policy in ("ridge", "uniform"):
-        res = bargain_alpha(taus, policy=policy, layer=3)
+        res = bargain_alpha(taus, singular_policy=policy, layer=3)
         assert bool(res.fallback) and bool(torch.isfinite(res.alpha).all())
         assert bool((res.alpha > 0).all())
         assert float(res.residual) >= 0.5  # no α solves an infeasible bargain
-    res = bargain_alpha(taus, policy="uniform")
+    res = bargain_alpha(taus, singular_policy="uniform")
     G = taus[0].reshape(n, -1)
     assert float(torch.linalg.norm(res.alpha @ G)) == pytest.approx(math.sqrt(n), rel=1e-12)
     assert torch.all(res.alpha == res.alpha[0])
@@ -779,16 +779,16 @@ def test_all_experts_equal_to_base(dtype: torch.dtype) -> None:
     in float32 and made ΔE = inf·0 = NaN)."""
     taus = [torch.zeros(3, 4, 5, dtype=dtype), torch.zeros(3, 2, dtype=dtype)]
     with pytest.raises(DegenerateExpertError, match="MoE layer 1"):
-        bargain_alpha(taus, policy="raise", layer=1)
+        bargain_alpha(taus, singular_policy="raise", layer=1)
     for policy in ("ridge", "uniform"):
-        res = bargain_alpha(taus, policy=policy)
+        res = bargain_alpha(taus, singular_policy=policy)
         assert bool(res.fallback) and res.alpha.tolist() == [1.0, 1.0, 1.0]
 
 
 def test_uniform_policy_bounded_when_experts_cancel() -> None:
     """τ_1 = −τ_0 exactly: 1ᵀK1 = 0, α stays finite and moderate instead of ~1e15."""
     u = torch.randn(1, 8, generator=_gen(3))
-    res = bargain_alpha([torch.cat([u, -u])], policy="uniform")
+    res = bargain_alpha([torch.cat([u, -u])], singular_policy="uniform")
     assert bool(res.fallback) and float(res.alpha.max()) < 1e4 / float(u.norm())
 
 
@@ -796,8 +796,8 @@ def test_non_finite_experts() -> None:
     t = torch.randn(3, 4, dtype=torch.float64)
     t[0, 0] = math.nan
     with pytest.raises(BargainInputError, match="MoE layer 5"):
-        bargain_alpha([t], policy="raise", layer=5)
-    res = bargain_alpha([t], policy="ridge")
+        bargain_alpha([t], singular_policy="raise", layer=5)
+    res = bargain_alpha([t], singular_policy="ridge")
     assert bool(res.fallback) and bool(torch.isfinite(res.alpha).all())
     assert math.isnan(float(res.residual))
 
@@ -808,14 +808,14 @@ def test_raise_policy_accepts_float32_near_parallel() -> None:
     'not positive semi-definite'. K is now validated in the precision it was formed in."""
     g = _gen(0)
     t = torch.randn(1, 4000, generator=g) + 1e-4 * torch.randn(4, 4000, generator=g)
-    res = bargain_alpha([t], policy="raise", iterations=1, layer=0)
+    res = bargain_alpha([t], singular_policy="raise", newton_iterations=1, layer=0)
     assert bool(res.fallback)  # re-solved by the full solver
     assert float(res.residual) <= 1e-6
 
 
 def test_bad_policy() -> None:
     with pytest.raises(ValueError, match="'skip'"):
-        bargain_alpha([torch.randn(2, 3)], policy="skip")
+        bargain_alpha([torch.randn(2, 3)], singular_policy="skip")
 
 
 # --------------------------------------------------------------------------------------------

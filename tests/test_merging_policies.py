@@ -41,7 +41,7 @@ def _cone(n: int, d: int, seed: int) -> Tensor:
 
 def test_raise_policy_returns_the_bargain_without_fallback() -> None:
     t = _cone(4, 12, 0)
-    res = bargain_alpha([t], policy="raise")
+    res = bargain_alpha([t], singular_policy="raise")
     assert not bool(res.fallback)
     np.testing.assert_allclose(res.alpha.numpy(), positive_root((t @ t.T).numpy()), rtol=1e-8)
     assert float(res.residual) <= 1e-10
@@ -56,7 +56,7 @@ def test_tiny_expert_above_threshold_is_a_real_direction() -> None:
     small = t.clone()
     small[1] *= 1e-5  # K_11 = 1e-10
     for policy in ("raise", "ridge", "uniform"):
-        res = bargain_alpha([small], policy=policy)
+        res = bargain_alpha([small], singular_policy=policy)
         assert not bool(res.fallback), policy
         full = positive_root((t @ t.T).numpy())
         want = full * np.array([1.0, 1e5, 1.0])
@@ -69,7 +69,7 @@ def test_expert_below_threshold_is_a_zero_expert() -> None:
     t = _cone(3, 10, 2)
     t = t / t.norm(dim=1, keepdim=True)
     t[1] *= 1e-7  # K_11 = 1e-14
-    res = bargain_alpha([t], policy="ridge", ridge=1e-3)
+    res = bargain_alpha([t], singular_policy="ridge", ridge=1e-3)
     assert bool(res.fallback)
     K = (t @ t.T).numpy()
     Kp = K.copy()
@@ -85,7 +85,7 @@ def test_ridge_policy_on_antiparallel_experts(ridge: float) -> None:
     u = torch.randn(6, generator=g, dtype=torch.float64)
     w = torch.randn(6, generator=g, dtype=torch.float64)
     t = torch.stack([u, -2.0 * u, w])
-    res = bargain_alpha([t], policy="ridge", ridge=ridge)
+    res = bargain_alpha([t], singular_policy="ridge", ridge=ridge)
     assert bool(res.fallback)
     K = (t @ t.T).numpy()
     lam = ridge * K.diagonal().mean()
@@ -95,7 +95,7 @@ def test_ridge_policy_on_antiparallel_experts(ridge: float) -> None:
 def test_uniform_policy_on_cancelling_experts_is_capped_exactly() -> None:
     """τ_1 = −τ_0: 1ᵀK1 = 0 < 1e-6·tr K, so c = √(N / (1e-6·tr K)) = 1e3/‖u‖ for N = 2."""
     u = torch.randn(1, 8, generator=_gen(4), dtype=torch.float64)
-    res = bargain_alpha([torch.cat([u, -u])], policy="uniform")
+    res = bargain_alpha([torch.cat([u, -u])], singular_policy="uniform")
     assert bool(res.fallback)
     want = 1e3 / float(u.norm())
     np.testing.assert_allclose(res.alpha.numpy(), [want, want], rtol=1e-12)
@@ -107,7 +107,7 @@ def test_uniform_policy_on_infeasible_but_not_cancelling_experts() -> None:
     u = torch.randn(6, generator=g, dtype=torch.float64)
     w = torch.randn(6, generator=g, dtype=torch.float64)
     t = torch.stack([u, -2.0 * u, w])
-    res = bargain_alpha([t], policy="uniform")
+    res = bargain_alpha([t], singular_policy="uniform")
     total = float(((u - 2.0 * u + w) ** 2).sum())
     np.testing.assert_allclose(res.alpha.numpy(), [math.sqrt(3 / total)] * 3, rtol=1e-12)
 
@@ -118,7 +118,7 @@ def test_non_finite_gram_falls_back_with_nan_read_as_zero(policy: str) -> None:
     residual is NaN, and α is the policy's α for that K (computed here)."""
     t = _cone(3, 9, 6)
     t[0, 4] = math.nan
-    res = bargain_alpha([t], policy=policy)
+    res = bargain_alpha([t], singular_policy=policy)
     assert bool(res.fallback) and math.isnan(float(res.residual))
     K = (t @ t.T).numpy()
     K = np.nan_to_num(K, nan=0.0)
@@ -135,7 +135,7 @@ def test_float32_experts_match_float64_reference() -> None:
     """float32 τ: K accumulated in float32 (~1e-7 relative), solved in float64; α agrees with
     the float64 root to 1e-5 (cond(K̂) ≈ 10 here)."""
     t = _cone(5, 64, 7)
-    res = bargain_alpha([t.float()], policy="raise")
+    res = bargain_alpha([t.float()], singular_policy="raise")
     assert not bool(res.fallback)
     K = (t.float().double() @ t.float().double().T).numpy()
     np.testing.assert_allclose(res.alpha.numpy(), positive_root(K), rtol=1e-5)

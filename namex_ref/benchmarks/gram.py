@@ -101,7 +101,7 @@ def bench_gram(
                 med = interleaved_medians({
                     "gram": lambda t=taus: gram_matrix(t),  # type: ignore[misc]
                     "solve": lambda k=K: solve_newton(k, fixed_iterations=FIXED_ITERATIONS),  # type: ignore[misc]
-                    "bargain": lambda t=taus: bargain_alpha(t, iterations=FIXED_ITERATIONS),  # type: ignore[misc]
+                    "bargain": lambda t=taus: bargain_alpha(t, newton_iterations=FIXED_ITERATIONS),  # type: ignore[misc]
                 }, dev, repeats=repeats)
                 nbytes = sum(t.numel() * t.element_size() for t in taus)
                 p = sum(t[0].numel() for t in taus)

@@ -257,7 +257,7 @@ def bargain_share(shape: StepShape, *, repeats: int) -> list[list[str]]:
 
     def bargains() -> None:
         for taus in layer_taus:
-            bargain_alpha(taus, iterations=20)
+            bargain_alpha(taus, newton_iterations=20)
 
     cands: dict[str, Callable[[], object]] = {
         "ep-camex step": steps["ep-camex"], "namex-full step": steps["namex-full"],
@@ -284,7 +284,7 @@ def bargain_variants(shape: StepShape, *, repeats: int) -> list[list[str]]:
     K2 = torch.stack([K, K + lam * torch.eye(K.shape[-1], dtype=K.dtype, device=dev)])
     ref_name = "bargain_alpha (as the layers call it, 20 Newton steps)"
     cands: dict[str, Callable[[], object]] = {
-        ref_name: lambda: bargain_alpha(taus, iterations=20),
+        ref_name: lambda: bargain_alpha(taus, newton_iterations=20),
         "Gram only": lambda: gram_matrix(taus),
         "Newton, 20 fixed steps": lambda: solve_newton(K, fixed_iterations=20),
         "Newton, 8 fixed steps": lambda: solve_newton(K, fixed_iterations=8),

@@ -58,7 +58,7 @@ def sync_sources(device: torch.device, n: int = 4) -> list[list[str]]:
         "torch.cholesky_solve (one Newton step's solve)": lambda: torch.cholesky_solve(r, L),
         "2 × torch.linalg.solve_triangular (same solve)": lambda: torch.linalg.solve_triangular(
             L.mT, torch.linalg.solve_triangular(L, r, upper=False), upper=True),
-        "bargain_alpha(τ, iterations=20), ridge policy": lambda: bargain_alpha(taus),
+        "bargain_alpha(τ, newton_iterations=20), ridge policy": lambda: bargain_alpha(taus),
     }
     rows = []
     for name, fn in pieces.items():

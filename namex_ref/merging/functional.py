@@ -102,19 +102,19 @@ class AlphaSolve(NamedTuple):
 def bargain_alpha(
     taus: Sequence[Tensor],
     *,
-    policy: str = "ridge",
+    singular_policy: str = "ridge",
     ridge: float = 1e-3,
-    iterations: int = 20,
+    newton_iterations: int = 20,
     layer: int | None = None,
 ) -> AlphaSolve:
     """Solve Kα = 1/α (S4) for the domain vectors of one layer, with no host synchronisation
-    unless ``policy == "raise"``.
+    unless ``singular_policy == "raise"``.
 
     taus: per-matrix (N, *P_m) domain vectors; detached here (α is a constant for autograd, S16).
     K = Σ_m τ_mτ_mᵀ is accumulated in float32 (float64 for float64 τ) and solved in float64 by
-    Newton with a fixed budget (``solve_newton(fixed_iterations=...)``). A bargain that does not
-    converge within the budget, has a zero expert (K_ii ≤ 1e-12·max K_jj) or a non-finite K goes
-    to ``policy``:
+    Newton with a fixed budget of ``newton_iterations`` steps (no host synchronisation). A
+    bargain that does not converge within the budget, has a zero expert (K_ii ≤ 1e-12·max K_jj)
+    or a non-finite K goes to ``singular_policy`` (the names are :class:`MergeConfig`'s):
 
     - "raise": one host sync; the full validated solver (``solve_nash``, given K in the precision
       it was accumulated in, so its PSD tolerance matches) either finishes it (counted as a
@@ -131,8 +131,10 @@ def bargain_alpha(
     Returns :class:`AlphaSolve`; ``residual`` is max_i |α_i(Kα)_i − 1| of the Newton α on the
     true K (so 1 for a zero expert, NaN for a non-finite K), whatever the policy returns.
     """
-    if policy not in _POLICIES:
-        raise ValueError(f"unknown singular_policy {policy!r}; use 'raise', 'ridge' or 'uniform'")
+    if singular_policy not in _POLICIES:
+        raise ValueError(
+            f"unknown singular_policy {singular_policy!r}; use 'raise', 'ridge' or 'uniform'"
+        )
     mats = [t.detach().reshape(t.shape[0], -1) for t in taus]
     n = mats[0].shape[0]
     K_acc = gram_matrix(mats)  # (N, N) float32 or float64: the precision it was formed in
@@ -145,19 +147,20 @@ def bargain_alpha(
     eye = torch.eye(n, dtype=torch.float64, device=K.device)
     Ksafe = K0 + torch.diag(zero.to(torch.float64) * scale)
     alt: Tensor | None = None
-    if policy == "ridge":
+    if singular_policy == "ridge":
         # The ridge problem is solved in the same batched call as the bargain itself: no host
         # sync is needed to decide whether it is used, and one (2, N, N) solve costs about as
         # much as one (N, N) solve (launch-bound; results/step.md "what-if").
         lam = ridge * diag.mean().clamp_min(torch.finfo(torch.float64).tiny)
-        both = solve_newton(torch.stack((Ksafe, Ksafe + lam * eye)), fixed_iterations=iterations)
+        pair = torch.stack((Ksafe, Ksafe + lam * eye))
+        both = solve_newton(pair, fixed_iterations=newton_iterations)
         alpha_main, converged, alt = both.alpha[0], both.converged[0], both.alpha[1]
     else:
-        sol = solve_newton(Ksafe, fixed_iterations=iterations)
+        sol = solve_newton(Ksafe, fixed_iterations=newton_iterations)
         alpha_main, converged = sol.alpha, sol.converged
     ok = converged & finite & ~zero.any() & torch.isfinite(alpha_main).all()
     residual = torch.where(finite, scaled_residual(K0, alpha_main), math.nan)
-    if policy == "raise":
+    if singular_policy == "raise":
         if bool(ok):
             return AlphaSolve(alpha_main, residual, ~ok)
         where = "" if layer is None else f"MoE layer {layer}: "
@@ -182,10 +185,11 @@ def bargain_alpha(
         return AlphaSolve(
             full.alpha, full.residual, torch.ones((), dtype=torch.bool, device=K.device)
         )
-    if alt is None:  # "uniform"
+    if singular_policy == "uniform":
         floor = (UNIFORM_CANCEL_RTOL * diag.sum()).clamp_min(torch.finfo(torch.float64).tiny)
         total = torch.maximum(K0.sum(), floor)
         alt = torch.full((n,), 1.0, dtype=torch.float64, device=K.device) * (n / total).sqrt()
+    assert alt is not None  # "ridge" solved it above, batched with the bargain
     alpha = torch.where(ok, alpha_main, alt)
     # Every τ_i = 0 (experts equal to the base, docs/math.md, "degenerate τ"): ΔE = 0 for any α, but
     # the policies' α ~ 1/√tiny ≈ 1e154 would overflow to inf in float32 and make ΔE = inf·0 =
@@ -304,9 +308,9 @@ def propagate(
         def solve_alpha(taus: list[Tensor], layer: int) -> AlphaSolve:
             return bargain_alpha(
                 taus,
-                policy=config.singular_policy,
+                singular_policy=config.singular_policy,
                 ridge=config.ridge,
-                iterations=config.newton_iterations,
+                newton_iterations=config.newton_iterations,
                 layer=layer,
             )
 

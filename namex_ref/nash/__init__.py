@@ -15,11 +15,11 @@ from namex_ref.nash.result import (
     NashConvergenceError,
     NashSolution,
 )
-from namex_ref.nash.solvers import METHODS, RESIDUAL_TOL, solve_nash, solve_newton
+from namex_ref.nash.solvers import RESIDUAL_TOL, SOLVERS, solve_nash, solve_newton
 
 __all__ = [
-    "METHODS",
     "RESIDUAL_TOL",
+    "SOLVERS",
     "BargainInputError",
     "BargainResult",
     "DegenerateExpertError",

@@ -18,7 +18,7 @@ from namex_ref.nash.result import (
     NashConvergenceError,
     NashSolution,
 )
-from namex_ref.nash.solvers import Method, solve_nash
+from namex_ref.nash.solvers import SolverName, solve_nash
 
 __all__ = ["BargainResult", "nash_bargain"]
 
@@ -47,7 +47,7 @@ class BargainResult:
 def nash_bargain(
     taus: Tensor | Sequence[Tensor],
     *,
-    method: Method = "newton",
+    method: SolverName = "newton",
     granularity: Granularity = "expert",
     radius: float | None = None,
     require_converged: bool = True,
@@ -58,7 +58,7 @@ def nash_bargain(
     Args:
         taus: (N, d) tensor of flattened domain vectors τ_i = E_i − E_m, or a sequence of
             per-weight-matrix tensors (N, *P_m) of the same N experts.
-        method: solver (see :data:`namex_ref.nash.solvers.METHODS`).
+        method: solver (see :data:`namex_ref.nash.solvers.SOLVERS`).
         granularity: "expert" — one α for all matrices of an expert (K = Σ_m K_m, S2);
             "matrix" — one bargain per weight matrix.
         radius: ball radius ε of S3; ``None`` (our convention, default) gives the unscaled S4

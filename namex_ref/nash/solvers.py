@@ -45,11 +45,11 @@ from namex_ref.nash.result import BargainInputError, InfeasibleBargainError, Nas
 
 __all__ = [
     "CCP_MAX_STEPS",
-    "METHODS",
     "RESIDUAL_TOL",
     "ROUNDING_CAP",
     "ROUNDING_FACTOR",
-    "Method",
+    "SOLVERS",
+    "SolverName",
     "solve_ccp",
     "solve_closed_form",
     "solve_cvxpy",
@@ -58,8 +58,8 @@ __all__ = [
     "solve_primal",
 ]
 
-Method = Literal["newton", "closed_form", "cvxpy", "primal", "ccp"]
-METHODS: tuple[Method, ...] = ("newton", "closed_form", "cvxpy", "primal", "ccp")
+SolverName = Literal["newton", "closed_form", "cvxpy", "primal", "ccp"]
+SOLVERS: tuple[SolverName, ...] = ("newton", "closed_form", "cvxpy", "primal", "ccp")
 
 #: Newton's stopping tolerance on max_i |α_i(Kα)_i − 1|. Rounding of α_i(Kα)_i in float64 is
 #: ~N·eps·max_i α_i Σ_j |K_ij| α_j ≈ 1e-14 for well-conditioned K; 1e-10 leaves four orders for
@@ -78,9 +78,9 @@ FULL_STEP_DECREMENT = 0.25
 #: experts, cond ~1e12) Clarabel stops "optimal_inaccurate" at residuals up to 3.8e-6
 #: (hypothesis runs, tests/test_nash_solvers.py) — an interior-point limit on exponential cones.
 ORACLE_SOLVER_TOL = 1e-12
-#: Residual accepted from the conic oracles. Was 1e-6; raised to 1e-5 after the measured
-#: 3.8e-6 shortfall above (2.6× margin). By the residual rule α is still checked to
-#: √N·1e-5 ≈ 3e-5 relative, far tighter than any difference between merging methods.
+#: Residual accepted from the conic oracles: 2.6× the largest shortfall measured above
+#: (3.8e-6). By the residual rule α is still checked to √N·1e-5 ≈ 3e-5 relative, far tighter
+#: than any difference between merging methods.
 ORACLE_RESIDUAL_TOL = 1e-5
 #: Navon et al.'s constants, kept as they are for a faithful baseline: at most 20 convex
 #: solves, stop when ‖K̃α − 1/(α + 1e-10)‖ < 1e-3 or ‖Δα‖ < 1e-6, ECOS with 100 iterations.
@@ -496,7 +496,7 @@ def solve_ccp(
 def solve_nash(
     K: Any,
     *,
-    method: Method = "newton",
+    method: SolverName = "newton",
     validate: bool = True,
     **options: Any,
 ) -> NashSolution:
@@ -506,7 +506,7 @@ def solve_nash(
         K: array-like (numpy, torch, lists) of shape (..., N, N), N ≥ 2: K = GᵀG of the domain
             vectors (S2). Any float dtype; the solve runs in float64. Batched for every method
             (the oracles loop on CPU).
-        method: one of ``METHODS``: "newton" (default), "closed_form" (N = 2), "cvxpy",
+        method: one of ``SOLVERS``: "newton" (default), "closed_form" (N = 2), "cvxpy",
             "primal", "ccp".
         validate: check shape, finiteness, symmetry, PSD and zero experts first (host
             synchronisation); ``False`` skips it (training loops with ``fixed_iterations``).
@@ -521,8 +521,8 @@ def solve_nash(
         DegenerateExpertError: an expert with τ_i = 0.
         InfeasibleBargainError: no bargain exists (S6); ``.certificate`` holds v.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if method not in SOLVERS:
+        raise ValueError(f"unknown method {method!r}; choose one of {SOLVERS}")
     Kt = as_gram_tensor(K)
     K64 = check_gram(Kt) if validate else Kt.to(torch.float64)
     solver: dict[str, Callable[..., NashSolution]] = {
