@@ -44,6 +44,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from namex_ref.checks import as_finite_complex, require_real
 from namex_ref.quaternion import QUATERNION_DIM, as_quaternion, hamilton
 
 __all__ = [
@@ -77,24 +78,12 @@ def buffer_width(kind: str) -> int:
     return BUFFER_WIDTH[kind]
 
 
-def _as_complex(beta: object, name: str) -> complex:
-    if isinstance(beta, bool) or not isinstance(beta, numbers.Number):
-        raise ValueError(f"{name} must be a real or complex number, got {beta!r}")
-    try:
-        value: complex = complex(beta)  # type: ignore[call-overload]
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a real or complex number, got {beta!r}") from exc
-    if not (math.isfinite(value.real) and math.isfinite(value.imag)):
-        raise ValueError(f"{name} must be finite, got {name}={beta!r}")
-    return value
-
-
 def validate_complex_beta(beta: complex) -> complex:
     """Return β as a Python complex; ValueError naming β unless it is finite with |β| < 1 (S17).
 
     |β| < 1 is necessary for the buffer to forget old updates (with ΔE = 0, |μ^(l)| = |β|^l |μ|).
     """
-    value = _as_complex(beta, "beta")
+    value = as_finite_complex("beta", beta)
     if not abs(value) < 1.0:
         raise ValueError(
             f"complex momentum needs |beta| < 1 (S17, docs/math.md), got beta={beta!r} with "
@@ -149,20 +138,11 @@ class MomentumConfig:
     def __post_init__(self) -> None:
         width = buffer_width(self.kind)  # validates kind
         del width
-        gamma = self.gamma
-        if (
-            isinstance(gamma, bool)
-            or not isinstance(gamma, numbers.Real)
-            or not math.isfinite(float(gamma))
-            or not float(gamma) > 0.0
-        ):
-            raise ValueError(
-                f"gamma must be a finite real number > 0 (S16, docs/math.md), got gamma={gamma!r}"
-            )
-        object.__setattr__(self, "gamma", float(gamma))
+        gamma = require_real("gamma", self.gamma, low=0, low_open=True, note="S16, docs/math.md")
+        object.__setattr__(self, "gamma", gamma)
         beta: complex | QuaternionBeta
         if self.kind == "quaternion":
-            beta = validate_quaternion_beta(self.beta)
+            beta = validate_quaternion_beta(self.beta)  # type: ignore[arg-type]  # refuses a number
         elif self.kind == "complex":
             if not isinstance(self.beta, numbers.Number):
                 raise ValueError(
@@ -171,7 +151,10 @@ class MomentumConfig:
                 )
             beta = validate_complex_beta(self.beta)
         else:
-            if not isinstance(self.beta, numbers.Number) or _as_complex(self.beta, "beta") != 0:
+            if (
+                not isinstance(self.beta, numbers.Number)
+                or as_finite_complex("beta", self.beta) != 0
+            ):
                 raise ValueError(
                     f"kind='none' (plain NAMEx) takes no momentum, got beta={self.beta!r}; "
                     "set kind='complex' or 'quaternion' or beta=0"
@@ -234,8 +217,8 @@ def complex_momentum_step(
     β = 0 gives E_m' = E_m + Re(γ)ΔE (plain NAMEx, S16); real β and γ give heavy ball.
     """
     _check_step_inputs(mu, delta, base, 2, "S17")
-    b = _as_complex(beta, "beta")
-    g = _as_complex(gamma, "gamma")
+    b = as_finite_complex("beta", beta)
+    g = as_finite_complex("gamma", gamma)
     re, im = mu.unbind(-1)
     re_new = b.real * re - b.imag * im + delta
     im_new = b.imag * re + b.real * im
@@ -265,7 +248,7 @@ def quaternion_momentum_step(
     base expert (S18 fact, ``proofs/s17_s18_quaternion.py``).
     """
     _check_step_inputs(mu, delta, base, QUATERNION_DIM, "S18")
-    g = _as_complex(gamma, "gamma")
+    g = as_finite_complex("gamma", gamma)
     if g.imag != 0.0:
         raise ValueError(f"S18 uses a real step gamma, got gamma={gamma!r}")
     if isinstance(beta, Tensor):
