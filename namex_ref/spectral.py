@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike, NDArray
 
+from namex_ref.checks import as_finite_complex, require_int, require_real
 from namex_ref.momentum import (
     complex_momentum_step,
     quaternion_momentum_step,
@@ -96,13 +97,6 @@ def _square_matrix(H: ArrayLike) -> NDArray[np.float64]:
     return arr
 
 
-def _finite_complex(value: complex, name: str) -> complex:
-    z = complex(value)
-    if not (math.isfinite(z.real) and math.isfinite(z.imag)):
-        raise ValueError(f"{name} must be finite, got {name}={value!r}")
-    return z
-
-
 def momentum_matrix(H: ArrayLike, beta: complex, gamma: complex) -> NDArray[np.float64]:
     """Step matrix R of S17 on the state [Re μ; Im μ; E − E*] for ΔE = −H(E − E*) (S19).
 
@@ -111,8 +105,8 @@ def momentum_matrix(H: ArrayLike, beta: complex, gamma: complex) -> NDArray[np.f
     :func:`namex_ref.momentum.complex_momentum_step`. Matches docs/math.md §4 for real γ.
     """
     Hm = _square_matrix(H)
-    b = _finite_complex(beta, "beta")
-    g = _finite_complex(gamma, "gamma")
+    b = as_finite_complex("beta", beta)
+    g = as_finite_complex("gamma", gamma)
     d = Hm.shape[0]
     eye = np.eye(d)
     gb = g * b
@@ -135,7 +129,7 @@ def quaternion_momentum_matrix(
     buffer blocks L(β)_{ck}·I, −H at block (w, e), last block row [γ L(β)_{0k}·I, I − γH].
     """
     Hm = _square_matrix(H)
-    g = _finite_complex(gamma, "gamma")
+    g = as_finite_complex("gamma", gamma)
     if g.imag != 0.0:
         raise ValueError(f"S18 uses a real step gamma, got gamma={gamma!r}")
     L = left_matrix(as_quaternion(beta_q)).numpy()  # (4, 4)
@@ -163,9 +157,9 @@ def cubic_coefficients(h: complex, beta: complex, gamma: complex) -> NDArray[np.
     λ³ − (1 + 2a − Re(γ) h) λ² + (|β|² + 2a − Re(γβ̄) h) λ − |β|², with a = Re β.
     For real γ, Re(γβ̄) = γ Re β and this is docs/math.md §4's cubic.
     """
-    b = _finite_complex(beta, "beta")
-    g = _finite_complex(gamma, "gamma")
-    hc = _finite_complex(h, "h")
+    b = as_finite_complex("beta", beta)
+    g = as_finite_complex("gamma", gamma)
+    hc = as_finite_complex("h", h)
     a = b.real
     m = abs(b) ** 2
     return np.array(
@@ -247,11 +241,8 @@ def best_on_grid(
 
 def cooperative_matrix(c: float, dim: int = 1) -> NDArray[np.float64]:
     """H = c·I (dim, dim): frozen-α NAMEx, ΔE = c(Ē_α − E_m) with c = Σ α_i (S19)."""
-    if not math.isfinite(c):
-        raise ValueError(f"c must be finite, got c={c!r}")
-    if dim < 1:
-        raise ValueError(f"dim must be >= 1, got dim={dim!r}")
-    return c * np.eye(dim)
+    scale = require_real("c", c)
+    return scale * np.eye(require_int("dim", dim, low=1))
 
 
 def bilinear_game_matrix(sigmas: ArrayLike) -> NDArray[np.float64]:
@@ -290,8 +281,7 @@ def simulate(
     real data, but it never sets ρ either: the heavy-ball roots have product β, so the larger
     has modulus ≥ √|β| ≥ |β|. Generic e0 therefore decays at the rate ρ(R).
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got steps={steps!r}")
+    require_int("steps", steps, low=1)
     Hm = _square_matrix(H)
     e = np.asarray(e0, dtype=np.float64)
     if e.shape != (Hm.shape[0],):
@@ -314,7 +304,7 @@ def simulate(
         for j in range(1, steps + 1):
             delta = -(Ht @ base)
             if quaternion:
-                g = _finite_complex(gamma, "gamma")
+                g = as_finite_complex("gamma", gamma)
                 if g.imag != 0.0:
                     raise ValueError(f"S18 uses a real step gamma, got gamma={gamma!r}")
                 mu, base = quaternion_momentum_step(
@@ -337,8 +327,7 @@ def fitted_rate(errors: ArrayLike, *, tail_fraction: float = 0.5) -> float:
     err = np.asarray(errors, dtype=np.float64)
     if err.ndim != 1 or err.size < 3:
         raise ValueError(f"errors must be 1-D with at least 3 entries, got shape {err.shape}")
-    if not 0.0 < tail_fraction <= 1.0:
-        raise ValueError(f"tail_fraction must be in (0, 1], got tail_fraction={tail_fraction!r}")
+    require_real("tail_fraction", tail_fraction, low=0, high=1, low_open=True)
     n_tail = max(3, math.ceil(tail_fraction * err.size))
     tail = err[-n_tail:]
     if not np.all(np.isfinite(tail)) or np.any(tail <= 0):
@@ -436,10 +425,8 @@ def momentum_grid_main(
     if h_kind not in ("cooperative", "bilinear", "both"):
         raise ValueError(f"h_kind must be 'cooperative', 'bilinear' or 'both', got {h_kind!r}")
     for name, n in (("n_moduli", n_moduli), ("n_phases", n_phases)):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-            raise ValueError(f"{name} must be an int >= 2, got {name}={n!r}")
-    if not (math.isfinite(gamma) and gamma > 0):
-        raise ValueError(f"gamma must be finite and > 0, got gamma={gamma!r}")
+        require_int(name, n, low=2)
+    require_real("gamma", gamma, low=0, low_open=True)
     moduli = np.linspace(0.0, 0.99, n_moduli)
     phases = np.linspace(-math.pi, math.pi, n_phases)
     panels: list[tuple[str, ArrayLike]] = []
