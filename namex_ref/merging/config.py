@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import cmath
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from namex_ref.checks import require_int, require_real
 from namex_ref.momentum import MomentumConfig, MomentumKind, validate_quaternion_beta
 
 __all__ = [
@@ -84,24 +84,6 @@ METHOD_TABLE: dict[str, MethodSpec] = {
 }
 
 
-def _is_real(value: object) -> bool:
-    """A finite real Python/numpy number (bool excluded)."""
-    return (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _positive(name: str, value: object) -> None:
-    if not (_is_real(value) and float(value) > 0):  # type: ignore[arg-type]
-        raise ValueError(f"{name} must be a finite number > 0, got {name}={value!r}")
-
-
 @dataclass(frozen=True)
 class MergeConfig:
     """Hyper-parameters of one MoE feed-forward layer and of the base-expert propagation.
@@ -154,51 +136,33 @@ class MergeConfig:
     def __post_init__(self) -> None:
         if self.method not in METHOD_TABLE:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if not (_is_int(self.n_experts) and self.n_experts >= 2):
-            raise ValueError(f"n_experts must be an int >= 2, got n_experts={self.n_experts!r}")
-        if not (_is_int(self.top_k) and 1 <= self.top_k <= self.n_experts):
-            raise ValueError(
-                f"top_k must be an int in [1, n_experts={self.n_experts}], got {self.top_k!r}"
-            )
-        if not (_is_real(self.balance_coef) and self.balance_coef >= 0):
-            raise ValueError(f"balance_coef must be finite and >= 0, got {self.balance_coef!r}")
-        _positive("eta", self.eta)
-        _positive("gamma", self.gamma)
-        _positive("ridge", self.ridge)
-        if not (_is_real(self.beta_abs) and 0 <= self.beta_abs < 1):
-            raise ValueError(f"beta_abs must be in [0, 1) (|β| < 1, S17), got {self.beta_abs!r}")
-        if not _is_real(self.beta_phase):
-            raise ValueError(f"beta_phase must be a finite number, got {self.beta_phase!r}")
+        require_int("n_experts", self.n_experts, low=2)
+        require_int("top_k", self.top_k, low=1, high=self.n_experts, note="at most n_experts")
+        require_real("balance_coef", self.balance_coef, low=0)
+        require_real("eta", self.eta, low=0, low_open=True)
+        require_real("gamma", self.gamma, low=0, low_open=True)
+        require_real("ridge", self.ridge, low=0, low_open=True)
+        require_real("beta_abs", self.beta_abs, low=0, high=1, high_open=True, note="|β| < 1, S17")
+        require_real("beta_phase", self.beta_phase)
         # ‖β‖ < 1 (S18) is checked for every method, so a sweep never carries an invalid β.
         try:
             validate_quaternion_beta(self.beta_q)
         except ValueError as err:
             raise ValueError(f"beta_q: {err}") from err
-        if not (_is_int(self.alpha_interval) and self.alpha_interval >= 1):
-            raise ValueError(
-                f"alpha_interval (Δl) must be an int >= 1, got {self.alpha_interval!r}"
-            )
+        require_int("alpha_interval", self.alpha_interval, low=1, note="Δl")
         if self.singular_policy not in get_args(SingularPolicy):
             raise ValueError(
                 f"singular_policy must be one of {get_args(SingularPolicy)}, "
                 f"got {self.singular_policy!r}"
             )
-        if not (_is_int(self.newton_iterations) and self.newton_iterations >= 1):
-            raise ValueError(
-                f"newton_iterations must be an int >= 1, got {self.newton_iterations!r}"
-            )
+        require_int("newton_iterations", self.newton_iterations, low=1)
         if self.radius is not None:
-            _positive("radius", self.radius)
-        if self.curvature_rank is not None and not (
-            _is_int(self.curvature_rank) and self.curvature_rank >= 1
-        ):
-            raise ValueError(
-                f"curvature_rank must be None or an int >= 1, got {self.curvature_rank!r}"
-            )
+            require_real("radius", self.radius, low=0, low_open=True, note="or None")
+        if self.curvature_rank is not None:
+            require_int("curvature_rank", self.curvature_rank, low=1, note="or None")
         if self.routing not in get_args(Routing):
             raise ValueError(f"routing must be 'segment' or 'sequence', got {self.routing!r}")
-        if not (_is_int(self.segment_len) and self.segment_len >= 1):
-            raise ValueError(f"segment_len must be an int >= 1, got {self.segment_len!r}")
+        require_int("segment_len", self.segment_len, low=1)
         self.momentum_config()  # validates β and γ for the chosen momentum
 
     @property
