@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal, Union, get_args, get_origin
 
+from namex_ref.checks import require_int, require_real
 from namex_ref.merging.config import METHODS
 from namex_ref.models.gpt import PRESETS, ModelConfig, preset
 
@@ -132,22 +132,19 @@ class TrainConfig:
                             ("eval_every", self.eval_every), ("ckpt_every", self.ckpt_every),
                             ("final_eval_batches", self.final_eval_batches),
                             ("threads", self.threads)):
-            _int_at_least(name, value, 0)
+            require_int(flag_name(name), value, low=0)
         for name, value in (("steps", self.steps), ("batch_size", self.batch_size),
                             ("eval_batches", self.eval_batches), ("log_every", self.log_every)):
-            _int_at_least(name, value, 1)
+            require_int(flag_name(name), value, low=1)
         if self.warmup > self.steps:
             raise ValueError(f"--warmup must be <= --steps={self.steps}, got {self.warmup}")
-        _finite("lr", self.lr, lower=0.0, strict=True)
-        _finite("weight_decay", self.weight_decay, lower=0.0)
-        _finite("grad_clip", self.grad_clip, lower=0.0)
-        _finite("min_lr_ratio", self.min_lr_ratio, lower=0.0)
-        if self.min_lr_ratio > 1:
-            raise ValueError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        require_real(flag_name("lr"), self.lr, low=0, low_open=True)
+        require_real(flag_name("weight_decay"), self.weight_decay, low=0)
+        require_real(flag_name("grad_clip"), self.grad_clip, low=0)
+        require_real(flag_name("min_lr_ratio"), self.min_lr_ratio, low=0, high=1)
         for name in ("val_frac", "test_frac"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0 < value < 0.5):
-                raise ValueError(f"{flag_name(name)} must be in (0, 0.5), got {value!r}")
+            require_real(flag_name(name), getattr(self, name), low=0, high=0.5, low_open=True,
+                         high_open=True)
         if self.device not in get_args(Device):
             raise ValueError(f"--device must be one of {get_args(Device)}, got {self.device!r}")
         if self.data not in get_args(DataSource):
@@ -187,21 +184,6 @@ class TrainConfig:
     def trajectory_dict(self) -> dict[str, Any]:
         """The fields that determine the trajectory (all but :data:`RUN_CONTROL_FIELDS`)."""
         return {k: v for k, v in self.to_dict().items() if k not in RUN_CONTROL_FIELDS}
-
-
-def _int_at_least(name: str, value: object, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{flag_name(name)} must be an int >= {low}, got {value!r}")
-
-
-def _finite(name: str, value: object, *, lower: float, strict: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        assert isinstance(value, (int, float))
-        ok = value > lower if strict else value >= lower
-    if not ok:
-        rel = ">" if strict else ">="
-        raise ValueError(f"{flag_name(name)} must be a finite number {rel} {lower}, got {value!r}")
 
 
 # ----------------------------------------------------------------------------- command line
