@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from namex_ref.checks import require_int, require_real
 from namex_ref.merging.config import MergeConfig
 from namex_ref.merging.functional import LayerTerms, MergePlan, cosine_matrix, propagate
 from namex_ref.merging.layers import INIT_STD, MoEFeedForward
@@ -44,17 +45,10 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layer", "n_head", "d_ff", "seq_len"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {name}={v!r}")
+            require_int(name, getattr(self, name), low=1)
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
-        if not (
-            isinstance(self.dropout, (int, float))
-            and not isinstance(self.dropout, bool)
-            and 0.0 <= self.dropout < 1.0
-        ):
-            raise ValueError(f"dropout must be a number in [0, 1), got dropout={self.dropout!r}")
+        require_real("dropout", self.dropout, low=0, high=1, high_open=True)
         if not isinstance(self.merge, MergeConfig):
             raise ValueError(f"merge must be a MergeConfig, got {type(self.merge).__name__}")
 
