@@ -24,7 +24,6 @@ The result depends only on the installed package version, never on the environme
 from __future__ import annotations
 
 import importlib
-import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ from functools import lru_cache
 from typing import NamedTuple
 
 import torch
+
+from namex_ref.checks import require_real
 
 __all__ = [
     "BUILTIN_CORPUS_LICENSE",
@@ -145,13 +146,6 @@ class CorpusSplits:
     test: str
 
 
-def _check_fraction(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-
-
 def _snap_forward(text: str, index: int, limit: int) -> int:
     """Move ``index`` forward to just after the next whitespace run (at most to ``limit``).
 
@@ -184,8 +178,8 @@ def split_corpus(text: str, val_frac: float, test_frac: float) -> CorpusSplits:
         ValueError: if a fraction is not a finite number in ``[0, 1)`` or if
             ``val_frac + test_frac >= 1`` (the training piece would be empty).
     """
-    _check_fraction("val_frac", val_frac)
-    _check_fraction("test_frac", test_frac)
+    require_real("val_frac", val_frac, low=0, high=1, high_open=True)
+    require_real("test_frac", test_frac, low=0, high=1, high_open=True)
     if val_frac + test_frac >= 1.0:
         raise ValueError(
             f"val_frac + test_frac must be < 1 so that training text remains, "
