@@ -8,6 +8,7 @@ from typing import Literal, overload
 import torch
 from torch import Tensor
 
+from namex_ref.checks import is_int
 from namex_ref.nash.result import BargainInputError
 
 __all__ = ["Granularity", "domain_vectors", "gram_matrix", "stack_domain_vectors"]
@@ -156,7 +157,7 @@ def _batched_gram(
     """``gram_matrix`` for one tensor (*B, N, *P) with ``batch_dims`` = len(B) → (*B, N, N)."""
     if not isinstance(taus, Tensor):
         raise BargainInputError("batch_dims applies to a single tensor (*B, N, d), not a list.")
-    if isinstance(batch_dims, bool) or not isinstance(batch_dims, int) or batch_dims < 0:
+    if not is_int(batch_dims) or batch_dims < 0:  # BargainInputError, like every input check here
         raise BargainInputError(f"batch_dims must be a non-negative int; got {batch_dims!r}")
     if taus.ndim < batch_dims + 2:
         raise BargainInputError(
