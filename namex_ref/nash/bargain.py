@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from namex_ref.checks import require_real
 from namex_ref.nash.gram import Granularity, gram_matrix, stack_domain_vectors
 from namex_ref.nash.result import (
     BargainInputError,
@@ -133,9 +134,9 @@ def nash_bargain(
             f"{sol.iterations} iterations ({sol.status}); pass require_converged=False to "
             "inspect it, or use method='newton'."
         )
+    if radius is not None:
+        radius = require_real("radius", radius, low=0, low_open=True)
     scale = 1.0 if radius is None else radius / math.sqrt(n)
-    if radius is not None and not (math.isfinite(radius) and radius > 0):
-        raise ValueError(f"radius must be a positive finite number; got {radius!r}")
     alpha = sol.alpha  # (N,) or (M, N)
     deltas: list[Tensor] = []
     u = torch.zeros_like(alpha)
