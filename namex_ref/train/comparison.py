@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from namex_ref.checks import require_int
 from namex_ref.merging.config import METHODS
 from namex_ref.tables import format_table
 from namex_ref.train.config import TrainConfig
@@ -170,8 +171,7 @@ def compare(
     ``base.threads`` threads; ``jobs=2`` with one thread each uses both cores of a 2-core
     machine. ``jobs=1`` trains in this process.
     """
-    if not (isinstance(jobs, int) and jobs >= 1):
-        raise ValueError(f"--jobs must be an int >= 1, got {jobs!r}")
+    require_int("--jobs", jobs, low=1)
     if not methods:
         raise ValueError("--methods must name at least one method")
     if not seeds:
