@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import torch
 
-from namex_ref.checks import require_real
+from namex_ref.checks import require_int, require_real
 
 __all__ = [
     "BUILTIN_CORPUS_LICENSE",
@@ -237,8 +237,8 @@ def token_batches(
             tokens.
     """
     _check_ids(ids)
-    if batch_size < 1 or seq_len < 1:
-        raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
+    require_int("batch_size", batch_size, low=1)
+    require_int("seq_len", seq_len, low=1)
     n = ids.shape[0]
     if n < seq_len + 1:
         raise ValueError(f"need at least seq_len + 1 = {seq_len + 1} tokens, got {n}")
@@ -277,8 +277,8 @@ def eval_windows(
         ValueError: on bad ``ids`` or non-positive sizes.
     """
     _check_ids(ids)
-    if seq_len < 1 or batch_size < 1:
-        raise ValueError(f"seq_len and batch_size must be >= 1, got {seq_len}, {batch_size}")
+    require_int("seq_len", seq_len, low=1)
+    require_int("batch_size", batch_size, low=1)
     n = ids.shape[0]
     if n < 2:
         raise ValueError(f"need at least 2 tokens, got {n}")
