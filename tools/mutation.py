@@ -824,12 +824,43 @@ def _machine() -> str:
             f"Python {platform.python_version()}")
 
 
+def _retest_plan(module: str, mutants: list[Mutant], previous: dict[str, Any] | None
+                 ) -> tuple[list[Mutant], dict[str, dict[str, Any]]]:
+    """For ``--retest-survivors``: the mutants to run again and the stored fates to keep.
+
+    Only valid when the module's code is unchanged since the stored run (same mutants at the
+    same lines, and the same source hash where one was stored): then a mutant the stored run
+    killed is still killed by the same tests (tests are only ever added), and only the stored
+    survivors need running again against the current tests.
+    """
+    if previous is None or previous.get("sample") is not None or previous.get("max_mutants"):
+        raise SystemExit(f"{module}: --retest-survivors needs a stored full run of the module")
+    old = {m["uid"]: m for m in previous["mutants"]}
+    now = {m.uid: m.line for m in mutants}
+    same_hash = previous.get("source_sha256") in (None, _sha256(module))
+    if not same_hash or set(old) != set(now) or any(old[u]["line"] != now[u] for u in now):
+        raise SystemExit(f"{module}: the code changed since the stored run; run it in full")
+    keep = {u: m for u, m in old.items() if m["status"] in ("killed", "timeout")}
+    return [m for m in mutants if m.uid not in keep], keep
+
+
+def _sha256(module: str) -> str:
+    import hashlib
+
+    return hashlib.sha256((ROOT / MODULES[module][0]).read_bytes()).hexdigest()
+
+
 def measure_module(module: str, jobs: int, sample: int | None, seed: int,
-                   max_mutants: int | None) -> dict[str, Any]:
+                   max_mutants: int | None,
+                   previous: dict[str, Any] | None = None) -> dict[str, Any]:
     path, _ = MODULES[module]
     source = (ROOT / path).read_text()
     mutants = generate_mutants(source, path)
     generated = len(mutants)
+    kept: dict[str, dict[str, Any]] = {}
+    all_mutants = mutants
+    if previous is not None:
+        mutants, kept = _retest_plan(module, mutants, previous)
     if sample is not None and sample < len(mutants):
         mutants = sorted(random.Random(seed).sample(mutants, sample), key=lambda m: m.line)
     if max_mutants is not None:
@@ -842,11 +873,30 @@ def measure_module(module: str, jobs: int, sample: int | None, seed: int,
     check_node_ids(sorted(baseline.tests))
     outcomes = run_mutants(mutants, source, baseline, jobs, progress=module)
     wall = time.perf_counter() - start
+    rows = [
+        {
+            "uid": m.uid,
+            "line": m.line,
+            "col": m.col,
+            "operator": m.operator,
+            "original": m.original,
+            "replacement": m.replacement,
+            "status": outcomes[m.uid].status,
+            "tests": outcomes[m.uid].tests,
+            "seconds": round(outcomes[m.uid].seconds, 2),
+        }
+        for m in mutants
+    ]
+    if previous is not None:  # stored kills + re-run survivors, in source order
+        fresh = {r["uid"]: r for r in rows}
+        rows = [fresh[m.uid] if m.uid in fresh else kept[m.uid] for m in all_mutants]
     return {
         "module": module,
         "path": path,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": _git_commit(),
+        "source_sha256": _sha256(module),
+        "retested_from": None if previous is None else previous.get("commit"),
         "test_files": files,
         "generated": generated,
         "sample": sample,
@@ -856,20 +906,7 @@ def measure_module(module: str, jobs: int, sample: int | None, seed: int,
         "wall_s": round(wall, 1),
         "baseline_tests": len(baseline.tests),
         "baseline_failing": baseline.failing,
-        "mutants": [
-            {
-                "uid": m.uid,
-                "line": m.line,
-                "col": m.col,
-                "operator": m.operator,
-                "original": m.original,
-                "replacement": m.replacement,
-                "status": outcomes[m.uid].status,
-                "tests": outcomes[m.uid].tests,
-                "seconds": round(outcomes[m.uid].seconds, 2),
-            }
-            for m in mutants
-        ],
+        "mutants": rows,
     }
 
 
@@ -899,7 +936,10 @@ def render_report(store: dict[str, Any], equivalents: dict[str, str], command: s
         "derandomised `mutation` profile. **Kill rate = (killed + timeout) / (mutants −",
         "equivalent)**: equivalent mutants (no change in behaviour, listed with the reason in",
         "`tools/mutation_equivalent.toml`) are left out of the denominator. A survivor marked",
-        "*no test* is on a line that no test executes.",
+        "*no test* is on a line that no test executes. A commit marked *retest of X* is a",
+        "`--retest-survivors` run: the code is unchanged since the full run at X, whose kills",
+        "stand (tests are only added); the survivors of X were run again against the tests at",
+        "the commit given.",
         "",
         "| module | mutants | killed | timeout | survived | equivalent | kill rate | wall time |"
         " commit | date |",
@@ -910,10 +950,11 @@ def render_report(store: dict[str, Any], equivalents: dict[str, str], command: s
         entry = store[module]
         s = _summary(entry, equivalents)
         sampled = f" (sample {entry['sample']} of {entry['generated']})" if entry["sample"] else ""
+        retest = f" (retest of {entry['retested_from']})" if entry.get("retested_from") else ""
         lines.append(
             f"| {module}{sampled} | {s['mutants']} | {s['killed']} | {s['timeout']} | "
             f"{s['survived']} | {s['equivalent']} | {100 * s['rate']:.1f}% | "
-            f"{entry['wall_s'] / 60:.1f} min | {entry['commit']} | {entry['date']} |"
+            f"{entry['wall_s'] / 60:.1f} min | {entry['commit']}{retest} | {entry['date']} |"
         )
     lines += ["", "Operators: " + "; ".join(f"`{k}` {v}" for k, v in OPERATORS.items()) + ".", ""]
     for module in order:
@@ -975,6 +1016,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true",
                         help="only rewrite the report from the stored JSON (e.g. after editing "
                              "the equivalents file)")
+    parser.add_argument("--retest-survivors", action="store_true",
+                        help="re-run only the mutants that survived the stored full run of each "
+                             "module (its code must be unchanged; its kills are kept)")
     parser.add_argument("--json", type=Path, default=JSON_OUT)
     parser.add_argument("--out", type=Path, default=MD_OUT)
     args = parser.parse_args(argv)
@@ -1009,7 +1053,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     command = "python tools/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for module in modules:
-        entry = measure_module(module, args.jobs, args.sample, args.seed, args.max_mutants)
+        previous = None
+        if args.retest_survivors:
+            stored_runs: dict[str, Any] = (
+                json.loads(args.json.read_text()) if args.json.exists() else {}
+            )
+            previous = stored_runs.get(module)
+            if previous is None:
+                raise SystemExit(f"{module}: no stored run in {args.json} to retest")
+        entry = measure_module(module, args.jobs, args.sample, args.seed, args.max_mutants,
+                               previous)
         # Read-modify-write: another run may have updated other modules meanwhile.
         store: dict[str, Any] = json.loads(args.json.read_text()) if args.json.exists() else {}
         entry["command"] = command.strip()
