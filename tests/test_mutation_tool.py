@@ -106,6 +106,9 @@ def test_call_mutations() -> None:
 
 MODULE = textwrap.dedent(
     """
+    Number = int | float
+
+
     def add(a, b):
         return a + b
 
@@ -147,11 +150,16 @@ def test_a_bad_mutant_is_killed_and_a_no_op_survives(tmp_path: Path,
     bad = mutants[("add", "arith", "a + b", "a - b")]
     no_op = mutants[("ident", "branch", "a >= 0", "True")]  # both branches return a
     uncovered = mutants[("unused", "arith", "a * 3", "a / 3")]
+    # a TypeError when the module is imported:
+    breaks_import = mutants[("<module>", "arith", "int | float", "int & float")]
     baseline = tool.run_baseline(["test_tinymod_mt.py"], ["tinymod_mt.py"], root=root)
     assert set(baseline.tests) == {"test_tinymod_mt.py::test_add",
                                    "test_tinymod_mt.py::test_ident"}
     assert tool.select_tests(bad, baseline) == ["test_tinymod_mt.py::test_add"]
-    outcomes = tool.run_mutants([bad, no_op, uncovered], MODULE, baseline, jobs=2, root=root)
+    assert set(tool.select_tests(breaks_import, baseline)) == set(baseline.tests)  # import time
+    outcomes = tool.run_mutants([bad, no_op, uncovered, breaks_import], MODULE, baseline, jobs=2,
+                                root=root)
     assert outcomes[bad.uid].status == "killed"
+    assert outcomes[breaks_import.uid].status == "killed"
     assert outcomes[no_op.uid].status == "survived"
     assert outcomes[uncovered.uid].status == "no-coverage"

@@ -718,9 +718,26 @@ def _run_one_child(mutant: Mutant, source: str, tests: Sequence[str],
         import pytest
 
         sys.meta_path.insert(0, MutantFinder(module_name(mutant.path), filename, code))
-        return int(pytest.main([*tests, "-x", *PYTEST_ARGS]))
+        watcher = _CollectionWatcher()
+        code_ = int(pytest.main([*tests, "-x", *PYTEST_ARGS], plugins=[watcher]))
+        if code_ in (4, 5) and watcher.failed:
+            # The mutant broke the import of a test module: its node ids cannot be found
+            # (pytest says usage error). Every test in that module errors, so it is a kill.
+            return 1
+        return code_
 
     return child
+
+
+class _CollectionWatcher:
+    """Notes whether collecting any test module failed (e.g. the mutant raises at import)."""
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def pytest_collectreport(self, report: Any) -> None:
+        if report.failed:
+            self.failed = True
 
 
 def run_mutants(mutants: Sequence[Mutant], source: str, baseline: Baseline, jobs: int,
