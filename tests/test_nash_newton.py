@@ -197,3 +197,62 @@ def test_scaled_gradient_is_alpha_times_autograd_gradient_of_f() -> None:
                                atol=1e-13)
     root_ = torch.from_numpy(positive_root(K.numpy()))
     assert float(scaled_gradient(K, root_).abs().max()) <= 1e-12
+
+
+# ------------------------------------------------------------------------------------------
+# Warm starts: forms, shapes, and invalid values in the no-synchronisation mode
+# ------------------------------------------------------------------------------------------
+
+
+def test_alpha0_forms_and_broadcasting() -> None:
+    """alpha0 may be a list, an (N,) tensor shared by a batch, or one row per problem; the
+    answer is the independent root either way (S4)."""
+    K1, K2 = _problem(3, 5, 6), _problem(3, 5, 7)
+    Kb = torch.from_numpy(np.stack([K1, K2]))
+    want = np.stack([positive_root(K1), positive_root(K2)])
+    for a0 in ([1.0, 2.0, 3.0], torch.tensor([1.0, 2.0, 3.0]), torch.ones(1, 3),
+               torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])):
+        sol = solve_nash(Kb, alpha0=a0)
+        np.testing.assert_allclose(sol.alpha.numpy(), want, rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("a0", "match"),
+    [
+        ("abc", "array-like"),
+        (torch.ones(4, 3), "shape"),
+        (torch.ones(2, 1, 3), "shape"),
+        (torch.ones(()), "shape"),
+        (torch.ones(3, dtype=torch.complex128), "real"),
+    ],
+)
+def test_alpha0_rejections(a0: object, match: str) -> None:
+    Kb = torch.from_numpy(np.stack([_problem(3, 5, 6), _problem(3, 5, 7)]))
+    with pytest.raises(Exception, match=match) as exc:
+        solve_newton(Kb, alpha0=a0)  # type: ignore[arg-type]
+    assert type(exc.value).__name__ == "BargainInputError"
+
+
+def test_invalid_warm_start_in_fixed_mode_starts_from_one() -> None:
+    """fixed_iterations reads nothing back, so an invalid warm start cannot raise there: the
+    problem with a non-positive or NaN start is started from α̂ = 1 instead, i.e. exactly as the
+    valid warm start α0 = 1/√K_ii (the same iterates, bit for bit); a valid row of the same
+    batch keeps its own warm start."""
+    K = np.stack([_problem(3, 5, 8), _problem(3, 5, 9)])
+    Kt = torch.from_numpy(K)
+    unit = torch.from_numpy(1.0 / np.sqrt(np.stack([np.diag(k) for k in K])))  # α̂ = 1
+    a0 = torch.tensor([[1.0, -1.0, 1.0], [math.nan, 1.0, 1.0]], dtype=torch.float64)
+    for steps in (1, 2):
+        got = solve_newton(Kt, alpha0=a0, fixed_iterations=steps).alpha
+        same = solve_newton(Kt, alpha0=unit, fixed_iterations=steps).alpha
+        torch.testing.assert_close(got, same, rtol=0, atol=0)
+    mixed = torch.stack([torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64), a0[1]])
+    warm = solve_newton(Kt, alpha0=mixed, fixed_iterations=1).alpha
+    own = solve_newton(Kt[0], alpha0=mixed[0], fixed_iterations=1).alpha
+    torch.testing.assert_close(warm[0], own, rtol=1e-15, atol=0)  # batched vs single LAPACK
+    assert not torch.equal(warm[0], solve_newton(Kt, alpha0=unit, fixed_iterations=1).alpha[0])
+    torch.testing.assert_close(warm[1], solve_newton(Kt, alpha0=unit, fixed_iterations=1).alpha[1],
+                               rtol=0, atol=0)
+    sol = solve_newton(Kt, alpha0=a0, fixed_iterations=30)
+    np.testing.assert_allclose(sol.alpha.numpy(), np.stack([positive_root(k) for k in K]),
+                               rtol=1e-9)
