@@ -55,6 +55,12 @@ def kronecker_apply(tau: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> 
     vec(τ_i) (``proofs/s13_s16_merging.py``).
     """
     N, out, inn = tau.shape
+    for name, f in (("A", A), ("B", B), ("C", C), ("D", D)):
+        if f.ndim != 3 or f.shape[0] != N or f.shape[1] != f.shape[2]:
+            raise ValueError(
+                f"Kronecker factor {name} must have shape (N, k, k) with N = {N} (one square "
+                f"factor per expert); got {tuple(f.shape)}"
+            )
     o1, o2, i1, i2 = A.shape[-1], B.shape[-1], C.shape[-1], D.shape[-1]
     if o1 * o2 != out or i1 * i2 != inn:
         raise ValueError(
@@ -191,10 +197,11 @@ def bargain_alpha(
         alt = torch.full((n,), 1.0, dtype=torch.float64, device=K.device) * (n / total).sqrt()
     assert alt is not None  # "ridge" solved it above, batched with the bargain
     alpha = torch.where(ok, alpha_main, alt)
-    # Every τ_i = 0 (experts equal to the base, docs/math.md, "degenerate τ"): ΔE = 0 for any α, but
-    # the policies' α ~ 1/√tiny ≈ 1e154 would overflow to inf in float32 and make ΔE = inf·0 =
-    # NaN; use α = 1.
-    all_zero = ~(diag.max() > torch.finfo(K_acc.dtype).tiny)
+    # Every τ_i = 0 (experts equal to the base, docs/math.md, "degenerate τ"): ΔE = 0 for any
+    # α, but the policies' α ~ 1/√tiny ≈ 1e154 would overflow to inf in float32 and make
+    # ΔE = inf·0 = NaN; use α = 1. Only exact zeros: a K_ii as small as float32's smallest
+    # normal is a real direction whose α ≈ 1e19 is still finite in float32.
+    all_zero = ~(diag.max() > 0)
     alpha = torch.where(all_zero, torch.ones_like(alpha), alpha)
     alpha = torch.nan_to_num(alpha, nan=1.0, posinf=1.0, neginf=1.0)
     return AlphaSolve(alpha, residual, ~ok)
