@@ -147,7 +147,7 @@ def test_certificate_distance_is_squared_norm_of_normalised_combination() -> Non
     # v in K's units maps to v̂ ∝ v·‖τ‖ in unit-diagonal units
     vh = v * G.norm(dim=0)
     vh = vh / vh.sum()
-    assert dist == pytest.approx(float((Gh @ vh).norm() ** 2), rel=1e-12)
+    assert dist == pytest.approx(float((Gh @ vh).norm() ** 2), rel=1e-12, abs=0)
     # and the LP's minimiser is the simplex point minimising ‖K̂v‖∞ (here: by scipy)
     Kh = (Gh.T @ Gh).numpy()
     best = minimize_scalar(lambda s: np.abs(Kh @ np.array([s, 1 - s])).max(),
@@ -162,7 +162,7 @@ def test_closed_form_distance_is_the_same_quantity() -> None:
     K = torch.tensor([[4.0, 2.0 * rho], [2.0 * rho, 1.0]], dtype=torch.float64)  # norms 2, 1
     with pytest.raises(InfeasibleBargainError) as exc:
         solve_closed_form(K)
-    assert exc.value.distance == pytest.approx(0.5 * (1 + rho), rel=1e-3)  # ρ rounds at 1e-16
+    assert exc.value.distance == pytest.approx(0.5 * (1 + rho), rel=1e-3, abs=0)  # ρ rounds at 1e-16
     _, lp = infeasibility_certificate(K)
     assert lp == pytest.approx(exc.value.distance, abs=1e-15)
 

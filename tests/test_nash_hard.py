@@ -338,12 +338,12 @@ def test_infeasible_distance_is_certificate_quality() -> None:
         G, K = _pair(1e-11, seed)
         with pytest.raises(InfeasibleBargainError) as info:
             solve_nash(K)
-        assert check_certificate(G.numpy(), info.value) == pytest.approx(5e-12, rel=1e-3)
+        assert check_certificate(G.numpy(), info.value) == pytest.approx(5e-12, rel=1e-3, abs=0)
     for delta in (1e-9, 1e-10, 1e-12, 5e-13):
         G, K = _pair(delta)
         with pytest.raises(InfeasibleBargainError) as info:
             problem_mod.raise_if_infeasible(K)
-        assert check_certificate(G.numpy(), info.value) == pytest.approx(delta / 2, rel=1e-3)
+        assert check_certificate(G.numpy(), info.value) == pytest.approx(delta / 2, rel=1e-3, abs=0)
 
 
 def test_closed_form_infeasible_distance_is_certificate_quality() -> None:
@@ -353,7 +353,7 @@ def test_closed_form_infeasible_distance_is_certificate_quality() -> None:
         G, K = _pair(delta)
         with pytest.raises(InfeasibleBargainError) as info:
             solve_nash(K, method="closed_form")
-        assert check_certificate(G.numpy(), info.value) == pytest.approx(delta / 2, rel=1e-2)
+        assert check_certificate(G.numpy(), info.value) == pytest.approx(delta / 2, rel=1e-2, abs=0)
 
 
 def test_converged_verdict_is_certified_when_capped() -> None:

@@ -140,7 +140,7 @@ def test_residual_floor_formula() -> None:
     a = positive_root(K)
     want = np.finfo(np.float64).eps * 4 * np.max(a * (np.abs(K) @ a))
     got = float(residual_floor(torch.from_numpy(K), torch.from_numpy(a)))
-    assert got == pytest.approx(want, rel=1e-14)
+    assert got == pytest.approx(want, rel=1e-14, abs=0)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -103,7 +103,8 @@ def _batch(bad: torch.Tensor) -> torch.Tensor:
 def test_batched_non_finite_diagonal_names_expert_and_problem(value: float) -> None:
     bad = _K(5)
     bad[2, 2] = value
-    with pytest.raises(BargainInputError, match=r"K\[2, 2\].* in problem \(1,\).*expert 2"):
+    with pytest.raises(BargainInputError, match=r"non-finite diagonal entry K\[2, 2\].* in "
+                       r"problem \(1,\).*expert 2 contains"):
         check_gram(_batch(bad))
     with pytest.raises(BargainInputError) as exc:
         check_gram(bad)
@@ -178,6 +179,13 @@ def test_negative_diagonal_names_expert_and_problem() -> None:
         check_gram(_batch(bad))
 
 
+def test_negative_diagonal_is_named_before_small_or_zero_ones() -> None:
+    """diag(0.5, 0, −1): the negative entry is the PSD failure (not the zero, not the 0.5)."""
+    K = torch.diag(torch.tensor([0.5, 0.0, -1.0], dtype=torch.float64))
+    with pytest.raises(BargainInputError, match=r"K\[2,2\] = -1 < 0 \(expert 2\)"):
+        check_gram(K)
+
+
 def test_zero_diagonal_is_a_degenerate_expert_with_its_problem() -> None:
     bad = _K(12)
     bad[1, :] = 0.0
@@ -209,7 +217,7 @@ def test_psd_tolerance_scales_with_the_largest_eigenvalue() -> None:
     middle eigenvalue, not divided by λ_max, not a fixed multiple."""
     wide = _plane((0.0, 10.0, 20.0), 2 * RTOL64)
     lam = np.linalg.eigvalsh(wide.numpy())
-    assert lam[0] == pytest.approx(-2 * RTOL64, rel=1e-3) and lam[1] < 0.5 and lam[2] > 2.8
+    assert lam[0] == pytest.approx(-2 * RTOL64, rel=1e-3, abs=0) and lam[1] < 0.5 and lam[2] > 2.8
     check_gram(wide)
     tight = _plane((0.0, 60.0, 120.0), 1.75 * RTOL64)
     assert np.linalg.eigvalsh(tight.numpy())[2] == pytest.approx(1.5, rel=1e-6)
@@ -262,7 +270,7 @@ def test_residual_floor_uses_n_of_each_problem() -> None:
     assert got.shape == (2, 3)
     for j in range(3):
         want = np.finfo(np.float64).eps * 4 * float((K[0, j].abs() @ a[0, j]).max())
-        assert float(got[1, j]) == pytest.approx(want, rel=1e-15)
+        assert float(got[1, j]) == pytest.approx(want, rel=1e-15, abs=0)
 
 
 def test_converged_mask_at_its_thresholds() -> None:
@@ -297,7 +305,27 @@ def test_certificate_on_an_obtuse_triple_is_the_linf_minimiser() -> None:
     V = np.stack([a[keep], b[keep], 1 - a[keep] - b[keep]])
     best = np.abs(Kh @ V).max(0).min()
     assert np.abs(Kh @ vh).max() <= best + 1e-9
-    assert dist == pytest.approx(float(vh @ Kh @ vh), rel=1e-12)
+    assert dist == pytest.approx(float(vh @ Kh @ vh), rel=1e-12, abs=0)
+
+
+def test_certificate_is_the_linf_minimiser_where_the_one_sided_lp_is_not() -> None:
+    """Four Gaussian experts in R³ (seed 28, feasible): min over the simplex of ‖K̂v‖∞ (by
+    cvxpy/Clarabel here) is 0.095, while minimising max_i (K̂v)_i alone would stop at a v̂ with
+    ‖K̂v̂‖∞ = 0.138: the LP must bound (K̂v)_i from both sides."""
+    import cvxpy as cp
+
+    G = np.random.default_rng(28).standard_normal((3, 4))
+    K = G.T @ G
+    v, _ = infeasibility_certificate(torch.from_numpy(K))
+    norms = np.sqrt(np.diag(K))
+    Kh = K / np.outer(norms, norms)
+    vh = v.numpy() * norms
+    vh /= vh.sum()
+    x = cp.Variable(4, nonneg=True)
+    prob = cp.Problem(cp.Minimize(cp.norm(Kh @ x, "inf")), [cp.sum(x) == 1])
+    prob.solve(solver=cp.CLARABEL)
+    assert float(np.abs(Kh @ vh).max()) == pytest.approx(prob.value, rel=1e-5, abs=0)
+    assert prob.value == pytest.approx(0.095, abs=1e-3)
 
 
 def test_certificate_distance_is_never_negative() -> None:
@@ -324,20 +352,27 @@ def _patched_linprog(monkeypatch: pytest.MonkeyPatch, edit: Any) -> None:
 def test_certificate_is_cleaned_of_solver_tolerance_noise(monkeypatch: pytest.MonkeyPatch) -> None:
     """HiGHS may return v within its feasibility tolerance: a −1e-15 entry and a sum of
     1 + 1e-9. The certificate is still ≥ 0 and sums to 1; its distance is computed from the
-    renormalised v̂; an entry of 1e-14 is not listed among the cancelling experts."""
-    G = np.array([[1.0, -1.0, 0.0], [0.0, 0.0, 1.0]])  # τ_2 = −τ_1, τ_3 ⟂: v = (½, ½, 0)
+    renormalised v̂; an entry at the 1e-12 threshold (exclusive) is not listed as cancelling."""
+    G = np.array([[1.0, -0.5, 0.0], [0.0, 0.2, 1.0]])  # feasible: the distance is > 0
     K = torch.from_numpy(G.T @ G)
+    x = np.array([0.5, 0.5, -1e-15]) * (1 + 1e-9)
 
     def noisy(res: Any) -> None:
-        res.x[:3] = np.array([0.5, 0.5, -1e-15]) * (1 + 1e-9)
+        res.x[:3] = x
 
     _patched_linprog(monkeypatch, noisy)
     v, dist = infeasibility_certificate(K)
     assert bool((v >= 0).all()) and abs(float(v.sum()) - 1) <= 1e-15
-    assert dist == 0.0
+    norms = np.sqrt(np.diag(K.numpy()))
+    vh = np.clip(x, 0, None) / np.clip(x, 0, None).sum()
+    Kh = K.numpy() / np.outer(norms, norms)
+    assert dist == pytest.approx(float(vh @ Kh @ vh), rel=1e-12, abs=0)
 
-    def tiny(res: Any) -> None:
-        res.x[:3] = np.array([0.5, 0.5 - 1e-14, 1e-14])
+    G = np.array([[1.0, -1.0, 0.0], [0.0, 0.0, 1.0]])  # τ_2 = −τ_1, τ_3 ⟂: v = (½, ½, 0)
+    K = torch.from_numpy(G.T @ G)
+
+    def tiny(res: Any) -> None:  # an entry at exactly the 1e-12 support threshold
+        res.x[:3] = np.array([0.5, 0.5 - 1e-12, 1e-12])
 
     _patched_linprog(monkeypatch, tiny)
     with pytest.raises(InfeasibleBargainError, match=r"experts \[0, 1\] cancel"):
