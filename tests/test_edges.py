@@ -162,7 +162,7 @@ def test_closed_form_distance_is_the_same_quantity() -> None:
     K = torch.tensor([[4.0, 2.0 * rho], [2.0 * rho, 1.0]], dtype=torch.float64)  # norms 2, 1
     with pytest.raises(InfeasibleBargainError) as exc:
         solve_closed_form(K)
-    assert exc.value.distance == pytest.approx(0.5 * (1 + rho), rel=1e-3, abs=0)  # ρ rounds at 1e-16
+    assert exc.value.distance == pytest.approx(0.5 * (1 + rho), rel=1e-3, abs=0)
     _, lp = infeasibility_certificate(K)
     assert lp == pytest.approx(exc.value.distance, abs=1e-15)
 

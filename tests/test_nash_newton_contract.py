@@ -148,3 +148,12 @@ def test_dispatcher_replaces_non_finite_or_zero_alpha() -> None:
         sol = solve_nash(K, method="closed_form", validate=False)
         assert sol.alpha.tolist() == [1.0, 1.0] and not bool(sol.converged)
         assert math.isinf(float(sol.residual))
+
+
+def test_invalid_start_in_the_null_space_starts_at_alpha_hat_one() -> None:
+    """No bargain (1ᵀK̂1 = 0) and an invalid warm start, fixed mode, 0 steps: the start is
+    α̂ = 1 exactly (no rescaling is defined on a null direction)."""
+    K = torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=torch.float64)
+    got = solve_newton(K, alpha0=torch.tensor([-1.0, 1.0], dtype=torch.float64),
+                       fixed_iterations=0).alpha
+    assert got.tolist() == [1.0, 1.0]

@@ -69,6 +69,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # tests/test_mutants_momentum.py). tests/test_edges.py exercises the Nash core and the merging
 # functions, so both groups include it.
 _NASH_TESTS = (
+    "tests/test_math_doc.py",  # the documented constants (docs/math.md §7) equal the code's
     "tests/test_nash_*.py",
     "tests/test_bargain*.py",
     "tests/test_edges*.py",
@@ -95,6 +96,7 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "merging/functional": (
         "namex_ref/merging/functional.py",
         (
+            "tests/test_math_doc.py",
             "tests/test_merging*.py",
             "tests/test_edges*.py",
             "tests/test_mutants_merging*.py",
