@@ -33,7 +33,7 @@ test-slow: $(STAMP)
 	$(PYTEST) -m slow || [ $$? -eq 5 ]  # exit 5 = no slow tests selected
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check namex_ref tests proofs
+	$(VENV)/bin/ruff check namex_ref tests proofs tools studies
 	$(VENV)/bin/mypy --strict namex_ref
 
 check: lint test
