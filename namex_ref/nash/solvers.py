@@ -1,4 +1,4 @@
-"""Solvers for the Nash bargaining weights: Kα = 1/α (S4–S5, docs/math.md).
+"""Solvers for Kα = 1/α (S4–S5, docs/math.md): one idea, so one module of ~560 lines.
 
 All solvers share one problem definition (:mod:`namex_ref.nash.problem`), return a
 :class:`~namex_ref.nash.result.NashSolution`, and agree on α up to their tolerances:
