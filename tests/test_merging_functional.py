@@ -224,3 +224,13 @@ def test_namex_propagation_of_float32_experts_matches_float64_recurrence() -> No
                                                               rel=1e-12)
         tau = experts[layer][0].double() - b
         b = b + torch.einsum("i,i...->...", alpha, tau)
+
+
+def test_cosine_matrix_of_small_experts() -> None:
+    """Norms of 1e-3 (K_ii = 1e-6 ≪ 1): the cosines are scale-free, computed here."""
+    g = _gen(9)
+    a = torch.randn(3, 8, generator=g, dtype=torch.float64) * 1e-3 / math.sqrt(8)
+    got = cosine_matrix([a])
+    n = a.norm(dim=1)
+    torch.testing.assert_close(got, (a @ a.T) / (n[:, None] * n[None, :]), rtol=1e-12,
+                               atol=1e-15)
