@@ -415,3 +415,60 @@ def test_ccp_zero_coordinate_is_floored(ccp_spy: Callable[[int], Spy]) -> None:
     assert bool((sol.alpha > 0).all()) and float(sol.alpha[0]) < 1e-250
     np.testing.assert_array_equal(sol.alpha.numpy()[1:], [1.0, 2.0, 3.0])
 
+
+
+def test_ccp_residual_rule_is_strict_at_its_threshold(ccp_spy: Callable[[int], Spy]) -> None:
+    """The residual test is strict (< 1e-3) and uses 1/(α + 1e-10): K = I (N = 2), started at a
+    point where ‖K̃α − 1/(α + 1e-10)‖ is exactly 1e-3 in float64 (found by a scan; asserted
+    below with the same expression), the test does not fire, ECOS's point (≈ 1, the root of K,
+    far from α_t ≈ 2^(1/4)) does not trigger the step test, and one step ends at "max_steps"."""
+    K = torch.eye(2, dtype=torch.float64)
+    a0 = np.array([1.1899144319544852, 1.189207185661042])
+    Kn = K.numpy()
+    assert np.linalg.norm(Kn / float(np.linalg.norm(Kn)) @ a0 - 1 / (a0 + 1e-10)) == 1e-3
+    spy = ccp_spy(2)
+    sol = solve_ccp(K, alpha0=torch.from_numpy(a0.copy()), max_steps=1)
+    assert spy.calls == 1 and sol.status == f"max_steps:{spy.statuses[0]}"
+    assert np.linalg.norm(spy.points[0] - a0) > 0.1
+    np.testing.assert_array_equal(sol.alpha.numpy(), np.abs(spy.points[0]))
+
+
+def test_ccp_step_rule_is_strict_at_its_threshold(ccp_spy: Callable[[int], Spy]) -> None:
+    """The step test is strict (‖Δα‖ < 1e-6): a step of exactly 1e-6 (ECOS's point replaced by
+    α_t + 1e-6·e_1, exact in float64) does not stop the iteration; the residual test cannot fire
+    at α_t (its first coordinate 1e-6 makes 1/α_t ≈ 1e6)."""
+    K = badly_scaled_K()
+    a0 = np.array([1e-6, 1.0, 1.0, 1.0])
+    step = np.array([2e-6, 1.0, 1.0, 1.0])
+    assert np.linalg.norm(step - a0) == 1e-6
+    spy = ccp_spy(4)
+    spy.overwrite = {1: step}
+    sol = solve_ccp(K, alpha0=torch.from_numpy(a0), max_steps=1)
+    assert spy.calls == 1 and sol.status.startswith("max_steps:"), sol.status
+    np.testing.assert_array_equal(sol.alpha.numpy(), step)
+    np.testing.assert_array_equal(a0, [1e-6, 1.0, 1.0, 1.0])  # alpha0's memory is not written
+
+
+def test_ccp_continues_from_the_absolute_value(ccp_spy: Callable[[int], Spy]) -> None:
+    """ECOS may return a slightly negative coordinate for the nonneg variable (within its
+    feasibility tolerance); the iteration continues from |α_new| (Nash-MTL) and ``history``
+    reports the residual of that point. Exaggerated here (−0.5) to be visible."""
+    K = badly_scaled_K()
+    spy = ccp_spy(4)
+    spy.overwrite = {1: np.array([-0.5, 1.0, 2.0, 3.0])}
+    sol = solve_ccp(K, max_steps=1, record_history=True)
+    np.testing.assert_array_equal(sol.alpha.numpy(), [0.5, 1.0, 2.0, 3.0])
+    assert sol.history is not None
+    expected = np_residual(K.numpy(), np.array([0.5, 1.0, 2.0, 3.0]))
+    assert float(sol.history[0]) == pytest.approx(expected, rel=1e-12, abs=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("solve", [solve_cvxpy, solve_primal, solve_ccp],
+                         ids=["cvxpy", "primal", "ccp"])
+def test_oracles_return_on_the_input_device(solve: Callable[..., Any]) -> None:
+    """The oracles solve on CPU but return α, residual and converged on K's device."""
+    K = gram(feasible_G(10)).cuda()
+    sol = solve(K)
+    assert sol.alpha.device == K.device and sol.converged.device == K.device
+    assert sol.residual.device == K.device
