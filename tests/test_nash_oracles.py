@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from namex_ref.nash import solvers
+from namex_ref.nash import solve_nash, solvers
 from namex_ref.nash.result import InfeasibleBargainError
 from namex_ref.nash.solvers import (
     CCP_RESIDUAL_STOP,
@@ -505,3 +505,22 @@ def test_ccp_first_step_solves_the_documented_subproblem(
     solve_ccp(K, alpha0=torch.from_numpy(prev), max_steps=1)
     assert spy.calls == 1
     np.testing.assert_allclose(spy.points[0], expected, rtol=1e-5, atol=0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="bug: solve_ccp hands a batched alpha0 (B, N) whole to every problem of the batch "
+    "(cvxpy: 'Invalid dimensions (2, 4) for Variable value'), although solve_nash accepts any "
+    "alpha0 that broadcasts to the batch's alpha shape",
+)
+def test_ccp_batched_warm_start_is_per_problem() -> None:
+    """solve_nash validates alpha0 as broadcastable to (..., N); for ccp a (B, N) alpha0 gives
+    problem b the start alpha0[b]. Started at each problem's own root (‖K_b‖_F = 1, so the
+    residual test is consistent) each stops at step 1 and returns its start."""
+    K2 = gram(feasible_G(3))
+    Ks = torch.stack([well_scaled_K(1.0), K2 / torch.linalg.norm(K2)])
+    a0 = torch.stack([torch.from_numpy(positive_root(Ks[i].numpy())) for i in range(2)])
+    sol = solve_nash(Ks, method="ccp", alpha0=a0)
+    assert sol.iterations == 1 and sol.converged.tolist() == [True, True]
+    np.testing.assert_array_equal(sol.alpha.numpy(), a0.numpy())
