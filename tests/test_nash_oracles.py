@@ -258,6 +258,9 @@ class Spy:
 @pytest.fixture
 def ccp_spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], Spy]]:
     def install(n: int) -> Spy:
+        # rebuild the (lru-cached) sub-problem inside this test, so that a line-coverage based
+        # test selection (tools/mutation.py) credits these tests with _ccp_problem's lines
+        solvers._ccp_problem.cache_clear()
         prob, alpha, *_ = solvers._ccp_problem(n)
         spy = Spy(alpha)
         real = prob.solve
