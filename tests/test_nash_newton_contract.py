@@ -157,3 +157,27 @@ def test_invalid_start_in_the_null_space_starts_at_alpha_hat_one() -> None:
     got = solve_newton(K, alpha0=torch.tensor([-1.0, 1.0], dtype=torch.float64),
                        fixed_iterations=0).alpha
     assert got.tolist() == [1.0, 1.0]
+
+
+def test_a_step_that_overflows_freezes_the_problem() -> None:
+    """Exactly anti-parallel experts (no bargain, S6) unvalidated: α̂ doubles every damped step
+    until the step overflows; the problem is then frozen and reported as α = 1, residual inf,
+    and adaptive Newton stops there instead of running to its cap of 100 steps."""
+    K = torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=torch.float64)
+    sol = solve_newton(K)
+    assert sol.iterations < 100 and sol.status == "max_iter"
+    assert sol.alpha.tolist() == [1.0, 1.0] and math.isinf(float(sol.residual))
+
+
+def test_list_warm_start_keeps_float64_values() -> None:
+    """alpha0 = [0.1, 0.2, 0.3] is read in float64: after 0 steps α is exactly that start
+    scaled by √(N / α0ᵀKα0), computed here (float32 would move it by ~1e-8)."""
+    K = _K(20)
+    a0 = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
+    got = solve_newton(K, alpha0=[0.1, 0.2, 0.3], fixed_iterations=0).alpha  # type: ignore[arg-type]
+    want = a0 * math.sqrt(3 / float(a0 @ K @ a0))
+    torch.testing.assert_close(got, want, rtol=1e-15, atol=0)
+
+
+def test_closed_form_takes_no_iterations() -> None:
+    assert solve_closed_form(_K(21, n=2)).iterations == 0
