@@ -510,17 +510,11 @@ def test_ccp_first_step_solves_the_documented_subproblem(
     np.testing.assert_allclose(spy.points[0], expected, rtol=1e-5, atol=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="bug: solve_ccp hands a batched alpha0 (B, N) whole to every problem of the batch "
-    "(cvxpy: 'Invalid dimensions (2, 4) for Variable value'), although solve_nash accepts any "
-    "alpha0 that broadcasts to the batch's alpha shape",
-)
 def test_ccp_batched_warm_start_is_per_problem() -> None:
     """solve_nash validates alpha0 as broadcastable to (..., N); for ccp a (B, N) alpha0 gives
-    problem b the start alpha0[b]. Started at each problem's own root (‖K_b‖_F = 1, so the
-    residual test is consistent) each stops at step 1 and returns its start."""
+    problem b the start alpha0[b] (regression: every problem was handed the whole (B, N)).
+    Started at each problem's own root (‖K_b‖_F = 1, so the residual test is consistent) each
+    stops at step 1 and returns its start."""
     K2 = gram(feasible_G(3))
     Ks = torch.stack([well_scaled_K(1.0), K2 / torch.linalg.norm(K2)])
     a0 = torch.stack([torch.from_numpy(positive_root(Ks[i].numpy())) for i in range(2)])

@@ -442,7 +442,11 @@ def solve_ccp(
         cval = float(np.linalg.norm(Knp))
         K_t.value = Knp / cval
         c.value = np.array([cval])
-        a_t = np.ones(n) if alpha0 is None else alpha0.to(torch.float64).cpu().numpy().copy()
+        if alpha0 is None:
+            a_t = np.ones(n)
+        else:  # this problem's own row of a warm start that broadcasts to the batch (..., N)
+            a0 = alpha0.to(torch.float64).cpu().expand(*K.shape[:-1])
+            a_t = a0[idx].numpy().copy()
         stopped, errors, steps, status = False, 0, 0, "optimal"
         hist: list[float] = []
         for steps in range(1, max_steps + 1):  # noqa: B007 - `steps` is reported
