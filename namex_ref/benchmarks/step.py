@@ -46,7 +46,7 @@ from namex_ref.benchmarks.syncs import forward_sync_ops, sync_sources
 from namex_ref.merging.config import METHODS
 from namex_ref.merging.functional import bargain_alpha
 from namex_ref.models.gpt import ModelConfig, MoEGPT, preset
-from namex_ref.nash.gram import gram_matrix
+from namex_ref.nash.gram import domain_vectors, gram_matrix
 from namex_ref.nash.solvers import solve_newton
 from namex_ref.tables import format_table
 
@@ -253,7 +253,7 @@ def bargain_share(shape: StepShape, *, repeats: int) -> list[list[str]]:
         layer_taus = []
         for layer, terms in zip(model.moe_layers(), plan.terms, strict=True):
             assert terms.base is not None
-            layer_taus.append([E - b for E, b in zip(layer.experts(), terms.base, strict=True)])
+            layer_taus.append(domain_vectors(layer.experts(), terms.base))
 
     def bargains() -> None:
         for taus in layer_taus:
@@ -278,7 +278,7 @@ def bargain_variants(shape: StepShape, *, repeats: int) -> list[list[str]]:
     base = layer.base()
     assert base is not None
     with torch.no_grad():
-        taus = [E - b for E, b in zip(layer.experts(), base, strict=True)]
+        taus = domain_vectors(layer.experts(), base)
     K = gram_matrix(taus).to(torch.float64)
     lam = 1e-3 * K.diagonal().mean()
     K2 = torch.stack([K, K + lam * torch.eye(K.shape[-1], dtype=K.dtype, device=dev)])
