@@ -55,3 +55,9 @@ def symmetric(name: str, n: int, **assumptions: bool) -> sp.Matrix:
         for j in range(i, n)
     }
     return sp.Matrix(n, n, lambda i, j: entries[(min(i, j), max(i, j))])
+
+
+def symbolic_experts(n: int, d: int) -> tuple[sp.Matrix, sp.Matrix]:
+    """G = [τ_1 … τ_N] with generic real symbols t<i>_<r> (d × n) and its Gram K = GᵀG (S2)."""
+    G = sp.Matrix(d, n, lambda r, c: sp.Symbol(f"t{c + 1}_{r + 1}", real=True))
+    return G, G.T * G

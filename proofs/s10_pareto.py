@@ -35,13 +35,12 @@ if __package__ in (None, ""):  # run as a script (python proofs/<name>.py): make
 
 import sympy as sp
 
-from proofs._common import check, check_true, residual
+from proofs._common import check, check_true, residual, symbolic_experts
 
 
 def _prove(n: int, d: int) -> None:
     tag = f"S10 N={n}, d={d}"
-    G = sp.Matrix(d, n, lambda r, c: sp.Symbol(f"t{c + 1}_{r + 1}", real=True))
-    K = G.T * G
+    G, K = symbolic_experts(n, d)
     alpha = sp.Matrix(sp.symbols(f"alpha1:{n + 1}", positive=True))
     x = sp.Matrix(sp.symbols(f"x1:{d + 1}", real=True))
     e_star = G * alpha  # ΔE* = Gα

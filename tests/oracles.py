@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import root
 
-__all__ = ["positive_root"]
+__all__ = ["fallback_alpha", "positive_root"]
 
 
 def positive_root(K: np.ndarray) -> np.ndarray:
@@ -29,3 +29,17 @@ def positive_root(K: np.ndarray) -> np.ndarray:
     a = np.exp(x) * d
     assert np.max(np.abs(a * (K @ a) - 1)) < 1e-12, "oracle did not converge"
     return a
+
+
+def fallback_alpha(K: np.ndarray, policy: str, zero: int, ridge: float = 1e-3) -> np.ndarray:
+    """α of the merging layer's singular-bargain policies (S4, S6), computed here for a K whose
+    expert ``zero`` counts as a zero expert: "ridge" is the root of K' + ridge·mean(K_ii)·I with
+    K'_zz = max_j K_jj; "uniform" is α_i = √(N / max(1ᵀK1, 1e-6·tr K))."""
+    n = K.shape[0]
+    if policy == "ridge":
+        Kp = K.copy()
+        Kp[zero, zero] = K.diagonal().max()
+        return positive_root(Kp + ridge * K.diagonal().mean() * np.eye(n))
+    if policy == "uniform":
+        return np.full(n, np.sqrt(n / max(K.sum(), 1e-6 * np.trace(K))))
+    raise ValueError(policy)

@@ -24,7 +24,7 @@ from namex_ref.merging.functional import (
     propagate,
 )
 from namex_ref.nash import BargainInputError, InfeasibleBargainError
-from tests.oracles import positive_root
+from tests.oracles import fallback_alpha, positive_root
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -136,12 +136,7 @@ def test_infinite_tau_falls_back_with_inf_read_as_zero(bad: float, policy: str) 
     res = bargain_alpha([t], singular_policy=policy)
     assert bool(res.fallback) and math.isnan(float(res.residual))
     K = np.nan_to_num((t @ t.T).numpy(), nan=0.0, posinf=0.0, neginf=0.0)
-    if policy == "ridge":
-        Kp = K.copy()
-        Kp[0, 0] = K.diagonal().max()
-        want = positive_root(Kp + 1e-3 * K.diagonal().mean() * np.eye(3))
-    else:
-        want = np.full(3, math.sqrt(3 / max(K.sum(), 1e-6 * np.trace(K))))
+    want = fallback_alpha(K, policy, zero=0)
     np.testing.assert_allclose(res.alpha.numpy(), want, rtol=1e-8)
 
 

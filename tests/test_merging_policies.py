@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from namex_ref.merging.functional import ZERO_EXPERT_RTOL, bargain_alpha
-from tests.oracles import positive_root
+from tests.oracles import fallback_alpha, positive_root
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -120,14 +120,8 @@ def test_non_finite_gram_falls_back_with_nan_read_as_zero(policy: str) -> None:
     t[0, 4] = math.nan
     res = bargain_alpha([t], singular_policy=policy)
     assert bool(res.fallback) and math.isnan(float(res.residual))
-    K = (t @ t.T).numpy()
-    K = np.nan_to_num(K, nan=0.0)
-    if policy == "ridge":
-        Kp = K.copy()
-        Kp[0, 0] = K.diagonal().max()
-        want = positive_root(Kp + 1e-3 * K.diagonal().mean() * np.eye(3))
-    else:
-        want = np.full(3, math.sqrt(3 / max(K.sum(), 1e-6 * np.trace(K))))
+    K = np.nan_to_num((t @ t.T).numpy(), nan=0.0)
+    want = fallback_alpha(K, policy, zero=0)
     np.testing.assert_allclose(res.alpha.numpy(), want, rtol=1e-8)
 
 
