@@ -166,10 +166,7 @@ def _batched_gram(
         )
     if granularity != "expert":
         raise BargainInputError("batch_dims works with granularity='expert' only.")
-    if taus.is_complex() or not taus.is_floating_point():
-        raise BargainInputError(f"domain vectors have dtype {taus.dtype}; use floats.")
-    if taus.numel() == 0:
-        raise BargainInputError(f"domain vectors are empty (shape {tuple(taus.shape)}).")
+    stack_domain_vectors([taus])  # the dtype and emptiness checks of every route
     lead = taus.shape[: batch_dims + 1]  # (*B, N)
     t = taus.reshape(*lead, -1).to(_accumulate_dtype(taus.dtype))  # (*B, N, d)
     return t @ t.transpose(-1, -2)
