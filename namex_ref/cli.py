@@ -16,7 +16,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main", "package_version"]
+
+
+def package_version() -> str:
+    """The installed distribution's version (``namex-ref``), else ``namex_ref.__version__``."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("namex-ref")
+    except metadata.PackageNotFoundError:
+        from namex_ref import __version__
+
+        return __version__
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -65,6 +77,9 @@ def _cmd_solve(args: argparse.Namespace) -> int:
 
 def _cmd_momentum_grid(args: argparse.Namespace) -> int:
     from namex_ref.spectral import momentum_grid_main
+    from namex_ref.train.loop import require_out_folder
+
+    require_out_folder(args.out)
 
     path, table = momentum_grid_main(
         args.out, h_kind=args.h_kind, c=args.c, sigma=args.sigma, gamma=args.gamma,
@@ -80,23 +95,30 @@ def build_parser() -> argparse.ArgumentParser:
     from namex_ref.nash.solvers import SOLVERS
 
     p = argparse.ArgumentParser(prog="namex", description="NAMEx reference implementation")
+    p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}",
+                   help="print the installed namex-ref version and exit")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="bargain built-in experts and cross-check every solver")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="seed of the built-in experts (default 0)")
     d.set_defaults(func=_cmd_demo)
     s = sub.add_parser("solve", help="solve Kα = 1/α for a .npy file (K [..., N, N] or τ [N, d])")
-    s.add_argument("path", type=Path)
+    s.add_argument("path", type=Path, help="a .npy file written by numpy.save (float array)")
     s.add_argument("--taus", action="store_true", help="the file holds τ [N, d], not K")
-    s.add_argument("--method", choices=SOLVERS, default="newton")
+    s.add_argument("--method", choices=SOLVERS, default="newton",
+                   help="Nash solver (default: newton)")
     s.set_defaults(func=_cmd_solve)
     g = sub.add_parser("momentum-grid", help="ρ(R) over (|β|, φ) for a chosen H (S19), PNG")
-    g.add_argument("--out", type=Path, default=Path("runs/momentum-grid"))
-    g.add_argument("--h-kind", choices=["cooperative", "bilinear", "both"], default="both")
+    g.add_argument("--out", type=Path, default=Path("runs/momentum-grid"),
+                   help="output folder of rho_grid.png (default: runs/momentum-grid)")
+    g.add_argument("--h-kind", choices=["cooperative", "bilinear", "both"], default="both",
+                   help="the game's Jacobian H (default: both)")
     g.add_argument("--c", type=float, default=1.0, help="H = cI (cooperative)")
     g.add_argument("--sigma", type=float, default=1.0, help="bilinear eigenvalues ±iσ")
-    g.add_argument("--gamma", type=float, default=0.5)
-    g.add_argument("--n-moduli", type=int, default=50)
-    g.add_argument("--n-phases", type=int, default=73)
+    g.add_argument("--gamma", type=float, default=0.5, help="step size γ of S19 (default 0.5)")
+    g.add_argument("--n-moduli", type=int, default=50,
+                   help="grid points over |β| in [0, 0.99] (default 50)")
+    g.add_argument("--n-phases", type=int, default=73,
+                   help="grid points over the phase φ in [−π, π] (default 73)")
     g.set_defaults(func=_cmd_momentum_grid)
     from namex_ref.benchmarks.cli import register as register_bench
     from namex_ref.train.cli import register as register_train
@@ -107,13 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``namex`` script. Errors of the library exit with status 2."""
+    """Entry point of the ``namex`` script. Errors of the library and of the file system
+    (a full disk, a missing or unreadable file) are one line on stderr and exit status 2."""
     from namex_ref.nash import BargainInputError, InfeasibleBargainError
 
     args = build_parser().parse_args(argv)
     try:
         rc: int = args.func(args)
-    except (BargainInputError, InfeasibleBargainError, ValueError, FileNotFoundError) as exc:
+    except (BargainInputError, InfeasibleBargainError, ValueError, OSError) as exc:
         print(f"namex: error: {exc}", file=sys.stderr)
         return 2
     return rc

@@ -18,7 +18,7 @@ import namex_ref.train.comparison as compare_mod
 from namex_ref.cli import main
 from namex_ref.train import TrainConfig, TrainResult, compare, mean_ci, read_result
 from namex_ref.train.cli import parse_methods, parse_seeds
-from namex_ref.train.comparison import markdown_table, plot_compare, summarize
+from namex_ref.train.comparison import markdown_table, plot_compare, plot_title, summarize
 
 # Student t with 2 degrees of freedom has the closed-form quantile t_p = (2p − 1)/√(2p(1 − p)),
 # an oracle independent of scipy: t_{0.975, 2} = 0.95/√0.04875 ≈ 4.303 (printed tables).
@@ -132,13 +132,13 @@ def test_compare_end_to_end_and_resumable(
     calls: list[tuple[str, int, bool]] = []
     real_train = compare_mod.train
 
-    def spy(cfg: TrainConfig, *, resume: bool = False) -> Any:
+    def spy(cfg: TrainConfig, *, resume: Any = False) -> Any:
         calls.append((cfg.method, cfg.seed, resume))
         return real_train(cfg, resume=resume)
 
     monkeypatch.setattr(compare_mod, "train", spy)
     assert main(argv) == 0
-    assert calls == [("smear", 0, True)]
+    assert calls == [("smear", 0, "if-present")]
     again = read_result(out / "namex" / "seed1")
     assert again == first
     table = (out / "results.md").read_text()
@@ -167,3 +167,52 @@ def test_parallel_jobs_give_the_sequential_results(tmp_path: Path) -> None:
         torch.set_num_threads(threads)
     with pytest.raises(ValueError, match="--jobs"):
         compare(base, ["smear"], [0], tmp_path / "bad", jobs=0)
+
+
+def test_plot_title_says_what_was_drawn() -> None:
+    """n = 1 everywhere: no CI is drawn, and the title does not claim one."""
+    one = summarize([_fake("smoe", 0, 10.0), _fake("namex", 0, 9.0)])
+    assert plot_title(one) == "validation perplexity, one seed per method (no CI)"
+    assert "CI" not in markdown_table(one).splitlines()[0]
+    three = summarize([_fake("smoe", s, 10.0 + s) for s in range(3)])
+    assert plot_title(three) == (
+        "validation perplexity: 3 seeds (points), mean ± 95% CI (Student t)"
+    )
+    mixed = summarize([*(_fake("smoe", s, 10.0 + s) for s in range(2)), _fake("namex", 0, 9.0)])
+    assert plot_title(mixed).endswith("where n ≥ 2, n per method = 2, 1")
+
+
+def test_timings_under_jobs_are_labelled() -> None:
+    summaries = summarize([_fake("smoe", 0, 10.0), _fake("namex", 0, 9.0)])
+    assert "s / step |" in markdown_table(summaries).splitlines()[0] + " |"
+    labelled = markdown_table(summaries, jobs=2)
+    assert "s / step (measured under --jobs 2)" in labelled.splitlines()[0]
+    assert "competing for the cores" in labelled
+
+
+def test_compare_drops_overrides_a_method_ignores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--singular-policy reaches the namex runs and is dropped (with a note) for smoe, which
+    solves no bargain; the jobs used for timing land in summary.json."""
+    seen: dict[str, TrainConfig] = {}
+
+    def fake_train(cfg: TrainConfig, *, resume: Any = False) -> TrainResult:
+        cfg.require_used_overrides()  # what the real train() does first
+        seen[cfg.method] = cfg
+        return dataclasses.replace(_fake(cfg.method, cfg.seed, 10.0), config=cfg)
+
+    monkeypatch.setattr(compare_mod, "train", fake_train)
+    notes: list[str] = []
+    base = TrainConfig(singular_policy="uniform")
+    compare(base, ["smoe", "namex"], [0], tmp_path / "c", log=notes.append)
+    assert seen["smoe"].singular_policy is None and seen["namex"].singular_policy == "uniform"
+    assert any("smoe: ignoring --singular-policy" in n for n in notes)
+    assert json.loads((tmp_path / "c" / "summary.json").read_text())["timing_jobs"] == 1
+
+
+def test_compare_out_must_be_a_folder(tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(ValueError, match=r"--out: .* is an existing file, not a folder"):
+        compare(TrainConfig(), ["smoe"], [0], target)

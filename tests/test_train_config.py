@@ -34,7 +34,8 @@ def test_defaults_are_valid_and_build_the_tiny_model() -> None:
         ("lr", math.nan, "--lr"),
         ("weight_decay", -0.1, "--weight-decay"),
         ("grad_clip", math.inf, "--grad-clip"),
-        ("warmup", 10_000, "--warmup"),
+        ("warmup", -1, "--warmup"),
+        ("schedule_steps", -1, "--schedule-steps"),
         ("log_every", 0, "--log-every"),
         ("method", "moe", "--method"),
         ("preset", "huge", "--preset"),
@@ -53,6 +54,65 @@ def test_defaults_are_valid_and_build_the_tiny_model() -> None:
 def test_bad_values_raise_naming_the_flag(field: str, value: object, flag: str) -> None:
     with pytest.raises(ValueError, match=flag):
         TrainConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_warmup_longer_than_the_run_is_clamped() -> None:
+    """warmup > schedule length: the lr rises linearly over the whole schedule (W = H), reaching
+    the peak at the last step; nothing decays. Oracle: lr · s / H written out."""
+    cfg = TrainConfig(steps=20, warmup=40, lr=1e-3)  # the default warmup on a short run
+    assert cfg.effective_warmup == 20 and cfg.schedule_length == 20
+    assert [lr_at(s, cfg) for s in (1, 10, 20)] == pytest.approx([1e-3 / 20, 1e-3 / 2, 1e-3],
+                                                                 rel=1e-15)
+
+
+def test_schedule_steps_sets_the_horizon_and_later_steps_use_the_floor() -> None:
+    """schedule_steps = H < steps: steps 1..H follow the schedule of a run of H steps exactly
+    (same floats), steps after H run at lr · min_lr_ratio."""
+    short = TrainConfig(steps=50, warmup=5, lr=2e-3, min_lr_ratio=0.25)
+    long = dataclasses.replace(short, steps=80, schedule_steps=50)
+    assert [lr_at(s, long) for s in range(1, 51)] == [lr_at(s, short) for s in range(1, 51)]
+    assert {lr_at(s, long) for s in range(51, 81)} == {2e-3 * 0.25}
+
+
+@pytest.mark.parametrize(
+    ("method", "override", "flag", "why"),
+    [
+        ("smoe", {"singular_policy": "raise"}, "--singular-policy", "solves no Nash bargain"),
+        ("smoe", {"newton_iterations": 5}, "--newton-iterations", "solves no Nash bargain"),
+        ("ep-camex", {"singular_policy": "uniform"}, "--singular-policy", "no Nash bargain"),
+        ("namex", {"beta_abs": 0.3}, "--beta-abs", "no complex momentum"),
+        ("namex-q", {"beta_phase": 0.3}, "--beta-phase", "no complex momentum"),
+        ("namex-mom", {"alpha_interval": 2}, "--alpha-interval", "re-solve"),
+        ("namex", {"balance_coef": 0.1}, "--balance-coef", "load-balancing"),
+        ("smear", {"eta": 0.5}, "--eta", "without a base expert"),
+        ("camex", {"gamma": 0.5}, "--gamma", "propagates no base expert"),
+    ],
+)
+def test_overrides_a_method_ignores_are_refused(
+    method: str, override: dict[str, object], flag: str, why: str
+) -> None:
+    cfg = TrainConfig(method=method, **override)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=f"{flag}: method '{method}' .*{why}"):
+        cfg.require_used_overrides()
+
+
+@pytest.mark.parametrize(
+    ("method", "override"),
+    [("namex", {"singular_policy": "raise"}), ("namex-full-mom", {"beta_abs": 0.3}),
+     ("smoe", {"balance_coef": 0.1}), ("camex", {"eta": 0.5}),
+     ("ep-camex", {"gamma": 0.5}), ("namex-q", {"alpha_interval": 2})],
+)
+def test_overrides_a_method_uses_are_accepted(method: str, override: dict[str, object]) -> None:
+    TrainConfig(method=method, **override).require_used_overrides()  # type: ignore[arg-type]
+
+
+def test_cli_refuses_singular_policy_for_smoe(capsys: pytest.CaptureFixture[str]) -> None:
+    from namex_ref.cli import main
+
+    assert main(["train", "--method", "smoe", "--singular-policy", "raise"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("namex: error: --singular-policy: method 'smoe' solves no Nash bargain, so "
+                   "this option would be ignored; drop it or choose a method that uses it")
 
 
 def test_merge_overrides_reach_the_model_config() -> None:
@@ -82,7 +142,8 @@ def _non_default(name: str, tp: object) -> tuple[list[str], object]:
         return [flag_name("progress").replace("--", "--no-")], False
     samples: dict[str, object] = {
         "preset": "small", "method": "smoe", "device": "cpu", "data": "wikitext",
-        "singular_policy": "raise", "out": "runs/y", "wikitext_dir": "/data/wt",
+        "singular_policy": "raise", "out": "runs/y", "schedule_steps": 7,
+        "wikitext_dir": "/data/wt",
         "cache_dir": "/tmp/c", "val_frac": 0.1, "test_frac": 0.2, "min_lr_ratio": 0.5,
     }
     if name in samples:

@@ -266,9 +266,10 @@ def infeasibility_certificate(K: Tensor) -> tuple[Tensor, float]:
     A_eq = np.concatenate([np.ones((1, n)), np.zeros((1, 1))], axis=1)
     res = linprog(c, A_ub=A_ub, b_ub=b_ub, A_eq=A_eq, b_eq=[1.0], bounds=[(0, None)] * (n + 1),
                   method="highs")
-    if res.status != 0:  # pragma: no cover - HiGHS solves this bounded LP
+    x = res.x  # None only when the LP failed (scipy-stubs types it Optional)
+    if res.status != 0 or x is None:  # pragma: no cover - HiGHS solves this bounded LP
         raise RuntimeError(f"certificate LP failed: {res.message}")
-    v_hat = torch.from_numpy(np.clip(res.x[:n], 0.0, None))
+    v_hat = torch.from_numpy(np.clip(x[:n], 0.0, None))
     v_hat = v_hat / v_hat.sum()
     dist = float(v_hat @ Kh.cpu() @ v_hat)
     v = v_hat * d.cpu()

@@ -5,7 +5,13 @@
 * :func:`compare` — methods × seeds -> :class:`CompareResult` (mean ± 95% CI table, plot, JSON).
 """
 
-from namex_ref.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from namex_ref.train.checkpoint import (
+    Checkpoint,
+    CheckpointWriteError,
+    CorruptCheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from namex_ref.train.comparison import CompareResult, MethodSummary, compare, mean_ci
 from namex_ref.train.config import TrainConfig, add_config_arguments, config_from_args
 from namex_ref.train.data import TokenData, batch_for_step, load_token_data
@@ -21,7 +27,9 @@ from namex_ref.train.plots import plot_run
 
 __all__ = [
     "Checkpoint",
+    "CheckpointWriteError",
     "CompareResult",
+    "CorruptCheckpointError",
     "MethodSummary",
     "NonFiniteLossError",
     "TokenData",

@@ -1,14 +1,30 @@
-"""Checkpoints as one safetensors file, written atomically (temporary file + ``os.replace``).
+"""Checkpoints as one safetensors file, written atomically (temporary file + ``os.replace``),
+checksummed, with the previous checkpoint kept beside the latest.
 
 Tensors: ``model.<name>`` (tied parameters stored once; the aliases are listed in the metadata),
 ``optim.<param index>.<key>`` (tensor entries of the optimizer state) and ``rng.torch`` /
 ``rng.cuda.<i>`` (generator states). Metadata (strings): the format tag, ``step``, the
 :class:`TrainConfig` as JSON, the optimizer's non-tensor parts (param groups, scalar state) as
-JSON, the model aliases, the cumulative training counters and Python's ``random`` state.
+JSON, the model aliases, the cumulative training counters, Python's ``random`` state and
+``checksum``.
+
+Checksum (format v2): ``"sha256:" + hexdigest`` of, for every tensor name in sorted order, the
+name's UTF-8 bytes, a zero byte and the tensor's raw little-endian bytes as stored, then for every
+other metadata key in sorted order, the key, a zero byte, the value and a zero byte. It covers
+every byte of data and metadata, so any flipped byte is caught by :func:`load_checkpoint` (as
+:class:`CorruptCheckpointError`, naming the file) or by the safetensors parser. Checkpoints of
+format v1 (no checksum, written before this change) still load; ``Checkpoint.verified`` is then
+``False`` and the training loop says so.
+
+Previous checkpoint: ``save_checkpoint(..., previous=PATH)`` first renames the existing file to
+``PATH``, then renames the new one into place, so a run always has the last two checkpoints and
+a kill between the two renames leaves the previous one (see :mod:`namex_ref.train.loop`).
+A checkpoint is never written from a non-finite state (``ValueError`` naming the tensor).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -24,13 +40,29 @@ from torch import Tensor, nn
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "LEGACY_FORMATS",
     "Checkpoint",
+    "CheckpointWriteError",
+    "CorruptCheckpointError",
     "load_checkpoint",
     "restore_rng",
     "save_checkpoint",
+    "tensor_checksum",
 ]
 
-CHECKPOINT_FORMAT = "namex-train-ckpt-v1"
+CHECKPOINT_FORMAT = "namex-train-ckpt-v2"
+"""Format tag written in the metadata (v2: with ``checksum``)."""
+
+LEGACY_FORMATS: frozenset[str] = frozenset({"namex-train-ckpt-v1"})
+"""Older formats that still load (without a checksum to verify)."""
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file fails its checksum or cannot be parsed; the message names the file."""
+
+
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed (for example a full disk); the previous one is intact."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +77,8 @@ class Checkpoint:
     rng_cuda: list[Tensor]
     python_rng: Any
     counters: dict[str, Any]
+    verified: bool = True
+    """Whether a checksum was stored and matched (``False`` only for legacy v1 files)."""
 
 
 def _model_tensors(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -77,6 +111,55 @@ def _optim_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor],
     return tensors, meta
 
 
+def _raw_bytes(t: Tensor) -> memoryview:
+    """The bytes safetensors stores for ``t`` (contiguous, native little-endian order)."""
+    flat = t.detach().contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().data
+
+
+def tensor_checksum(tensors: dict[str, Tensor], metadata: dict[str, str]) -> str:
+    """The checksum stored as ``metadata["checksum"]`` (algorithm in the module docstring);
+    the ``checksum`` key itself is left out of the digest."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode("utf-8") + b"\0")
+        h.update(_raw_bytes(tensors[name]))
+    for key in sorted(metadata):
+        if key != "checksum":
+            h.update(key.encode("utf-8") + b"\0" + metadata[key].encode("utf-8") + b"\0")
+    return "sha256:" + h.hexdigest()
+
+
+def _require_finite(tensors: dict[str, Tensor]) -> None:
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(
+                f"refusing to write a checkpoint from a non-finite state: tensor {name!r} "
+                f"holds NaN or infinity"
+            )
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _publish(tmp: Path, target: Path, previous: Path | None) -> None:
+    """Move the finished temporary file into place, keeping the old one as ``previous``."""
+    if previous is not None and target.is_file():
+        os.replace(target, previous)
+    os.replace(tmp, target)
+    _fsync_dir(target.parent)
+
+
 def save_checkpoint(
     path: str | os.PathLike[str],
     *,
@@ -85,14 +168,25 @@ def save_checkpoint(
     step: int,
     config: dict[str, Any],
     counters: dict[str, Any] | None = None,
+    previous: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write a checkpoint to ``path`` atomically: a reader sees the old file or the new one,
-    never a partial one; no temporary file is left behind, even on error."""
+    never a partial one; no temporary file is left behind, even on error.
+
+    previous: where the existing checkpoint at ``path`` (if any) is moved before the new one
+        takes its place (the loop keeps the last two checkpoints this way).
+
+    Raises:
+        ValueError: a model or optimizer tensor is not finite (nothing is written).
+        CheckpointWriteError: the file system refused the write (for example ``ENOSPC``); the
+            temporary file is removed and the checkpoint at ``path`` is left as it was.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     model_t, aliases = _model_tensors(model)
     optim_t, optim_meta = _optim_tensors(optimizer)
     tensors: dict[str, Tensor] = {**model_t, **optim_t}
+    _require_finite(tensors)
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
@@ -106,13 +200,20 @@ def save_checkpoint(
         "counters": json.dumps(counters or {}, sort_keys=True),
         "python_rng": json.dumps(random.getstate()),
     }
+    metadata["checksum"] = tensor_checksum(tensors, metadata)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        _publish(Path(tmp), target, None if previous is None else Path(previous))
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise CheckpointWriteError(
+            f"could not write the checkpoint of step {step} to {str(target)!r}: {exc}; the "
+            f"previous checkpoint is left as it was"
+        ) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -126,17 +227,23 @@ def _tuplify(value: Any) -> Any:
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
+    The stored checksum is recomputed from the tensors and metadata read back.
+
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file is not a checkpoint of this format.
+        CorruptCheckpointError: the file cannot be parsed or fails its checksum (a
+            ``ValueError``; the message names the file).
+        ValueError: the file is not a checkpoint of a known format.
     """
     target = Path(path)
     if not target.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(target)!r}")
     try:
         return _load(target)
-    except SafetensorError as exc:
-        raise ValueError(f"{str(target)!r} is not a readable checkpoint: {exc}") from exc
+    except (SafetensorError, json.JSONDecodeError, UnicodeDecodeError, KeyError) as exc:
+        raise CorruptCheckpointError(
+            f"{str(target)!r} is not a readable checkpoint (corrupt or torn file): {exc}"
+        ) from exc
 
 
 def _load(target: Path) -> Checkpoint:
@@ -144,15 +251,17 @@ def _load(target: Path) -> Checkpoint:
     optim_tensors: dict[str, dict[str, Tensor]] = {}
     rng_cuda: dict[int, Tensor] = {}
     rng_torch: Tensor | None = None
+    every: dict[str, Tensor] = {}
     with safe_open(str(target), framework="pt") as f:
         meta = f.metadata() or {}
-        if meta.get("format") != CHECKPOINT_FORMAT:
+        fmt = meta.get("format")
+        if fmt != CHECKPOINT_FORMAT and fmt not in LEGACY_FORMATS:
             raise ValueError(
-                f"{str(target)!r} is not a {CHECKPOINT_FORMAT} checkpoint "
-                f"(format {meta.get('format')!r})"
+                f"{str(target)!r} is not a {CHECKPOINT_FORMAT} checkpoint (format {fmt!r})"
             )
         for key in f.keys():
             t = f.get_tensor(key)
+            every[key] = t
             if key.startswith("model."):
                 model_state[key[len("model."):]] = t
             elif key.startswith("optim."):
@@ -162,8 +271,17 @@ def _load(target: Path) -> Checkpoint:
                 rng_torch = t
             elif key.startswith("rng.cuda."):
                 rng_cuda[int(key.rsplit(".", 1)[1])] = t
+    verified = fmt == CHECKPOINT_FORMAT
+    if verified:
+        stored = meta.get("checksum", "")
+        actual = tensor_checksum(every, meta)
+        if stored != actual:
+            raise CorruptCheckpointError(
+                f"{str(target)!r} is corrupt: its checksum does not match its contents "
+                f"(stored {stored[:19]}..., computed {actual[:19]}...)"
+            )
     if rng_torch is None:
-        raise ValueError(f"{str(target)!r} lacks the torch RNG state")
+        raise CorruptCheckpointError(f"{str(target)!r} lacks the torch RNG state")
     for alias, canonical in json.loads(meta["aliases"]).items():
         model_state[alias] = model_state[canonical]
     optim_meta = json.loads(meta["optim"])
@@ -186,6 +304,7 @@ def _load(target: Path) -> Checkpoint:
         rng_cuda=[rng_cuda[i] for i in sorted(rng_cuda)],
         python_rng=_tuplify(json.loads(meta["python_rng"])),
         counters=json.loads(meta["counters"]),
+        verified=verified,
     )
 
 

@@ -1,6 +1,6 @@
 """Sub-commands of ``namex`` contributed by this package (wired in :mod:`namex_ref.cli`).
 
-``namex train [--<TrainConfig field> VALUE ...] [--resume]`` and
+``namex train [--<TrainConfig field> VALUE ...] [--resume | --resume-if-present]`` and
 ``namex compare --methods a,b --seeds 0,1,2 --out DIR [--<TrainConfig field> VALUE ...]``.
 The flags come from :class:`~namex_ref.train.config.TrainConfig`; nothing is computed here.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import Any, Literal
 
 from namex_ref.merging.config import METHODS
 from namex_ref.train.config import add_config_arguments, config_from_args
@@ -45,8 +45,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from namex_ref.train.loop import NonFiniteLossError, train
 
     config = config_from_args(args)
+    resume: bool | Literal["if-present"] = (
+        "if-present" if args.resume_if_present else bool(args.resume)
+    )
     try:
-        res = train(config, resume=args.resume)
+        res = train(config, resume=resume)
     except NonFiniteLossError as exc:
         print(f"namex train: error: {exc}", file=sys.stderr)
         return 3
@@ -89,8 +92,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "train", help="train the MoE GPT with one merging method (flags = TrainConfig fields)",
     )
     add_config_arguments(t)
-    t.add_argument("--resume", action="store_true",
-                   help="continue from OUT/checkpoint.safetensors (same configuration only)")
+    how = t.add_mutually_exclusive_group()
+    how.add_argument("--resume", action="store_true",
+                     help="continue from OUT/checkpoint.safetensors (or the previous checkpoint "
+                     "if that is corrupt); an error when OUT holds none; --steps may grow")
+    how.add_argument("--resume-if-present", action="store_true",
+                     help="like --resume, but start a fresh run when OUT holds no checkpoint")
     t.set_defaults(func=_cmd_train)
     c = sub.add_parser(
         "compare", help="train methods x seeds; validation perplexity mean ± 95%% CI table",
@@ -99,7 +106,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    help=f"comma-separated, or 'all' ({', '.join(METHODS)})")
     c.add_argument("--seeds", default="0,1,2", help="comma-separated seeds or a range a-b")
     c.add_argument("--jobs", type=int, default=1,
-                   help="runs trained at once, one process each (2 on a 2-core machine)")
+                   help="runs trained at once, one process each (2 on a 2-core machine); "
+                   "s/step is then labelled as measured under --jobs N")
     add_config_arguments(c, exclude=frozenset({"method", "seed", "out"}))
     c.add_argument("--out", default="runs/compare", help="root folder of the runs")
     c.set_defaults(func=_cmd_compare)

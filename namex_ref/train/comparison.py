@@ -7,6 +7,12 @@ configuration is not trained again, and an interrupted one is resumed from its c
 
 CI: for n seeds with mean m and sample standard deviation s (ddof 1), the two-sided 95% Student
 t interval is m ± t_{0.975, n−1} · s / √n (undefined for n = 1, reported as NaN).
+
+Timing: s/step is measured inside each run. With ``jobs > 1`` the runs share the cores, so
+their s/step depends on what ran beside them; the table's column then says "measured under
+--jobs N" and ``summary.json`` records ``timing_jobs`` (use ``jobs=1`` for comparable timings).
+A merge override that a method ignores (for example ``singular_policy`` for smoe) is dropped
+for that method with a printed note, since :class:`TrainConfig` refuses it.
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ from typing import Any
 from namex_ref.checks import require_int
 from namex_ref.merging.config import METHODS
 from namex_ref.tables import format_table
-from namex_ref.train.config import TrainConfig
-from namex_ref.train.loop import TrainResult, read_result, train
+from namex_ref.train.config import TrainConfig, ignored_overrides
+from namex_ref.train.loop import TrainResult, read_result, require_out_folder, train
 from namex_ref.train.metrics import clean_json
 
 __all__ = [
@@ -34,6 +40,7 @@ __all__ = [
     "markdown_table",
     "mean_ci",
     "plot_compare",
+    "plot_title",
     "summarize",
 ]
 
@@ -103,8 +110,14 @@ def _fmt(v: float, digits: int = 2) -> str:
     return "n/a" if not math.isfinite(v) else f"{v:.{digits}f}"
 
 
-def markdown_table(summaries: Sequence[MethodSummary], *, unigram_ppl: float | None = None) -> str:
-    """Markdown table: method, seeds, valid ppl mean ± 95% CI, per-seed values, s/step."""
+def markdown_table(
+    summaries: Sequence[MethodSummary], *, unigram_ppl: float | None = None, jobs: int = 1
+) -> str:
+    """Markdown table: method, seeds, valid ppl mean ± 95% CI, per-seed values, s/step.
+
+    jobs: how many runs trained at once; above 1 the s/step column says so (the runs competed
+    for the cores) and a note under the table explains it.
+    """
     rows = [
         [
             s.method,
@@ -115,15 +128,32 @@ def markdown_table(summaries: Sequence[MethodSummary], *, unigram_ppl: float | N
         ]
         for s in summaries
     ]
-    header = ["method", "n", "valid ppl (mean ± 95% CI)", "per seed", "s / step"]
+    one_seed = all(len(s.ppl) == 1 for s in summaries)
+    header = ["method", "n", "valid ppl" + (" (one seed)" if one_seed else " (mean ± 95% CI)"),
+              "per seed", "s / step" if jobs == 1 else f"s / step (measured under --jobs {jobs})"]
     text = format_table(header, rows, align="lrrlr") + "\n"
+    if jobs > 1:
+        text += (f"\ns / step was measured with up to {jobs} runs training at once, competing "
+                 f"for the cores; compare timings from a --jobs 1 run.\n")
     if unigram_ppl is not None and math.isfinite(unigram_ppl):
         text += f"\nUnigram (context-free) validation perplexity: {unigram_ppl:.1f}\n"
     return text
 
 
+def plot_title(summaries: Sequence[MethodSummary]) -> str:
+    """The title of :func:`plot_compare`: it names what is drawn (no CI claim for n = 1)."""
+    ns = sorted({len(s.ppl) for s in summaries})
+    if ns == [1]:
+        return "validation perplexity, one seed per method (no CI)"
+    if len(ns) == 1:
+        return f"validation perplexity: {ns[0]} seeds (points), mean ± 95% CI (Student t)"
+    return ("validation perplexity: seeds (points), mean ± 95% CI (Student t) where n ≥ 2, "
+            "n per method = " + ", ".join(str(len(s.ppl)) for s in summaries))
+
+
 def plot_compare(summaries: Sequence[MethodSummary], path: str | os.PathLike[str]) -> Path:
-    """Per-seed perplexities (points) and mean ± 95% CI (bars) per method, as a PNG."""
+    """Per-seed perplexities (points) and mean ± 95% CI (bars where n ≥ 2) per method, as a
+    PNG titled by :func:`plot_title`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,7 +167,7 @@ def plot_compare(summaries: Sequence[MethodSummary], path: str | os.PathLike[str
     ax.set_xticks(range(len(summaries)))
     ax.set_xticklabels([s.method for s in summaries], rotation=30, ha="right")
     ax.set_ylabel("validation perplexity")
-    ax.set_title("mean ± 95% CI (Student t) over seeds")
+    ax.set_title(plot_title(summaries), fontsize=9)
     fig.tight_layout()
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +178,7 @@ def plot_compare(summaries: Sequence[MethodSummary], path: str | os.PathLike[str
 
 def _train_resumed(cfg: TrainConfig) -> TrainResult:
     """Worker of ``compare(jobs > 1)`` (module level, so it pickles)."""
-    return train(cfg, resume=True)
+    return train(cfg, resume="if-present")
 
 
 def _run_dir(out: Path, method: str, seed: int) -> Path:
@@ -181,13 +211,19 @@ def compare(
         raise ValueError(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
     if len(set(methods)) != len(methods) or len(set(seeds)) != len(seeds):
         raise ValueError("--methods and --seeds must not repeat values")
-    root = Path(out)
+    root = require_out_folder(out)
     slots: list[TrainResult | None] = []
     todo: list[tuple[int, TrainConfig]] = []
     for method in methods:
         for seed in seeds:
             folder = _run_dir(root, method, seed)
-            cfg = dataclasses.replace(base, method=method, seed=seed, out=str(folder))
+            dropped = ignored_overrides(method, base.merge_overrides())
+            if dropped and log and seed == seeds[0]:
+                log(f"[compare] {method}: ignoring "
+                    + ", ".join(f"--{k.replace('_', '-')} ({method} {why})"
+                                for k, why in dropped.items()))
+            unset: dict[str, Any] = dict.fromkeys(dropped)
+            cfg = dataclasses.replace(base, method=method, seed=seed, out=str(folder), **unset)
             done = read_result(folder)
             if done is not None and done.config.trajectory_dict() == cfg.trajectory_dict():
                 if log:
@@ -206,7 +242,7 @@ def compare(
         for index, cfg in todo:
             if log:
                 log(f"[compare] {cfg.method} seed {cfg.seed}: training -> {cfg.out}")
-            slots[index] = train(cfg, resume=True)
+            slots[index] = train(cfg, resume="if-present")
             report(slots[index])  # type: ignore[arg-type]
     else:
         import multiprocessing
@@ -226,12 +262,14 @@ def compare(
     runs = [r for r in slots if r is not None]
     summaries = summarize(runs)
     unigram = runs[0].unigram_ppl if runs else None
-    table = markdown_table(summaries, unigram_ppl=unigram)
+    timed_jobs = jobs if jobs > 1 and len(todo) > 1 else 1
+    table = markdown_table(summaries, unigram_ppl=unigram, jobs=timed_jobs)
     root.mkdir(parents=True, exist_ok=True)
     (root / "results.md").write_text(table, encoding="utf-8")
     plot_compare(summaries, root / "compare.png")
     summary: dict[str, Any] = {
         "confidence": CONFIDENCE,
+        "timing_jobs": timed_jobs,
         "base_config": base.to_dict(),
         "methods": [dataclasses.asdict(s) for s in summaries],
         "runs": [

@@ -26,6 +26,7 @@ __all__ = [
     "add_config_arguments",
     "config_from_args",
     "flag_name",
+    "ignored_overrides",
 ]
 
 DataSource = Literal["builtin", "wikitext"]
@@ -42,6 +43,38 @@ MERGE_OVERRIDES: tuple[str, ...] = (
     "balance_coef",
 )
 """TrainConfig fields that, when not ``None``, override the preset's MergeConfig field."""
+
+# What a method must do for an override to have any effect (MethodSpec of namex_ref.merging):
+# the reason is printed when the override is refused.
+_OVERRIDE_USE: dict[str, tuple[Any, str]] = {
+    "balance_coef": (lambda sp: sp.kind == "topk", "has no load-balancing loss (smoe only)"),
+    "eta": (lambda sp: sp.kind == "merge" and sp.base != "none", "merges without a base expert"),
+    "gamma": (lambda sp: sp.propagation != "none", "propagates no base expert"),
+    "beta_abs": (lambda sp: sp.momentum == "complex", "uses no complex momentum"),
+    "beta_phase": (lambda sp: sp.momentum == "complex", "uses no complex momentum"),
+    "alpha_interval": (
+        lambda sp: sp.propagation == "nash" and sp.resolve == "interval",
+        "does not re-solve α every Δl layers",
+    ),
+    "singular_policy": (lambda sp: sp.propagation == "nash", "solves no Nash bargain"),
+    "newton_iterations": (lambda sp: sp.propagation == "nash", "solves no Nash bargain"),
+}
+
+
+def ignored_overrides(method: str, overrides: dict[str, Any]) -> dict[str, str]:
+    """The merge overrides (field -> reason) that ``method`` would ignore.
+
+    Example: ``ignored_overrides("smoe", {"singular_policy": "raise"})`` ->
+    ``{"singular_policy": "solves no Nash bargain"}``.
+    """
+    from namex_ref.merging.config import METHOD_TABLE
+
+    spec = METHOD_TABLE[method]
+    return {
+        k: _OVERRIDE_USE[k][1]
+        for k, v in overrides.items()
+        if v is not None and k in _OVERRIDE_USE and not _OVERRIDE_USE[k][0](spec)
+    }
 
 RUN_CONTROL_FIELDS: frozenset[str] = frozenset(
     {"out", "device", "progress", "cache_dir", "threads"}
@@ -63,9 +96,12 @@ class TrainConfig:
         (:data:`namex_ref.merging.config.METHODS`).
     seed: model initialisation and batch sampling; batch ``k`` is a pure function of
         ``(seed, k)`` (resume is exact).
-    steps, batch_size (global, split evenly over DDP ranks), lr (peak), warmup (linear, steps),
-    min_lr_ratio (cosine decays to ``lr * min_lr_ratio`` at ``steps``), weight_decay (AdamW, on
-    matrices only), grad_clip (global norm; 0 = no clipping, the norm is still logged).
+    steps, batch_size (global, split evenly over DDP ranks), lr (peak), warmup (linear, steps;
+    clamped to the schedule's length, with a printed note), min_lr_ratio (cosine decays to
+    ``lr * min_lr_ratio`` at the schedule's last step), schedule_steps (length of the lr
+    schedule; 0 = ``steps``; steps beyond it run at the floor lr; a resumed run that asks for
+    more steps keeps its checkpoint's schedule this way), weight_decay (AdamW, on matrices
+    only), grad_clip (global norm; 0 = no clipping, the norm is still logged).
     eval_every (steps; 0 = only the final evaluation), eval_batches (batches of validation
         windows per periodic evaluation), final_eval_batches (0 = the whole validation split).
     log_every (steps between metric lines and host synchronisations), ckpt_every (steps between
@@ -91,6 +127,7 @@ class TrainConfig:
     lr: float = 3e-3
     warmup: int = 40
     min_lr_ratio: float = 0.1
+    schedule_steps: int = 0
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     eval_every: int = 50
@@ -131,13 +168,11 @@ class TrainConfig:
                             ("corpus_chars", self.corpus_chars), ("warmup", self.warmup),
                             ("eval_every", self.eval_every), ("ckpt_every", self.ckpt_every),
                             ("final_eval_batches", self.final_eval_batches),
-                            ("threads", self.threads)):
+                            ("threads", self.threads), ("schedule_steps", self.schedule_steps)):
             require_int(flag_name(name), value, low=0)
         for name, value in (("steps", self.steps), ("batch_size", self.batch_size),
                             ("eval_batches", self.eval_batches), ("log_every", self.log_every)):
             require_int(flag_name(name), value, low=1)
-        if self.warmup > self.steps:
-            raise ValueError(f"--warmup must be <= --steps={self.steps}, got {self.warmup}")
         require_real(flag_name("lr"), self.lr, low=0, low_open=True)
         require_real(flag_name("weight_decay"), self.weight_decay, low=0)
         require_real(flag_name("grad_clip"), self.grad_clip, low=0)
@@ -159,6 +194,27 @@ class TrainConfig:
             named = [flag_name(k) for k in self.merge_overrides() if k in str(exc)]
             where = named[0] if named else "--method/--preset"
             raise ValueError(f"{where}: {exc}") from exc
+
+    @property
+    def schedule_length(self) -> int:
+        """Steps of the lr schedule: ``schedule_steps``, or ``steps`` when that is 0."""
+        return self.schedule_steps or self.steps
+
+    @property
+    def effective_warmup(self) -> int:
+        """``warmup`` clamped to :attr:`schedule_length` (the lr schedule uses this)."""
+        return min(self.warmup, self.schedule_length)
+
+    def require_used_overrides(self) -> None:
+        """Refuse merge overrides that :attr:`method` ignores (``ValueError`` naming the flag);
+        :func:`namex_ref.train.train` calls this first, ``compare`` drops them per method."""
+        ignored = ignored_overrides(self.method, self.merge_overrides())
+        if ignored:
+            name, why = next(iter(ignored.items()))
+            raise ValueError(
+                f"{flag_name(name)}: method {self.method!r} {why}, so this option would be "
+                f"ignored; drop it or choose a method that uses it"
+            )
 
     def merge_overrides(self) -> dict[str, Any]:
         """The MergeConfig fields this config overrides (non-``None`` override fields)."""
@@ -225,12 +281,39 @@ def _optional(parse: Any, choices: list[str] | None) -> Any:
 _HELP: dict[str, str] = {
     "preset": "model preset: " + ", ".join(PRESETS),
     "method": "merging method: " + ", ".join(METHODS),
+    "seed": "model initialisation and batch order; batch k is a function of (seed, k)",
+    "steps": "training steps; a finished run resumed with more steps continues (see README)",
     "batch_size": "global batch (split over DDP ranks)",
     "lr": "peak learning rate (AdamW)",
-    "threads": "torch CPU threads; 0 = torch's default",
+    "warmup": "linear warmup steps, clamped to the schedule length (a note is printed)",
+    "min_lr_ratio": "the cosine decays to lr * this at the schedule's end",
+    "schedule_steps": "length of the lr schedule; 0 = --steps; later steps use the floor lr",
+    "weight_decay": "AdamW weight decay on matrices and embeddings",
+    "grad_clip": "global gradient-norm clip; 0 = no clipping",
+    "eval_every": "steps between validation evaluations; 0 = only the final one",
+    "eval_batches": "validation batches per periodic evaluation",
     "final_eval_batches": "0 = the whole validation split",
+    "log_every": "steps between metrics lines (and progress lines when stdout is no TTY)",
+    "ckpt_every": "steps between checkpoints; the last step is always saved; 0 = last only",
+    "device": "cpu, cuda or auto (cuda when available)",
+    "threads": "torch CPU threads; 0 = torch's default",
+    "progress": "tqdm bar on a terminal, progress lines otherwise (train.log is always written)",
+    "out": "run folder: metrics.jsonl, train.log, checkpoints, plots, result.json",
+    "data": "builtin (World English Bible) or wikitext (raw files in --wikitext-dir)",
+    "wikitext_dir": "folder holding the WikiText-103 raw files (with --data wikitext)",
+    "max_chars": "read at most this many characters per WikiText file; 0 = all",
     "corpus_chars": "use only the first characters of the built-in corpus; 0 = all",
+    "val_frac": "fraction of the built-in corpus held out for validation",
+    "test_frac": "fraction of the built-in corpus held out for testing",
     "cache_dir": "tokenizer / token-id cache; '' = $NAMEX_CACHE or ~/.cache/namex-ref",
+    "beta_abs": "|beta| of the complex momentum (namex-mom, namex-full-mom; S17)",
+    "beta_phase": "phase of the complex momentum in radians (S17)",
+    "alpha_interval": "re-solve alpha every this many MoE layers (the -full methods)",
+    "singular_policy": "what a layer does when its bargain has no solution (namex methods)",
+    "gamma": "propagation step gamma (S15-S18; methods that propagate a base expert)",
+    "eta": "merge step eta (S14; methods with a base expert)",
+    "newton_iterations": "fixed Newton budget per bargain solve (namex methods)",
+    "balance_coef": "weight of the load-balancing loss (smoe)",
 }
 
 
@@ -266,7 +349,8 @@ def add_config_arguments(
             parser.add_argument(
                 *names, dest=f.name, type=_optional(parse, choices), default=f.default,
                 metavar=(f"{{{','.join(choices)},none}}" if choices else None),
-                help=f"override of the preset's MergeConfig {help_default}",
+                help=f"{_HELP.get(f.name, '')} (overrides the preset's MergeConfig value; "
+                f"default: none = the preset's)".strip(),
             )
         else:
             parse, choices = _scalar_parser(tp)

@@ -2,7 +2,17 @@
 
 AdamW (weight decay on matrices only), linear warmup then cosine decay, global-norm gradient
 clipping, metrics as JSONL (:mod:`namex_ref.train.metrics`), periodic evaluation on the
-validation split, atomic safetensors checkpoints, exact resume, plots at the end.
+validation split, atomic checksummed safetensors checkpoints (the previous one kept), exact
+resume, plots at the end, and progress lines (a tqdm bar on a terminal; otherwise a line every
+``log_every`` steps on stdout; always appended to ``train.log`` in the run folder).
+
+Resume (``train(config, resume=True)``) loads ``checkpoint.safetensors``; when it is missing,
+corrupt or torn it falls back to ``checkpoint.prev.safetensors`` and says so. Without any
+checkpoint ``resume=True`` is an error and ``resume="if-present"`` starts afresh. A run may be
+resumed with more ``steps`` than it was started with: the lr schedule keeps the checkpoint's
+length (``schedule_steps``), and the steps beyond it run at the floor lr, so the extended run
+equals, bit for bit on CPU, a fresh run with ``steps`` = the new total and ``schedule_steps`` =
+the old one. Every other field that changes the trajectory is refused, naming the flag.
 
 Host synchronisation happens only at log / eval / checkpoint steps: per-step observables are
 accumulated in device tensors (sums, running maxima, a cumulative fallback count and the first
@@ -28,7 +38,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -36,7 +46,13 @@ from torch import Tensor, nn
 
 from namex_ref.data import eval_windows
 from namex_ref.models.gpt import ModelOutput, MoEGPT, count_parameters
-from namex_ref.train.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from namex_ref.train.checkpoint import (
+    Checkpoint,
+    CorruptCheckpointError,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from namex_ref.train.config import RUN_CONTROL_FIELDS, TrainConfig, flag_name
 from namex_ref.train.data import batch_for_step, load_token_data, unigram_perplexity
 from namex_ref.train.distributed import Distributed, resolve_device, setup_distributed
@@ -44,18 +60,23 @@ from namex_ref.train.metrics import append_jsonl, clean_json, read_jsonl, trunca
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "LOG_NAME",
     "METRICS_NAME",
+    "PREVIOUS_NAME",
     "RESULT_NAME",
     "NonFiniteLossError",
     "TrainResult",
     "evaluate",
     "lr_at",
     "read_result",
+    "require_out_folder",
     "resolve_device",
     "train",
 ]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
+PREVIOUS_NAME = "checkpoint.prev.safetensors"
+LOG_NAME = "train.log"
 METRICS_NAME = "metrics.jsonl"
 RESULT_NAME = "result.json"
 CONFIG_NAME = "config.json"
@@ -113,12 +134,17 @@ def read_result(out: str | os.PathLike[str]) -> TrainResult | None:
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
-    """Learning rate of ``step`` (1-based): linear warmup to ``lr`` over ``warmup`` steps, then
-    cosine decay to ``lr * min_lr_ratio`` at ``steps``."""
-    if config.warmup and step <= config.warmup:
-        return config.lr * step / config.warmup
-    span = max(config.steps - config.warmup, 1)
-    progress = min(max(step - config.warmup, 0) / span, 1.0)
+    """Learning rate of ``step`` (1-based): linear warmup to ``lr`` over W steps, then cosine
+    decay to ``lr * min_lr_ratio`` at step H, and ``lr * min_lr_ratio`` after H.
+
+    H = ``config.schedule_length`` (``schedule_steps``, or ``steps`` when that is 0) and
+    W = ``config.effective_warmup`` = min(``warmup``, H).
+    """
+    horizon, warmup = config.schedule_length, config.effective_warmup
+    if warmup and step <= warmup:
+        return config.lr * step / warmup
+    span = max(horizon - warmup, 1)
+    progress = min(max(step - warmup, 0) / span, 1.0)
     floor = config.lr * config.min_lr_ratio
     return floor + 0.5 * (config.lr - floor) * (1.0 + math.cos(math.pi * progress))
 
@@ -189,39 +215,172 @@ def _nested(t: Tensor) -> Any:
     return clean_json(t.detach().double().cpu().tolist())
 
 
-def _check_finite(first_bad: Tensor, config: TrainConfig) -> None:
+def _nonfinite_hint(what: str, step: int, config: TrainConfig,
+                    last_ckpt: tuple[Path, int] | None) -> NonFiniteLossError:
+    """The error for a non-finite loss or state first seen at ``step``; the checkpoint named is
+    the last one written, always at a step before ``step`` (checkpoints are written only after
+    every loss up to their step was checked finite and the state is finite)."""
+    if last_ckpt is not None and last_ckpt[1] < step:
+        where = (f"the last checkpoint, {str(last_ckpt[0])!r} (step {last_ckpt[1]}), was "
+                 f"written before it and can be resumed with --resume (same configuration)")
+    else:
+        where = "no checkpoint was written before it"
+    return NonFiniteLossError(
+        f"{what} at step {step} (method {config.method!r}, preset {config.preset!r}, lr "
+        f"{lr_at(step, config):.3g}). Hint: start a new run (another {flag_name('out')}) with "
+        f"a lower {flag_name('lr')}, {flag_name('grad_clip')} > 0, or "
+        f"{flag_name('singular_policy')} ridge; {where}."
+    )
+
+
+def _check_finite(first_bad: Tensor, config: TrainConfig,
+                  last_ckpt: tuple[Path, int] | None = None) -> None:
     bad = int(first_bad)
     if bad >= 0:
-        raise NonFiniteLossError(
-            f"non-finite training loss at step {bad} (method {config.method!r}, preset "
-            f"{config.preset!r}, lr {lr_at(bad, config):.3g}). Hint: lower {flag_name('lr')}, "
-            f"keep {flag_name('grad_clip')} > 0, or use {flag_name('singular_policy')} ridge; "
-            f"the last good checkpoint can be resumed with --resume."
-        )
+        raise _nonfinite_hint("non-finite training loss", bad, config, last_ckpt)
+
+
+def _state_is_finite(model: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
+    flags = [torch.isfinite(p).all() for p in model.parameters()]
+    for state in optimizer.state.values():
+        flags += [torch.isfinite(v).all() for v in state.values()
+                  if isinstance(v, Tensor) and v.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def _comparable(values: dict[str, Any]) -> dict[str, Any]:
+    """Trajectory fields of a config dict, with ``steps`` replaced by the schedule length (a
+    run may be extended; what must not change is the schedule it was trained under)."""
+    full = {**TrainConfig().to_dict(), **values}  # fields added since the checkpoint: defaults
+    horizon = full["schedule_steps"] or full["steps"]
+    out = {k: v for k, v in full.items() if k not in RUN_CONTROL_FIELDS and k != "steps"}
+    out["schedule_steps"] = horizon
+    return out
 
 
 def _config_mismatch(saved: dict[str, Any], config: TrainConfig) -> list[str]:
-    current = config.trajectory_dict()
-    keys = sorted(set(current) | (set(saved) - RUN_CONTROL_FIELDS))
+    old, new = _comparable(saved), _comparable(config.to_dict())
     return [
-        f"{flag_name(k)}: checkpoint {saved.get(k)!r} != requested {current.get(k)!r}"
-        for k in keys
-        if k not in RUN_CONTROL_FIELDS and saved.get(k) != current.get(k)
+        f"{flag_name(k)}: checkpoint {old.get(k)!r} != requested {new.get(k)!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
     ]
 
 
-def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
-    """Train one model as ``config`` says; write metrics, checkpoints, plots and result.json to
-    ``config.out``; return the :class:`TrainResult`.
+def require_out_folder(path: str | os.PathLike[str], flag: str = "--out") -> Path:
+    """``path`` as a folder that exists or can be created.
 
-    resume: continue from ``out/checkpoint.safetensors`` (a fresh start when there is none). On
-    CPU the continued run is bit-identical to an uninterrupted one. A checkpoint of a different
-    configuration (any field but out/device/progress/cache_dir) is refused with ``ValueError``.
+    Raises:
+        ValueError: ``path``, or a parent of it, is an existing file (names ``flag``).
+    """
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise ValueError(
+            f"{flag}: {str(target)!r} is an existing file, not a folder; choose a folder path "
+            f"(it is created when missing)"
+        )
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(
+                    f"{flag}: {str(parent)!r} (part of {str(target)!r}) is a file, not a "
+                    f"folder; choose another folder path"
+                )
+            break
+    return target
+
+
+class _Reporter:
+    """Progress and announcements: appended to ``train.log`` (rank 0) and echoed to stdout
+    (``echo``; through tqdm while a bar is shown); notes and warnings also go to stderr."""
+
+    def __init__(self, log: Path | None, echo: bool, prefix: str) -> None:
+        self.log, self.echo, self.prefix = log, echo, prefix
+        self.bar: Any = None
+
+    def _line(self, text: str) -> str:
+        return f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{self.prefix}] {text}"
+
+    def _file(self, line: str) -> None:
+        if self.log is not None:
+            with open(self.log, "a", encoding="utf-8") as handle:
+                handle.write(line + "\n")
+
+    def __call__(self, text: str, *, screen: bool = True) -> None:
+        line = self._line(text)
+        self._file(line)
+        if not (self.echo and screen):
+            return
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def note(self, text: str) -> None:
+        """A note the user must see even without progress output (stderr and the log)."""
+        line = self._line(text)
+        self._file(line)
+        print(line, file=sys.stderr, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    s = round(seconds) if math.isfinite(seconds) else 0
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _load_resume_point(
+    out: Path, main: bool, say: _Reporter
+) -> tuple[Checkpoint | None, Path | None]:
+    """The checkpoint to resume from: the latest, or (when it is missing, corrupt or torn) the
+    previous one, with a message; ``(None, None)`` when the folder holds neither."""
+    latest, previous = out / CHECKPOINT_NAME, out / PREVIOUS_NAME
+    problem = ""
+    if latest.is_file():
+        try:
+            return load_checkpoint(latest), latest
+        except CorruptCheckpointError as exc:
+            problem = str(exc)
+    elif previous.is_file():
+        problem = f"{str(latest)!r} is missing (the run was stopped while replacing it)"
+    if not previous.is_file():
+        if problem:
+            raise CorruptCheckpointError(
+                f"{problem}; there is no previous checkpoint to fall back to, so this run "
+                f"cannot be resumed: start it again in another --out folder"
+            )
+        return None, None
+    try:
+        ckpt = load_checkpoint(previous)
+    except CorruptCheckpointError as exc:
+        raise CorruptCheckpointError(
+            f"{problem}; the previous checkpoint is unusable too: {exc}"
+        ) from exc
+    if main and latest.is_file():
+        latest.replace(latest.with_name(latest.name + ".corrupt"))  # kept for inspection
+    say.note(f"warning: {problem}; resuming from the previous checkpoint {str(previous)!r} "
+             f"(step {ckpt.step}) instead")
+    return ckpt, previous
+
+
+def train(config: TrainConfig, *, resume: bool | Literal["if-present"] = False) -> TrainResult:
+    """Train one model as ``config`` says; write metrics, checkpoints, plots, train.log and
+    result.json to ``config.out``; return the :class:`TrainResult`.
+
+    resume: ``True`` continues from ``out/checkpoint.safetensors`` (or, when that is missing or
+    corrupt, from ``out/checkpoint.prev.safetensors``, with a message) and is an error when
+    there is neither; ``"if-present"`` starts afresh instead. On CPU the continued run is
+    bit-identical to an uninterrupted one. ``steps`` may grow (see the module docstring); a
+    checkpoint of a different configuration otherwise (any trajectory field: all but
+    out/device/progress/cache_dir/threads) is refused with ``ValueError`` naming the flags.
     Without ``resume``, a folder that already holds a checkpoint is refused.
 
     Raises:
-        NonFiniteLossError: the loss became NaN/inf (checked at log and checkpoint steps).
-        ValueError: bad configuration, refused resume, too little data.
+        NonFiniteLossError: the loss or the state became NaN/inf (checked at log and
+            checkpoint steps); the message names the last checkpoint written before it.
+        CorruptCheckpointError: no usable checkpoint to resume (names the files).
+        CheckpointWriteError: a checkpoint could not be written (an ``OSError``; the previous
+            one is intact).
+        ValueError: bad configuration, refused resume, too little data, --out is a file.
     """
     ctx = setup_distributed(config.device)
     threads = torch.get_num_threads()
@@ -235,11 +394,17 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
             dist.destroy_process_group()
 
 
-def _train(config: TrainConfig, resume: bool, ctx: Distributed) -> TrainResult:
+def _train(config: TrainConfig, resume: bool | Literal["if-present"],
+           ctx: Distributed) -> TrainResult:
+    config.require_used_overrides()
     device = resolve_device(config.device, ctx.local_rank)
-    out = Path(config.out)
+    out = require_out_folder(config.out)
     ckpt_path = out / CHECKPOINT_NAME
+    prev_path = out / PREVIOUS_NAME
     metrics_path = out / METRICS_NAME
+    interactive = sys.stdout.isatty() and sys.stderr.isatty()
+    say = _Reporter(out / LOG_NAME if ctx.main else None, config.progress and ctx.main,
+                    f"{config.method} s{config.seed}")
     mcfg = config.model_config()
     T = mcfg.seq_len
     for name, every in (("ckpt_every", config.ckpt_every), ("eval_every", config.eval_every)):
@@ -254,19 +419,40 @@ def _train(config: TrainConfig, resume: bool, ctx: Distributed) -> TrainResult:
             f"({ctx.world})"
         )
 
-    ckpt = None
-    if ckpt_path.is_file():
-        if not resume:
+    ckpt: Checkpoint | None = None
+    ckpt_source: Path | None = None
+    if not resume:
+        if ckpt_path.is_file() or prev_path.is_file():
             raise ValueError(
                 f"{str(out)!r} already holds a checkpoint; pass resume=True (CLI: --resume) to "
                 f"continue it, or choose another out folder (CLI: --out)"
             )
-        ckpt = load_checkpoint(ckpt_path)
+    else:
+        ckpt, ckpt_source = _load_resume_point(out, ctx.main, say)
+        if ckpt is None and resume != "if-present":
+            raise ValueError(
+                f"--resume: {str(out)!r} holds no checkpoint ({CHECKPOINT_NAME} or "
+                f"{PREVIOUS_NAME}) to resume; drop --resume to start a fresh run there, or "
+                f"pass --resume-if-present to resume only when there is one"
+            )
+    extended_from = 0
+    if ckpt is not None:
         problems = _config_mismatch(ckpt.config, config)
         if problems:
             raise ValueError(
                 "refusing to resume with a different configuration: " + "; ".join(problems)
             )
+        saved = {**TrainConfig().to_dict(), **ckpt.config}
+        if ckpt.step > config.steps:
+            raise ValueError(
+                f"--steps: the checkpoint is at step {ckpt.step}, beyond the requested "
+                f"--steps {config.steps}; ask for at least {ckpt.step} steps"
+            )
+        horizon = saved["schedule_steps"] or saved["steps"]
+        if saved["steps"] != config.steps:
+            extended_from = int(saved["steps"])
+            if config.schedule_steps == 0 and horizon != config.steps:
+                config = dataclasses.replace(config, schedule_steps=horizon)
 
     # Data: rank 0 builds the cache first, the others then read it.
     if ctx.main:
@@ -307,8 +493,26 @@ def _train(config: TrainConfig, resume: bool, ctx: Distributed) -> TrainResult:
             stale.unlink(missing_ok=True)
         if ckpt is None:
             metrics_path.unlink(missing_ok=True)
+            (out / LOG_NAME).unlink(missing_ok=True)
+            say(f"fresh start: {config.steps} steps, method {config.method}, preset "
+                f"{config.preset} ({count_parameters(mcfg) / 1e6:.2f}M parameters), batch "
+                f"{config.batch_size}, device {device}, {ctx.world} process(es); writing to "
+                f"{str(out)!r}")
         else:
             truncate_after(metrics_path, start)
+            say(f"resuming from step {start} of {config.steps} (checkpoint "
+                f"{str(ckpt_source)!r})")
+            if not ckpt.verified:
+                say.note(f"note: {str(ckpt_source)!r} predates checkpoint checksums; loaded "
+                         f"without verification")
+            if extended_from:
+                say(f"extending a run of {extended_from} steps to {config.steps}; the lr "
+                    f"schedule keeps its length of {config.schedule_length} steps, later steps "
+                    f"run at the floor lr {config.lr * config.min_lr_ratio:.3g}")
+        if config.warmup > config.schedule_length:
+            say.note(f"note: {flag_name('warmup')} {config.warmup} is longer than the "
+                     f"{config.schedule_length}-step lr schedule; warmup clamped to "
+                     f"{config.effective_warmup} steps")
     if ctx.world > 1:
         find_unused = mcfg.merge.spec.kind == "topk"  # idle experts get no gradient
         net: nn.Module = nn.parallel.DistributedDataParallel(
@@ -320,13 +524,17 @@ def _train(config: TrainConfig, resume: bool, ctx: Distributed) -> TrainResult:
     params = [p for p in model.parameters() if p.requires_grad]
     clip = config.grad_clip if config.grad_clip > 0 else math.inf
 
-    show = config.progress and ctx.main and sys.stderr.isatty()
+    show = config.progress and ctx.main and interactive
     bar: Any = None
     if show:
         from tqdm import tqdm
 
         bar = tqdm(total=config.steps, initial=start, desc=f"{config.method} s{config.seed}",
                    dynamic_ncols=True)
+        say.bar = bar
+    last_ckpt: tuple[Path, int] | None = (
+        None if ckpt is None or ckpt_source is None else (ckpt_source, start)
+    )
 
     # Device accumulators (read at log steps only).
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, ce, aux
@@ -382,7 +590,7 @@ def _train(config: TrainConfig, resume: bool, ctx: Distributed) -> TrainResult:
             dist.all_reduce(sums)
             sums /= ctx.world
             dist.all_reduce(first_bad, op=dist.ReduceOp.MAX)
-        _check_finite(first_bad, config)
+        _check_finite(first_bad, config, last_ckpt)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         now = time.perf_counter()
@@ -409,21 +617,34 @@ def _train(config: TrainConfig, resume: bool, ctx: Distributed) -> TrainResult:
             }
             if bar is not None:
                 bar.set_postfix(loss=f"{mean[0]:.3f}", lr=f"{lr:.2e}")
+            run_s = now - t_run
+            eta = run_s / (step - start) * (config.steps - step)
+            say(f"step {step}/{config.steps} loss {mean[0]:.4f} lr {lr:.3g} tokens/s "
+                f"{record['tokens_per_s']:.0f} elapsed {_clock(run_s)} eta {_clock(eta)}",
+                screen=bar is None)
         if eval_now:
             vloss, cos = evaluate(
                 model, valid_ids, batch_size=config.batch_size,
                 max_batches=config.eval_batches, rank=ctx.rank, world_size=ctx.world,
             )
             record.update(valid_loss=vloss, valid_ppl=math.exp(vloss), cosine=_nested(cos))
+            say(f"step {step}/{config.steps} evaluation: valid loss {vloss:.4f} perplexity "
+                f"{math.exp(vloss):.2f}")
         if ctx.main and record:
             append_jsonl(metrics_path, record)
+        if ckpt_now and not _state_is_finite(model, optimizer):
+            raise _nonfinite_hint("non-finite parameters or optimizer state", step, config,
+                                  last_ckpt)
         if ckpt_now and ctx.main:
             save_checkpoint(
                 ckpt_path, model=model, optimizer=optimizer, step=step,
                 config=config.to_dict(),
                 counters={"fallbacks": int(fallbacks), "step_seconds": step_time,
                           "steps_timed": steps_run},
+                previous=prev_path,
             )
+        if ckpt_now:
+            last_ckpt = (ckpt_path, step)
         sums.zero_()
         res_max.fill_(-math.inf)
         n_in_interval = 0
@@ -432,10 +653,15 @@ def _train(config: TrainConfig, resume: bool, ctx: Distributed) -> TrainResult:
     if bar is not None:
         bar.close()
 
+    span = ("the whole validation split" if config.final_eval_batches == 0
+            else f"{config.final_eval_batches} validation batches")
+    say(f"final evaluation on {span}")
     vloss, _ = evaluate(
         model, valid_ids, batch_size=config.batch_size, max_batches=config.final_eval_batches,
         rank=ctx.rank, world_size=ctx.world,
     )
+    say(f"final: valid loss {vloss:.4f} perplexity {math.exp(vloss):.2f} (unigram perplexity "
+        f"{unigram:.1f})")
     records = read_jsonl(metrics_path) if ctx.main else []
     last_loss = next((float(r["loss"]) for r in reversed(records) if r.get("loss") is not None),
                      math.nan)
@@ -461,5 +687,7 @@ def _train(config: TrainConfig, resume: bool, ctx: Distributed) -> TrainResult:
         tmp = out / f".{RESULT_NAME}.tmp"
         tmp.write_text(json.dumps(clean_json(result.to_dict()), indent=2) + "\n")
         os.replace(tmp, out / RESULT_NAME)
+        say(f"wrote {str(out)!r}: {RESULT_NAME}, {METRICS_NAME}, {LOG_NAME}, {CHECKPOINT_NAME}, "
+            f"loss.png, alpha.png, cosine.png")
     ctx.barrier()
     return result
