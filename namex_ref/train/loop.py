@@ -437,22 +437,23 @@ def _train(config: TrainConfig, resume: bool | Literal["if-present"],
             )
     extended_from = 0
     if ckpt is not None:
+        saved = {**TrainConfig().to_dict(), **ckpt.config}
+        horizon = saved["schedule_steps"] or saved["steps"]
+        if saved["steps"] != config.steps:
+            extended_from = int(saved["steps"])
+            # --schedule-steps left at 0 on a run of another length: keep the saved schedule
+            if config.schedule_steps == 0 and horizon != config.steps:
+                config = dataclasses.replace(config, schedule_steps=horizon)
         problems = _config_mismatch(ckpt.config, config)
         if problems:
             raise ValueError(
                 "refusing to resume with a different configuration: " + "; ".join(problems)
             )
-        saved = {**TrainConfig().to_dict(), **ckpt.config}
         if ckpt.step > config.steps:
             raise ValueError(
                 f"--steps: the checkpoint is at step {ckpt.step}, beyond the requested "
                 f"--steps {config.steps}; ask for at least {ckpt.step} steps"
             )
-        horizon = saved["schedule_steps"] or saved["steps"]
-        if saved["steps"] != config.steps:
-            extended_from = int(saved["steps"])
-            if config.schedule_steps == 0 and horizon != config.steps:
-                config = dataclasses.replace(config, schedule_steps=horizon)
 
     # Data: rank 0 builds the cache first, the others then read it.
     if ctx.main:
