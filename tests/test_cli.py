@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +64,69 @@ def test_docstring_names_every_command() -> None:
     assert listed == commands
     with pytest.raises(SystemExit):
         main(["bench-solvers"])  # one benchmark home: `namex bench solvers`
+
+
+def _walk(parser: argparse.ArgumentParser, path: str) -> list[tuple[str, argparse.Action]]:
+    """Every action of ``parser`` and of its sub-command parsers, with the command path."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helped = {a.dest for a in action._choices_actions if a.help}
+            for name, sub in action.choices.items():
+                assert name in helped, f"{path} {name}: the sub-command has no help"
+                found += _walk(sub, f"{path} {name}")
+        elif not isinstance(action, argparse._HelpAction):
+            found.append((path, action))
+    return found
+
+
+def test_every_flag_of_every_command_has_help() -> None:
+    """Help text that says something beyond the default, for every argument everywhere."""
+    actions = _walk(build_parser(), "namex")
+    assert len(actions) > 60  # train + compare alone have ~70
+    missing = []
+    for path, action in actions:
+        text = re.sub(r"\(default: [^)]*\)", "", action.help or "").strip(" .;")
+        if not text or action.help == argparse.SUPPRESS:
+            missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+    assert missing == []
+
+
+def test_version_comes_from_the_package_metadata(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from importlib import metadata
+
+    import namex_ref
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    try:
+        want = metadata.version("namex-ref")
+    except metadata.PackageNotFoundError:
+        want = namex_ref.__version__
+    assert capsys.readouterr().out == f"namex {want}\n"
+
+    def missing(name: str) -> str:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", missing)
+    assert namex_ref.cli.package_version() == namex_ref.__version__
+
+
+@pytest.mark.parametrize("command", ["train", "compare", "momentum-grid"])
+def test_out_pointing_at_a_file_is_a_named_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    target = tmp_path / "taken"
+    target.write_text("a file\n")
+    for out, msg in (
+        (target, f"--out: {str(target)!r} is an existing file, not a folder; choose a folder "
+                 f"path (it is created when missing)"),
+        (target / "run", f"--out: {str(target)!r} (part of {str(target / 'run')!r}) is a file, "
+                         f"not a folder; choose another folder path"),
+    ):
+        assert main([command, "--out", str(out)]) == 2
+        assert capsys.readouterr().err == f"namex: error: {msg}\n"
+    assert target.read_text() == "a file\n"
