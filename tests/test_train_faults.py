@@ -505,3 +505,27 @@ def test_disk_full_while_writing_a_checkpoint(
             train(quick(cache, tmp_path / "api"))
     res = train(cfg, resume=True)
     _assert_equals_reference(out, res, reference)
+
+
+def test_legacy_v1_checkpoints_load_unverified(tmp_path: Path) -> None:
+    """Backward compatibility: a checkpoint written before checksums (format v1, no checksum
+    key) loads with ``verified=False``; the same bytes tagged v2 without a checksum fail."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    model, opt = _small_model()
+    path = save_checkpoint(tmp_path / "c.safetensors", model=model, optimizer=opt, step=5,
+                           config={"a": 1})
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    del meta["checksum"]
+    tensors = load_file(str(path))
+    v1 = tmp_path / "v1.safetensors"
+    save_file(tensors, str(v1), metadata={**meta, "format": "namex-train-ckpt-v1"})
+    old = load_checkpoint(v1)
+    assert not old.verified and old.step == 5 and old.config == {"a": 1}
+    assert all(torch.equal(old.model_state[k], v) for k, v in model.state_dict().items())
+    unsigned = tmp_path / "unsigned.safetensors"
+    save_file(tensors, str(unsigned), metadata=meta)
+    with pytest.raises(CorruptCheckpointError, match="checksum does not match"):
+        load_checkpoint(unsigned)

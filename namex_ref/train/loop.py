@@ -75,8 +75,11 @@ __all__ = [
 ]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
+"""The latest checkpoint of a run folder."""
 PREVIOUS_NAME = "checkpoint.prev.safetensors"
+"""The checkpoint before the latest (the fallback when the latest is corrupt or missing)."""
 LOG_NAME = "train.log"
+"""The progress log of a run folder (announcements, a line per log step, evaluations)."""
 METRICS_NAME = "metrics.jsonl"
 RESULT_NAME = "result.json"
 CONFIG_NAME = "config.json"
