@@ -115,9 +115,10 @@ def test_version_comes_from_the_package_metadata(
     assert namex_ref.cli.package_version() == namex_ref.__version__
 
 
-@pytest.mark.parametrize("command", ["train", "compare", "momentum-grid"])
+@pytest.mark.parametrize("command", [["train"], ["compare"], ["momentum-grid"],
+                                     ["bench", "solvers"]])
 def test_out_pointing_at_a_file_is_a_named_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
 ) -> None:
     target = tmp_path / "taken"
     target.write_text("a file\n")
@@ -127,6 +128,6 @@ def test_out_pointing_at_a_file_is_a_named_error(
         (target / "run", f"--out: {str(target)!r} (part of {str(target / 'run')!r}) is a file, "
                          f"not a folder; choose another folder path"),
     ):
-        assert main([command, "--out", str(out)]) == 2
+        assert main([*command, "--out", str(out)]) == 2
         assert capsys.readouterr().err == f"namex: error: {msg}\n"
     assert target.read_text() == "a file\n"

@@ -188,6 +188,25 @@ def test_resume_is_announced_with_the_step_and_the_file(
     assert "resuming from step 4 of 6" in (out / "train.log").read_text()
 
 
+def test_on_a_terminal_tqdm_shows_the_steps_and_the_log_keeps_them(
+    cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both streams a TTY: a tqdm bar on stderr instead of step lines on stdout; evaluations
+    and announcements are still printed (through tqdm), and train.log has every line."""
+    out = tmp_path / "tty"
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    train(quick(cache, out, steps=4, log_every=2, eval_every=4, progress=True))
+    captured = capsys.readouterr()
+    assert "4/4" in captured.err  # the bar
+    assert not re.search(r"\] step \d+/4 loss", captured.out)
+    assert "] step 4/4 evaluation: valid loss" in captured.out
+    assert "] fresh start: 4 steps" in captured.out
+    logged = (out / "train.log").read_text()
+    assert len(re.findall(r"\] step \d+/4 loss", logged)) == 2
+
+
 # ----------------------------------------------------------------------------- resume semantics
 
 
