@@ -512,7 +512,7 @@ def test_disk_full_while_writing_a_checkpoint(
     assert err == (
         f"namex: error: could not write the checkpoint of step 4 to {str(latest)!r}: [Errno "
         f"{errno.ENOSPC}] {os.strerror(errno.ENOSPC)}; the previous checkpoint is left as it "
-        f"was\n"
+        f"was (free some space, then continue with --resume)\n"
     )
     ck = load_checkpoint(latest)
     assert ck.step == 2 and ck.verified

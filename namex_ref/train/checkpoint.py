@@ -212,7 +212,8 @@ def save_checkpoint(
         Path(tmp).unlink(missing_ok=True)
         raise CheckpointWriteError(
             f"could not write the checkpoint of step {step} to {str(target)!r}: {exc}; the "
-            f"previous checkpoint is left as it was"
+            f"previous checkpoint is left as it was (free some space, then continue with "
+            f"--resume)"
         ) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

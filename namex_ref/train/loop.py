@@ -297,8 +297,8 @@ class _Reporter:
     """Progress and announcements: appended to ``train.log`` (rank 0) and echoed to stdout
     (``echo``; through tqdm while a bar is shown); notes and warnings also go to stderr."""
 
-    def __init__(self, log: Path | None, echo: bool, prefix: str) -> None:
-        self.log, self.echo, self.prefix = log, echo, prefix
+    def __init__(self, log: Path | None, echo: bool, prefix: str, main: bool = True) -> None:
+        self.log, self.echo, self.prefix, self.main = log, echo, prefix, main
         self.bar: Any = None
 
     def _line(self, text: str) -> str:
@@ -321,6 +321,8 @@ class _Reporter:
 
     def note(self, text: str) -> None:
         """A note the user must see even without progress output (stderr and the log)."""
+        if not self.main:  # one copy per run, not one per DDP rank
+            return
         line = self._line(text)
         self._file(line)
         print(line, file=sys.stderr, flush=True)
@@ -407,7 +409,7 @@ def _train(config: TrainConfig, resume: bool | Literal["if-present"],
     metrics_path = out / METRICS_NAME
     interactive = sys.stdout.isatty() and sys.stderr.isatty()
     say = _Reporter(out / LOG_NAME if ctx.main else None, config.progress and ctx.main,
-                    f"{config.method} s{config.seed}")
+                    f"{config.method} s{config.seed}", main=ctx.main)
     mcfg = config.model_config()
     T = mcfg.seq_len
     for name, every in (("ckpt_every", config.ckpt_every), ("eval_every", config.eval_every)):
