@@ -448,6 +448,23 @@ def test_truncated_last_metrics_line(
     _assert_equals_reference(out, res, reference)
 
 
+def test_lost_metrics_lines_before_the_checkpoint_are_reported(
+    cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A truncation that reaches the checkpoint's own line (step 6) cannot be repaired without
+    retraining; the resume says which lines are missing instead of hiding the gap."""
+    out = tmp_path / "run"
+    cfg = _crash_at_step(cache, out, 8)
+    metrics = out / "metrics.jsonl"
+    lines = metrics.read_text().splitlines(keepends=True)
+    metrics.write_text("".join(lines[:5]) + lines[5][:10])  # steps 1-5, then half of step 6
+    capsys.readouterr()
+    train(cfg, resume=True)
+    assert ("warning: metrics.jsonl lacks the lines of steps 6 (at or before the checkpoint"
+            in capsys.readouterr().err)
+    assert [r["step"] for r in read_jsonl(metrics)] == [1, 2, 3, 4, 5, 7, 8]
+
+
 def test_flipped_bytes_in_the_latest_checkpoint(
     cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     reference: tuple[TrainResult, list[dict[str, Any]]],

@@ -508,6 +508,13 @@ def _train(config: TrainConfig, resume: bool | Literal["if-present"],
             truncate_after(metrics_path, start)
             say(f"resuming from step {start} of {config.steps} (checkpoint "
                 f"{str(ckpt_source)!r})")
+            present = {int(r["step"]) for r in read_jsonl(metrics_path)}
+            lost = [k for k in range(config.log_every, start + 1, config.log_every)
+                    if k not in present]
+            if lost:
+                say.note(f"warning: {METRICS_NAME} lacks the lines of steps "
+                         f"{', '.join(map(str, lost))} (at or before the checkpoint, so they are "
+                         f"not trained again); the run continues from step {start}")
             if not ckpt.verified:
                 say.note(f"note: {str(ckpt_source)!r} predates checkpoint checksums; loaded "
                          f"without verification")
