@@ -101,7 +101,10 @@ def test_newton_alpha_is_the_bargain_of_the_task_gradients(seed: int, n: int,
     Gᵀα (max_norm = 0: no clipping) to 1e-12 relative (one float64 reduction)."""
     G = spread_G(seed, n, n + extra_d)
     Gn = G / np.linalg.norm(G, axis=1, keepdims=True)
-    assume(np.linalg.svd(Gn, compute_uv=False).min() > 1e-3)  # well inside S6's feasible set
+    # well inside S6's feasible set, where the root oracle certifies 1e-12 (at σ_min = 3e-3
+    # α̂ reaches ~400 and float64 rounding of α_i(Kα)_i alone is ~1e-11; hard problems are
+    # the Newton solver's own tests, tests/test_nash_hard.py)
+    assume(np.linalg.svd(Gn, compute_uv=False).min() > 0.05)
     task = Linear(G)
     m = NashMTL(n, "cpu", max_norm=0.0)
     extra = task.step(m)
