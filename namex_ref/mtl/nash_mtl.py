@@ -175,6 +175,7 @@ class NashMTL:
 
     Attributes:
         step: number of calls so far (the authors' counter).
+        last_gram: the Gram matrix of the last update (float64), or None before it.
         solves, failures, infeasible: counts of weight updates, of failed updates (not
             converged or no bargain) and of those certified infeasible by S6.
         policy_counts: how often each policy acted.
@@ -220,6 +221,7 @@ class NashMTL:
         self.last_residual = math.nan
         self.last_iterations = 0
         self.last_status = "not solved"
+        self.last_gram: Tensor | None = None
         self._alpha = torch.ones(self.n_tasks, dtype=torch.float64, device=self.device)
         self._cast: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
@@ -343,6 +345,7 @@ class NashMTL:
         K = task_gram(losses, params, dtype)
         self._check_finite(K, losses)
         K64 = K.to(torch.float64)
+        self.last_gram = K64
         sol = self._solve(K)
         self.solves += 1
         residual = float(sol.residual)
@@ -411,7 +414,8 @@ class NashMTL:
         "updated" (bool, this step solved); "residual" (float, max_i |α_i(Kα)_i − 1| of the
         last solve, as the solver returned it); "iterations", "status" of the last solve;
         counters "solves", "failures", "infeasible", "policy_counts"; "policy" (the policy
-        that acted on this step, or None) and "message" (its warning text, or "").
+        that acted on this step, or None) and "message" (its warning text, or ""); "gram": the
+        Gram matrix K of the task gradients solved on this step (float64), or None.
         """
         del kwargs
         loss_list = _as_loss_list(losses, self.n_tasks)
@@ -436,6 +440,7 @@ class NashMTL:
             "policy_counts": dict(self.policy_counts),
             "policy": policy,
             "message": message,
+            "gram": self.last_gram if updated else None,
         }
         return loss, extra
 
