@@ -163,7 +163,7 @@ def test_losses_as_a_list_and_extra_kwargs() -> None:
     m1, m2 = NashMTL(3, "cpu"), NashMTL(3, "cpu")
     l1, e1 = m1.get_weighted_loss(t1.losses(), [t1.theta], representation=None)
     l2, e2 = m2.get_weighted_loss(list(t2.losses()), iter([t2.theta]), last_shared_parameters=[])
-    assert torch.equal(e1["weights"], e2["weights"]) and float(l1) == float(l2)
+    assert torch.equal(e1["weights"], e2["weights"]) and float(l1.detach()) == float(l2.detach())
 
 
 # ------------------------------------------------------------------------------------------

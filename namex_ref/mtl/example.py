@@ -200,6 +200,7 @@ class _Run:
     losses: list[list[float]] = field(default_factory=list)
     alphas: list[list[float]] = field(default_factory=list)
     grams: list[Tensor] = field(default_factory=list)
+    iterations: list[int] = field(default_factory=list)
     val: list[tuple[int, list[float]]] = field(default_factory=list)
     warnings: int = 0
 
@@ -217,6 +218,7 @@ class _Run:
                 _, extra = self.weighting.backward(losses, self.model.shared_parameters())
             self.warnings += sum(issubclass(w.category, NashMTLWarning) for w in caught)
             alpha, gram = extra["weights"], extra["gram"]
+            self.iterations.append(int(extra["iterations"]))
         self.opt.step()
         self.times.append(time.perf_counter() - t0)
         self.losses.append(losses.detach().tolist())
@@ -235,6 +237,8 @@ class ExampleResult:
     Nash-MTL method, α at every step. agreement: Newton vs CCP on the CCP run's Grams (see
     :func:`run_example`). solve_times: per solver, seconds of each solve on those Grams.
     warnings: per Nash-MTL method, how many NashMTLWarnings (failed solves) were raised.
+    iterations: per Nash-MTL method, the solver's iterations at every update (Newton steps,
+    CCP convex solves).
     """
 
     config: ExampleConfig
@@ -245,6 +249,7 @@ class ExampleResult:
     agreement: dict[str, Any]
     solve_times: dict[str, list[float]]
     warnings: dict[str, int]
+    iterations: dict[str, list[int]]
     seconds: float
 
 
@@ -357,6 +362,7 @@ def run_example(cfg: ExampleConfig | None = None, *, log: bool = False) -> Examp
         agreement,
         solve_times,
         {r.name: r.warnings for r in runs if r.weighting is not None},
+        {r.name: r.iterations for r in runs if r.weighting is not None},
         time.perf_counter() - t_start,
     )
 
@@ -430,6 +436,9 @@ def agreement_text(res: ExampleResult) -> str:
         f"rule: {'yes' if a['unit_within_bound'] else 'NO'}",
         "- NashMTLWarnings during training: " + ", ".join(
             f"{k} {v}" for k, v in res.warnings.items()),
+        "- iterations per weight update (median, max): " + ", ".join(
+            f"{k} {statistics.median(v):g}, {max(v)}" for k, v in res.iterations.items() if v)
+        + " (Newton steps from the warm start; CCP convex solves, cap 20)",
     ])
 
 
