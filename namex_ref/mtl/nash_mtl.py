@@ -170,7 +170,7 @@ class NashMTL:
             CCP (so that ``solver="ccp"`` reproduces the authors' weights, now with a warning).
         ridge: λ of the "ridge" policy.
         newton_max_iter: Newton's step cap per update (Newton converges on every feasible
-            problem; typically 1–3 steps from the warm start).
+            problem; ``namex mtl`` measured 5 steps per update (median, max 7) from the warm start).
         tol: Newton's residual tolerance (the project's ``RESIDUAL_TOL``, 1e-10).
 
     Attributes:
