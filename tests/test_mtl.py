@@ -367,6 +367,35 @@ def test_cancelling_tasks_raise_the_s6_certificate() -> None:
     assert info.value.distance <= 1e-9
 
 
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 5), extra_d=st.integers(0, 3))
+def test_random_cancelling_task_sets_certify_or_ridge(seed: int, n: int, extra_d: int) -> None:
+    """S6 on random infeasible task sets: the last task's gradient is −Σ_j c_j g_j with
+    c_j ∈ [0.1, 2] on a random non-empty subset (so a non-negative combination cancels). The
+    default policy raises InfeasibleBargainError whose certificate satisfies ‖Σ v_i g_i‖ ≤
+    1e-6·max‖g_i‖ on G; "ridge" (λ = 1e-2) returns scipy's root of K + λ·mean(diag K)·I
+    (residual rule) with a warning and counts the update as infeasible. (With λ = 1e-3 and norms
+    over 1e-1…1e1, α̂ of the ridged K reaches ~50 and the oracle cannot certify its 1e-12.)"""
+    rng = np.random.default_rng(seed)
+    G = spread_G(seed, n, n + extra_d, spread=1.0)
+    c = rng.uniform(0.1, 2.0, n - 1) * (rng.random(n - 1) < 0.7)
+    if not c.any():
+        c[rng.integers(n - 1)] = 1.0
+    G[-1] = -(c @ G[:-1])
+    with pytest.raises(InfeasibleBargainError) as info:
+        Linear(G).step(NashMTL(n, "cpu", max_norm=0.0))
+    v = info.value.certificate.numpy()
+    assert np.all(v >= 0) and v.sum() == pytest.approx(1.0, abs=1e-12)
+    assert np.linalg.norm(G.T @ v) <= 1e-6 * np.linalg.norm(G, axis=1).max()
+    m = NashMTL(n, "cpu", max_norm=0.0, on_failure="ridge", ridge=1e-2)
+    with pytest.warns(NashMTLWarning, match="cancel"):
+        extra = Linear(G).step(m)
+    K = G @ G.T
+    ref = positive_root(K + 1e-2 * np.diag(K).mean() * np.eye(n))
+    assert rel_err(extra["weights"], ref) <= rule_rtol(n, 1e-10, 1e-12)
+    assert (extra["failures"], extra["infeasible"]) == (1, 1)
+
+
 def test_keep_policy_warns_counts_and_keeps_previous_alpha() -> None:
     """"keep": a NashMTLWarning naming the residual, the S6 cause and the policy; α stays the
     previous update's; failures/infeasible/policy counters in extra."""
