@@ -1,8 +1,8 @@
-"""Command line: ``namex train | compare | bench | demo | solve | momentum-grid``.
+"""Command line: ``namex train | compare | bench | demo | solve | momentum-grid | mtl``.
 
 ``train`` and ``compare`` come from :mod:`namex_ref.train.cli`, ``bench`` from
 :mod:`namex_ref.benchmarks.cli`; the rest are defined here. Each command calls the public API
-functions; nothing is computed here.
+functions; nothing is computed here. ``mtl`` comes from :mod:`namex_ref.mtl.example`.
 """
 
 from __future__ import annotations
@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_train(sub)  # train, compare
     register_bench(sub)  # bench
+    from namex_ref.mtl.example import register as register_mtl
+
+    register_mtl(sub)  # mtl (Nash-MTL example)
     return p
 
 
