@@ -532,7 +532,7 @@ def _cmd_mtl(args: argparse.Namespace) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``mtl`` options (shared by ``namex mtl`` and :func:`main`)."""
     p.add_argument("--steps", type=int, default=ExampleConfig.steps, help="steps per method")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the model and the batches")
     p.add_argument("--out", type=Path, default=Path("results"), help="folder for mtl.md/.png")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (tests)")
