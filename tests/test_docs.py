@@ -5,13 +5,12 @@ pages; the build fails on a public name without a docstring. Here, quickly: ever
 has a docstring today; the walk finds a name without one in a package made up for the test;
 the generated pages have an entry (or a link to the one entry) for every public name; and the
 test that decides whether a docstring is shown verbatim catches the reST mistakes that would
-otherwise warn. The full build (notebooks executed, ``-W``) is the slow test at the end and the
-``make docs`` step of CI.
+otherwise warn. The full build (notebooks executed, ``-W``) is ``make docs``, a step of its own in
+CI (``.ci/run``), so no test here builds the site a second time.
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -153,18 +152,3 @@ def test_a_name_without_docstring_is_found(tmp_path: Path, monkeypatch: pytest.M
 def test_needs_verbatim(text: str, verbatim: bool) -> None:
     assert namex_api.needs_verbatim(text) is verbatim, namex_api.verbatim_reason(text)
 
-
-@pytest.mark.slow
-def test_site_builds_without_warnings(tmp_path: Path) -> None:
-    """The whole site, notebooks executed, warnings as errors (what ``make docs`` runs)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
-         "-c", "docs", "-d", str(tmp_path / "doctrees"), ".", str(tmp_path / "html")],
-        cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    html = tmp_path / "html"
-    assert (html / "docs" / "math.html").is_file()
-    for nb in sorted((ROOT / "notebooks").glob("*.py")):
-        page = (html / "notebooks" / f"{nb.stem}.html").read_text(encoding="utf-8")
-        assert "<img" in page, f"{nb.stem}: no figure on its page"
