@@ -90,6 +90,9 @@ autodoc_preserve_defaults = True
 autodoc_inherit_docstrings = False
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
+# "Attributes:" sections as :ivar: fields, not ".. attribute::" entries that would collide with
+# the same attribute documented as a member (a duplicate-object warning).
+napoleon_use_ivar = True
 
 html_theme = "furo"
 html_title = f"namex-ref {release}"
