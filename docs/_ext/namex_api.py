@@ -533,7 +533,9 @@ class RepositoryFileLinks(SphinxPostTransform):
     MyST turns a link to ``proofs/s19_spectral.py`` into a reference to the document
     ``proofs/s19_spectral`` (``.py`` is a source suffix here, for the notebooks), which does
     not exist, and warns. If the file exists, link to a copy of it under ``_repo/`` instead;
-    otherwise leave the reference alone, so MyST reports it as broken.
+    otherwise leave the reference alone, so MyST reports it as broken. A link to an existing
+    folder (``[proofs/](proofs/)``, which GitHub lists) has nothing to point at in the site: its
+    text stays, unlinked. Anything else that does not resolve is left to MyST's warning.
     """
 
     default_priority = 8  # before MyST's resolver (9)
@@ -541,7 +543,15 @@ class RepositoryFileLinks(SphinxPostTransform):
     def run(self, **kwargs: Any) -> None:
         files: set[str] = self.app.namex_repo_files  # type: ignore[attr-defined]
         for node in list(self.document.findall(addnodes.pending_xref)):
-            if node.get("reftype") != "myst" or node.get("refdomain") != "doc":
+            if node.get("reftype") != "myst":
+                continue
+            if not node.get("refdomain"):
+                target = str(node.get("reftarget", "")).split("#", 1)[0]
+                base = (ROOT / self.env.docname).parent
+                if target and "://" not in target and (base / target).resolve().is_dir():
+                    node.replace_self(node[0].deepcopy() if len(node) else nodes.Text(target))
+                continue
+            if node.get("refdomain") != "doc":
                 continue
             docname = str(node["reftarget"])
             if docname in self.env.all_docs:
