@@ -42,3 +42,22 @@ check: lint test
 # Writes results/mutation.md and results/mutation.json.
 mutation: $(STAMP)
 	$(PY) tools/mutation.py --jobs 2
+
+# The documentation site (docs/conf.py): the README, docs/math.md, the four notebooks executed
+# with their figures, the results and the API reference of every public name, built offline
+# with warnings as errors into docs/_build/html (open docs/_build/html/index.html).
+.PHONY: docs docs-check
+DOCS_STAMP := $(VENV)/.docs-installed-stamp
+
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q -e '.[dev,docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(PY) -m sphinx -W --keep-going -q -b html -c docs . docs/_build/html
+
+# The site as a reader sees it: four pages in headless chromium (installed with apt-get when
+# missing), screenshots in docs/_build/screenshots, rendered text and decoded figures checked.
+docs-check: docs
+	[ -x /usr/bin/chromium ] || (apt-get update -qq && apt-get install -y -qq chromium)
+	$(PY) tools/docs_check.py

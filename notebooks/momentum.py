@@ -18,7 +18,8 @@
 # γ one step of complex momentum is the matrix R (`momentum_matrix`), and ρ(R) is the largest
 # root modulus of the per-eigenvalue cubic (`spectral_radius_from_cubic`, batched in `rho_grid`).
 # Each section ends in `assert`s, so executing this notebook (as `tests/test_notebooks.py` does)
-# is a test. Figures go to a temporary folder, never into the repository.
+# is a test. The figure is written to a temporary folder (never into the repository) and shown
+# inline.
 
 # %%
 import math
@@ -26,11 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import numpy as np
 import torch
+from IPython.display import Image, display
 
 from namex_ref.momentum import (
     complex_momentum_step,
@@ -83,7 +82,7 @@ png = plot_rho_grid(
 )
 assert png.exists() and png.stat().st_size > 0
 assert not str(png.resolve()).startswith(str(Path.cwd().resolve()))
-print("figure:", png)
+display(Image(filename=str(png)))
 
 cases = [
     ("H = cI", cooperative_matrix(C, dim=3), EIGS_COOP, GAMMA_C),

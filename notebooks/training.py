@@ -27,7 +27,8 @@
 # the validation loss reproduces from the checkpoint; the α of the checkpoint equal an independent
 # NumPy re-implementation of the base-expert chain (S1, S2, S16, S17) with α from the validated
 # solver `solve_nash`, and satisfy Kα = 1/α (S4); the model's reported mean expert cosine equals
-# the heatmaps'. Figures go to a temporary folder, never into the repository.
+# the heatmaps'. Figures are shown inline and written to a temporary folder, never into the
+# repository.
 
 # %%
 import json
@@ -36,13 +37,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from namex_ref.models.gpt import MoEGPT
 from namex_ref.nash import solve_nash
@@ -202,8 +199,7 @@ assert np.all(alpha_model["namex"] == alpha_model["namex"][0])
 assert np.ptp(alpha_model["namex-full-mom"], axis=0).max() > 0
 
 # %%
-fig = Figure(figsize=(9, 3.2), layout="constrained")
-FigureCanvasAgg(fig)
+fig = plt.figure(figsize=(9, 3.2), layout="constrained")
 for k, m in enumerate(("namex", "namex-full-mom")):
     ax = fig.add_subplot(1, 2, k + 1)
     a = alpha_model[m]
@@ -218,8 +214,8 @@ for k, m in enumerate(("namex", "namex-full-mom")):
     fig.colorbar(im, ax=ax)
 alpha_png = OUT / "alpha_per_layer.png"
 fig.savefig(alpha_png, dpi=100)
-print("figure:", alpha_png)
 assert alpha_png.stat().st_size > 5000
+plt.show()
 
 # %% [markdown]
 # ## (4) Expert cosine similarity per layer (the paper's Fig. 1)
@@ -249,8 +245,7 @@ def base_chain(model: MoEGPT) -> list[np.ndarray]:
 
 x = data.valid[: models["smoe"].config.seq_len][None, :]
 show = ("smoe", "namex-full-mom")
-fig = Figure(figsize=(12, 5.6), layout="constrained")
-FigureCanvasAgg(fig)
+fig = plt.figure(figsize=(12, 5.6), layout="constrained")
 L = models["smoe"].config.n_layer
 for r, m in enumerate(show):
     model = models[m]
@@ -277,8 +272,8 @@ print("mean expert cosine over layers:", {m: round(float(v), 3) for m, v in mean
 assert mean_cos["namex-full-mom"] > mean_cos["smoe"] + 0.05
 cos_png = OUT / "expert_cosine.png"
 fig.savefig(cos_png, dpi=100)
-print("figure:", cos_png)
 assert cos_png.stat().st_size > 5000
+plt.show()
 
 # %%
 elapsed = time.perf_counter() - T0

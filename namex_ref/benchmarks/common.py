@@ -259,13 +259,10 @@ def markdown_document(title: str, env: Environment, notes: Sequence[str],
 
 
 def save_figure(fig: object, path: Path) -> Path:
-    """Save a matplotlib figure as a small PNG (80 dpi) and close it."""
-    import matplotlib.pyplot as plt
-
+    """Save a matplotlib figure as a small PNG (80 dpi)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()  # type: ignore[attr-defined]
     fig.savefig(path, dpi=80, bbox_inches="tight")  # type: ignore[attr-defined]
-    plt.close(fig)  # type: ignore[arg-type]
     return path
 
 
@@ -298,11 +295,10 @@ def log_y_labels(ax: object) -> None:
 def new_figure(
     ncols: int, *, width: float = 4.0, height: float = 3.2
 ) -> tuple[object, list[object]]:
-    """A figure with ``ncols`` axes in a row, drawn with the non-interactive Agg backend."""
-    import matplotlib
+    """A figure with ``ncols`` axes in a row (a plain ``matplotlib.figure.Figure``: no backend
+    selection, no global pyplot state)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
+    fig = Figure(figsize=(width * ncols, height))
+    axes = fig.subplots(1, ncols, squeeze=False)
     return fig, list(axes[0])

@@ -154,12 +154,10 @@ def plot_title(summaries: Sequence[MethodSummary]) -> str:
 def plot_compare(summaries: Sequence[MethodSummary], path: str | os.PathLike[str]) -> Path:
     """Per-seed perplexities (points) and mean ± 95% CI (bars where n ≥ 2) per method, as a
     PNG titled by :func:`plot_title`."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no backend selection, no global pyplot state
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.2 * max(len(summaries), 3) + 1, 4))
+    fig = Figure(figsize=(1.2 * max(len(summaries), 3) + 1, 4))
+    ax = fig.subplots()
     for i, s in enumerate(summaries):
         ax.scatter([i] * len(s.ppl), s.ppl, color="tab:gray", s=14, zorder=2)
         err = s.ci if math.isfinite(s.ci) else 0.0
@@ -172,7 +170,6 @@ def plot_compare(summaries: Sequence[MethodSummary], path: str | os.PathLike[str
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(target, dpi=100)
-    plt.close(fig)
     return target
 
 

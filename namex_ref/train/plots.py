@@ -17,12 +17,20 @@ __all__ = ["plot_run"]
 
 
 def _pyplot() -> Any:
-    import matplotlib
+    """``subplots`` and ``close`` on plain ``matplotlib.figure.Figure`` objects.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Writing PNGs this way never selects a backend nor touches pyplot's global state, so a
+    notebook that trains and then shows its own figures still displays them inline.
+    """
+    from types import SimpleNamespace
 
-    return plt
+    from matplotlib.figure import Figure
+
+    def subplots(*args: Any, figsize: Any = None, **kwargs: Any) -> tuple[Any, Any]:
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(*args, **kwargs)
+
+    return SimpleNamespace(subplots=subplots, close=lambda fig: None)
 
 
 def _num(v: Any) -> float:
