@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any, Literal, Union, get_args, get_origin
 
 from namex_ref.checks import require_int, require_real
-from namex_ref.merging.config import METHODS
+from namex_ref.merging.config import CAMEX_PAPER, METHODS
 from namex_ref.models.gpt import PRESETS, ModelConfig, preset
 
 __all__ = [
     "MERGE_OVERRIDES",
+    "MERGE_PRESETS",
     "RUN_CONTROL_FIELDS",
     "TrainConfig",
     "add_config_arguments",
@@ -40,8 +41,20 @@ MERGE_OVERRIDES: tuple[str, ...] = (
     "eta",
     "newton_iterations",
     "balance_coef",
+    "kronecker_terms",
+    "term_dropout",
+    "sign_mask",
+    "dare_keep",
+    "gate",
+    "gate_top_k",
+    "router_per_matrix",
+    "base_init",
+    "expert_bias",
 )
 """TrainConfig fields that, when not ``None``, override the preset's MergeConfig field."""
+
+MERGE_PRESETS: dict[str, dict[str, object]] = {"camex-paper": CAMEX_PAPER}
+"""Named bundles of MergeConfig overrides (``--merge-preset``); explicit overrides win."""
 
 RUN_CONTROL_FIELDS: frozenset[str] = frozenset(
     {"out", "device", "progress", "cache_dir", "threads"}
@@ -81,6 +94,11 @@ class TrainConfig:
         of the built-in corpus (0 = all; for quick tests). cache_dir: tokenizer and token-id
         cache ("" = ``$NAMEX_CACHE`` or ``~/.cache/namex-ref``).
     beta_abs ... balance_coef: optional MergeConfig overrides (``None`` = the preset's value).
+    kronecker_terms ... expert_bias: optional overrides of the CAMEx-code options of
+        :class:`~namex_ref.merging.config.MergeConfig` (``None`` = the preset's value).
+    merge_preset: a named bundle of MergeConfig overrides applied before the explicit ones;
+        "camex-paper" is :data:`~namex_ref.merging.config.CAMEX_PAPER` (the CAMEx scripts'
+        rank_c 8, TIES, noisy gate with k = N, ...). ``None`` = none.
     """
 
     preset: str = "tiny"
@@ -117,6 +135,16 @@ class TrainConfig:
     eta: float | None = None
     newton_iterations: int | None = None
     balance_coef: float | None = None
+    kronecker_terms: int | None = None
+    term_dropout: float | None = None
+    sign_mask: Literal["none", "ties", "dare"] | None = None
+    dare_keep: float | None = None
+    gate: Literal["softmax", "noisy-top-k"] | None = None
+    gate_top_k: int | None = None
+    router_per_matrix: bool | None = None
+    base_init: Literal["independent", "expert0"] | None = None
+    expert_bias: bool | None = None
+    merge_preset: Literal["camex-paper"] | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -153,6 +181,11 @@ class TrainConfig:
             raise ValueError("--wikitext-dir is required with --data wikitext")
         if not self.out:
             raise ValueError("--out must name a folder, got ''")
+        if self.merge_preset is not None and self.merge_preset not in MERGE_PRESETS:
+            raise ValueError(
+                f"--merge-preset: unknown {self.merge_preset!r}; choose one of "
+                f"{', '.join(MERGE_PRESETS)} or none"
+            )
         try:
             self.model_config()
         except ValueError as exc:
@@ -161,8 +194,11 @@ class TrainConfig:
             raise ValueError(f"{where}: {exc}") from exc
 
     def merge_overrides(self) -> dict[str, Any]:
-        """The MergeConfig fields this config overrides (non-``None`` override fields)."""
-        return {k: getattr(self, k) for k in MERGE_OVERRIDES if getattr(self, k) is not None}
+        """The MergeConfig fields this config overrides: the ``merge_preset`` bundle, then the
+        non-``None`` override fields."""
+        bundle = dict(MERGE_PRESETS.get(self.merge_preset or "", {}))
+        explicit = {k: getattr(self, k) for k in MERGE_OVERRIDES if getattr(self, k) is not None}
+        return {**bundle, **explicit}
 
     def model_config(self) -> ModelConfig:
         """The preset's :class:`ModelConfig` with this method and the merge overrides."""
