@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "CV_EPSILON",
     "NOISE_EPSILON",
     "NoisyGates",
     "TopKRouting",
