@@ -341,10 +341,11 @@ def test_dropout_acts_on_whole_expert_terms_per_segment() -> None:
     assert 0 < int(keep.sum()) < keep.numel()  # both outcomes occur, so the test can fail
     y, _ = layer_oracle(layer, x, {"keep1": keep})
     torch.testing.assert_close(out.y.detach(), y, rtol=ROUTER_TOL, atol=ROUTER_TOL)
-    # a per-element mask (the wrong granularity) gives another output
-    torch.manual_seed(7)
-    y_elem, _ = layer_oracle(layer, x, {"keep1": keep.flip(1)})
-    assert not torch.allclose(out.y.detach(), y_elem, rtol=1e-3, atol=1e-3)
+    # the same mask for every segment of a sequence (a coarser granularity) gives another output
+    per_sequence = keep[:, :1].expand_as(keep)
+    assert not torch.equal(per_sequence, keep)
+    y_seq, _ = layer_oracle(layer, x, {"keep1": per_sequence})
+    assert not torch.allclose(out.y.detach(), y_seq, rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("case", ["term_dropout", "dare", "noisy_gate_k_lt_n"])
@@ -415,6 +416,31 @@ def test_cv_squared_equals_statistics() -> None:
     vals = [0.5, 2.0, 1.25, 3.0]
     assert float(cv_squared(torch.tensor(vals))) == pytest.approx(cv2_oracle(vals), rel=1e-6)
     assert float(cv_squared(torch.tensor([2.0]))) == 0.0
+
+
+def test_noisy_gate_with_sequence_routing() -> None:
+    """routing="sequence": one noisy top-k score row per sequence from its mean (eval: no
+    noise), and the balance loss over the B rows."""
+    cfg = MergeConfig(method="camex", n_experts=4, gate="noisy-top-k", gate_top_k=2,
+                      routing="sequence", balance_coef=0.5)
+    torch.manual_seed(0)
+    layer = MoEFeedForward(C, FF, cfg, has_base=True).double().eval()
+    _randomise(layer, 3)
+    x = torch.randn(3, 5, C, dtype=torch.float64)
+    out = layer(x, _terms(layer))
+    assert layer.noise_router is not None
+    rows = []
+    for b in range(3):
+        u = x[b].mean(0)
+        gates, _ = gate_oracle((layer.router.weight.detach() @ u).tolist(),
+                               (layer.noise_router.weight.detach() @ u).tolist(), 2, None)
+        rows.append(gates)
+        torch.testing.assert_close(out.scores[b, 0], torch.tensor(gates, dtype=torch.float64),
+                                   rtol=ROUTER_TOL, atol=ROUTER_TOL)
+    importance = [sum(r[e] for r in rows) for e in range(4)]
+    load = [float(sum(r[e] > 0 for r in rows)) for e in range(4)]
+    aux = 0.5 * (cv2_oracle(importance) + cv2_oracle(load))
+    assert float(out.aux_loss.detach()) == pytest.approx(aux, rel=ROUTER_TOL)
 
 
 def test_noisy_gate_noise_only_in_training() -> None:

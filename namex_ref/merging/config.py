@@ -48,8 +48,11 @@ Routing = Literal["segment", "sequence"]
 BaseSource = Literal["none", "per-layer", "first-layer"]
 Propagation = Literal["none", "ep", "nash"]
 SignMask = Literal["none", "ties", "dare"]
+"""Mask on the CAMEx merge terms: none, TIES sign agreement, or a DARE-style Bernoulli mask."""
 Gate = Literal["softmax", "noisy-top-k"]
+"""Router of the merging methods: the plain softmax, or Shazeer et al.'s noisy top-k gate."""
 BaseInit = Literal["independent", "expert0"]
+"""Initial base expert: drawn independently of the experts, or a copy of expert 0."""
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,8 @@ class KroneckerCurvature(nn.Module):
 
 class LayerOutput(NamedTuple):
     """y: (B, T, C). aux_loss: () load-balancing loss (0 for merging methods).
-    scores: (B, S, N) router scores used for the merge (S = segments), or (B, T, N) SMoE probs."""
+    scores: (B, S, N) router scores used for the merge (S = segments; the first router's, before
+    term dropout, when the CAMEx options are on), or (B, T, N) SMoE probs."""
 
     y: Tensor
     aux_loss: Tensor
