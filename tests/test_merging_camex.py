@@ -415,7 +415,9 @@ def test_noisy_gate_equals_row_formula(k: int, noisy: bool) -> None:
 def test_cv_squared_equals_statistics() -> None:
     vals = [0.5, 2.0, 1.25, 3.0]
     assert float(cv_squared(torch.tensor(vals))) == pytest.approx(cv2_oracle(vals), rel=1e-6)
+    assert float(cv_squared(torch.tensor([1.0, 3.0]))) == pytest.approx(0.5, rel=1e-6)  # 2/4
     assert float(cv_squared(torch.tensor([2.0]))) == 0.0
+    assert float(cv_squared(torch.zeros(3))) == 0.0  # no routed unit: 0/(0 + 1e-10), not NaN
 
 
 def test_noisy_gate_with_sequence_routing() -> None:
@@ -656,3 +658,36 @@ def test_camex_paper_flags_train_on_the_tiny_preset(tmp_path: Path) -> None:
     assert rc == 0
     rec = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert rec[0]["loss"] > rec[-1]["loss"] + 0.5, [r["loss"] for r in rec]
+
+
+def test_noisy_gate_on_a_single_segment_is_uniform_and_finite() -> None:
+    """T ≤ segment_len: no routed segment, so scores 1/N and a zero (finite) balance loss."""
+    layer = _layer(seed=6, gate="noisy-top-k", gate_top_k=2, balance_coef=0.5).train()
+    out = layer(torch.randn(2, 3, C, dtype=torch.float64), _terms(layer))
+    torch.testing.assert_close(out.scores, torch.full((2, 1, N), 1 / N, dtype=torch.float64))
+    assert float(out.aux_loss.detach()) == 0.0 and bool(torch.isfinite(out.y).all())
+
+
+def test_noisy_gate_loss_reaches_the_model_loss() -> None:
+    """The gate's balance loss is summed over layers into ModelOutput.aux_loss and the loss."""
+    cfg = dataclasses.replace(
+        preset("tiny", "camex", gate="noisy-top-k", gate_top_k=2, balance_coef=0.5,
+               segment_len=4),
+        n_layer=2, d_model=16, d_ff=32, vocab_size=64, seq_len=16,
+    )
+    torch.manual_seed(0)
+    model = MoEGPT(cfg).eval()
+    idx = torch.randint(0, 64, (2, 16))
+    out = model(idx, idx)
+    assert out.loss is not None and out.ce is not None
+    assert float(out.aux_loss.detach()) > 0
+    torch.testing.assert_close(out.loss, out.ce + out.aux_loss)
+    x = model.drop(model.tok(idx) + model.pos(torch.arange(16))[None])
+    plan = model.merge_plan()
+    total = torch.zeros(())
+    for block, terms in zip(model.blocks, plan.terms, strict=True):
+        x2 = x + block.attn(block.ln1(x))
+        lo = block.moe(block.ln2(x2), terms)
+        total = total + lo.aux_loss
+        x = x2 + lo.y
+    torch.testing.assert_close(out.aux_loss, total)

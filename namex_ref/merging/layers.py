@@ -108,7 +108,7 @@ class KroneckerCurvature(nn.Module):
 
 
 class LayerOutput(NamedTuple):
-    """y: (B, T, C). aux_loss: () load-balancing loss (0 for merging methods).
+    """y: (B, T, C). aux_loss: () load-balancing loss (0 for merging methods with the softmax gate).
     scores: (B, S, N) router scores used for the merge (S = segments; the first router's, before
     term dropout, when the CAMEx options are on), or (B, T, N) SMoE probs."""
 
@@ -249,14 +249,15 @@ class MoEFeedForward(nn.Module):
         assert noise_router is not None
         u = unit_means(h, cfg.routing, cfg.segment_len)  # (B, U, C)
         B, U, _ = u.shape
-        clean = router(u).reshape(B * U, -1)
-        raw = noise_router(u).reshape(B * U, -1)
+        n = cfg.n_experts
+        clean = router(u).reshape(B * U, n)  # U = 0 when the sequence is one segment
+        raw = noise_router(u).reshape(B * U, n)
         noise = torch.randn(clean.shape, device=clean.device) if self.training else None
         gated = noisy_top_k_gating(clean, raw, cfg.gate_k, noise)
         aux = cfg.balance_coef * (cv_squared(gated.gates.sum(0)) + cv_squared(gated.load))
-        scores = gated.gates.reshape(B, U, -1)
+        scores = gated.gates.reshape(B, U, n)
         if cfg.routing == "segment":
-            first = torch.full((B, 1, cfg.n_experts), 1.0 / cfg.n_experts, device=h.device)
+            first = torch.full((B, 1, n), 1.0 / n, device=h.device)
             scores = torch.cat([first, scores], dim=1)
         return scores.to(h.dtype), aux
 
