@@ -408,8 +408,10 @@ def test_noisy_gate_equals_row_formula(k: int, noisy: bool) -> None:
         load = [a + b for a, b in zip(load, prob, strict=True)]
     torch.testing.assert_close(got.load.double(), torch.tensor(load, dtype=torch.float64),
                                rtol=ROUTER_TOL, atol=ROUTER_TOL)
-    with pytest.raises(ValueError, match="k must be"):
-        noisy_top_k_gating(clean, raw, n + 1, noise)
+    assert got.gates.dtype == got.load.dtype == torch.float32  # computed in float32 (§7)
+    for bad in (0, n + 1):
+        with pytest.raises(ValueError, match="k must be"):
+            noisy_top_k_gating(clean, raw, bad, noise)
 
 
 def test_cv_squared_equals_statistics() -> None:
