@@ -529,6 +529,12 @@ def test_base_init_expert0_copies_expert_zero() -> None:
     for E, b in zip(layer.experts(), base, strict=True):
         assert torch.equal(E[0], b)
     assert not torch.equal(layer.w1[1], layer.w1[0])
+    before = [b.detach().clone() for b in base]
+    with torch.no_grad():  # a copy, not a view: the base stays when expert 0 moves
+        for E in layer.experts():
+            E.add_(1.0)
+    for E, b, b0 in zip(layer.experts(), base, before, strict=True):
+        assert torch.equal(b, b0) and not torch.equal(E[0], b)
     torch.manual_seed(0)
     indep = MoEFeedForward(C, FF, dataclasses.replace(cfg, base_init="independent"), has_base=True)
     assert indep.base1 is not None and not torch.equal(indep.base1, indep.w1[0])
