@@ -699,3 +699,11 @@ def test_noisy_gate_loss_reaches_the_model_loss() -> None:
         total = total + lo.aux_loss
         x = x2 + lo.y
     torch.testing.assert_close(out.aux_loss, total)
+
+
+@pytest.mark.parametrize("routing", ["segment", "sequence"])
+def test_softmax_gate_has_no_balance_loss(routing: str) -> None:
+    """The default gate adds nothing to the loss: aux_loss is a zero scalar for both routings."""
+    layer = _layer(seed=8, routing=routing).train()
+    out = layer(torch.randn(2, 7, C, dtype=torch.float64), _terms(layer))
+    assert out.aux_loss.shape == () and float(out.aux_loss) == 0.0
