@@ -145,6 +145,8 @@ def _non_default(name: str, tp: object) -> tuple[list[str], object]:
         "singular_policy": "raise", "out": "runs/y", "schedule_steps": 7,
         "wikitext_dir": "/data/wt",
         "cache_dir": "/tmp/c", "val_frac": 0.1, "test_frac": 0.2, "min_lr_ratio": 0.5,
+        "sign_mask": "ties", "gate": "noisy-top-k", "base_init": "expert0",
+        "merge_preset": "camex-paper", "router_per_matrix": True, "expert_bias": True,
     }
     if name in samples:
         v = samples[name]
@@ -280,3 +282,20 @@ def test_config_round_trips_through_dict_and_flags(
             "--lr", repr(lr), "--method", method, "--beta-abs", repr(beta) if beta else "none"]
     parsed = _parse(argv)
     assert parsed == (cfg if beta else dataclasses.replace(cfg, beta_abs=None))
+
+
+def test_merge_preset_camex_paper_and_explicit_overrides_win() -> None:
+    """--merge-preset camex-paper sets the CAMEx scripts' options; an explicit flag wins."""
+    cfg = _parse(["train", "--method", "camex", "--merge-preset", "camex-paper",
+                  "--term-dropout", "0.1"])
+    m = cfg.model_config().merge
+    assert (m.kronecker_terms, m.sign_mask, m.gate, m.gate_k, m.term_dropout) == (
+        8, "ties", "noisy-top-k", m.n_experts, 0.1
+    )
+    assert (m.router_per_matrix, m.base_init, m.expert_bias, m.balance_coef) == (
+        True, "expert0", True, 1e-5
+    )
+    with pytest.raises(ValueError, match="--merge-preset"):
+        TrainConfig(merge_preset="lory")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="--kronecker-terms"):
+        TrainConfig(method="smear", kronecker_terms=2)

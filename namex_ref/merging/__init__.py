@@ -1,6 +1,6 @@
 """Expert-merging MoE layers (docs/math.md §3, S12–S18): one layer configured by method."""
 
-from namex_ref.merging.config import METHOD_TABLE, METHODS, MergeConfig, MethodSpec
+from namex_ref.merging.config import CAMEX_PAPER, METHOD_TABLE, METHODS, MergeConfig, MethodSpec
 from namex_ref.merging.functional import (
     AlphaSolve,
     LayerTerms,
@@ -13,6 +13,7 @@ from namex_ref.merging.functional import (
 from namex_ref.merging.layers import KroneckerCurvature, MoEFeedForward
 
 __all__ = [
+    "CAMEX_PAPER",
     "METHODS",
     "METHOD_TABLE",
     "AlphaSolve",

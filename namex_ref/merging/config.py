@@ -18,11 +18,15 @@ from namex_ref.checks import require_int, require_real
 from namex_ref.momentum import MomentumConfig, MomentumKind, validate_quaternion_beta
 
 __all__ = [
+    "CAMEX_PAPER",
     "METHODS",
     "METHOD_TABLE",
+    "BaseInit",
+    "Gate",
     "MergeConfig",
     "MethodName",
     "MethodSpec",
+    "SignMask",
     "SingularPolicy",
 ]
 
@@ -43,6 +47,12 @@ SingularPolicy = Literal["raise", "ridge", "uniform"]
 Routing = Literal["segment", "sequence"]
 BaseSource = Literal["none", "per-layer", "first-layer"]
 Propagation = Literal["none", "ep", "nash"]
+SignMask = Literal["none", "ties", "dare"]
+"""Mask on the CAMEx merge terms: none, TIES sign agreement, or a DARE-style Bernoulli mask."""
+Gate = Literal["softmax", "noisy-top-k"]
+"""Router of the merging methods: the plain softmax, or Shazeer et al.'s noisy top-k gate."""
+BaseInit = Literal["independent", "expert0"]
+"""Initial base expert: drawn independently of the experts, or a copy of expert 0."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,33 @@ class MergeConfig:
         with the router scores of segment k − 1, the first segment with uniform scores) or
         "sequence" (one score vector per sequence from its mean; for classification, not causal).
     segment_len: tokens per segment for "segment" routing.
+
+    Options of the CAMEx code (kpup1710/CAMEx), all off by default (docs/math.md §6, "CAMEx
+    options"); each acts on the inputs of the merge (the stack of terms, the router scores) or
+    on routing and initialisation, never on the τ that enter the bargain (S16):
+
+    kronecker_terms: r ≥ 1 Kronecker terms per expert and weight matrix,
+        M_i(τ) = Σ_{j<r} (A_ij⊗B_ij) τ (C_ij⊗D_ij)ᵀ, every factor I at initialisation, so
+        M_i = r·I there (CAMEx's ``rank_c``; not ``curvature_rank``, which makes each factor
+        I + UVᵀ). Needs a method with curvature operators; cannot be combined with
+        ``curvature_rank``.
+    term_dropout: p in [0, 1); in training each (routing unit, expert) term s_i·M_i(τ_i) is
+        dropped with probability p and the kept ones scaled by 1/(1 − p) (CAMEx's
+        ``Dropout2d(0.1)``), applied as a mask on the router scores; identity in eval mode.
+    sign_mask: "none"; "ties" (term i times [sign(τ_i) == sign(Σ_j τ_j)] element-wise, train and
+        eval) or "dare" (term i times an element-wise Bernoulli(dare_keep) mask, no rescaling,
+        training only; identity in eval mode).
+    dare_keep: keep probability of the "dare" mask, in (0, 1]; CAMEx's 0.9.
+    gate: "softmax" (the router softmax) or "noisy-top-k" (Shazeer et al.: logits
+        x̄W_g + ε·(softplus(x̄W_noise) + 1e-2), ε ~ N(0, 1) in training only, softmax over the
+        gate_top_k largest, and the balance loss balance_coef·(cv²(importance) + cv²(load))).
+    gate_top_k: k of the noisy gate; ``None`` = n_experts (the CAMEx scripts' k = N).
+    router_per_matrix: one router per weight matrix; the second matrix's router reads the
+        segment means of the hidden activations gelu(W1 x + b1) (CAMEx's c_proj router).
+    base_init: "independent" (N(0, 0.02²), the default) or "expert0" (a copy of expert 0, as
+        CAMEx's ``init_res``; then τ_0 = 0 at step 0).
+    expert_bias: experts (and base) get biases b1 (F), b2 (C), merged like the weights, with
+        b_i − b_m through (A_bias⊗B_bias) for curvature methods (CAMEx's bias terms).
     """
 
     method: MethodName = "namex-full-mom"
@@ -132,6 +169,15 @@ class MergeConfig:
     curvature_rank: int | None = None
     routing: Routing = "segment"
     segment_len: int = 32
+    kronecker_terms: int = 1
+    term_dropout: float = 0.0
+    sign_mask: SignMask = "none"
+    dare_keep: float = 0.9
+    gate: Gate = "softmax"
+    gate_top_k: int | None = None
+    router_per_matrix: bool = False
+    base_init: BaseInit = "independent"
+    expert_bias: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHOD_TABLE:
@@ -164,6 +210,87 @@ class MergeConfig:
             raise ValueError(f"routing must be 'segment' or 'sequence', got {self.routing!r}")
         require_int("segment_len", self.segment_len, low=1)
         self.momentum_config()  # validates β and γ for the chosen momentum
+        self._validate_camex_options()
+
+    def _validate_camex_options(self) -> None:
+        """Ranges and combinations of the CAMEx-code options (ValueError naming them)."""
+        spec, method = self.spec, self.method
+        require_int("kronecker_terms", self.kronecker_terms, low=1, note="CAMEx's rank_c")
+        if self.kronecker_terms > 1 and not spec.curvature:
+            raise ValueError(
+                f"kronecker_terms={self.kronecker_terms} sums Kronecker curvature terms, but "
+                f"method {method!r} has no curvature operators; use a CAMEx-family method "
+                "(camex, ep-camex, namex...) or kronecker_terms=1"
+            )
+        if self.kronecker_terms > 1 and self.curvature_rank is not None:
+            raise ValueError(
+                f"kronecker_terms={self.kronecker_terms} with curvature_rank="
+                f"{self.curvature_rank}: choose one (r full identity-initialised Kronecker terms, "
+                "or one term whose factors are I + UVᵀ)"
+            )
+        require_real("term_dropout", self.term_dropout, low=0, high=1, high_open=True)
+        if self.sign_mask not in get_args(SignMask):
+            raise ValueError(
+                f"sign_mask must be one of {get_args(SignMask)}, got {self.sign_mask!r}"
+            )
+        require_real("dare_keep", self.dare_keep, low=0, high=1, low_open=True)
+        if self.dare_keep != 0.9 and self.sign_mask != "dare":
+            raise ValueError(
+                f"dare_keep={self.dare_keep} is only used with sign_mask='dare' "
+                f"(got sign_mask={self.sign_mask!r})"
+            )
+        for name, on in (
+            ("term_dropout", self.term_dropout > 0),
+            ("sign_mask", self.sign_mask != "none"),
+            ("base_init", self.base_init != "independent"),
+        ):
+            if on and spec.base == "none":
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} acts on the CAMEx merge terms "
+                    f"s_i·M_i(τ_i), τ_i = E_i − E_m, but method {method!r} has no base expert; "
+                    "use a method with a base (camex, ep-camex, namex...)"
+                )
+        if self.base_init not in get_args(BaseInit):
+            raise ValueError(
+                f"base_init must be one of {get_args(BaseInit)}, got {self.base_init!r}"
+            )
+        if (
+            self.base_init == "expert0"
+            and spec.propagation == "nash"
+            and self.singular_policy == "raise"
+        ):
+            raise ValueError(
+                "base_init='expert0' makes τ_0 = 0 at step 0, a singular bargain, and "
+                "singular_policy='raise' would stop the first step; use 'ridge' or 'uniform'"
+            )
+        if self.gate not in get_args(Gate):
+            raise ValueError(f"gate must be one of {get_args(Gate)}, got {self.gate!r}")
+        if spec.kind == "topk":
+            for name, on in (
+                ("gate", self.gate != "softmax"),
+                ("router_per_matrix", self.router_per_matrix),
+                ("expert_bias", self.expert_bias),
+            ):
+                if on:
+                    raise ValueError(
+                        f"{name}={getattr(self, name)!r} is an option of the merging layer; "
+                        f"method {method!r} routes tokens (S12)"
+                    )
+        if self.gate_top_k is not None:
+            if self.gate != "noisy-top-k":
+                raise ValueError(
+                    f"gate_top_k={self.gate_top_k} is the k of gate='noisy-top-k' "
+                    f"(got gate={self.gate!r})"
+                )
+            require_int(
+                "gate_top_k", self.gate_top_k, low=1, high=self.n_experts,
+                note="at most n_experts, or None for n_experts",
+            )
+
+    @property
+    def gate_k(self) -> int:
+        """The k of the noisy top-k gate (``gate_top_k``, or N when it is ``None``)."""
+        return self.n_experts if self.gate_top_k is None else self.gate_top_k
 
     @property
     def spec(self) -> MethodSpec:
@@ -186,3 +313,23 @@ class MergeConfig:
         if layer == 0:
             return True
         return self.spec.resolve == "interval" and layer % self.alpha_interval == 0
+
+
+CAMEX_PAPER: dict[str, object] = {
+    "kronecker_terms": 8,
+    "sign_mask": "ties",
+    "term_dropout": 0.0,
+    "gate": "noisy-top-k",
+    "gate_top_k": None,
+    "balance_coef": 1e-5,
+    "router_per_matrix": True,
+    "base_init": "expert0",
+    "expert_bias": True,
+}
+"""MergeConfig overrides that reproduce the CAMEx language-model script (kpup1710/CAMEx,
+``tasks/language-modeling/run_clm.sh``: ``rank_c=8``, ``mask_type=ties``, ``k = n_experts``,
+``curvature_aware=True``, Conv1D_CAMEx layers with their biases, one router per weight matrix,
+``init_res``, and the GPT-2 layer's balance coefficient 1e-5). ``term_dropout`` is 0 because the
+code's TIES path never calls its dropout (``curve_layer_high_rank.py`` lines 124–128); pass
+``term_dropout=0.1`` for the non-TIES path's ``Dropout2d(0.1)``.
+"""

@@ -16,11 +16,15 @@ from torch import Tensor, nn
 from namex_ref.merging.config import MergeConfig
 from namex_ref.merging.functional import LayerTerms, kronecker_apply, merge_weights
 from namex_ref.merging.routing import (
+    cv_squared,
     load_balancing_loss,
+    noisy_top_k_gating,
     segment_scores,
     sequence_scores,
     top_k_routing,
+    unit_means,
 )
+from namex_ref.nash.gram import domain_vectors
 
 __all__ = ["KroneckerCurvature", "LayerOutput", "MoEFeedForward", "nearest_factors"]
 
@@ -58,23 +62,55 @@ class _Factor(nn.Module):
 
 
 class KroneckerCurvature(nn.Module):
-    """M_i(τ) = (A_i⊗B_i) τ (C_i⊗D_i)ᵀ for one weight matrix of shape (out, in) (S14)."""
+    """M_i(τ) = Σ_{j<r} (A_ij⊗B_ij) τ (C_ij⊗D_ij)ᵀ for one weight matrix of shape (out, in)
+    (S14), r = ``terms`` (CAMEx's ``rank_c``; r = 1 is the plain Kronecker operator).
 
-    def __init__(self, n: int, out_features: int, in_features: int, rank: int | None) -> None:
+    Every factor is the identity at initialisation, so M_i = r·I there. The factors of term j
+    of expert i are entry j·N + i of (r·N, k, k) stacks. With ``vector=True`` the operand is a
+    bias (N, out) and M_i(b) = Σ_j (A_ij⊗B_ij) b (no C, D).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        out_features: int,
+        in_features: int,
+        rank: int | None,
+        terms: int = 1,
+        *,
+        vector: bool = False,
+    ) -> None:
         super().__init__()
+        self.terms = terms
+        self.vector = vector
         o1, o2 = nearest_factors(out_features)
-        i1, i2 = nearest_factors(in_features)
-        self.A, self.B = _Factor(n, o1, rank), _Factor(n, o2, rank)
-        self.C, self.D = _Factor(n, i1, rank), _Factor(n, i2, rank)
+        self.A, self.B = _Factor(n * terms, o1, rank), _Factor(n * terms, o2, rank)
+        if not vector:
+            i1, i2 = nearest_factors(in_features)
+            self.C, self.D = _Factor(n * terms, i1, rank), _Factor(n * terms, i2, rank)
 
     def forward(self, tau: Tensor) -> Tensor:
-        """tau: (N, out, in) → (N, out, in)."""
-        return kronecker_apply(tau, self.A(), self.B(), self.C(), self.D())
+        """tau: (N, out, in), or (N, out) for ``vector=True`` → the same shape."""
+        t = tau[..., None] if self.vector else tau
+        r = self.terms
+        if r > 1:
+            t = t.repeat(r, 1, 1)  # (r·N, out, in): entry j·N + i is τ_i
+        A, B = self.A(), self.B()
+        if self.vector:
+            one = torch.ones((A.shape[0], 1, 1), dtype=A.dtype, device=A.device)
+            C = D = one
+        else:
+            C, D = self.C(), self.D()
+        m = kronecker_apply(t, A, B, C, D)
+        if r > 1:
+            m = m.reshape(r, -1, *m.shape[1:]).sum(0)
+        return m[..., 0] if self.vector else m
 
 
 class LayerOutput(NamedTuple):
-    """y: (B, T, C). aux_loss: () load-balancing loss (0 for merging methods).
-    scores: (B, S, N) router scores used for the merge (S = segments), or (B, T, N) SMoE probs."""
+    """y: (B, T, C). aux_loss: () load-balancing loss (0 for merging methods with the softmax gate).
+    scores: (B, S, N) router scores used for the merge (S = segments; the first router's, before
+    term dropout, when the CAMEx options are on), or (B, T, N) SMoE probs."""
 
     y: Tensor
     aux_loss: Tensor
@@ -88,6 +124,14 @@ class MoEFeedForward(nn.Module):
     a base expert (``base1`` (F, C), ``base2`` (C, F)) when ``has_base``, and Kronecker curvature
     operators for both matrices when the method uses them. Experts and base are initialised
     independently (N(0, 0.02²)), so τ_i ≠ 0 and the bargain is well posed at initialisation.
+
+    The CAMEx-code options of :class:`MergeConfig` add: expert biases ``b1`` (N, F), ``b2``
+    (N, C) and base biases ``bias1``, ``bias2`` (zeros at init, as CAMEx) with their curvature
+    (``expert_bias``); a router ``router_hidden`` F → N for the second matrix
+    (``router_per_matrix``); noise routers ``noise_router`` (and ``noise_router_hidden``) for the
+    noisy gate; r Kronecker terms per curvature operator (``kronecker_terms``); a base that
+    starts as a copy of expert 0 (``base_init``). Experts are then the matrix lists
+    [W1, W2] or [W1, W2, b1, b2] (S2: one α per expert over all of them).
     """
 
     def __init__(self, d_model: int, d_ff: int, config: MergeConfig, *, has_base: bool) -> None:
@@ -98,29 +142,63 @@ class MoEFeedForward(nn.Module):
         self.w2 = nn.Parameter(torch.randn(n, d_model, d_ff) * INIT_STD)
         self.router = nn.Linear(d_model, n, bias=False)
         nn.init.normal_(self.router.weight, std=INIT_STD)
+        self.b1: nn.Parameter | None = None
+        self.b2: nn.Parameter | None = None
+        if config.expert_bias:
+            self.b1 = nn.Parameter(torch.zeros(n, d_ff))
+            self.b2 = nn.Parameter(torch.zeros(n, d_model))
         self.base1: nn.Parameter | None = None
         self.base2: nn.Parameter | None = None
+        self.bias1: nn.Parameter | None = None
+        self.bias2: nn.Parameter | None = None
         if has_base:
-            self.base1 = nn.Parameter(torch.randn(d_ff, d_model) * INIT_STD)
-            self.base2 = nn.Parameter(torch.randn(d_model, d_ff) * INIT_STD)
+            if config.base_init == "expert0":
+                self.base1 = nn.Parameter(self.w1.detach()[0].clone())
+                self.base2 = nn.Parameter(self.w2.detach()[0].clone())
+            else:
+                self.base1 = nn.Parameter(torch.randn(d_ff, d_model) * INIT_STD)
+                self.base2 = nn.Parameter(torch.randn(d_model, d_ff) * INIT_STD)
+            if self.b1 is not None and self.b2 is not None:
+                self.bias1 = nn.Parameter(self.b1.detach()[0].clone())
+                self.bias2 = nn.Parameter(self.b2.detach()[0].clone())
+        self.router_hidden: nn.Linear | None = None
+        if config.router_per_matrix:
+            self.router_hidden = nn.Linear(d_ff, n, bias=False)
+            nn.init.normal_(self.router_hidden.weight, std=INIT_STD)
+        self.noise_router: nn.Linear | None = None
+        self.noise_router_hidden: nn.Linear | None = None
+        if config.gate == "noisy-top-k":
+            self.noise_router = nn.Linear(d_model, n, bias=False)
+            nn.init.normal_(self.noise_router.weight, std=INIT_STD)
+            if config.router_per_matrix:
+                self.noise_router_hidden = nn.Linear(d_ff, n, bias=False)
+                nn.init.normal_(self.noise_router_hidden.weight, std=INIT_STD)
         self.curvature: nn.ModuleList | None = None
         if config.spec.curvature:
-            rank = config.curvature_rank
-            self.curvature = nn.ModuleList(
-                [
-                    KroneckerCurvature(n, d_ff, d_model, rank),
-                    KroneckerCurvature(n, d_model, d_ff, rank),
+            rank, r = config.curvature_rank, config.kronecker_terms
+            mods = [
+                KroneckerCurvature(n, d_ff, d_model, rank, r),
+                KroneckerCurvature(n, d_model, d_ff, rank, r),
+            ]
+            if config.expert_bias:
+                mods += [
+                    KroneckerCurvature(n, d_ff, 1, rank, r, vector=True),
+                    KroneckerCurvature(n, d_model, 1, rank, r, vector=True),
                 ]
-            )
+            self.curvature = nn.ModuleList(mods)
 
     def experts(self) -> list[Tensor]:
-        """Per-matrix expert stacks [(N, F, C), (N, C, F)]."""
+        """Per-matrix expert stacks [(N, F, C), (N, C, F)], plus [(N, F), (N, C)] biases."""
+        if self.b1 is not None and self.b2 is not None:
+            return [self.w1, self.w2, self.b1, self.b2]
         return [self.w1, self.w2]
 
     def base(self) -> list[Tensor] | None:
-        """The learned base expert [(F, C), (C, F)] or None."""
+        """The learned base expert [(F, C), (C, F)] (plus [(F,), (C,)] biases) or None."""
         if self.base1 is None or self.base2 is None:
             return None
+        if self.bias1 is not None and self.bias2 is not None:
+            return [self.base1, self.base2, self.bias1, self.bias2]
         return [self.base1, self.base2]
 
     def curve(self, taus: list[Tensor]) -> list[Tensor]:
@@ -154,23 +232,91 @@ class MoEFeedForward(nn.Module):
         aux = self.config.balance_coef * load_balancing_loss(route.probs, route.experts, n)
         return LayerOutput(out.reshape(B, T, C), aux, route.probs.reshape(B, T, n))
 
+    def _route(
+        self, h: Tensor, router: nn.Module, noise_router: nn.Module | None
+    ) -> tuple[Tensor, Tensor]:
+        """Router scores (B, S, N) of the merging methods and the gate's balance loss.
+
+        "softmax" gate: :func:`segment_scores` / :func:`sequence_scores`, loss 0. "noisy-top-k":
+        :func:`noisy_top_k_gating` on the same router inputs (segment 0 keeps the uniform 1/N),
+        noise drawn with ``torch.randn`` in training, loss balance_coef·(cv²(Σ gates) + cv²(load)).
+        """
+        cfg = self.config
+        if cfg.gate == "softmax":
+            if cfg.routing == "segment":
+                return segment_scores(h, router, cfg.segment_len, cfg.n_experts), h.new_zeros(())
+            return sequence_scores(h, router), h.new_zeros(())
+        assert noise_router is not None
+        u = unit_means(h, cfg.routing, cfg.segment_len)  # (B, U, C)
+        B, U, _ = u.shape
+        n = cfg.n_experts
+        clean = router(u).reshape(B * U, n)  # U = 0 when the sequence is one segment
+        raw = noise_router(u).reshape(B * U, n)
+        noise = torch.randn(clean.shape, device=clean.device) if self.training else None
+        gated = noisy_top_k_gating(clean, raw, cfg.gate_k, noise)
+        aux = cfg.balance_coef * (cv_squared(gated.gates.sum(0)) + cv_squared(gated.load))
+        scores = gated.gates.reshape(B, U, n)
+        if cfg.routing == "segment":
+            first = torch.full((B, 1, n), 1.0 / n, device=h.device)
+            scores = torch.cat([first, scores], dim=1)
+        return scores.to(h.dtype), aux
+
+    def _term_dropout(self, scores: Tensor) -> Tensor:
+        """Dropout2d of the terms s_i·M_i(τ_i) per (routing unit, expert), as a mask on the
+        (B, S, N) scores: s_i·m_i/(1 − p), m_i ~ Bernoulli(1 − p). Identity in eval mode."""
+        p = self.config.term_dropout
+        if not self.training or p == 0.0:
+            return scores
+        keep = torch.empty_like(scores).bernoulli_(1.0 - p)
+        return scores * keep / (1.0 - p)
+
+    def _masked_deltas(self, terms: LayerTerms) -> list[Tensor]:
+        """The merge terms after ``sign_mask`` ("ties": × [sign τ_i = sign Σ_j τ_j], with τ from
+        S1 on this layer's base; "dare": × Bernoulli(dare_keep), training only). The τ of the
+        bargain are not touched (they are formed in ``functional.propagate``)."""
+        cfg = self.config
+        if cfg.sign_mask == "none" or terms.base is None:
+            return terms.deltas
+        if cfg.sign_mask == "ties":
+            with torch.no_grad():
+                taus = domain_vectors(self.experts(), terms.base)
+                masks = [(t.sign() == t.sum(0).sign()).to(t.dtype) for t in taus]
+            return [d * m for d, m in zip(terms.deltas, masks, strict=True)]
+        if not self.training:
+            return terms.deltas
+        return [d * torch.empty_like(d).bernoulli_(cfg.dare_keep) for d in terms.deltas]
+
     def _merged(self, x: Tensor, terms: LayerTerms) -> LayerOutput:
-        """S13–S18: merge per segment (or sequence), then one expert forward per segment."""
+        """S13–S18: merge per segment (or sequence), then one expert forward per segment.
+
+        Order of the random draws in training (tests replay it): the "dare" masks (per matrix),
+        the first router's gate noise, its term-dropout mask, then (``router_per_matrix``) the
+        second router's noise and mask; with one router both matrices share the mask.
+        """
         cfg = self.config
         B, T, C = x.shape
-        if cfg.routing == "segment":
-            S_len = cfg.segment_len
-            scores = segment_scores(x, self.router, S_len, cfg.n_experts)  # (B, S, N)
-        else:
-            S_len = T
-            scores = sequence_scores(x, self.router)  # (B, 1, N)
+        S_len = cfg.segment_len if cfg.routing == "segment" else T
+        deltas = self._masked_deltas(terms)
+        scores, aux = self._route(x, self.router, self.noise_router)  # (B, S, N)
+        s1 = self._term_dropout(scores)
         S = scores.shape[1]
         eta = 1.0 if terms.base is None else cfg.eta
-        bases = terms.base if terms.base is not None else [None, None]
-        w1 = merge_weights(bases[0], terms.deltas[0], scores, eta)  # (B, S, F, C)
-        w2 = merge_weights(bases[1], terms.deltas[1], scores, eta)  # (B, S, C, F)
+        bases = terms.base if terms.base is not None else [None] * len(deltas)
+        w1 = merge_weights(bases[0], deltas[0], s1, eta)  # (B, S, F, C)
         pad = S * S_len - T
         xs = F.pad(x, (0, 0, 0, pad)).reshape(B, S, S_len, C)  # (B, S, L, C)
-        h = F.gelu(torch.einsum("bslc,bsfc->bslf", xs, w1))  # (B, S, L, F)
-        y = torch.einsum("bslf,bscf->bslc", h, w2).reshape(B, S * S_len, C)[:, :T]
-        return LayerOutput(y, x.new_zeros(()), scores)
+        pre = torch.einsum("bslc,bsfc->bslf", xs, w1)  # (B, S, L, F)
+        if len(deltas) == 4:
+            pre = pre + merge_weights(bases[2], deltas[2], s1, eta)[:, :, None, :]
+        h = F.gelu(pre)
+        s2 = s1
+        if self.router_hidden is not None:
+            hidden = h.reshape(B, S * S_len, -1)[:, :T]  # (B, T, F), real tokens only
+            scores2, aux2 = self._route(hidden, self.router_hidden, self.noise_router_hidden)
+            s2, aux = self._term_dropout(scores2), aux + aux2
+        w2 = merge_weights(bases[1], deltas[1], s2, eta)  # (B, S, C, F)
+        y = torch.einsum("bslf,bscf->bslc", h, w2)
+        if len(deltas) == 4:
+            y = y + merge_weights(bases[3], deltas[3], s2, eta)[:, :, None, :]
+        y = y.reshape(B, S * S_len, C)[:, :T]
+        return LayerOutput(y, aux, scores)

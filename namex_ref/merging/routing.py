@@ -12,13 +12,24 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "CV_EPSILON",
+    "NOISE_EPSILON",
+    "NoisyGates",
     "TopKRouting",
+    "cv_squared",
     "load_balancing_loss",
+    "noisy_top_k_gating",
     "segment_means",
     "segment_scores",
     "sequence_scores",
     "top_k_routing",
+    "unit_means",
 ]
+
+NOISE_EPSILON = 1e-2
+"""Floor of the noisy gate's noise scale, softplus(x̄W_noise) + 1e-2 (Shazeer et al.; CAMEx)."""
+CV_EPSILON = 1e-10
+"""cv²(x) = var(x) / (mean(x)² + 1e-10): the guard of Shazeer et al.'s importance loss."""
 
 
 class TopKRouting(NamedTuple):
@@ -100,3 +111,63 @@ def sequence_scores(h: Tensor, router: torch.nn.Module) -> Tensor:
     h: (B, T, C) → (B, 1, N); not causal (every token sees the whole sequence).
     """
     return F.softmax(router(h.mean(1, keepdim=True)).float(), dim=-1).to(h.dtype)
+
+
+def unit_means(h: Tensor, routing: str, segment_len: int) -> Tensor:
+    """The inputs of the router for the merging methods: (B, S − 1, C) means of segments
+    0 … S − 2 for "segment" routing (segment k + 1 is merged with the scores of segment k, as in
+    :func:`segment_scores`), or the (B, 1, C) sequence mean for "sequence" routing."""
+    if routing == "segment":
+        return segment_means(h, segment_len)[:, :-1]
+    return h.mean(1, keepdim=True)
+
+
+class NoisyGates(NamedTuple):
+    """Noisy top-k gating of R routing units (Shazeer et al. 2017).
+
+    gates: (R, N) float32, softmax over the k largest logits, 0 elsewhere; rows sum to 1.
+    load: (N,) float32 smooth load (Σ over units of P(expert in the top k)) when noise is given
+        and k < N, else the count of units with a non-zero gate.
+    """
+
+    gates: Tensor
+    load: Tensor
+
+
+def noisy_top_k_gating(
+    clean: Tensor, noise_logits: Tensor, k: int, noise: Tensor | None
+) -> NoisyGates:
+    """Shazeer et al.'s noisy top-k gate, as the CAMEx code uses it.
+
+    clean: (R, N) logits x̄W_g; noise_logits: (R, N) x̄W_noise; noise: (R, N) standard normal
+    draws in training, ``None`` in evaluation. With σ = softplus(x̄W_noise) + 1e-2 the logits
+    are clean + noise·σ; the gate is the softmax of the k largest (zeros elsewhere). In training
+    with k < N the load is Σ_r Φ((clean − θ)/σ), θ the (k+1)-th largest noisy logit of the row
+    for an expert inside the top k and the k-th largest for one outside; otherwise it is the
+    count of rows where the gate is non-zero. Computed in float32.
+    """
+    n = clean.shape[-1]
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}], got {k}")
+    clean = clean.float()
+    sigma = F.softplus(noise_logits.float()) + NOISE_EPSILON
+    logits = clean if noise is None else clean + noise.float() * sigma
+    top, idx = logits.topk(min(k + 1, n), dim=-1)
+    gates = torch.zeros_like(logits).scatter(-1, idx[:, :k], F.softmax(top[:, :k], dim=-1))
+    if noise is not None and k < n:
+        inside = logits > top[:, k : k + 1]
+        p_in = torch.special.ndtr((clean - top[:, k : k + 1]) / sigma)  # Φ, standard normal
+        p_out = torch.special.ndtr((clean - top[:, k - 1 : k]) / sigma)
+        load = torch.where(inside, p_in, p_out).sum(0)
+    else:
+        load = (gates > 0).to(gates.dtype).sum(0)
+    return NoisyGates(gates, load)
+
+
+def cv_squared(x: Tensor) -> Tensor:
+    """Squared coefficient of variation var(x)/(mean(x)² + 1e-10), unbiased variance, in
+    float32; 0 for a single entry (Shazeer et al.'s importance and load losses)."""
+    x = x.float()
+    if x.numel() < 2:
+        return x.new_zeros(())
+    return x.var() / (x.mean() ** 2 + CV_EPSILON)

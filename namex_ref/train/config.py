@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any, Literal, Union, get_args, get_origin
 
 from namex_ref.checks import require_int, require_real
-from namex_ref.merging.config import METHODS
+from namex_ref.merging.config import CAMEX_PAPER, METHODS
 from namex_ref.models.gpt import PRESETS, ModelConfig, preset
 
 __all__ = [
     "MERGE_OVERRIDES",
+    "MERGE_PRESETS",
     "RUN_CONTROL_FIELDS",
     "TrainConfig",
     "add_config_arguments",
@@ -41,23 +42,40 @@ MERGE_OVERRIDES: tuple[str, ...] = (
     "eta",
     "newton_iterations",
     "balance_coef",
+    "kronecker_terms",
+    "term_dropout",
+    "sign_mask",
+    "dare_keep",
+    "gate",
+    "gate_top_k",
+    "router_per_matrix",
+    "base_init",
+    "expert_bias",
 )
 """TrainConfig fields that, when not ``None``, override the preset's MergeConfig field."""
 
 # What a method must do for an override to have any effect (MethodSpec of namex_ref.merging):
 # the reason is printed when the override is refused.
+# The CAMEx options (kronecker_terms, sign_mask, gate, ...) are refused for methods that cannot
+# use them by MergeConfig's own validation; balance_coef also weighs the noisy gate's loss.
 _OVERRIDE_USE: dict[str, tuple[Any, str]] = {
-    "balance_coef": (lambda sp: sp.kind == "topk", "has no load-balancing loss (smoe only)"),
-    "eta": (lambda sp: sp.kind == "merge" and sp.base != "none", "merges without a base expert"),
-    "gamma": (lambda sp: sp.propagation != "none", "propagates no base expert"),
-    "beta_abs": (lambda sp: sp.momentum == "complex", "uses no complex momentum"),
-    "beta_phase": (lambda sp: sp.momentum == "complex", "uses no complex momentum"),
+    "balance_coef": (
+        lambda sp, ov: sp.kind == "topk" or ov.get("gate") == "noisy-top-k",
+        "has no load-balancing loss (smoe, or a merging method with --gate noisy-top-k)",
+    ),
+    "eta": (
+        lambda sp, ov: sp.kind == "merge" and sp.base != "none",
+        "merges without a base expert",
+    ),
+    "gamma": (lambda sp, ov: sp.propagation != "none", "propagates no base expert"),
+    "beta_abs": (lambda sp, ov: sp.momentum == "complex", "uses no complex momentum"),
+    "beta_phase": (lambda sp, ov: sp.momentum == "complex", "uses no complex momentum"),
     "alpha_interval": (
-        lambda sp: sp.propagation == "nash" and sp.resolve == "interval",
+        lambda sp, ov: sp.propagation == "nash" and sp.resolve == "interval",
         "does not re-solve α every Δl layers",
     ),
-    "singular_policy": (lambda sp: sp.propagation == "nash", "solves no Nash bargain"),
-    "newton_iterations": (lambda sp: sp.propagation == "nash", "solves no Nash bargain"),
+    "singular_policy": (lambda sp, ov: sp.propagation == "nash", "solves no Nash bargain"),
+    "newton_iterations": (lambda sp, ov: sp.propagation == "nash", "solves no Nash bargain"),
 }
 
 
@@ -73,8 +91,11 @@ def ignored_overrides(method: str, overrides: dict[str, Any]) -> dict[str, str]:
     return {
         k: _OVERRIDE_USE[k][1]
         for k, v in overrides.items()
-        if v is not None and k in _OVERRIDE_USE and not _OVERRIDE_USE[k][0](spec)
+        if v is not None and k in _OVERRIDE_USE and not _OVERRIDE_USE[k][0](spec, overrides)
     }
+
+MERGE_PRESETS: dict[str, dict[str, object]] = {"camex-paper": CAMEX_PAPER}
+"""Named bundles of MergeConfig overrides (``--merge-preset``); explicit overrides win."""
 
 RUN_CONTROL_FIELDS: frozenset[str] = frozenset(
     {"out", "device", "progress", "cache_dir", "threads"}
@@ -117,6 +138,11 @@ class TrainConfig:
         of the built-in corpus (0 = all; for quick tests). cache_dir: tokenizer and token-id
         cache ("" = ``$NAMEX_CACHE`` or ``~/.cache/namex-ref``).
     beta_abs ... balance_coef: optional MergeConfig overrides (``None`` = the preset's value).
+    kronecker_terms ... expert_bias: optional overrides of the CAMEx-code options of
+        :class:`~namex_ref.merging.config.MergeConfig` (``None`` = the preset's value).
+    merge_preset: a named bundle of MergeConfig overrides applied before the explicit ones;
+        "camex-paper" is :data:`~namex_ref.merging.config.CAMEX_PAPER` (the CAMEx scripts'
+        rank_c 8, TIES, noisy gate with k = N, ...). ``None`` = none.
     """
 
     preset: str = "tiny"
@@ -154,6 +180,16 @@ class TrainConfig:
     eta: float | None = None
     newton_iterations: int | None = None
     balance_coef: float | None = None
+    kronecker_terms: int | None = None
+    term_dropout: float | None = None
+    sign_mask: Literal["none", "ties", "dare"] | None = None
+    dare_keep: float | None = None
+    gate: Literal["softmax", "noisy-top-k"] | None = None
+    gate_top_k: int | None = None
+    router_per_matrix: bool | None = None
+    base_init: Literal["independent", "expert0"] | None = None
+    expert_bias: bool | None = None
+    merge_preset: Literal["camex-paper"] | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -188,6 +224,11 @@ class TrainConfig:
             raise ValueError("--wikitext-dir is required with --data wikitext")
         if not self.out:
             raise ValueError("--out must name a folder, got ''")
+        if self.merge_preset is not None and self.merge_preset not in MERGE_PRESETS:
+            raise ValueError(
+                f"--merge-preset: unknown {self.merge_preset!r}; choose one of "
+                f"{', '.join(MERGE_PRESETS)} or none"
+            )
         try:
             self.model_config()
         except ValueError as exc:
@@ -211,14 +252,20 @@ class TrainConfig:
         ignored = ignored_overrides(self.method, self.merge_overrides())
         if ignored:
             name, why = next(iter(ignored.items()))
+            where = flag_name(name)
+            if getattr(self, name) is None:  # set by the --merge-preset bundle, not by the user
+                where = f"--merge-preset {self.merge_preset} (sets {name})"
             raise ValueError(
-                f"{flag_name(name)}: method {self.method!r} {why}, so this option would be "
+                f"{where}: method {self.method!r} {why}, so this option would be "
                 f"ignored; drop it or choose a method that uses it"
             )
 
     def merge_overrides(self) -> dict[str, Any]:
-        """The MergeConfig fields this config overrides (non-``None`` override fields)."""
-        return {k: getattr(self, k) for k in MERGE_OVERRIDES if getattr(self, k) is not None}
+        """The MergeConfig fields this config overrides: the ``merge_preset`` bundle, then the
+        non-``None`` override fields."""
+        bundle = dict(MERGE_PRESETS.get(self.merge_preset or "", {}))
+        explicit = {k: getattr(self, k) for k in MERGE_OVERRIDES if getattr(self, k) is not None}
+        return {**bundle, **explicit}
 
     def model_config(self) -> ModelConfig:
         """The preset's :class:`ModelConfig` with this method and the merge overrides."""
