@@ -41,6 +41,7 @@ METHODS: tuple[str, ...] = get_args(MethodName)
 
 SingularPolicy = Literal["raise", "ridge", "uniform"]
 Routing = Literal["segment", "sequence"]
+MergeMemory = Literal["eager", "keep-deltas", "recompute"]
 BaseSource = Literal["none", "per-layer", "first-layer"]
 Propagation = Literal["none", "ep", "nash"]
 
@@ -113,6 +114,13 @@ class MergeConfig:
         with the router scores of segment k − 1, the first segment with uniform scores) or
         "sequence" (one score vector per sequence from its mean; for classification, not causal).
     segment_len: tokens per segment for "segment" routing.
+    merge_memory: what the merge keeps for backward (same values and gradients, different
+        memory and time; ``results/memory.md``): "eager" — autograd keeps everything (the four
+        Kronecker intermediates, the merge terms, the (B, S, out, in) merged weights);
+        "keep-deltas" — τ, the Kronecker intermediates and the merged weights are formed again
+        in backward, the merge terms M_i(τ_i) are kept; "recompute" (default) — the merge terms
+        too are formed again (least memory; four more Kronecker products per matrix, still
+        faster than "eager" on CPU because no operand is copied).
     """
 
     method: MethodName = "namex-full-mom"
@@ -132,6 +140,7 @@ class MergeConfig:
     curvature_rank: int | None = None
     routing: Routing = "segment"
     segment_len: int = 32
+    merge_memory: MergeMemory = "recompute"
 
     def __post_init__(self) -> None:
         if self.method not in METHOD_TABLE:
@@ -163,6 +172,10 @@ class MergeConfig:
         if self.routing not in get_args(Routing):
             raise ValueError(f"routing must be 'segment' or 'sequence', got {self.routing!r}")
         require_int("segment_len", self.segment_len, low=1)
+        if self.merge_memory not in get_args(MergeMemory):
+            raise ValueError(
+                f"merge_memory must be one of {get_args(MergeMemory)}, got {self.merge_memory!r}"
+            )
         self.momentum_config()  # validates β and γ for the chosen momentum
 
     @property

@@ -7,6 +7,7 @@ GELU MLP without biases: f_i(x) = W2_i gelu(W1_i x), W1_i: (F, C), W2_i: (C, F).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from namex_ref.merging.config import MergeConfig
-from namex_ref.merging.functional import LayerTerms, kronecker_apply, merge_weights
+from namex_ref.merging.functional import LayerTerms, kronecker_apply, merged_linear
 from namex_ref.merging.routing import (
     load_balancing_loss,
     segment_scores,
@@ -58,7 +59,13 @@ class _Factor(nn.Module):
 
 
 class KroneckerCurvature(nn.Module):
-    """M_i(τ) = (A_i⊗B_i) τ (C_i⊗D_i)ᵀ for one weight matrix of shape (out, in) (S14)."""
+    """M_i(τ) = (A_i⊗B_i) τ (C_i⊗D_i)ᵀ for one weight matrix of shape (out, in) (S14).
+
+    ``recompute`` (set by :class:`MoEFeedForward` from ``merge_memory``) selects
+    :func:`kronecker_apply`'s recomputing backward (True) or the eager einsums (False).
+    """
+
+    recompute: bool = True
 
     def __init__(self, n: int, out_features: int, in_features: int, rank: int | None) -> None:
         super().__init__()
@@ -69,7 +76,8 @@ class KroneckerCurvature(nn.Module):
 
     def forward(self, tau: Tensor) -> Tensor:
         """tau: (N, out, in) → (N, out, in)."""
-        return kronecker_apply(tau, self.A(), self.B(), self.C(), self.D())
+        return kronecker_apply(tau, self.A(), self.B(), self.C(), self.D(),
+                               recompute=self.recompute)
 
 
 class LayerOutput(NamedTuple):
@@ -112,6 +120,8 @@ class MoEFeedForward(nn.Module):
                     KroneckerCurvature(n, d_model, d_ff, rank),
                 ]
             )
+            for mod in self.curvature:
+                setattr(mod, "recompute", config.merge_memory != "eager")  # noqa: B010
 
     def experts(self) -> list[Tensor]:
         """Per-matrix expert stacks [(N, F, C), (N, C, F)]."""
@@ -167,10 +177,33 @@ class MoEFeedForward(nn.Module):
         S = scores.shape[1]
         eta = 1.0 if terms.base is None else cfg.eta
         bases = terms.base if terms.base is not None else [None, None]
-        w1 = merge_weights(bases[0], terms.deltas[0], scores, eta)  # (B, S, F, C)
-        w2 = merge_weights(bases[1], terms.deltas[1], scores, eta)  # (B, S, C, F)
         pad = S * S_len - T
         xs = F.pad(x, (0, 0, 0, pad)).reshape(B, S, S_len, C)  # (B, S, L, C)
-        h = F.gelu(torch.einsum("bslc,bsfc->bslf", xs, w1))  # (B, S, L, F)
-        y = torch.einsum("bslf,bscf->bslc", h, w2).reshape(B, S * S_len, C)[:, :T]
+        # Ŵ1 (B, S, F, C) and Ŵ2 (B, S, C, F) of S13/S14, one per segment, each applied to its
+        # segment's tokens (formed again in backward unless merge_memory == "eager")
+        h = F.gelu(self._linear(0, xs, bases[0], terms, scores, eta))  # (B, S, L, F)
+        y = self._linear(1, h, bases[1], terms, scores, eta).reshape(B, S * S_len, C)[:, :T]
         return LayerOutput(y, x.new_zeros(()), scores)
+
+    def _linear(self, m: int, x: Tensor, base: Tensor | None, terms: LayerTerms,
+                scores: Tensor, eta: float) -> Tensor:
+        """Matrix m of the merged expert applied per segment (:func:`merged_linear`)."""
+        mode = self.config.merge_memory
+        redo: Callable[[], Tensor] | None = None
+        if mode == "recompute" and base is not None:
+            curv = None if self.curvature is None else self.curvature[m]
+            sources = [self.experts()[m], base, *([] if curv is None else curv.parameters())]
+            versions = [t._version for t in sources]
+
+            def redo() -> Tensor:  # the merge term M(E − E_m) of matrix m, from parameters
+                if [t._version for t in sources] != versions:
+                    raise RuntimeError(
+                        "merge_memory='recompute': an expert, base or curvature parameter was "
+                        "modified in place between forward and backward, so the merge terms "
+                        "cannot be recomputed; call backward first, or use "
+                        "merge_memory='keep-deltas'"
+                    )
+                tau = self.experts()[m] - base
+                return tau if curv is None else curv(tau)
+        return merged_linear(x, base, terms.deltas[m], scores, eta,
+                             recompute_deltas=redo, recompute=mode != "eager")
