@@ -73,17 +73,19 @@ def _reset_peak_rss() -> None:
         pass
 
 
-def rss_growth_mib(preset_name: str, method: str, batch: int, seq: int) -> float:
+def rss_growth_mib(preset_name: str, method: str, batch: int, seq: int,
+                   **merge_overrides: object) -> float:
     """In a fresh process: MiB of peak-RSS growth over two training steps, VmHWM after the steps
     minus VmRSS before them (``ru_maxrss`` is not used: Linux carries the parent's peak across
-    fork/exec, so a child of a large process would report no growth)."""
+    fork/exec, so a child of a large process would report no growth). ``merge_overrides``:
+    MergeConfig fields (str/int/float values, e.g. ``merge_memory``, ``segment_len``)."""
     code = (
         "import json, torch\n"
         "from namex_ref.benchmarks.memory import _reset_peak_rss, _status_kib\n"
         "from namex_ref.benchmarks.step import StepShape, _build\n"
         "from namex_ref.models.gpt import preset\n"
         f"torch.set_num_threads({torch.get_num_threads()})\n"
-        f"cfg = preset({preset_name!r}, {method!r})\n"
+        f"cfg = preset({preset_name!r}, {method!r}, **{merge_overrides!r})\n"
         f"model, step = _build(cfg, StepShape({preset_name!r}, 'cpu', {batch}, {seq}))\n"
         "r0 = _status_kib('VmRSS')\n"
         "_reset_peak_rss()\n"
