@@ -20,7 +20,7 @@ from torch import Tensor
 from namex_ref.benchmarks.common import synchronize
 from namex_ref.models.gpt import MoEGPT
 
-__all__ = ["cuda_peak_mib", "rss_growth_mib", "saved_tensor_bytes"]
+__all__ = ["cuda_peak_mib", "rss_growth_mib", "saved_by_node", "saved_tensor_bytes"]
 
 
 def saved_tensor_bytes(model: MoEGPT, idx: Tensor, tgt: Tensor) -> int:
@@ -52,6 +52,44 @@ def saved_tensor_bytes(model: MoEGPT, idx: Tensor, tgt: Tensor) -> int:
     total = sum(st.nbytes() for st in seen.values())
     seen.clear()
     return total
+
+
+def saved_by_node(model: MoEGPT, idx: Tensor, tgt: Tensor) -> dict[str, int]:
+    """Bytes saved for backward in one forward, by the autograd node that saved them (walking
+    the graph from the loss; parameters excluded, each storage counted once, at the first node
+    found). Their sum equals :func:`saved_tensor_bytes` for graphs whose saved tensors are all
+    reachable as ``_saved_*`` attributes (built-in nodes) or ``saved_tensors`` (custom
+    functions)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    out = model(idx, tgt)
+    assert out.loss is not None
+    seen: set[int] = set()
+    by: dict[str, int] = {}
+    stack = [out.loss.grad_fn]
+    visited: set[object] = set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in visited:
+            continue
+        visited.add(node)
+        found: list[object] = []
+        for name in dir(node):
+            if name.startswith("_saved_") or name == "saved_tensors":
+                try:
+                    v = getattr(node, name)
+                except (RuntimeError, AttributeError):
+                    continue
+                found += list(v) if isinstance(v, tuple | list) else [v]
+        for t in found:
+            if isinstance(t, Tensor):
+                st = t.untyped_storage()
+                ptr = st.data_ptr()
+                if ptr in params or ptr == 0 or ptr in seen:
+                    continue
+                seen.add(ptr)
+                by[node.name()] = by.get(node.name(), 0) + st.nbytes()
+        stack += [nxt for nxt, _ in node.next_functions]
+    return dict(sorted(by.items(), key=lambda kv: -kv[1]))
 
 
 def _status_kib(field: str) -> int:

@@ -32,7 +32,12 @@ from namex_ref.benchmarks.common import (
     save_figure,
     write_text_atomic,
 )
-from namex_ref.benchmarks.memory import cuda_peak_mib, rss_growth_mib, saved_tensor_bytes
+from namex_ref.benchmarks.memory import (
+    cuda_peak_mib,
+    rss_growth_mib,
+    saved_by_node,
+    saved_tensor_bytes,
+)
 from namex_ref.benchmarks.step import StepShape, _build, _inputs
 from namex_ref.merging.config import METHODS
 from namex_ref.models.gpt import preset
@@ -43,6 +48,7 @@ __all__ = [
     "MemoryRow",
     "memory_report",
     "method_rows",
+    "node_table",
     "profile_table",
     "run",
     "tradeoff_rows",
@@ -169,6 +175,23 @@ def profile_table(shape: StepShape, method: str, mode: str, *, row_limit: int = 
     key = "cuda_time_total" if shape.device == "cuda" else "cpu_time_total"
     return str(prof.key_averages().table(sort_by=key, row_limit=row_limit,
                                          max_name_column_width=60))
+
+
+def node_table(shape: StepShape, configs: Sequence[tuple[str, str]]) -> str:
+    """Markdown table: MiB saved for backward by autograd node type, one column per
+    (method, merge_memory) configuration."""
+    cols = []
+    for method, mode in configs:
+        cfg = preset(shape.preset, method, merge_memory=mode)
+        model, _ = _build(cfg, shape)
+        cols.append(saved_by_node(model, *_inputs(cfg, shape, seed=1)))
+        del model
+        gc.collect()
+    nodes = sorted({k for c in cols for k in c}, key=lambda k: -max(c.get(k, 0) for c in cols))
+    rows = [[k, *(f"{c.get(k, 0) / 2**20:.1f}" for c in cols)] for k in nodes
+            if max(c.get(k, 0) for c in cols) >= 2**16]
+    rows.append(["total", *(f"{sum(c.values()) / 2**20:.1f}" for c in cols)])
+    return format_table(["autograd node", *(f"{m} ({mo})" for m, mo in configs)], rows)
 
 
 def decomposition_rows(shape: StepShape, *, repeats: int) -> list[list[str]]:
@@ -305,7 +328,12 @@ def run(out: str | Path, *, quick: bool = False, device: str = "auto",
         trade += tradeoff_rows(s, (16, 32) if quick else SEGMENTS[s.preset], repeats=r,
                                rss=not quick)
     prof_shape = shapes[-1]
-    parts = [f"### {prof_shape.preset} ({prof_shape.device}): SMoE → SMEAR → EP-CAMEx, timed "
+    parts = [f"### {prof_shape.preset} ({prof_shape.device}): MiB saved for backward by autograd "
+             "node", "",
+             node_table(prof_shape, [("smoe", "eager"), ("ep-camex", "eager"),
+                                     ("ep-camex", "keep-deltas"), ("ep-camex", "recompute")]),
+             ""]
+    parts += [f"### {prof_shape.preset} ({prof_shape.device}): SMoE → SMEAR → EP-CAMEx, timed "
              "round-robin", "",
              format_table(["step", "time (median)", "× SMoE (paired)"],
                           decomposition_rows(prof_shape, repeats=reps)), ""]
