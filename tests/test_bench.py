@@ -14,7 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from namex_ref.benchmarks import common, gram, memory, scaling, solvers, step, syncs
+from namex_ref.benchmarks import (
+    common,
+    gram,
+    memory,
+    merge_memory,
+    scaling,
+    solvers,
+    step,
+    syncs,
+)
 from namex_ref.benchmarks.common import NOT_MEASURED_GPU
 from namex_ref.cli import main
 from namex_ref.models.gpt import count_parameters, preset
@@ -249,6 +258,18 @@ def test_saved_tensor_bytes_grows_with_batch() -> None:
     assert 0 < small < big <= 2 * small
 
 
+@pytest.mark.parametrize("mode", ["eager", "recompute"])
+def test_saved_by_node_adds_up_to_saved_tensor_bytes(mode: str) -> None:
+    """The per-node breakdown covers what the pack hook counts (1%), and the recomputing merge
+    keeps no Kronecker intermediates: no BmmBackward0 node saves anything for ep-camex."""
+    cfg = dataclasses.replace(preset("tiny", "ep-camex", merge_memory=mode), n_layer=2)
+    model = step.MoEGPT(cfg)
+    ins = step._inputs(cfg, step.StepShape("tiny", "cpu", 2, 64))
+    by = memory.saved_by_node(model, *ins)
+    assert sum(by.values()) == pytest.approx(memory.saved_tensor_bytes(model, *ins), rel=1e-2)
+    assert ("BmmBackward0" in by) == (mode == "eager")
+
+
 def test_step_rows_are_consistent(tmp_path: Path) -> None:
     shape = step.StepShape("tiny", "cpu", 1, 16)
     methods = ("smoe", "ep-camex", "namex-full")
@@ -269,6 +290,42 @@ def test_step_rows_are_consistent(tmp_path: Path) -> None:
     assert "namex-full = " in md and "× EP-CAMEx" in md
     h, body = tables(md)[0]
     assert "× EP-CAMEx" in h and any("GPU-only" in " ".join(r) for r in body)
+
+
+def test_memory_rows_are_consistent(tmp_path: Path) -> None:
+    """The merge-memory benchmark's rows: SMoE is its own reference, every mode is timed
+    against the eager path of its own group, and recomputing keeps less than eager."""
+    shape = step.StepShape("tiny", "cpu", 1, 40, repeats=1)
+    meth = merge_memory.method_rows(shape, ("smear", "ep-camex"), rss=False)
+    assert [(r.method, r.mode) for r in meth] == [
+        ("smoe", "—"), ("smear", "eager"), ("smear", "recompute"), ("ep-camex", "eager"),
+        ("ep-camex", "recompute")]
+    assert meth[0].saved_vs_smoe == 1.0 and all(r.peak_mib is None for r in meth)
+    by = {(r.method, r.mode): r for r in meth}
+    assert by[("ep-camex", "recompute")].saved_mib < by[("ep-camex", "eager")].saved_mib
+    trade = merge_memory.tradeoff_rows(shape, (8, 16), repeats=1, rss=False)
+    assert [(r.segment_len, r.mode) for r in trade] == [
+        (s, m) for s in (8, 16) for m in merge_memory.MEMORY_MODES]
+    for r in trade:
+        assert r.seconds is not None and r.seconds > 0 and r.vs_smoe is not None
+        assert r.saved_vs_smoe == pytest.approx(r.saved_mib / meth[0].saved_mib, rel=RATIO_RTOL)
+        if r.mode == "eager":
+            assert r.vs_eager == 1.0
+    # shorter segments: more (B, S, out, in) merged weights kept by the eager path
+    assert trade[0].saved_mib > trade[3].saved_mib
+    path, _ = merge_memory.memory_report(tmp_path, meth, trade, quick=True, profile="x")
+    md = path.read_text(encoding="utf-8")
+    check_header(md)
+    check_png(tmp_path / "memory.png")
+    assert "Quick mode" in md and "Where EP-CAMEx's step time goes" in md
+    assert len(tables(md)) == 2
+
+
+@pytest.mark.slow
+def test_cli_bench_memory_quick(tmp_path: Path) -> None:
+    assert main(["bench", "memory", "--quick", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    md = (tmp_path / "memory.md").read_text(encoding="utf-8")
+    assert "operators by CPU total" in md and "SMoE → SMEAR → EP-CAMEx" in md
 
 
 def test_forward_sync_ops_by_method() -> None:
@@ -377,7 +434,7 @@ def test_module_entry_point_runs_gram_quick(tmp_path: Path) -> None:
     assert (tmp_path / "gram.md").exists() and (tmp_path / "gram.png").exists()
 
 
-@pytest.mark.parametrize("name", ["solvers", "gram", "step", "scaling"])
+@pytest.mark.parametrize("name", ["solvers", "gram", "step", "scaling", "memory"])
 def test_committed_results_are_well_formed(name: str) -> None:
     md_path = ROOT / "results" / f"{name}.md"
     if not md_path.exists():
@@ -394,6 +451,11 @@ def test_committed_results_are_well_formed(name: str) -> None:
         newton = [r for r in rows if r[0].startswith("newton") and r[col["device"]] == "cpu"]
         assert {r[col["N"]] for r in newton} == {"2", "4", "8", "16", "32", "64"}
         assert all(float(r[col["max residual"]]) <= RESIDUAL_TOL for r in newton)
+    if name == "memory":  # issue 18 target 3: saved ≤ 1.5× SMoE at small with "recompute"
+        h, rows = tables(md)[1]
+        small = [r for r in rows if r[h.index("preset")] == "small"
+                 and r[h.index("merge_memory")] == "recompute"]
+        assert small and all(float(r[h.index("× SMoE")]) <= 1.5 for r in small)
     if name == "step":
         h, rows = tables(md)[0]
         methods = {r[h.index("method")] for r in rows if r[h.index("preset")] == "tiny"}

@@ -1,8 +1,8 @@
 """Sub-commands of ``namex`` contributed by this package (wired in :mod:`namex_ref.cli`):
 
-``namex bench solvers|gram|step|scaling|all [--out results] [--quick] [--device auto|cpu|cuda]
-[--threads T] [--repeats R]`` — each target writes ``<target>.md`` and ``<target>.png`` in
-``--out``. From Python: :func:`run_target`; without the ``namex`` script:
+``namex bench solvers|gram|step|scaling|memory|all [--out results] [--quick]
+[--device auto|cpu|cuda] [--threads T] [--repeats R]`` — each target writes ``<target>.md`` and
+``<target>.png`` in ``--out``. From Python: :func:`run_target`; without the ``namex`` script:
 ``python -m namex_ref.benchmarks.cli <target> ...``.
 """
 
@@ -18,16 +18,16 @@ import torch
 
 __all__ = ["TARGETS", "main", "register", "run_target"]
 
-TARGETS = ("solvers", "gram", "step", "scaling")
+TARGETS = ("solvers", "gram", "step", "scaling", "memory")
 
 
 def run_target(target: str, out: str | Path, *, quick: bool = False, device: str = "auto",
                repeats: int | None = None) -> tuple[Path, str]:
     """Run one benchmark target and write its report; return (markdown path, main table)."""
-    from namex_ref.benchmarks import gram, scaling, solvers, step
+    from namex_ref.benchmarks import gram, merge_memory, scaling, solvers, step
 
     runners = {"solvers": solvers.run, "gram": gram.run, "step": step.run,
-               "scaling": scaling.run}
+               "scaling": scaling.run, "memory": merge_memory.run}
     if target not in runners:
         raise ValueError(f"unknown benchmark target {target!r}; choose from {(*TARGETS, 'all')}")
     return runners[target](out, quick=quick, device=device, repeats=repeats)
@@ -67,7 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this package's sub-commands to the ``namex`` parser."""
-    b = sub.add_parser("bench", help="benchmark suite: solvers, Gram, training step, scaling")
+    b = sub.add_parser("bench", help="benchmark suite: solvers, Gram, training step, scaling, "
+                       "merge memory")
     add_arguments(b)
     b.set_defaults(func=_cmd_bench)
 

@@ -20,7 +20,7 @@ from torch import Tensor
 from namex_ref.benchmarks.common import synchronize
 from namex_ref.models.gpt import MoEGPT
 
-__all__ = ["cuda_peak_mib", "rss_growth_mib", "saved_tensor_bytes"]
+__all__ = ["cuda_peak_mib", "rss_growth_mib", "saved_by_node", "saved_tensor_bytes"]
 
 
 def saved_tensor_bytes(model: MoEGPT, idx: Tensor, tgt: Tensor) -> int:
@@ -54,6 +54,44 @@ def saved_tensor_bytes(model: MoEGPT, idx: Tensor, tgt: Tensor) -> int:
     return total
 
 
+def saved_by_node(model: MoEGPT, idx: Tensor, tgt: Tensor) -> dict[str, int]:
+    """Bytes saved for backward in one forward, by the autograd node that saved them (walking
+    the graph from the loss; parameters excluded, each storage counted once, at the first node
+    found). Their sum equals :func:`saved_tensor_bytes` for graphs whose saved tensors are all
+    reachable as ``_saved_*`` attributes (built-in nodes) or ``saved_tensors`` (custom
+    functions)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    out = model(idx, tgt)
+    assert out.loss is not None
+    seen: set[int] = set()
+    by: dict[str, int] = {}
+    stack = [out.loss.grad_fn]
+    visited: set[object] = set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in visited:
+            continue
+        visited.add(node)
+        found: list[object] = []
+        for name in dir(node):
+            if name.startswith("_saved_") or name == "saved_tensors":
+                try:
+                    v = getattr(node, name)
+                except (RuntimeError, AttributeError):
+                    continue
+                found += list(v) if isinstance(v, tuple | list) else [v]
+        for t in found:
+            if isinstance(t, Tensor):
+                st = t.untyped_storage()
+                ptr = st.data_ptr()
+                if ptr in params or ptr == 0 or ptr in seen:
+                    continue
+                seen.add(ptr)
+                by[node.name()] = by.get(node.name(), 0) + st.nbytes()
+        stack += [nxt for nxt, _ in node.next_functions]
+    return dict(sorted(by.items(), key=lambda kv: -kv[1]))
+
+
 def _status_kib(field: str) -> int:
     """A ``/proc/self/status`` field in KiB (Linux): VmRSS (now) or VmHWM (peak)."""
     with open("/proc/self/status", encoding="ascii") as fh:
@@ -73,17 +111,19 @@ def _reset_peak_rss() -> None:
         pass
 
 
-def rss_growth_mib(preset_name: str, method: str, batch: int, seq: int) -> float:
+def rss_growth_mib(preset_name: str, method: str, batch: int, seq: int,
+                   **merge_overrides: object) -> float:
     """In a fresh process: MiB of peak-RSS growth over two training steps, VmHWM after the steps
     minus VmRSS before them (``ru_maxrss`` is not used: Linux carries the parent's peak across
-    fork/exec, so a child of a large process would report no growth)."""
+    fork/exec, so a child of a large process would report no growth). ``merge_overrides``:
+    MergeConfig fields (str/int/float values, e.g. ``merge_memory``, ``segment_len``)."""
     code = (
         "import json, torch\n"
         "from namex_ref.benchmarks.memory import _reset_peak_rss, _status_kib\n"
         "from namex_ref.benchmarks.step import StepShape, _build\n"
         "from namex_ref.models.gpt import preset\n"
         f"torch.set_num_threads({torch.get_num_threads()})\n"
-        f"cfg = preset({preset_name!r}, {method!r})\n"
+        f"cfg = preset({preset_name!r}, {method!r}, **{merge_overrides!r})\n"
         f"model, step = _build(cfg, StepShape({preset_name!r}, 'cpu', {batch}, {seq}))\n"
         "r0 = _status_kib('VmRSS')\n"
         "_reset_peak_rss()\n"

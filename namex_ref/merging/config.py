@@ -45,6 +45,7 @@ METHODS: tuple[str, ...] = get_args(MethodName)
 
 SingularPolicy = Literal["raise", "ridge", "uniform"]
 Routing = Literal["segment", "sequence"]
+MergeMemory = Literal["eager", "keep-deltas", "recompute"]
 BaseSource = Literal["none", "per-layer", "first-layer"]
 Propagation = Literal["none", "ep", "nash"]
 SignMask = Literal["none", "ties", "dare"]
@@ -150,6 +151,13 @@ class MergeConfig:
         CAMEx's ``init_res``; then τ_0 = 0 at step 0).
     expert_bias: experts (and base) get biases b1 (F), b2 (C), merged like the weights, with
         b_i − b_m through (A_bias⊗B_bias) for curvature methods (CAMEx's bias terms).
+    merge_memory: what the merge keeps for backward (same values and gradients, different
+        memory and time; ``results/memory.md``): "eager" — autograd keeps everything (the four
+        Kronecker intermediates, the merge terms, the (B, S, out, in) merged weights);
+        "keep-deltas" — τ, the Kronecker intermediates and the merged weights are formed again
+        in backward, the merge terms M_i(τ_i) are kept; "recompute" (default) — the merge terms
+        too are formed again (least memory; four more Kronecker products per matrix, still
+        faster than "eager" on CPU because no operand is copied).
     """
 
     method: MethodName = "namex-full-mom"
@@ -178,6 +186,7 @@ class MergeConfig:
     router_per_matrix: bool = False
     base_init: BaseInit = "independent"
     expert_bias: bool = False
+    merge_memory: MergeMemory = "recompute"
 
     def __post_init__(self) -> None:
         if self.method not in METHOD_TABLE:
@@ -209,6 +218,10 @@ class MergeConfig:
         if self.routing not in get_args(Routing):
             raise ValueError(f"routing must be 'segment' or 'sequence', got {self.routing!r}")
         require_int("segment_len", self.segment_len, low=1)
+        if self.merge_memory not in get_args(MergeMemory):
+            raise ValueError(
+                f"merge_memory must be one of {get_args(MergeMemory)}, got {self.merge_memory!r}"
+            )
         self.momentum_config()  # validates β and γ for the chosen momentum
         self._validate_camex_options()
 

@@ -7,6 +7,7 @@ GELU MLP without biases: f_i(x) = W2_i gelu(W1_i x), W1_i: (F, C), W2_i: (C, F).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -14,7 +15,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from namex_ref.merging.config import MergeConfig
-from namex_ref.merging.functional import LayerTerms, kronecker_apply, merge_weights
+from namex_ref.merging.functional import (
+    LayerTerms,
+    kronecker_apply,
+    merge_weights,
+    merged_linear,
+)
 from namex_ref.merging.routing import (
     cv_squared,
     load_balancing_loss,
@@ -68,7 +74,12 @@ class KroneckerCurvature(nn.Module):
     Every factor is the identity at initialisation, so M_i = r·I there. The factors of term j
     of expert i are entry j·N + i of (r·N, k, k) stacks. With ``vector=True`` the operand is a
     bias (N, out) and M_i(b) = Σ_j (A_ij⊗B_ij) b (no C, D).
+
+    ``recompute`` (set by :class:`MoEFeedForward` from ``merge_memory``) selects
+    :func:`kronecker_apply`'s recomputing backward (True) or the eager einsums (False).
     """
+
+    recompute: bool = True
 
     def __init__(
         self,
@@ -101,7 +112,7 @@ class KroneckerCurvature(nn.Module):
             C = D = one
         else:
             C, D = self.C(), self.D()
-        m = kronecker_apply(t, A, B, C, D)
+        m = kronecker_apply(t, A, B, C, D, recompute=self.recompute)
         if r > 1:
             m = m.reshape(r, -1, *m.shape[1:]).sum(0)
         return m[..., 0] if self.vector else m
@@ -186,6 +197,8 @@ class MoEFeedForward(nn.Module):
                     KroneckerCurvature(n, d_model, 1, rank, r, vector=True),
                 ]
             self.curvature = nn.ModuleList(mods)
+            for mod in self.curvature:
+                setattr(mod, "recompute", config.merge_memory != "eager")  # noqa: B010
 
     def experts(self) -> list[Tensor]:
         """Per-matrix expert stacks [(N, F, C), (N, C, F)], plus [(N, F), (N, C)] biases."""
@@ -302,10 +315,11 @@ class MoEFeedForward(nn.Module):
         S = scores.shape[1]
         eta = 1.0 if terms.base is None else cfg.eta
         bases = terms.base if terms.base is not None else [None] * len(deltas)
-        w1 = merge_weights(bases[0], deltas[0], s1, eta)  # (B, S, F, C)
         pad = S * S_len - T
         xs = F.pad(x, (0, 0, 0, pad)).reshape(B, S, S_len, C)  # (B, S, L, C)
-        pre = torch.einsum("bslc,bsfc->bslf", xs, w1)  # (B, S, L, F)
+        # Ŵ1 (B, S, F, C) and Ŵ2 (B, S, C, F) of S13/S14, one per segment, each applied to its
+        # segment's tokens (formed again in backward unless merge_memory == "eager")
+        pre = self._linear(0, xs, bases[0], deltas, terms, s1, eta)  # (B, S, L, F)
         if len(deltas) == 4:
             pre = pre + merge_weights(bases[2], deltas[2], s1, eta)[:, :, None, :]
         h = F.gelu(pre)
@@ -314,9 +328,43 @@ class MoEFeedForward(nn.Module):
             hidden = h.reshape(B, S * S_len, -1)[:, :T]  # (B, T, F), real tokens only
             scores2, aux2 = self._route(hidden, self.router_hidden, self.noise_router_hidden)
             s2, aux = self._term_dropout(scores2), aux + aux2
-        w2 = merge_weights(bases[1], deltas[1], s2, eta)  # (B, S, C, F)
-        y = torch.einsum("bslf,bscf->bslc", h, w2)
+        y = self._linear(1, h, bases[1], deltas, terms, s2, eta)  # (B, S, L, C)
         if len(deltas) == 4:
             y = y + merge_weights(bases[3], deltas[3], s2, eta)[:, :, None, :]
         y = y.reshape(B, S * S_len, C)[:, :T]
         return LayerOutput(y, aux, scores)
+
+    def _linear(
+        self,
+        m: int,
+        x: Tensor,
+        base: Tensor | None,
+        deltas: list[Tensor],
+        terms: LayerTerms,
+        scores: Tensor,
+        eta: float,
+    ) -> Tensor:
+        """Matrix m of the merged expert applied per segment (:func:`merged_linear`). The merge
+        terms are rebuilt from the parameters in backward only when they are the unmasked
+        ``terms.deltas`` (a "ties"/"dare" mask changes them, so they are kept instead)."""
+        mode = self.config.merge_memory
+        redo: Callable[[], Tensor] | None = None
+        if mode == "recompute" and base is not None and deltas is terms.deltas:
+            curv = None if self.curvature is None else self.curvature[m]
+            sources = [self.experts()[m], base, *([] if curv is None else curv.parameters())]
+            versions = [t._version for t in sources]
+
+            def redo() -> Tensor:  # the merge term M(E − E_m) of matrix m, from parameters
+                if [t._version for t in sources] != versions:
+                    raise RuntimeError(
+                        "merge_memory='recompute': an expert, base or curvature parameter was "
+                        "modified in place between forward and backward, so the merge terms "
+                        "cannot be recomputed; call backward first, or use "
+                        "merge_memory='keep-deltas'"
+                    )
+                tau = self.experts()[m] - base
+                return tau if curv is None else curv(tau)
+
+        return merged_linear(
+            x, base, deltas[m], scores, eta, recompute_deltas=redo, recompute=mode != "eager"
+        )
