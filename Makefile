@@ -50,7 +50,7 @@ mutation: $(STAMP)
 DOCS_STAMP := $(VENV)/.docs-installed-stamp
 
 $(DOCS_STAMP): $(STAMP) pyproject.toml
-	$(PY) -m pip install -q -e '.[dev,docs]'
+	$(PY) -m pip install -q -e '.[dev,docs]' --config-settings editable_mode=strict
 	touch $(DOCS_STAMP)
 
 docs: $(DOCS_STAMP)
