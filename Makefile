@@ -61,3 +61,10 @@ docs: $(DOCS_STAMP)
 docs-check: docs
 	[ -x /usr/bin/chromium ] || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(PY) tools/docs_check.py
+
+# Open the notebooks in JupyterLab (installs the `notebooks` extra; jupytext opens each .py as a
+# notebook). The strict editable mode is kept so that mypy can still follow namex_ref.
+.PHONY: notebooks
+notebooks: $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,notebooks]' --config-settings editable_mode=strict
+	$(VENV)/bin/jupyter lab notebooks/
