@@ -59,7 +59,10 @@ __all__ = [
     "task_gram",
 ]
 
+#: What a failed solve does: "raise" the solver's error, "keep" the previous α, "ridge" (solve
+#: K + λ·mean(diag K)·I) or "use" the solver's α anyway (the authors' behaviour).
 FailurePolicy = Literal["raise", "keep", "ridge", "use"]
+#: How α is solved: "newton" (the batched Newton solver, float64) or "ccp" (the authors' CCP).
 MTLSolver = Literal["newton", "ccp"]
 #: What :class:`NashMTL` does when a solve fails (see its docstring).
 MTL_POLICIES: tuple[FailurePolicy, ...] = ("raise", "keep", "ridge", "use")
