@@ -46,10 +46,13 @@ def test_makefile_installs_in_strict_editable_mode() -> None:
 
 
 def _editable_install() -> metadata.Distribution:
-    try:
-        dist = metadata.distribution("namex-ref")
-    except metadata.PackageNotFoundError:
+    # The installed distribution (the one pip records with direct_url.json), not the
+    # namex_ref.egg-info that an editable build leaves in the source tree, which the
+    # current directory on sys.path would find first.
+    dists = [d for d in metadata.distributions(name="namex-ref")]
+    if not dists:
         pytest.skip("namex-ref is not installed (tests run from the source tree)")
+    dist = next((d for d in dists if d.read_text("direct_url.json")), dists[0])
     direct = dist.read_text("direct_url.json")
     if not direct or not json.loads(direct).get("dir_info", {}).get("editable"):
         pytest.skip("namex-ref is installed, but not in editable mode")
