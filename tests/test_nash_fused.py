@@ -103,8 +103,10 @@ def test_fused_newton_matches_eager(n: int, kinds: list[str], seed: int, dtype: 
     fast = solve_newton(K, fixed_iterations=fixed, alpha0=a0, backend="fused")
     _assert_same_solution(K, eager, fast)
     assert fast.iterations == eager.iterations and fast.status == eager.status
-    if dtype == torch.float64 and fixed != 3:  # float64 problems converge within 20 steps
-        assert bool(fast.converged.all())  # (float32 rounding of K can break feasibility)
+    if dtype == torch.float64 and fixed != 3 and not warm:
+        # from α̂ = 1 every float64 problem here converges within 20 steps (float32 rounding of
+        # K can break feasibility; a warm start off by 10³ per expert needs more damped steps)
+        assert bool(fast.converged.all())
 
 
 @pytest.mark.parametrize("kind", KINDS)
