@@ -358,21 +358,29 @@ def newton_kernel(
     caller). The constants are ``solve_newton``'s. Returns (α (..., N) float64,
     residual (...), converged (...) bool, steps (...) int64), all on the CPU.
     """
-    batch = K.shape[:-2]
+    batch = tuple(K.shape[:-2])
     n = K.shape[-1]
-    Kn = K.detach().to(torch.float64).reshape(-1, n, n).numpy()
+    # numpy views and reshapes: ~10× cheaper than torch's dispatch for these tiny arrays
+    Kn = _as_f64_numpy(K).reshape(-1, n, n)
     if alpha0 is None:
         a0 = np.empty((Kn.shape[0], 0))
         use = False
     else:
         a0 = np.ascontiguousarray(
-            alpha0.detach().to(torch.float64).expand(*batch, n).reshape(-1, n).numpy())
+            np.broadcast_to(_as_f64_numpy(alpha0), (*batch, n)).reshape(-1, n))
         use = True
     alpha, res, conv, steps = _newton_batch(Kn, a0, use, int(n_steps), float(tol),
                                             float(factor), float(cap), float(frac),
                                             float(full_dec))
-    return (torch.from_numpy(alpha).reshape(*batch, n), torch.from_numpy(res).reshape(batch),
-            torch.from_numpy(conv).reshape(batch), torch.from_numpy(steps).reshape(batch))
+    return (torch.from_numpy(alpha.reshape(*batch, n)), torch.from_numpy(res.reshape(batch)),
+            torch.from_numpy(conv.reshape(batch)), torch.from_numpy(steps.reshape(batch)))
+
+
+def _as_f64_numpy(t: Tensor) -> Any:
+    """A C-contiguous float64 numpy array with t's values (a view when t already is one)."""
+    if t.dtype != torch.float64:
+        t = t.to(torch.float64)
+    return np.ascontiguousarray(t.detach().numpy())
 
 
 def bargain_kernel(
@@ -386,7 +394,7 @@ def bargain_kernel(
     the validated slow path). ``ok`` is a Python bool read from the kernel's own output (a CPU
     value: no device synchronisation).
     """
-    Kn = np.asarray(K.detach().numpy(), dtype=np.float64)
+    Kn = _as_f64_numpy(K)
     alpha, residual, fallback, _, ok = _bargain(
         Kn, _POLICY_CODES[policy], float(ridge), int(n_steps), float(tol), float(factor),
         float(cap), float(frac), float(full_dec), float(zero_rtol), float(cancel_rtol))
