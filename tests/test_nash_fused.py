@@ -187,9 +187,13 @@ def test_warm_starts_as_eager() -> None:
     K = _batch(["gaussian", "spread", "singular"], 4, 2)
     a0 = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 1.0, 1.0, 1.0], [math.nan, 1.0, 1.0, 1.0]],
                       dtype=torch.float64)
+    inf_start = torch.tensor([[1.0, math.inf, 1.0, 1.0]] * 3, dtype=torch.float64)
     for k in (0, 20):
         e = solve_newton(K, alpha0=a0, fixed_iterations=k, backend="eager")
         f = solve_newton(K, alpha0=a0, fixed_iterations=k, backend="fused")
+        torch.testing.assert_close(f.alpha, e.alpha, rtol=1e-12, atol=0)
+        e = solve_newton(K, alpha0=inf_start, fixed_iterations=k, backend="eager")
+        f = solve_newton(K, alpha0=inf_start, fixed_iterations=k, backend="fused")
         torch.testing.assert_close(f.alpha, e.alpha, rtol=1e-12, atol=0)
     shared = torch.tensor([0.5, 1.0, 2.0, 1.0], dtype=torch.float64)
     e = solve_newton(K, alpha0=shared, backend="eager")
@@ -197,6 +201,17 @@ def test_warm_starts_as_eager() -> None:
     _assert_same_solution(K, e, f)
     with pytest.raises(BargainInputError, match="positive"):
         solve_newton(K, alpha0=a0.abs().nan_to_num(1.0) - 1.0, backend="fused")
+
+
+@pytest.mark.parametrize("c", [1e-3, 0.5, 1e3])
+def test_scale_invariance(c: float) -> None:
+    """S9: K → cK gives α → α/√c, for diagonals below and above 1 (both backends)."""
+    K = _batch(["gaussian", "spread", "singular"], 5, 21)
+    base = solve_newton(K, fixed_iterations=20, backend="eager").alpha
+    for backend in ("eager", "fused"):
+        sol = solve_newton(c * K, fixed_iterations=20, backend=backend)  # type: ignore[arg-type]
+        assert bool(sol.converged.all())
+        torch.testing.assert_close(sol.alpha, base / math.sqrt(c), rtol=1e-9, atol=0)
 
 
 def test_batch_shapes_and_empty_batch() -> None:
@@ -228,6 +243,8 @@ def test_dispatch() -> None:
         solve_newton(Kg, backend="fused")
     with pytest.raises(ValueError, match="backend='fused' needs"):
         solve_newton(K, backend="fused", record_history=True)
+    assert bool(solve_newton(torch.eye(64, dtype=torch.float64), backend="fused").converged)
+    assert fused.FUSED_MAX_N == 64  # the documented bound (docs/math.md §2)
     big = torch.eye(fused.FUSED_MAX_N + 1, dtype=torch.float64)
     with pytest.raises(ValueError, match="backend='fused' needs"):
         solve_newton(big, backend="fused")
@@ -283,13 +300,19 @@ def _taus(case: str, n: int, seed: int, dtype: torch.dtype) -> list[torch.Tensor
     elif case == "cancel":  # Σ_i τ_i = 0 (the uniform policy's cap)
         t1[-1] = -t1[:-1].sum(0)
         t2[-1] = -t2[:-1].sum(0)
+    elif case == "small_zero_expert":  # K_ii ≪ 1 everywhere, one expert zero
+        t1 = 1e-3 * t1
+        t2 = 1e-3 * t2
+        t1[2] = 0.0
+        t2[2] = 0.0
     elif case == "tiny":  # a real but tiny expert, above the zero-expert threshold
         t1[0] *= 1e-5
         t2[0] *= 1e-5
     return [t1.to(dtype), t2.to(dtype)]
 
 
-CASES = ("plain", "zero_expert", "all_zero", "nan", "antiparallel", "cancel", "tiny")
+CASES = ("plain", "zero_expert", "small_zero_expert", "all_zero", "nan", "antiparallel",
+         "cancel", "tiny")
 
 
 @pytest.mark.parametrize("case", CASES)

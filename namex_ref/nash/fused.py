@@ -285,7 +285,7 @@ def _bargain(K: Any, policy: int, ridge: float, n_steps: int, tol: float, factor
             else:
                 finite = False
                 K0[i, j] = 0.0
-    top = K0[0, 0]
+    top = -np.inf
     dsum = 0.0
     for i in range(n):
         top = max(top, K0[i, i])
@@ -304,10 +304,7 @@ def _bargain(K: Any, policy: int, ridge: float, n_steps: int, tol: float, factor
     none = np.empty(0)
     _, conv, _ = _newton_one(Ks, none, False, n_steps, tol, factor, cap, frac, full_dec,
                              main, Kh, d, a, r, M, z, d2)
-    ok = conv and finite and not any_zero
-    for i in range(n):
-        if not np.isfinite(main[i]):
-            ok = False
+    ok = conv and finite and not any_zero  # (_newton_one's α is finite by construction)
     residual = np.nan
     if finite:
         residual = 0.0
@@ -336,10 +333,11 @@ def _bargain(K: Any, policy: int, ridge: float, n_steps: int, tol: float, factor
         c = math.sqrt(n / max(total, floor))
         for i in range(n):
             alpha[i] = c
-    all_zero = not top > 0.0
-    for i in range(n):
-        if all_zero or not np.isfinite(alpha[i]):
+    if not top > 0.0:  # every τ_i = 0: ΔE = 0 whatever α is; α = 1 (bargain_alpha's rule)
+        for i in range(n):
             alpha[i] = 1.0
+    # α is finite here by construction (Newton's α, or c ≤ √(N / tiny)), so bargain_alpha's
+    # final nan_to_num has nothing to replace
     return alpha, residual, True, main, ok
 
 
@@ -366,8 +364,7 @@ def newton_kernel(
         a0 = np.empty((Kn.shape[0], 0))
         use = False
     else:
-        a0 = np.ascontiguousarray(
-            np.broadcast_to(_as_f64_numpy(alpha0), (*batch, n)).reshape(-1, n))
+        a0 = np.broadcast_to(_as_f64_numpy(alpha0), (*batch, n)).reshape(-1, n)
         use = True
     alpha, res, conv, steps = _newton_batch(Kn, a0, use, int(n_steps), float(tol),
                                             float(factor), float(cap), float(frac),
