@@ -160,6 +160,10 @@ def test_invalid_problems_as_eager(bad: str, fixed: int | None) -> None:
         assert sol.converged.tolist() == [True, False]
         np.testing.assert_allclose(sol.alpha[0].numpy(), positive_root(K[0].numpy()),
                                    rtol=1e-9)
+        # alone, such a problem takes no step at all (it is swapped for the identity, S8)
+        alone = solve_newton(K[1], fixed_iterations=fixed, backend=backend)  # type: ignore[arg-type]
+        assert alone.iterations == (0 if fixed is None else fixed)
+        assert alone.alpha.tolist() == [1.0, 1.0, 1.0]
 
 
 def test_indefinite_and_overflowing_problems_stay_finite() -> None:
