@@ -30,7 +30,9 @@ installed (:func:`fused_available`). There is nothing to synchronise on a CPU, a
 of :data:`namex_ref.benchmarks.syncs.SYNC_OPS` is called.
 
 Set the environment variable ``NAMEX_NUMBA_CACHE=0`` to compile without numba's disk cache
-(mutation testing does: numba's cache key hashes the bytecode but not its constants).
+(numba's cache key hashes the bytecode but not its constants, so a hand-edited constant could
+be served stale). Mutation testing (tools/mutation.py) runs with ``NUMBA_DISABLE_JIT=1``: the
+kernels then run as plain Python with the same semantics, visible to its line tracer.
 """
 
 from __future__ import annotations
