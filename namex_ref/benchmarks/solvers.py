@@ -43,6 +43,7 @@ __all__ = [
     "SolverTiming",
     "bench_latency",
     "bench_solvers",
+    "latency_table",
     "random_grams",
     "solver_report",
 ]
@@ -61,6 +62,7 @@ TARGET_N, TARGET_SPEEDUP = 8, 10_000.0
 #: seconds on CPU, and at most this multiple of 20 bare ``torch.linalg.cholesky_ex`` calls on
 #: the same N×N matrix timed in the same run.
 LATENCY_TARGET_S, LATENCY_TARGET_RATIO = 150e-6, 2.0
+#: Expert counts N of the latency table (the training loop's bargains have N ≤ 16).
 LATENCY_NS = (2, 4, 8, 16)
 #: Fixed Newton budget of the training loop (MergeConfig.newton_iterations; the paper's 20).
 FIXED_ITERATIONS = 20

@@ -58,6 +58,9 @@ __all__ = [
 #: LAPACK's dispatch for small N; above this the eager (LAPACK) path is used.
 FUSED_MAX_N = 64
 
+#: True when numba imported: the fused kernels are used (``fused_available``); False means
+#: every call takes the eager torch path.
+NUMBA_AVAILABLE: bool
 numba: Any
 try:  # numba is a dependency (pyproject); without it every call takes the eager path
     import numba
