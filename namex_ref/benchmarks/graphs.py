@@ -9,7 +9,10 @@ loop's forward is sync-free on CUDA. Parameters are read in place, so after an o
 (which updates them in place) a replay runs the new bargains. The capture runs under
 ``torch.no_grad()`` (forward only: evaluation, or the forward half of a step whose backward is
 run by ``torch.cuda.make_graphed_callables``). SMoE's token dispatch uses ``nonzero`` (a host
-synchronisation) and cannot be captured; every merged method can.
+synchronisation) and cannot be captured. NAMEx-Q is expected not to be capturable as it
+stands either: ``momentum.quaternion_momentum_step`` builds β with ``torch.tensor`` on the
+device at every layer, a synchronous host-to-device copy (not verified on a GPU: none was lent
+to this work; the other merged methods use Python scalars there).
 
 The CPU parts (:func:`training_forward`, the argument checks) are tested on any machine; the
 capture itself needs a CUDA device (``tests/test_bench_cuda_graph.py`` skips without one).
