@@ -182,7 +182,7 @@ def test_cli_bench_solvers_quick(tmp_path: Path) -> None:
     check_header(md)
     check_png(tmp_path / "solvers.png")
     assert "## Target" in md
-    (h, rows), (h2, sweep) = tables(md)
+    (h, rows), (h2, sweep), (h3, latency) = tables(md)
     col = {c: i for i, c in enumerate(h)}
     ccp_us = {r[col["N"]]: float(r[col["µs / problem"]]) for r in rows if r[0] == "ccp"}
     assert set(ccp_us) == {"2", "8"}
@@ -199,6 +199,13 @@ def test_cli_bench_solvers_quick(tmp_path: Path) -> None:
             assert r[col["converged"]] == "100%"
     assert h2[:3] == ["solver", "device", "N"] and h2[3:] == ["b=1", "b=16"]
     assert len(sweep) == 5  # newton ×2 N, newton-fixed ×2 N, closed_form at N = 2
+    # latency of one training-loop bargain: one row per N, ratios from the row's own numbers
+    assert [r[0] for r in latency] == ["2", "8"] and "One bargain at batch 1" in md
+    c3 = {c: i for i, c in enumerate(h3)}
+    for r in latency:
+        us, chol = float(r[c3["fused solve µs"]]), float(r[c3["20 cholesky_ex µs"]])
+        assert float(r[c3["fused / 20 chol"]]) == pytest.approx(us / chol, rel=0.06, abs=0.006)
+        assert float(r[c3["residual"]]) <= RESIDUAL_TOL
 
 
 # ------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from namex_ref.nash import BargainInputError, domain_vectors, gram_matrix
+from namex_ref.nash.gram import HALF_CHUNK_ELEMENTS
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -38,6 +39,40 @@ def test_low_precision_is_accumulated_in_float32() -> None:
         ref = _ref(tq)
         bound = d * 2.0**-24 * float(ref.diagonal().max())
         assert float((K.double() - ref).abs().max()) <= bound
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_gram_over_several_chunks(dtype: torch.dtype) -> None:
+    """τ longer than one conversion chunk (3 chunks, the last partial), single and batched
+    (batch_dims=1): the same γ_d float32 bound against the float64 Gram of the rounded values
+    as the one-chunk test above."""
+    n = 4
+    d = 2 * (HALF_CHUNK_ELEMENTS // n) + 123
+    t = (torch.randn(n, d, generator=_gen(7)) + 1.0).to(dtype)
+    K = gram_matrix(t)
+    ref = _ref(t)
+    assert K.dtype == torch.float32
+    assert float((K.double() - ref).abs().max()) <= d * 2.0**-24 * float(ref.diagonal().max())
+    h = d // 2
+    tb = torch.stack([t[:, :h], t[:, h : 2 * h]])  # (2, N, d/2): each problem in 3 chunks
+    Kb = gram_matrix(tb, batch_dims=1)
+    for b in range(2):
+        ref_b = _ref(tb[b])
+        bound = h * 2.0**-24 * float(ref_b.diagonal().max())
+        assert float((Kb[b].double() - ref_b).abs().max()) <= bound
+
+
+def test_low_precision_gram_never_copies_tau_to_float32() -> None:
+    """No single allocation during the bfloat16 Gram reaches the size of a float32 copy of τ
+    (torch.profiler's per-operator CPU memory): only the 1 MiB chunk buffer is allocated."""
+    from torch.profiler import ProfilerActivity, profile
+
+    n, d = 4, 4 * HALF_CHUNK_ELEMENTS  # a float32 copy would be 16 MiB
+    t = torch.randn(n, d, generator=_gen(8)).to(torch.bfloat16)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        gram_matrix(t)
+    biggest = max(ev.cpu_memory_usage for ev in prof.events())
+    assert 0 < biggest <= 4 * HALF_CHUNK_ELEMENTS + 4096 < 4 * n * d
 
 
 def test_mixed_precision_matrices_keep_the_first_matrix_precision() -> None:

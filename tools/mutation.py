@@ -81,6 +81,9 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "nash/bargain": ("namex_ref/nash/bargain.py", _NASH_TESTS),
     "nash/gram": ("namex_ref/nash/gram.py", _NASH_TESTS),
     "nash/result": ("namex_ref/nash/result.py", _NASH_TESTS),
+    # run with NUMBA_DISABLE_JIT=1: the kernels then run as Python, so the line tracer sees
+    # them and a mutant is never served from numba's compiled cache
+    "nash/fused": ("namex_ref/nash/fused.py", _NASH_TESTS),
     "momentum": (
         "namex_ref/momentum.py",
         ("tests/test_momentum*.py", "tests/test_mutants_momentum*.py"),

@@ -36,7 +36,8 @@ from namex_ref.tables import format_table
 
 __all__ = ["GPU_TARGET", "GramRow", "bench_gram", "gram_report", "run"]
 
-#: The performance target on GPU: Gram formation at ≥ 70 % of the device's memory bandwidth.
+#: The performance target (CPU and GPU): Gram formation at ≥ 70 % of the device's measured
+#: read bandwidth, for float32 and for bfloat16/float16 experts.
 GPU_TARGET = 0.70
 NS = (4, 8, 16)
 PARAMS = (2**16, 2**18, 2**20, 2**22)
@@ -166,12 +167,19 @@ def _summary(rows: Sequence[GramRow], bws: dict[str, BandwidthResult]) -> str:
         f32 = [r for r in rs if r.dtype == "float32"]
         best = max(f32 or rs, key=lambda r: r.fraction)
         verdict = "met" if best.fraction >= GPU_TARGET else "not met"
-        target = (f" — target ≥ {GPU_TARGET:.0%}: **{verdict}**"
-                  if dev == "cuda" else " (the ≥ 70 % target applies to GPU)")
         lines.append(
             f"- {dev}: best float32 Gram {best.gbs:.1f} GB/s = {best.fraction:.0%} of the "
             f"measured read bandwidth {bws[dev].read_gbs:.1f} GB/s (N = {best.n}, "
-            f"P = {best.params:,}){target}.")
+            f"P = {best.params:,}) — target ≥ {GPU_TARGET:.0%}: **{verdict}**.")
+        for dt in ("bfloat16", "float16"):
+            low = [r for r in rs if r.dtype == dt]
+            if low:
+                b = max(low, key=lambda r: r.fraction)
+                ok = "met" if b.fraction >= GPU_TARGET else "not met"
+                lines.append(
+                    f"- {dev}: best {dt} Gram (float32 accumulation in 1 MiB chunks, no float32 "
+                    f"copy of τ) {b.gbs:.1f} GB/s = {b.fraction:.0%} of the read bandwidth "
+                    f"(N = {b.n}, P = {b.params:,}) — target ≥ {GPU_TARGET:.0%}: **{ok}**.")
         lines.append(
             f"- {dev}: at the largest shape (N = {big.n}, P = {big.params:,}, {big.dtype}) the α "
             f"solve takes {fmt_seconds(big.solve_s)} = {big.solve_s / big.gram_s:.2g}× the Gram "

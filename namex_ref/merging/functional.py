@@ -19,10 +19,18 @@ from torch import Tensor
 
 from namex_ref.merging.config import MergeConfig
 from namex_ref.momentum import momentum_step, zero_buffer
+from namex_ref.nash import fused
 from namex_ref.nash.gram import domain_vectors, gram_matrix
-from namex_ref.nash.problem import scaled_residual
+from namex_ref.nash.problem import ROUNDING_CAP, ROUNDING_FACTOR, scaled_residual
 from namex_ref.nash.result import BargainInputError, InfeasibleBargainError, NashConvergenceError
-from namex_ref.nash.solvers import solve_nash, solve_newton
+from namex_ref.nash.solvers import (
+    FRACTION_TO_BOUNDARY,
+    FULL_STEP_DECREMENT,
+    RESIDUAL_TOL,
+    NewtonBackend,
+    solve_nash,
+    solve_newton,
+)
 
 __all__ = [
     "AlphaSolve",
@@ -331,6 +339,7 @@ def bargain_alpha(
     ridge: float = 1e-3,
     newton_iterations: int = 20,
     layer: int | None = None,
+    backend: NewtonBackend = "auto",
 ) -> AlphaSolve:
     """Solve Kα = 1/α (S4) for the domain vectors of one layer, with no host synchronisation
     unless ``singular_policy == "raise"``.
@@ -355,14 +364,31 @@ def bargain_alpha(
 
     Returns :class:`AlphaSolve`; ``residual`` is max_i |α_i(Kα)_i − 1| of the Newton α on the
     true K (so 1 for a zero expert, NaN for a non-finite K), whatever the policy returns.
+
+    ``backend``: "auto" (default) runs everything after the Gram matrix in one fused CPU kernel
+    (:func:`namex_ref.nash.fused.bargain_kernel`, the same steps as the code below, tested
+    against it) where :func:`~namex_ref.nash.fused.fused_available` allows, and the eager torch
+    code below otherwise (CUDA, numba missing); "eager" forces the torch code, Newton included
+    (``solve_newton(backend="eager")``); "fused" is "auto" that refuses to fall back for the
+    Newton solves. The "raise" policy's slow path (a bargain that failed) is ``solve_nash``.
     """
     if singular_policy not in _POLICIES:
         raise ValueError(
             f"unknown singular_policy {singular_policy!r}; use 'raise', 'ridge' or 'uniform'"
         )
+    if backend not in ("auto", "eager", "fused"):
+        raise ValueError(f"backend must be 'auto', 'eager' or 'fused'; got {backend!r}")
     mats = [t.detach().reshape(t.shape[0], -1) for t in taus]
     n = mats[0].shape[0]
     K_acc = gram_matrix(mats)  # (N, N) float32 or float64: the precision it was formed in
+    if backend != "eager" and n <= fused.FUSED_MAX_N and fused.fused_available(K_acc):
+        alpha_f, residual_f, fallback_f, ok_f = fused.bargain_kernel(
+            K_acc, singular_policy, ridge, newton_iterations, tol=RESIDUAL_TOL,
+            factor=ROUNDING_FACTOR, cap=ROUNDING_CAP, frac=FRACTION_TO_BOUNDARY,
+            full_dec=FULL_STEP_DECREMENT, zero_rtol=ZERO_EXPERT_RTOL,
+            cancel_rtol=UNIFORM_CANCEL_RTOL)
+        if singular_policy != "raise" or ok_f:
+            return AlphaSolve(alpha_f, residual_f, fallback_f)
     K = K_acc.to(torch.float64)
     finite = torch.isfinite(K).all()
     K0 = torch.nan_to_num(K, nan=0.0, posinf=0.0, neginf=0.0)
@@ -378,10 +404,10 @@ def bargain_alpha(
         # much as one (N, N) solve (launch-bound; results/step.md "what-if").
         lam = ridge * diag.mean().clamp_min(torch.finfo(torch.float64).tiny)
         pair = torch.stack((Ksafe, Ksafe + lam * eye))
-        both = solve_newton(pair, fixed_iterations=newton_iterations)
+        both = solve_newton(pair, fixed_iterations=newton_iterations, backend=backend)
         alpha_main, converged, alt = both.alpha[0], both.converged[0], both.alpha[1]
     else:
-        sol = solve_newton(Ksafe, fixed_iterations=newton_iterations)
+        sol = solve_newton(Ksafe, fixed_iterations=newton_iterations, backend=backend)
         alpha_main, converged = sol.alpha, sol.converged
     ok = converged & finite & ~zero.any() & torch.isfinite(alpha_main).all()
     residual = torch.where(finite, scaled_residual(K0, alpha_main), math.nan)

@@ -11,7 +11,13 @@ from torch import Tensor
 from namex_ref.checks import is_int
 from namex_ref.nash.result import BargainInputError
 
-__all__ = ["Granularity", "domain_vectors", "gram_matrix", "stack_domain_vectors"]
+__all__ = [
+    "HALF_CHUNK_ELEMENTS",
+    "Granularity",
+    "domain_vectors",
+    "gram_matrix",
+    "stack_domain_vectors",
+]
 
 Granularity = Literal["expert", "matrix"]
 
@@ -100,6 +106,43 @@ def stack_domain_vectors(taus: Tensor | Sequence[Tensor]) -> list[Tensor]:
     return out
 
 
+#: bfloat16/float16 τ is converted to float32 in chunks of this many elements (a 1 MiB float32
+#: scratch buffer, cache-resident) and each chunk's Gram is added to K: K is accumulated in
+#: float32 without a float32 copy of τ (which would cost twice τ's size in memory traffic and
+#: allocation). torch has no CPU matmul with a float32 output for half inputs (aten::mm.dtype
+#: is CUDA-only in torch 2.13).
+HALF_CHUNK_ELEMENTS = 2**18
+
+
+def _half_gram(t: Tensor) -> Tensor:
+    """K = t tᵀ in float32 for a bfloat16/float16 t (..., N, d), converted chunk by chunk along
+    d. The sum of the chunks' float32 Grams is a d-term float32 summation like the one-shot
+    product, so the same error bound (γ_d·max K_ii, tests/test_nash_gram.py) holds."""
+    *lead, n, d = t.shape
+    rows = n
+    for b in lead:
+        rows *= b
+    w = max(1, min(d, HALF_CHUNK_ELEMENTS // max(rows, 1)))
+    K = torch.zeros((*lead, n, n), dtype=torch.float32, device=t.device)
+    buf = torch.empty((*lead, n, w), dtype=torch.float32, device=t.device)
+    for s in range(0, d, w):
+        c = buf[..., : min(w, d - s)]
+        c.copy_(t[..., s : s + w])
+        if c.ndim == 2:
+            K.addmm_(c, c.T)
+        else:
+            K.add_(c @ c.mT)
+    return K
+
+
+def _gram_of(t: Tensor) -> Tensor:
+    """t tᵀ over the last dim of t (..., N, d), accumulated in ``_accumulate_dtype``."""
+    if t.dtype in (torch.bfloat16, torch.float16):
+        return _half_gram(t)
+    t = t.to(_accumulate_dtype(t.dtype))
+    return t @ t.mT
+
+
 def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64; everything else accumulates in float32 (bf16/fp16 matmuls would
     round K to 8–11 bits; float32 keeps Gram entries to ~1e-7 relative)."""
@@ -118,7 +161,8 @@ def gram_matrix(
     :func:`stack_domain_vectors`). ``granularity="expert"`` (default): one bargain per expert
     across all its matrices, K = Σ_m K_m (N, N) — equal to the Gram matrix of the concatenated
     vectors. ``"matrix"``: one bargain per weight matrix, K of shape (M, N, N).
-    Accumulates in float32 (float64 for float64 input).
+    Accumulates in float32 (float64 for float64 input); bfloat16/float16 τ is converted to
+    float32 chunk by chunk (``HALF_CHUNK_ELEMENTS``), never as a whole copy.
 
     Batches: a single tensor with more than two dimensions is ambiguous — (B, N, d) problems or
     one weight matrix (N, out, in) of N experts — and raises unless ``batch_dims`` says which:
@@ -139,8 +183,7 @@ def gram_matrix(
     mats = stack_domain_vectors(taus)
     grams = []
     for t in mats:
-        t = t.to(_accumulate_dtype(t.dtype))
-        grams.append(t @ t.T)
+        grams.append(_gram_of(t))
     if granularity == "expert":
         K = grams[0]
         for g in grams[1:]:
@@ -168,5 +211,4 @@ def _batched_gram(
         raise BargainInputError("batch_dims works with granularity='expert' only.")
     stack_domain_vectors([taus])  # the dtype and emptiness checks of every route
     lead = taus.shape[: batch_dims + 1]  # (*B, N)
-    t = taus.reshape(*lead, -1).to(_accumulate_dtype(taus.dtype))  # (*B, N, d)
-    return t @ t.transpose(-1, -2)
+    return _gram_of(taus.reshape(*lead, -1))  # (*B, N, d) → (*B, N, N)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from namex_ref.nash import fused
 from namex_ref.nash.problem import (
     ROUNDING_CAP,
     ROUNDING_FACTOR,
@@ -49,6 +50,7 @@ __all__ = [
     "ROUNDING_CAP",
     "ROUNDING_FACTOR",
     "SOLVERS",
+    "NewtonBackend",
     "SolverName",
     "solve_ccp",
     "solve_closed_form",
@@ -59,6 +61,9 @@ __all__ = [
 ]
 
 SolverName = Literal["newton", "closed_form", "cvxpy", "primal", "ccp"]
+#: How ``solve_newton`` runs its loop: batched torch operators, the fused CPU kernel, or the
+#: fused kernel wherever it applies.
+NewtonBackend = Literal["auto", "eager", "fused"]
 SOLVERS: tuple[SolverName, ...] = ("newton", "closed_form", "cvxpy", "primal", "ccp")
 
 #: Newton's stopping tolerance on max_i |α_i(Kα)_i − 1|. Rounding of α_i(Kα)_i in float64 is
@@ -135,6 +140,7 @@ def solve_newton(
     alpha0: Tensor | None = None,
     fixed_iterations: int | None = None,
     record_history: bool = False,
+    backend: NewtonBackend = "auto",
 ) -> NashSolution:
     """Damped Newton on f(α) = ½αᵀKα − Σ log α_i (S5); ∇f = 0 ⇔ Kα = 1/α (S4).
 
@@ -174,8 +180,32 @@ def solve_newton(
             graphs and training loops); problems that reach ``tol`` are frozen; per-problem
             residuals and ``converged`` flags are still returned as tensors.
 
+    Backends (``backend``): "eager" runs the loop below as batched torch operators (any device,
+    autograd, ``record_history``); "fused" runs the same algorithm per problem in one compiled
+    CPU kernel (:mod:`namex_ref.nash.fused`; ~100× less dispatch at batch 1, tested against
+    "eager" as its oracle to the residual rule); "auto" (default) takes "fused" whenever
+    :func:`~namex_ref.nash.fused.fused_available` allows it (CPU tensors without autograd,
+    numba installed, N ≤ ``FUSED_MAX_N``, no ``record_history``) and "eager" otherwise.
+
     Returns a :class:`NashSolution` with ``alpha`` (..., N) float64 in K's units.
     """
+    if backend not in ("auto", "eager", "fused"):
+        raise ValueError(f"backend must be 'auto', 'eager' or 'fused'; got {backend!r}")
+    a0t = alpha0 if alpha0 is None or isinstance(alpha0, Tensor) else None
+    use_fused = (
+        not record_history
+        and K.shape[-1] <= fused.FUSED_MAX_N
+        and (alpha0 is None or a0t is not None)
+        and fused.fused_available(K, a0t)
+    )
+    if backend == "fused" and not use_fused:
+        raise ValueError(
+            "backend='fused' needs CPU tensors without autograd, numba installed, "
+            f"N ≤ {fused.FUSED_MAX_N} and record_history=False; use backend='auto' to fall "
+            "back to the eager path."
+        )
+    if use_fused and backend != "eager":
+        return _solve_newton_fused(K, tol, max_iter, alpha0, fixed_iterations)
     K64 = K.to(torch.float64)
     n = K64.shape[-1]
     eye = torch.eye(n, dtype=torch.float64, device=K64.device)
@@ -242,6 +272,25 @@ def solve_newton(
     else:
         status = "converged" if bool(converged.all()) else "max_iter"
     return NashSolution(alpha, res, converged, it, "newton", status, hist)
+
+
+def _solve_newton_fused(
+    K: Tensor, tol: float, max_iter: int, alpha0: Tensor | None, fixed_iterations: int | None
+) -> NashSolution:
+    """``solve_newton`` through :func:`namex_ref.nash.fused.newton_kernel` (same contract)."""
+    batch = K.shape[:-1]
+    if alpha0 is not None:
+        alpha0 = _check_alpha0(alpha0, batch, check_values=fixed_iterations is None)
+    n_steps = max_iter if fixed_iterations is None else fixed_iterations
+    alpha, res, converged, steps = fused.newton_kernel(
+        K, alpha0, n_steps, tol=tol, factor=ROUNDING_FACTOR, cap=ROUNDING_CAP,
+        frac=FRACTION_TO_BOUNDARY, full_dec=FULL_STEP_DECREMENT)
+    if fixed_iterations is not None:
+        return NashSolution(alpha, res, converged, fixed_iterations, "newton",
+                            "fixed_iterations")
+    it = int(steps.max()) if steps.numel() else 0
+    status = "converged" if bool(converged.all()) else "max_iter"
+    return NashSolution(alpha, res, converged, it, "newton", status)
 
 
 # --------------------------------------------------------------------------------------------
