@@ -1,0 +1,299 @@
+"""namex_ref.hf: NAMEx on Hugging Face MoE models (Qwen2-MoE, Mixtral, OLMoE; docs/math.md §6,
+"Base expert of a converted model"; S1, S2, S4, S13–S18). Offline: tiny random models built from
+config classes, never a download.
+
+Tolerances. "smoe" runs the pretrained block's own router and expert modules, so its logits are
+the original's to the bit (measured max |Δlogit| = 0 in float32 and bfloat16); the bound used is
+4·eps(dtype)·max|logit|, room for a different kernel order only. A merging method against the
+written-out per-segment oracle: same maths in another order, float32, bound 1e-5·max|logit|
+(measured ~1e-7).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from namex_ref.hf import (
+    HF_EXTRA_HINT,
+    MissingExtraError,
+    convert,
+    converted_blocks,
+    load,
+    require_transformers,
+    save,
+)
+from namex_ref.nash.solvers import RESIDUAL_TOL
+
+transformers = pytest.importorskip("transformers")  # skipped only where the extra is absent
+
+FAMILIES = ["qwen2_moe", "mixtral", "olmoe"]
+VOCAB = 64
+SEG = 8
+
+
+def tiny_model(family: str, seed: int = 0, vocab: int = VOCAB) -> torch.nn.Module:
+    """2 layers, 4 experts (top-2), hidden 32, expert width 16: random, from the config class."""
+    kw = dict(
+        vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, bos_token_id=0, eos_token_id=1,
+        pad_token_id=1,
+    )
+    if family == "qwen2_moe":
+        cfg = transformers.Qwen2MoeConfig(
+            num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+            shared_expert_intermediate_size=24, intermediate_size=48, **kw,
+        )
+    elif family == "mixtral":
+        cfg = transformers.MixtralConfig(
+            num_local_experts=4, num_experts_per_tok=2, intermediate_size=16, **kw
+        )
+    else:
+        cfg = transformers.OlmoeConfig(
+            num_experts=4, num_experts_per_tok=2, intermediate_size=16, **kw
+        )
+    torch.manual_seed(seed)
+    model: torch.nn.Module = transformers.AutoModelForCausalLM.from_config(cfg)
+    return model.eval()
+
+
+def ids(B: int = 2, T: int = 28, seed: int = 1) -> torch.Tensor:
+    return torch.randint(2, VOCAB, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        out: torch.Tensor = model(x).logits
+    return out
+
+
+# ---- 2. exactness -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_smoe_reproduces_the_pretrained_logits(family: str, dtype: torch.dtype) -> None:
+    model = tiny_model(family).to(dtype)
+    x = ids()
+    ref = logits(model, x)
+    conv = convert(copy.deepcopy(model), "smoe")
+    assert len(converted_blocks(conv)) == 2
+    out = logits(conv, x)
+    bound = 4 * torch.finfo(dtype).eps * ref.abs().max().item()
+    assert (out.float() - ref.float()).abs().max().item() <= bound
+
+
+def _oracle_block(block: torch.nn.Module, seg: int):  # type: ignore[no-untyped-def]
+    """Independent S13 at conversion, written out per segment: for segment k ≥ 1,
+    s = softmax(W_r · mean of segment k − 1), s = 1/N on segment 0; W = Σ_i s_i W_i for each of
+    gate, up, down; y = W_down (act(W_gate x) ∘ W_up x) token by token (+ Qwen2's shared part)."""
+    Wr = block.gate.weight.detach()
+    gu, down = block.experts.gate_up_proj.detach(), block.experts.down_proj.detach()
+    n, two_i, _ = gu.shape
+    half = two_i // 2
+    act = block.experts.act_fn
+
+    def forward(h: torch.Tensor) -> torch.Tensor:
+        B, T, H = h.shape
+        y = torch.zeros_like(h)
+        for b in range(B):
+            for start in range(0, T, seg):
+                if start == 0:
+                    s = torch.full((n,), 1.0 / n)
+                else:
+                    prev = h[b, start - seg : start].mean(0)
+                    s = torch.softmax((Wr @ prev).float(), 0)
+                Wg = sum(s[i] * gu[i, :half] for i in range(n))
+                Wu = sum(s[i] * gu[i, half:] for i in range(n))
+                Wd = sum(s[i] * down[i] for i in range(n))
+                for t in range(start, min(start + seg, T)):
+                    v = h[b, t]
+                    y[b, t] = Wd @ (act(Wg @ v) * (Wu @ v))
+        if hasattr(block, "shared_expert"):
+            flat = h.reshape(-1, H)
+            sh = torch.sigmoid(block.shared_expert_gate(flat)) * block.shared_expert(flat)
+            y = y + sh.reshape(B, T, H)
+        return y
+
+    return forward
+
+
+@pytest.mark.parametrize("method", ["namex-full-mom", "camex"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_merging_method_matches_written_out_segments(family: str, method: str) -> None:
+    """At conversion every merging method is S13's average expert per causal segment (η = 1,
+    M_i = I: E_m + Σ s_i (E_i − E_m) = Σ s_i E_i whatever the base)."""
+    model = tiny_model(family)
+    x = ids(T=27)  # a short last segment
+    oracle = copy.deepcopy(model)
+    for layer in oracle.model.layers:
+        layer.mlp.forward = _oracle_block(layer.mlp, SEG)
+    ref = logits(oracle, x)
+    out = logits(convert(copy.deepcopy(model), method, segment_len=SEG), x)
+    assert (out - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
+
+
+def test_segment_routing_is_causal_through_the_whole_model() -> None:
+    model = convert(tiny_model("qwen2_moe"), "namex-full-mom", segment_len=SEG)
+    x = ids(T=32)
+    p = 11  # inside segment 1: segment 2 routes on it
+    x2 = x.clone()
+    x2[:, p:] = (x2[:, p:] + 7) % VOCAB
+    a, b = logits(model, x), logits(model, x2)
+    assert torch.equal(a[:, :p], b[:, :p])
+    assert (a[:, p:] - b[:, p:]).abs().max() > 1e-3  # the change is seen downstream
+
+
+# ---- 1. base expert and the first bargain ----------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_first_bargain_converges_with_the_default_base(family: str) -> None:
+    """S4 at layer 0 of a converted model, checked against K formed here from the raw
+    gate_up_proj / down_proj (S2: one Gram over all three matrices of an expert)."""
+    model = convert(tiny_model(family), "namex-full-mom", segment_len=SEG)
+    logits(model, ids())
+    plan = model.namex_plan
+    assert not bool(plan.fallbacks[0])
+    assert float(plan.residuals[0]) <= RESIDUAL_TOL
+    blk = converted_blocks(model)[0]
+    E = torch.cat(
+        [blk.experts.gate_up_proj.detach().flatten(1), blk.experts.down_proj.detach().flatten(1)],
+        1,
+    ).double()
+    base = torch.cat([blk.base_gate_up.detach().flatten(), blk.base_down.detach().flatten()])
+    tau = E - base.double()
+    K = tau @ tau.T
+    alpha = plan.alphas[0]
+    assert torch.allclose(alpha * (K @ alpha), torch.ones(4, dtype=torch.float64), atol=1e-5)
+
+
+def test_mean_base_has_no_bargain_and_the_default_rule_does() -> None:
+    """Σ τ_i = 0 for the mean base: 1 is an S6 certificate (K1 = 0), the Newton solve fails and
+    the policy takes over; the perturbed mean gives K = CCᵀ + s²11ᵀ, positive definite."""
+    model = convert(tiny_model("mixtral"), "namex", segment_len=SEG, base_rule="mean")
+    blk = converted_blocks(model)[0]
+    taus = [E - b for E, b in zip(blk.experts_list(), blk.base(), strict=True)]
+    total = sum(t.detach().sum(0).abs().max() for t in taus)
+    assert float(total) < 1e-5
+    logits(model, ids())
+    assert bool(model.namex_plan.fallbacks[0])
+    good = convert(tiny_model("mixtral"), "namex", segment_len=SEG)
+    logits(good, ids())
+    assert not bool(good.namex_plan.fallbacks[0])
+
+
+def test_perturbed_mean_converges_on_upcycled_experts() -> None:
+    """Experts with a large common part (E_i = W + 0.05·noise, as upcycled MoEs): the perturbed
+    mean removes the common part, the zero base keeps it (K ≈ ‖W‖² 11ᵀ, ill conditioned)."""
+    model = tiny_model("olmoe")
+    with torch.no_grad():
+        for layer in model.model.layers:
+            ex = layer.mlp.experts
+            for p in (ex.gate_up_proj, ex.down_proj):
+                p.copy_(p[:1] + 0.05 * torch.randn_like(p))
+    conv = convert(copy.deepcopy(model), "namex-full-mom", segment_len=SEG)
+    logits(conv, ids())
+    assert not bool(conv.namex_plan.fallbacks[0])
+    assert float(conv.namex_plan.residuals[0]) <= RESIDUAL_TOL
+
+
+# ---- 3. save / reload, memory, training ------------------------------------------------------
+
+
+def test_save_load_roundtrip_gives_identical_logits(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model = convert(tiny_model("qwen2_moe"), "namex-full-mom", segment_len=SEG)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = ids()
+    out = model(x, labels=x)
+    out.loss.backward()
+    opt.step()  # parameters (base, curvature, experts) move away from their initial values
+    model.eval()
+    save(model, tmp_path / "m")
+    back = load(tmp_path / "m")
+    assert torch.equal(logits(model, x), logits(back, x))
+    assert converted_blocks(back)[0].config == converted_blocks(model)[0].config
+
+
+def test_conversion_keeps_the_pretrained_expert_storages() -> None:
+    """No copy of the experts: after convert the expert and router parameters are the same
+    storages; the only new expert-sized tensor is layer 0's base (first-layer method)."""
+    model = tiny_model("mixtral")
+    before = {p.data_ptr() for p in model.parameters()}
+    convert(model, "namex-full-mom", segment_len=SEG)
+    for blk in converted_blocks(model):
+        assert blk.experts.gate_up_proj.data_ptr() in before
+        assert blk.experts.down_proj.data_ptr() in before
+        assert blk.gate.weight.data_ptr() in before
+    new = [n for n, p in model.named_parameters() if p.data_ptr() not in before]
+    assert all(("base_" in n or "curvature" in n) for n in new)
+    assert sum("base_" in n for n in new) == 2  # base_gate_up and base_down of layer 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_twenty_steps_of_fine_tuning_lower_the_loss(family: str) -> None:
+    from namex_ref.data.corpus import load_builtin_corpus
+    from namex_ref.data.tokenizer import ByteTokenizer
+
+    tok = ByteTokenizer()
+    text = load_builtin_corpus()[:20000]
+    data = torch.tensor(tok.encode(text), dtype=torch.long)
+    model = convert(tiny_model(family, vocab=tok.vocab_size), "namex-full-mom", segment_len=SEG)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(20):
+        start = torch.randint(0, data.numel() - 33, (4,), generator=gen)
+        batch = torch.stack([data[s : s + 32] for s in start.tolist()])
+        loss = model(batch, labels=batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert torch.isfinite(loss)
+        losses.append(float(loss.detach()))
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.2
+
+
+# ---- 4. errors -------------------------------------------------------------------------------
+
+
+def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers → ImportError
+    with pytest.raises(MissingExtraError, match=r"pip install -e '\.\[hf\]'") as err:
+        require_transformers()
+    assert isinstance(err.value, ImportError)
+    assert HF_EXTRA_HINT in str(err.value)
+    with pytest.raises(MissingExtraError, match="hf"):
+        convert(torch.nn.Linear(2, 2), "smoe")
+
+
+def test_bad_input_is_named() -> None:
+    with pytest.raises(ValueError, match="no supported sparse MoE block"):
+        convert(torch.nn.Linear(2, 2), "smoe")
+    model = convert(tiny_model("olmoe"), "smear")
+    with pytest.raises(ValueError, match="already converted"):
+        convert(model, "smear")
+    with pytest.raises(ValueError, match="router_per_matrix"):
+        convert(tiny_model("olmoe"), "camex", router_per_matrix=True)
+    with pytest.raises(ValueError, match="merge_top_k"):
+        convert(tiny_model("olmoe"), "camex", merge_top_k=9)
+    with pytest.raises(ValueError, match="base rule"):
+        convert(tiny_model("olmoe"), "camex", base_rule="median")
+
+
+def test_merge_top_k_keeps_k_experts_per_segment() -> None:
+    model = convert(tiny_model("olmoe"), "smear", segment_len=SEG, merge_top_k=2)
+    blk = converted_blocks(model)[0]
+    s = blk._scores(torch.randn(2, 24, 32))
+    assert ((s > 0).sum(-1) == 2).all()
+    assert torch.allclose(s.sum(-1), torch.ones(2, 3))
+    h = torch.randn(2, 24, 32)
+    full = torch.softmax(F.linear(h[:, 8:16].mean(1), blk.gate.weight).float(), -1)
+    top, idx = full.topk(2, -1)
+    assert torch.allclose(blk._scores(h)[:, 2].gather(-1, idx), top / top.sum(-1, keepdim=True))
