@@ -25,6 +25,7 @@ from namex_ref.hf.convert import (
     require_transformers,
     save,
 )
+from namex_ref.hf.train import corpus_tokens, finetune
 
 __all__ = [
     "BASE_RULES",
@@ -34,6 +35,8 @@ __all__ = [
     "MissingExtraError",
     "convert",
     "converted_blocks",
+    "corpus_tokens",
+    "finetune",
     "initial_base",
     "load",
     "require_transformers",
