@@ -352,3 +352,23 @@ def test_every_merging_method_starts_as_the_segment_average_expert(family: str) 
             continue
         out = logits(convert(copy.deepcopy(model), method, segment_len=SEG), x)
         assert (out - ref).abs().max().item() <= 1e-5 * ref.abs().max().item(), method
+
+
+def test_perturbed_mean_gives_the_documented_gram() -> None:
+    """docs/math.md §6: with c_i = E_i − Ē and u = E_m − Ē, Cu = 0 and ‖u‖² = (1/N) Σ‖c_i‖², so
+    K = CCᵀ + s²11ᵀ (formed here in float64 from the flattened three-matrix experts)."""
+    from namex_ref.hf import initial_base
+
+    g = torch.Generator().manual_seed(3)
+    experts = [torch.randn(5, 6, 4, generator=g, dtype=torch.float64) for _ in range(2)]
+    experts.append(torch.randn(5, 4, 6, generator=g, dtype=torch.float64))
+    base = initial_base(experts, "perturbed-mean", seed=7)
+    E = torch.cat([e.flatten(1) for e in experts], 1)
+    u = torch.cat([b.flatten() for b in base]) - E.mean(0)
+    C = E - E.mean(0)
+    s2 = (C**2).sum(1).mean()
+    assert (C @ u).abs().max() <= 1e-12 * s2
+    assert torch.isclose(u @ u, s2, rtol=1e-12)
+    tau = E - torch.cat([b.flatten() for b in base])
+    assert torch.allclose(tau @ tau.T, C @ C.T + s2, rtol=1e-12, atol=1e-12 * float(s2))
+    assert torch.linalg.eigvalsh(tau @ tau.T).min() > 0
