@@ -372,3 +372,28 @@ def test_perturbed_mean_gives_the_documented_gram() -> None:
     tau = E - torch.cat([b.flatten() for b in base])
     assert torch.allclose(tau @ tau.T, C @ C.T + s2, rtol=1e-12, atol=1e-12 * float(s2))
     assert torch.linalg.eigvalsh(tau @ tau.T).min() > 0
+
+
+def test_readme_example_runs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The README's Python example, on a tiny saved model (3 steps instead of 200), and its
+    shell command parses."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from namex_ref.cli import build_parser
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Hugging Face MoE models", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    shell = re.search(r"\n(namex convert .*)\n", section)
+    assert code is not None and shell is not None
+    src = tmp_path / "model"
+    tiny_model("olmoe", vocab=260).save_pretrained(src)
+    text = code.group(1).replace("path/to/model", str(src))
+    text = text.replace("runs/hf-namex", str(tmp_path / "out")).replace("steps=200", "steps=3")
+    scope: dict[str, object] = {}
+    exec(text, scope)  # the README's own snippet
+    assert len(scope["losses"]) == 3  # type: ignore[arg-type]
+    args = build_parser().parse_args(shlex.split(shell.group(1))[1:])
+    assert args.method == "namex-full-mom" and args.steps == 200
