@@ -397,3 +397,23 @@ def test_readme_example_runs(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert len(scope["losses"]) == 3  # type: ignore[arg-type]
     args = build_parser().parse_args(shlex.split(shell.group(1))[1:])
     assert args.method == "namex-full-mom" and args.steps == 200
+
+
+@pytest.mark.parametrize("mode", ["recompute", "keep-deltas"])
+def test_merge_memory_modes_give_the_eager_gradients(mode: str) -> None:
+    """Same loss and gradients whatever the merge keeps for backward (float32 rounding:
+    rtol 1e-5 against the eager autograd path)."""
+    grads = {}
+    for m in ("eager", mode):
+        model = convert(tiny_model("qwen2_moe"), "namex-full-mom", segment_len=SEG,
+                        merge_memory=m)
+        with torch.no_grad():  # move the curvature off the identity so M_i matters
+            for name, p in model.named_parameters():
+                if "curvature" in name:
+                    p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(5)))
+        x = ids()
+        model(x, labels=x).loss.backward()
+        grads[m] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert grads["eager"].keys() == grads[mode].keys()
+    for n, g in grads["eager"].items():
+        assert torch.allclose(grads[mode][n], g, rtol=1e-5, atol=1e-7), n

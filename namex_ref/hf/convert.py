@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -270,11 +271,37 @@ class HFMergedMoE(nn.Module):
         rec = cfg.merge_memory != "eager"
 
         def lin(m: int, inp: Tensor) -> Tensor:
-            return merged_linear(inp, bases[m], terms.deltas[m], scores, eta, recompute=rec)
+            return merged_linear(
+                inp, bases[m], terms.deltas[m], scores, eta,
+                recompute_deltas=self._redo(m, bases[m]), recompute=rec,
+            )
 
         h = self.experts.act_fn(lin(0, xs)) * lin(1, xs)  # (B, S, L, I)
         y = lin(2, h)  # (B, S, L, H)
         return y.reshape(B, S * S_len, H)[:, :T]
+
+
+    def _redo(self, m: int, base: Tensor | None) -> Callable[[], Tensor] | None:
+        """``merge_memory="recompute"``: the merge term M(E − E_m) of matrix m rebuilt from the
+        parameters in backward (as the GPT layer does), refused if one changed in place."""
+        if self.config.merge_memory != "recompute" or base is None:
+            return None
+        curv = None if self.curvature is None else self.curvature[m]
+        sources = [self.experts_list()[m], base, *([] if curv is None else curv.parameters())]
+        versions = [t._version for t in sources]
+
+        def redo() -> Tensor:
+            if [t._version for t in sources] != versions:
+                raise RuntimeError(
+                    "merge_memory='recompute': an expert, base or curvature parameter was "
+                    "modified in place between forward and backward; call backward first, or "
+                    "use merge_memory='keep-deltas'"
+                )
+            tau = self.experts_list()[m] - base
+            out: Tensor = tau if curv is None else curv(tau)
+            return out
+
+        return redo
 
 
 def converted_blocks(model: nn.Module) -> list[HFMergedMoE]:
