@@ -417,3 +417,18 @@ def test_merge_memory_modes_give_the_eager_gradients(mode: str) -> None:
     assert grads["eager"].keys() == grads[mode].keys()
     for n, g in grads["eager"].items():
         assert torch.allclose(grads[mode][n], g, rtol=1e-5, atol=1e-7), n
+
+
+def test_router_logits_only_for_token_routing() -> None:
+    """smoe keeps transformers' router logits and balance loss; merging methods switch them
+    off at conversion and refuse them per call with a named error."""
+    model = tiny_model("olmoe")
+    model.config.output_router_logits = True
+    x = ids()
+    smoe = convert(copy.deepcopy(model), "smoe")
+    assert torch.isfinite(smoe(x, labels=x).aux_loss)
+    merged = convert(copy.deepcopy(model), "namex", segment_len=SEG)
+    assert merged.config.output_router_logits is False
+    assert torch.isfinite(merged(x, labels=x).loss)
+    with pytest.raises(ValueError, match="output_router_logits"):
+        merged(x, output_router_logits=True)

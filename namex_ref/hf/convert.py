@@ -320,10 +320,15 @@ def _merge_plan(model: nn.Module) -> MergePlan:
     )
 
 
-def _pre_hook(model: nn.Module, args: Any) -> None:
+def _pre_hook(model: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
     blocks = converted_blocks(model)
     if blocks[0].config.spec.kind == "topk":
         return
+    if kwargs.get("output_router_logits"):
+        raise ValueError(
+            f"output_router_logits=True: method {blocks[0].config.method!r} merges experts and "
+            "has no token top-k router logits (no load-balancing loss); leave it False"
+        )
     plan = _merge_plan(model)
     for b, t in zip(blocks, plan.terms, strict=True):
         b.terms = t
@@ -350,7 +355,8 @@ def convert(
     :class:`MergeConfig` fields (``segment_len``, ``beta_abs``, ``singular_policy``, ...).
     ``n_experts`` and ``top_k`` come from the model. base_rule: :data:`BASE_RULES`
     (:func:`initial_base`), applied to layer 0 for first-layer methods and to every layer for
-    per-layer ones. merge_top_k: see :class:`HFMergedMoE`.
+    per-layer ones. merge_top_k: see :class:`HFMergedMoE`. For merging methods the model's
+    ``output_router_logits`` is set to False (no token top-k router, no balance loss).
 
     The routed experts stay the pretrained parameters (no copy is made; one layer's base expert
     is the only new expert-sized tensor, formed one layer at a time). Raises ``ValueError`` for
@@ -389,7 +395,12 @@ def convert(
             merge_top_k=merge_top_k,
         )
         setattr(parent, name, new)  # the old block is dropped here, one layer at a time
-    model.register_forward_pre_hook(_pre_hook)
+    hf_config: Any = getattr(model, "config", None)
+    if config.spec.kind != "topk" and getattr(hf_config, "output_router_logits", False):
+        # the top-k balance loss has no meaning for a merged expert (the GPT merging layer's
+        # softmax gate has none either), and transformers would find no router logits
+        hf_config.output_router_logits = False
+    model.register_forward_pre_hook(_pre_hook, with_kwargs=True)
     model.register_forward_hook(_post_hook)
     model.__dict__["namex_options"] = {  # what load() needs to convert a fresh model the same way
         "method": method, "base_rule": base_rule, "seed": seed, "merge_top_k": merge_top_k,
