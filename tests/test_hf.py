@@ -432,3 +432,14 @@ def test_router_logits_only_for_token_routing() -> None:
     assert torch.isfinite(merged(x, labels=x).loss)
     with pytest.raises(ValueError, match="output_router_logits"):
         merged(x, output_router_logits=True)
+
+
+def test_corpus_tokens_reads_wikitext_and_checks_the_vocabulary(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from namex_ref.hf import corpus_tokens
+
+    for split in ("train", "valid", "test"):
+        (tmp_path / f"wiki.{split}.raw").write_text(f" = Head =\n {split} text é\n")
+    t = corpus_tokens(None, 260, wikitext=tmp_path)
+    assert bytes(t.tolist()).decode("utf-8") == " = Head =\n train text é\n"
+    with pytest.raises(ValueError, match="outside the model's vocabulary"):
+        corpus_tokens(None, 64, wikitext=tmp_path)

@@ -32,7 +32,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     )
     losses: list[float] = []
     if args.steps > 0:
-        tokens = corpus_tokens(src, int(model.config.vocab_size))
+        tokens = corpus_tokens(src, int(model.config.vocab_size), wikitext=args.wikitext)
         losses = finetune(
             model, tokens, steps=args.steps, batch_size=args.batch_size,
             seq_len=args.seq_len, lr=args.lr, seed=args.seed,
@@ -62,6 +62,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    help="merge only the k highest-scored experts per segment (default: all)")
     c.add_argument("--steps", type=int, default=0,
                    help="fine-tuning steps on the built-in corpus before saving (default: 0)")
+    c.add_argument("--wikitext", type=Path, default=None,
+                   help="fine-tune on the WikiText raw files in this folder (wiki.train.raw, "
+                   "...) instead of the built-in corpus")
     c.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
     c.add_argument("--batch-size", type=int, default=4,
                    help="sequences per fine-tuning step (default: 4)")

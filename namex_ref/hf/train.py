@@ -18,8 +18,16 @@ from namex_ref.data.corpus import load_builtin_corpus, token_batches
 __all__ = ["corpus_tokens", "finetune"]
 
 
-def corpus_tokens(model_dir: str | Path | None, vocab_size: int, chars: int = 200_000) -> Tensor:
-    """The first ``chars`` characters of the built-in corpus as a (n,) int64 token stream.
+def corpus_tokens(
+    model_dir: str | Path | None,
+    vocab_size: int,
+    chars: int = 200_000,
+    *,
+    wikitext: str | Path | None = None,
+) -> Tensor:
+    """The first ``chars`` characters of the built-in corpus (or, with ``wikitext``, of the
+    WikiText raw train file in that folder, :func:`namex_ref.data.wikitext.load_wikitext`) as a
+    (n,) int64 token stream.
 
     The tokenizer is the model directory's own (``tokenizer.json`` read by transformers'
     ``AutoTokenizer``, offline) when it has one, otherwise the built-in byte tokenizer (256 ids,
@@ -29,7 +37,12 @@ def corpus_tokens(model_dir: str | Path | None, vocab_size: int, chars: int = 20
     from namex_ref.data.tokenizer import ByteTokenizer
     from namex_ref.hf.convert import require_transformers
 
-    text = load_builtin_corpus()[:chars]
+    if wikitext is not None:
+        from namex_ref.data.wikitext import load_wikitext
+
+        text = load_wikitext(wikitext, max_chars=chars).train
+    else:
+        text = load_builtin_corpus()[:chars]
     if model_dir is not None and (Path(model_dir) / "tokenizer.json").is_file():
         transformers = require_transformers()
         tok = transformers.AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
