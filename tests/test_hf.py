@@ -443,3 +443,19 @@ def test_corpus_tokens_reads_wikitext_and_checks_the_vocabulary(tmp_path) -> Non
     assert bytes(t.tolist()).decode("utf-8") == " = Head =\n train text é\n"
     with pytest.raises(ValueError, match="outside the model's vocabulary"):
         corpus_tokens(None, 64, wikitext=tmp_path)
+
+
+def test_perturbed_mean_in_float32_is_orthogonal_to_rounding() -> None:
+    """float32 experts: the work copies are float32, so Cu = 0 holds to float32 rounding of the
+    projection (bound 1e-4·s²·√N, measured 5.3e-7·s²; ‖u‖² = s² to 1e-4, measured 1e-7)."""
+    from namex_ref.hf import initial_base
+
+    g = torch.Generator().manual_seed(4)
+    experts = [torch.randn(6, 16, 32, generator=g) * 0.02 + 1.0 for _ in range(3)]
+    base = initial_base(experts)
+    E = torch.cat([e.flatten(1) for e in experts], 1).double()
+    C = E - E.mean(0)
+    u = torch.cat([b.flatten() for b in base]).double() - E.mean(0)
+    s2 = (C**2).sum(1).mean()
+    assert (C @ u).abs().max() <= 1e-4 * s2 * 6**0.5
+    assert abs(float(u @ u / s2) - 1) <= 1e-4

@@ -131,17 +131,22 @@ def initial_base(
         if rule == "mean":
             return means
         gen = torch.Generator(device="cpu").manual_seed(seed)
-        us = [torch.randn(m.shape, generator=gen, dtype=torch.float64).to(m.device) for m in means]
-        cs = [(E - m).double().reshape(E.shape[0], -1) for E, m in zip(experts, means, strict=True)]
+        # float32 work copies (float64 for float64 experts): one layer's centred experts at a
+        # time, the only transient expert-sized memory of a conversion
+        acc = torch.float64 if experts[0].dtype == torch.float64 else torch.float32
+        us = [torch.randn(m.shape, generator=gen, dtype=acc).to(m.device) for m in means]
+        cs = [(E.to(acc) - m.to(acc)).reshape(E.shape[0], -1)
+              for E, m in zip(experts, means, strict=True)]
         gram = sum(c @ c.T for c in cs)  # CCᵀ (N, N)
         proj = sum(c @ u.reshape(-1) for c, u in zip(cs, us, strict=True))  # C u (N,)
         assert isinstance(gram, Tensor) and isinstance(proj, Tensor)
-        w = torch.linalg.pinv(gram, hermitian=True) @ proj  # u ← u − Cᵀ (CCᵀ)⁺ C u
+        # u ← u − Cᵀ (CCᵀ)⁺ C u
+        w = (torch.linalg.pinv(gram.double(), hermitian=True) @ proj.double()).to(acc)
         us = [(u.reshape(-1) - c.T @ w).reshape(u.shape) for u, c in zip(us, cs, strict=True)]
         s2 = float(gram.diagonal().mean())
         unorm = math.sqrt(sum(float((u**2).sum()) for u in us))
         scale = math.sqrt(s2) / max(unorm, 1e-300)
-        return [(m.double() + scale * u).to(m.dtype) for m, u in zip(means, us, strict=True)]
+        return [(m.to(acc) + scale * u).to(m.dtype) for m, u in zip(means, us, strict=True)]
 
 
 class HFMergedMoE(nn.Module):
