@@ -27,7 +27,8 @@ demo: $(STAMP)
 solvers-demo: $(STAMP)
 	$(VENV)/bin/namex demo
 
-# The docs extra too, so that tests/test_docs.py (the API walk, docstrings) runs, not skips.
+# The docs and hf extras too, so that tests/test_docs.py (the API walk, docstrings) and
+# tests/test_hf.py (Hugging Face models) run, not skip.
 test: $(DOCS_STAMP)
 	$(PYTEST) -m "not slow"
 
@@ -51,7 +52,7 @@ mutation: $(STAMP)
 .PHONY: docs docs-check
 
 $(DOCS_STAMP): $(STAMP) pyproject.toml
-	$(PY) -m pip install -q -e '.[dev,docs]' --config-settings editable_mode=strict
+	$(PY) -m pip install -q -e '.[dev,docs,hf]' --config-settings editable_mode=strict
 	touch $(DOCS_STAMP)
 
 docs: $(DOCS_STAMP)

@@ -1,8 +1,9 @@
-"""Command line: ``namex train | compare | bench | demo | solve | momentum-grid | mtl``.
+"""Command line: ``namex train | compare | bench | demo | solve | momentum-grid | mtl | convert``.
 
 ``train`` and ``compare`` come from :mod:`namex_ref.train.cli`, ``bench`` from
 :mod:`namex_ref.benchmarks.cli`; the rest are defined here. Each command calls the public API
-functions; nothing is computed here. ``mtl`` comes from :mod:`namex_ref.mtl.example`.
+functions; nothing is computed here. ``mtl`` comes from :mod:`namex_ref.mtl.example`,
+``convert`` (Hugging Face models, the ``hf`` extra) from :mod:`namex_ref.hf.cli`.
 """
 
 from __future__ import annotations
@@ -128,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     from namex_ref.mtl.example import register as register_mtl
 
     register_mtl(sub)  # mtl (Nash-MTL example)
+    from namex_ref.hf.cli import register as register_hf
+
+    register_hf(sub)  # convert (Hugging Face MoE models)
     return p
 
 
@@ -139,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         rc: int = args.func(args)
-    except (BargainInputError, InfeasibleBargainError, ValueError, OSError) as exc:
+    except (BargainInputError, InfeasibleBargainError, ValueError, OSError, ImportError) as exc:
         print(f"namex: error: {exc}", file=sys.stderr)
         return 2
     return rc

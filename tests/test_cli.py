@@ -57,7 +57,9 @@ def test_docstring_names_every_command() -> None:
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert sub.choices is not None
     commands = set(sub.choices)
-    assert commands == {"train", "compare", "bench", "demo", "solve", "momentum-grid", "mtl"}
+    assert commands == {
+        "train", "compare", "bench", "demo", "solve", "momentum-grid", "mtl", "convert"
+    }
     doc = namex_ref.cli.__doc__ or ""
     first = doc.splitlines()[0]
     listed = {c.strip(" `.") for c in first.split("namex", 1)[1].split("|")}

@@ -1,0 +1,456 @@
+"""Convert the sparse MoE blocks of Hugging Face models to the NAMEx merging layer (S12–S18).
+
+Supported: ``Qwen2MoeSparseMoeBlock`` (routed experts plus the shared expert and its sigmoid
+shared gate, kept as they are), ``MixtralSparseMoeBlock`` and ``OlmoeSparseMoeBlock`` of
+transformers 5.x. An expert there is SwiGLU, f_i(x) = W_down,i (act(W_gate,i x) ∘ W_up,i x), with
+W_gate and W_up the two halves of ``gate_up_proj[i]`` (2I, H) and W_down = ``down_proj[i]`` (H, I).
+In the merging core an expert is the matrix list [W_gate (I, H), W_up (I, H), W_down (H, I)], so
+S1's τ, S2's Gram K = Σ_m τ_m τ_mᵀ and S16's α run over all three matrices (one α per expert).
+
+The replacement :class:`HFMergedMoE` keeps the pretrained ``gate`` (router) and ``experts``
+modules themselves (same parameters, no copy), adds the base expert and the Kronecker curvature
+operators of the method, and merges with :func:`namex_ref.merging.functional.merged_linear`; the
+base-expert chain (S15–S18) is built once per forward pass by
+:func:`namex_ref.merging.functional.propagate` in a forward pre-hook on the converted model.
+
+Starting function (η = 1, ``kronecker_terms`` = 1, the defaults): "smoe" is the pretrained model
+itself (its own token top-k routing and expert kernels). Every merging method starts as the
+score-weighted average expert of S13, Ê = Σ_i s_i E_i per causal segment (with M_i = I and
+Σ_i s_i = 1, S14 gives E_m + Σ_i s_i (E_i − E_m) = Σ_i s_i E_i whatever the base), the scores
+being the pretrained router's softmax on the previous segment's mean (uniform on segment 0).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from namex_ref.merging.config import MergeConfig
+from namex_ref.merging.functional import LayerTerms, MergePlan, merged_linear, propagate
+from namex_ref.merging.layers import KroneckerCurvature
+from namex_ref.merging.routing import segment_scores, sequence_scores
+
+__all__ = [
+    "BASE_RULES",
+    "FAMILIES",
+    "HF_EXTRA_HINT",
+    "HFMergedMoE",
+    "MissingExtraError",
+    "convert",
+    "converted_blocks",
+    "initial_base",
+    "load",
+    "require_transformers",
+    "save",
+]
+
+HF_EXTRA_HINT = "pip install -e '.[hf]'"
+"""The install command of the optional extra that brings transformers."""
+
+FAMILIES: dict[str, str] = {
+    "Qwen2MoeSparseMoeBlock": "qwen2_moe",
+    "MixtralSparseMoeBlock": "mixtral",
+    "OlmoeSparseMoeBlock": "olmoe",
+}
+"""Sparse MoE block classes that :func:`convert` replaces, and their model family."""
+
+BASE_RULES = ("perturbed-mean", "mean", "zero")
+"""Initial base expert rules (docs/math.md §6, "Base expert of a converted model")."""
+
+_META_FILE = "namex_hf.json"
+_WEIGHTS_FILE = "namex_model.safetensors"
+# MergeConfig options of the GPT merging layer that the HF layer does not implement (yet).
+_UNSUPPORTED = {
+    "gate": "softmax",
+    "router_per_matrix": False,
+    "expert_bias": False,
+    "sign_mask": "none",
+    "term_dropout": 0.0,
+    "base_init": "independent",
+}
+
+
+class MissingExtraError(ImportError):
+    """transformers is not installed: the ``hf`` extra is missing."""
+
+
+def require_transformers() -> Any:
+    """Import and return transformers, or raise :class:`MissingExtraError` naming the extra."""
+    try:
+        import transformers
+    except ImportError as err:
+        raise MissingExtraError(
+            "namex_ref.hf needs Hugging Face transformers, which is not installed; install the "
+            f"optional extra with `{HF_EXTRA_HINT}` (transformers==5.23.0)"
+        ) from err
+    return transformers
+
+
+class _RouterLogits(nn.Module):
+    """x ↦ x Wᵀ with the pretrained router's weight W (N, H), for the segment router."""
+
+    def __init__(self, weight: Tensor) -> None:
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = F.linear(x, self.weight)
+        return out
+
+
+def initial_base(
+    experts: list[Tensor], rule: str = "perturbed-mean", *, seed: int = 0
+) -> list[Tensor]:
+    """The initial base expert E_m of a converted layer, per matrix (*P_m), no grad.
+
+    experts: per-matrix (N, *P_m). With c_i = E_i − Ē (Ē the mean expert, all matrices
+    flattened together) and s² = (1/N) Σ_i ‖c_i‖²:
+
+    - "perturbed-mean" (default): E_m = Ē + u, u a seeded Gaussian direction with its
+      projection on span{c_i} removed and ‖u‖ = s. Then τ_i = c_i − u and, u being orthogonal
+      to every c_i, K = CCᵀ + s²·11ᵀ: positive definite when the c_i span N − 1 dimensions
+      (generic), with the uniform direction at the experts' own scale (N s² = tr CCᵀ).
+    - "mean": E_m = Ē. Then Σ_i τ_i = 0, K1 = 0, and the uniform vector is an S6 certificate:
+      no bargain exists (kept to show why it is not the default).
+    - "zero": E_m = 0, τ_i = E_i; K PD when the experts are independent, but ill conditioned
+      for experts with a large common part (upcycled models).
+    """
+    if rule not in BASE_RULES:
+        raise ValueError(f"unknown base rule {rule!r}; choose one of {', '.join(BASE_RULES)}")
+    with torch.no_grad():
+        if rule == "zero":
+            return [torch.zeros_like(E[0]) for E in experts]
+        means = [E.mean(0) for E in experts]
+        if rule == "mean":
+            return means
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        # float32 work copies (float64 for float64 experts): one layer's centred experts at a
+        # time, the only transient expert-sized memory of a conversion
+        acc = torch.float64 if experts[0].dtype == torch.float64 else torch.float32
+        us = [torch.randn(m.shape, generator=gen, dtype=acc).to(m.device) for m in means]
+        cs = [(E.to(acc) - m.to(acc)).reshape(E.shape[0], -1)
+              for E, m in zip(experts, means, strict=True)]
+        gram = sum(c @ c.T for c in cs)  # CCᵀ (N, N)
+        proj = sum(c @ u.reshape(-1) for c, u in zip(cs, us, strict=True))  # C u (N,)
+        assert isinstance(gram, Tensor) and isinstance(proj, Tensor)
+        # u ← u − Cᵀ (CCᵀ)⁺ C u
+        w = (torch.linalg.pinv(gram.double(), hermitian=True) @ proj.double()).to(acc)
+        us = [(u.reshape(-1) - c.T @ w).reshape(u.shape) for u, c in zip(us, cs, strict=True)]
+        s2 = float(gram.diagonal().mean())
+        unorm = math.sqrt(sum(float((u**2).sum()) for u in us))
+        scale = math.sqrt(s2) / max(unorm, 1e-300)
+        return [(m.to(acc) + scale * u).to(m.dtype) for m, u in zip(means, us, strict=True)]
+
+
+class HFMergedMoE(nn.Module):
+    """A Hugging Face sparse MoE block run by a merging method of docs/math.md §3.
+
+    ``gate`` and ``experts`` are the pretrained modules (the same parameters); ``shared_expert``
+    and ``shared_expert_gate`` (Qwen2-MoE) are kept and added as in the original block,
+    y = routed(x) + sigmoid(x w_sg) · shared(x). Methods with a base expert own ``base_gate_up``
+    (2I, H) and ``base_down`` (H, I) (layer 0 only for first-layer methods), CAMEx-family
+    methods three :class:`~namex_ref.merging.layers.KroneckerCurvature` operators (gate, up,
+    down). ``merge_top_k``: keep only the k largest scores of each segment, renormalised (the
+    CAMEx code merges only the top k when 2k < N); ``None`` merges all N experts.
+    """
+
+    def __init__(
+        self,
+        block: Any,
+        config: MergeConfig,
+        *,
+        has_base: bool,
+        base_rule: str = "perturbed-mean",
+        seed: int = 0,
+        merge_top_k: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.family = FAMILIES[type(block).__name__]
+        self.gate: Any = block.gate
+        self.experts: Any = block.experts
+        self.shared_expert: nn.Module | None = getattr(block, "shared_expert", None)
+        self.shared_expert_gate: nn.Module | None = getattr(block, "shared_expert_gate", None)
+        self.jitter_noise = float(getattr(block, "jitter_noise", 0.0) or 0.0)
+        self.merge_top_k = merge_top_k
+        self.intermediate = int(self.experts.down_proj.shape[-1])
+        hidden = int(self.experts.down_proj.shape[1])
+        n = config.n_experts
+        self.base_gate_up: nn.Parameter | None = None
+        self.base_down: nn.Parameter | None = None
+        if has_base:
+            b = initial_base(self.experts_list(), base_rule, seed=seed)
+            self.base_gate_up = nn.Parameter(torch.cat([b[0], b[1]], 0))
+            self.base_down = nn.Parameter(b[2])
+        self.curvature: nn.ModuleList | None = None
+        if config.spec.curvature:
+            rank, r = config.curvature_rank, config.kronecker_terms
+            dev, dt = self.experts.down_proj.device, self.experts.down_proj.dtype
+            i_dim = self.intermediate
+            self.curvature = nn.ModuleList(
+                [
+                    KroneckerCurvature(n, i_dim, hidden, rank, r),
+                    KroneckerCurvature(n, i_dim, hidden, rank, r),
+                    KroneckerCurvature(n, hidden, i_dim, rank, r),
+                ]
+            ).to(device=dev, dtype=dt)
+            for mod in self.curvature:
+                setattr(mod, "recompute", config.merge_memory != "eager")  # noqa: B010
+        self.terms: LayerTerms | None = None  # set by convert's pre-hook for each forward
+
+    def experts_list(self) -> list[Tensor]:
+        """Per-matrix expert stacks [W_gate (N, I, H), W_up (N, I, H), W_down (N, H, I)]:
+        views of the pretrained ``gate_up_proj`` and ``down_proj`` (no copy)."""
+        gu, i_dim = self.experts.gate_up_proj, self.intermediate
+        return [gu[:, :i_dim], gu[:, i_dim:], self.experts.down_proj]
+
+    def base(self) -> list[Tensor] | None:
+        """The learned base expert [(I, H), (I, H), (H, I)], or None."""
+        if self.base_gate_up is None or self.base_down is None:
+            return None
+        i_dim = self.intermediate
+        return [self.base_gate_up[:i_dim], self.base_gate_up[i_dim:], self.base_down]
+
+    def curve(self, taus: list[Tensor]) -> list[Tensor]:
+        """M_i(τ_i) for the three matrices (identity for methods without curvature, S14)."""
+        if self.curvature is None:
+            return taus
+        return [m(t) for m, t in zip(self.curvature, taus, strict=True)]
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        """hidden_states (B, T, H) → (B, T, H), as the replaced block."""
+        B, T, H = hidden_states.shape
+        flat = hidden_states.reshape(-1, H)
+        if self.config.spec.kind == "topk":
+            x = hidden_states
+            if self.training and self.jitter_noise > 0:  # Mixtral's router jitter
+                x = x * torch.empty_like(x).uniform_(1 - self.jitter_noise, 1 + self.jitter_noise)
+            xf = x.reshape(-1, H)
+            _, weights, index = self.gate(xf)
+            routed: Tensor = self.experts(xf, index, weights)
+        else:
+            routed = self._merged(hidden_states).reshape(-1, H)
+        if self.shared_expert is not None and self.shared_expert_gate is not None:
+            shared = self.shared_expert(flat)
+            routed = routed + torch.sigmoid(self.shared_expert_gate(flat)) * shared
+        return routed.reshape(B, T, H)
+
+    def _scores(self, x: Tensor) -> Tensor:
+        cfg = self.config
+        router = _RouterLogits(self.gate.weight)
+        if cfg.routing == "segment":
+            s = segment_scores(x, router, cfg.segment_len, cfg.n_experts)
+        else:
+            s = sequence_scores(x, router)
+        k = self.merge_top_k
+        if k is not None and k < cfg.n_experts:
+            top, idx = s.float().topk(k, dim=-1)
+            s = torch.zeros_like(s, dtype=torch.float32).scatter(-1, idx, top)
+            s = (s / s.sum(-1, keepdim=True)).to(x.dtype)
+        return s
+
+    def _merged(self, x: Tensor) -> Tensor:
+        """S13–S18 per causal segment: Ŵ = base + η Σ_i s_i deltas_i for each of the three
+        matrices (:func:`merged_linear`), then W_down (act(W_gate x) ∘ W_up x)."""
+        terms = self.terms
+        if terms is None:
+            raise RuntimeError(
+                "HFMergedMoE: no merge terms; call the model converted by namex_ref.hf.convert "
+                "(its forward pre-hook builds them), not the block alone"
+            )
+        cfg = self.config
+        B, T, H = x.shape
+        S_len = cfg.segment_len if cfg.routing == "segment" else T
+        scores = self._scores(x)  # (B, S, N)
+        S = scores.shape[1]
+        xs = F.pad(x, (0, 0, 0, S * S_len - T)).reshape(B, S, S_len, H)
+        eta = 1.0 if terms.base is None else cfg.eta
+        bases: list[Tensor | None] = list(terms.base) if terms.base is not None else [None] * 3
+        rec = cfg.merge_memory != "eager"
+
+        def lin(m: int, inp: Tensor) -> Tensor:
+            return merged_linear(
+                inp, bases[m], terms.deltas[m], scores, eta,
+                recompute_deltas=self._redo(m, bases[m]), recompute=rec,
+            )
+
+        h = self.experts.act_fn(lin(0, xs)) * lin(1, xs)  # (B, S, L, I)
+        y = lin(2, h)  # (B, S, L, H)
+        return y.reshape(B, S * S_len, H)[:, :T]
+
+
+    def _redo(self, m: int, base: Tensor | None) -> Callable[[], Tensor] | None:
+        """``merge_memory="recompute"``: the merge term M(E − E_m) of matrix m rebuilt from the
+        parameters in backward (as the GPT layer does), refused if one changed in place."""
+        if self.config.merge_memory != "recompute" or base is None:
+            return None
+        curv = None if self.curvature is None else self.curvature[m]
+        sources = [self.experts_list()[m], base, *([] if curv is None else curv.parameters())]
+        versions = [t._version for t in sources]
+
+        def redo() -> Tensor:
+            if [t._version for t in sources] != versions:
+                raise RuntimeError(
+                    "merge_memory='recompute': an expert, base or curvature parameter was "
+                    "modified in place between forward and backward; call backward first, or "
+                    "use merge_memory='keep-deltas'"
+                )
+            tau = self.experts_list()[m] - base
+            out: Tensor = tau if curv is None else curv(tau)
+            return out
+
+        return redo
+
+
+def converted_blocks(model: nn.Module) -> list[HFMergedMoE]:
+    """The converted MoE blocks of ``model`` in module order (= layer order)."""
+    return [m for m in model.modules() if isinstance(m, HFMergedMoE)]
+
+
+def _merge_plan(model: nn.Module) -> MergePlan:
+    blocks = converted_blocks(model)
+    config = blocks[0].config
+    return propagate(
+        [b.experts_list() for b in blocks],
+        [b.base() for b in blocks],
+        config,
+        curvature=[b.curve for b in blocks],
+    )
+
+
+def _pre_hook(model: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+    blocks = converted_blocks(model)
+    if blocks[0].config.spec.kind == "topk":
+        return
+    if kwargs.get("output_router_logits"):
+        raise ValueError(
+            f"output_router_logits=True: method {blocks[0].config.method!r} merges experts and "
+            "has no token top-k router logits (no load-balancing loss); leave it False"
+        )
+    plan = _merge_plan(model)
+    for b, t in zip(blocks, plan.terms, strict=True):
+        b.terms = t
+    model.__dict__["namex_plan"] = plan  # observables (α, residuals, fallbacks) of the last forward
+
+
+def _post_hook(model: nn.Module, args: Any, output: Any) -> None:
+    for b in converted_blocks(model):
+        b.terms = None
+
+
+def convert(
+    model: nn.Module,
+    method: str = "namex-full-mom",
+    *,
+    base_rule: str = "perturbed-mean",
+    seed: int = 0,
+    merge_top_k: int | None = None,
+    **merge_options: Any,
+) -> nn.Module:
+    """Replace every supported sparse MoE block of ``model`` in place; returns ``model``.
+
+    method: a method of :data:`namex_ref.merging.config.METHODS`; merge_options: further
+    :class:`MergeConfig` fields (``segment_len``, ``beta_abs``, ``singular_policy``, ...).
+    ``n_experts`` and ``top_k`` come from the model. base_rule: :data:`BASE_RULES`
+    (:func:`initial_base`), applied to layer 0 for first-layer methods and to every layer for
+    per-layer ones. merge_top_k: see :class:`HFMergedMoE`. For merging methods the model's
+    ``output_router_logits`` is set to False (no token top-k router, no balance loss).
+
+    The routed experts stay the pretrained parameters (no copy is made; one layer's base expert
+    is the only new expert-sized tensor, formed one layer at a time). Raises ``ValueError`` for
+    a model without supported blocks, an already converted model or an unsupported option.
+    """
+    require_transformers()
+    if converted_blocks(model):
+        raise ValueError("this model is already converted by namex_ref.hf.convert")
+    for key, default in _UNSUPPORTED.items():
+        if key in merge_options and merge_options[key] != default:
+            raise ValueError(
+                f"{key}={merge_options[key]!r} is not supported on Hugging Face models yet "
+                f"(only the GPT merging layer implements it); leave it at {default!r}"
+            )
+    targets: list[tuple[nn.Module, str, Any]] = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child).__name__ in FAMILIES
+    ]
+    if not targets:
+        raise ValueError(
+            f"no supported sparse MoE block in {type(model).__name__}; supported: "
+            f"{', '.join(FAMILIES)} (transformers 5.x)"
+        )
+    n = int(targets[0][2].gate.weight.shape[0])
+    k = int(targets[0][2].gate.top_k)
+    config = MergeConfig(method=method, n_experts=n, top_k=k, **merge_options)  # type: ignore[arg-type]
+    if merge_top_k is not None and not 1 <= merge_top_k <= n:
+        raise ValueError(f"merge_top_k must be in [1, {n}] or None, got {merge_top_k}")
+    base_src = config.spec.base
+    for layer, (parent, name, block) in enumerate(targets):
+        has_base = base_src == "per-layer" or (base_src == "first-layer" and layer == 0)
+        new = HFMergedMoE(
+            block, config, has_base=has_base, base_rule=base_rule, seed=seed + layer,
+            merge_top_k=merge_top_k,
+        )
+        setattr(parent, name, new)  # the old block is dropped here, one layer at a time
+    hf_config: Any = getattr(model, "config", None)
+    if config.spec.kind != "topk" and getattr(hf_config, "output_router_logits", False):
+        # the top-k balance loss has no meaning for a merged expert (the GPT merging layer's
+        # softmax gate has none either), and transformers would find no router logits
+        hf_config.output_router_logits = False
+    model.register_forward_pre_hook(_pre_hook, with_kwargs=True)
+    model.register_forward_hook(_post_hook)
+    model.__dict__["namex_options"] = {  # what load() needs to convert a fresh model the same way
+        "method": method, "base_rule": base_rule, "seed": seed, "merge_top_k": merge_top_k,
+        **merge_options,
+    }
+    return model
+
+
+def save(model: Any, directory: str | Path) -> Path:
+    """Write a converted model to ``directory``: the transformers config (``config.json``), all
+    parameters (``namex_model.safetensors``) and the conversion options (``namex_hf.json``).
+    :func:`load` reads it back."""
+    require_transformers()
+    from safetensors.torch import save_model
+
+    if not converted_blocks(model):
+        raise ValueError("save() writes a model converted by namex_ref.hf.convert")
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(out)
+    save_model(model, str(out / _WEIGHTS_FILE))
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    meta = {"options": model.namex_options, "dtype": dtype, "format": 1}
+    (out / _META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return out
+
+
+def load(directory: str | Path) -> nn.Module:
+    """Read a model written by :func:`save`: the architecture from ``config.json`` (no
+    download), converted with the saved options, then every parameter from the file."""
+    transformers = require_transformers()
+    from safetensors.torch import load_model
+
+    src = Path(directory)
+    meta_path = src / _META_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(
+            f"{meta_path} not found: {src} was not written by namex_ref.hf.save"
+        )
+    meta = json.loads(meta_path.read_text())
+    config = transformers.AutoConfig.from_pretrained(str(src), local_files_only=True)
+    model: nn.Module = transformers.AutoModelForCausalLM.from_config(config)
+    model.to(getattr(torch, meta["dtype"]))
+    convert(model, **meta["options"])
+    load_model(model, str(src / _WEIGHTS_FILE))
+    model.eval()
+    return model
+
