@@ -381,3 +381,50 @@ def test_kronecker_gradient_of_one_input_equals_dense_kron(trainable: int) -> No
     (got,) = torch.autograd.grad(kronecker_apply(*ins, recompute=True), [ins[trainable]], g_out)
     (ref,) = torch.autograd.grad(_kron_oracle(*ins), [ins[trainable]], g_out)
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12 * float(ref.abs().max()))
+
+
+def _saved_bytes(fn: Any) -> int:
+    """Bytes autograd saves for backward while ``fn()`` runs (each saved tensor counted once
+    per save; parameters and inputs included)."""
+    total = 0
+
+    def pack(t: Tensor) -> Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+def test_kronecker_recompute_flag_selects_what_is_saved() -> None:
+    """recompute=True saves τ and the four factors only; recompute=False (the eager einsum
+    chain) also keeps the intermediates, at least three more (N, out, in) tensors."""
+    g = _gen(9)
+    n, ks = 3, (4, 4, 4, 4)
+    facs = _factors(n, ks, torch.float64, g)
+    tau = torch.randn(n, 16, 16, generator=g, dtype=torch.float64).requires_grad_()
+    one = tau.numel() * tau.element_size()
+    lean = _saved_bytes(lambda: kronecker_apply(tau, *facs, recompute=True))
+    full = _saved_bytes(lambda: kronecker_apply(tau, *facs, recompute=False))
+    assert lean == one + sum(f.numel() * f.element_size() for f in facs)
+    assert full >= lean + 3 * one
+
+
+def test_eager_backend_never_calls_the_fused_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bargain_alpha(backend="eager") is the torch path CUDA tensors take and the fused
+    kernel's oracle: it must not dispatch to the kernel on CPU either."""
+    from namex_ref.merging.functional import bargain_alpha
+    from namex_ref.nash import fused
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the fused kernel was called")
+
+    monkeypatch.setattr(fused, "bargain_kernel", boom)
+    g = _gen(10)
+    taus = [torch.randn(3, 8, 5, generator=g)]
+    res = bargain_alpha(taus, backend="eager")
+    assert bool(torch.isfinite(res.alpha).all())
+    with pytest.raises(AssertionError, match="fused kernel was called"):
+        bargain_alpha(taus, backend="fused")

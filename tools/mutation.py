@@ -101,6 +101,7 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
         (
             "tests/test_math_doc.py",
             "tests/test_merging*.py",
+            "tests/test_nash_fused.py",
             "tests/test_edges*.py",
             "tests/test_mutants_merging*.py",
             "tests/test_mutants_functional*.py",
