@@ -232,21 +232,27 @@ def _one_step(method: str, mode: str, *, seg: int = 32, **options: Any
     return out.loss.detach(), grads, {k: p.detach().clone() for k, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_model_step_equals_eager(method: str) -> None:
-    """MoEGPT, float64, one forward/backward/AdamW step: every mode's loss, gradients and
-    updated parameters equal the eager path's (gradients 1e-10 of the largest gradient of the
-    model; parameters 1e-12)."""
-    loss0, g0, p0 = _one_step(method, "eager", seg=16)
+def _assert_every_mode_equals_eager(method: str, **options: Any) -> None:
+    """One step of every merge_memory mode against the eager path's: loss to 1e-13 relative,
+    gradients to 1e-10 of the largest gradient of the model, parameters to 1e-12."""
+    loss0, g0, p0 = _one_step(method, "eager", seg=16, **options)
     gscale = max(float(g.abs().max()) for g in g0.values())
     for mode in MODES:
-        loss, gr, par = _one_step(method, mode, seg=16)
+        loss, gr, par = _one_step(method, mode, seg=16, **options)
         torch.testing.assert_close(loss, loss0, rtol=1e-13, atol=0)
         assert gr.keys() == g0.keys()
         for k in g0:
             torch.testing.assert_close(gr[k], g0[k], rtol=0, atol=1e-10 * gscale, msg=k)
         for k in p0:
             torch.testing.assert_close(par[k], p0[k], rtol=0, atol=1e-12, msg=k)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_model_step_equals_eager(method: str) -> None:
+    """MoEGPT, float64, one forward/backward/AdamW step: every mode's loss, gradients and
+    updated parameters equal the eager path's (gradients 1e-10 of the largest gradient of the
+    model; parameters 1e-12)."""
+    _assert_every_mode_equals_eager(method)
 
 
 CAMEX_OPTION_SETS = {
@@ -263,16 +269,7 @@ def test_model_step_with_camex_options_equals_eager(method: str, options: dict[s
     mode, so every random draw is taken) combined with each merge_memory mode: the same loss,
     gradients and AdamW step as the eager path (same tolerances as above). The masked terms are
     kept rather than rebuilt in backward, which this checks."""
-    loss0, g0, p0 = _one_step(method, "eager", seg=16, **options)
-    gscale = max(float(g.abs().max()) for g in g0.values())
-    for mode in MODES:
-        loss, gr, par = _one_step(method, mode, seg=16, **options)
-        torch.testing.assert_close(loss, loss0, rtol=1e-13, atol=0)
-        assert gr.keys() == g0.keys()
-        for k in g0:
-            torch.testing.assert_close(gr[k], g0[k], rtol=0, atol=1e-10 * gscale, msg=k)
-        for k in p0:
-            torch.testing.assert_close(par[k], p0[k], rtol=0, atol=1e-12, msg=k)
+    _assert_every_mode_equals_eager(method, **options)
 
 
 def _saved_mib(method: str, mode: str) -> float:
