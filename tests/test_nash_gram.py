@@ -62,17 +62,34 @@ def test_low_precision_gram_over_several_chunks(dtype: torch.dtype) -> None:
         assert float((Kb[b].double() - ref_b).abs().max()) <= bound
 
 
-def test_low_precision_gram_never_copies_tau_to_float32() -> None:
+@pytest.mark.parametrize("batch", [0, 2])
+def test_low_precision_gram_never_copies_tau_to_float32(batch: int) -> None:
     """No single allocation during the bfloat16 Gram reaches the size of a float32 copy of τ
-    (torch.profiler's per-operator CPU memory): only the 1 MiB chunk buffer is allocated."""
+    (torch.profiler's per-operator CPU memory): only the 1 MiB chunk buffer is allocated, also
+    when a batch of problems shares it (batch_dims=1: the chunk is split over every row)."""
     from torch.profiler import ProfilerActivity, profile
 
     n, d = 4, 4 * HALF_CHUNK_ELEMENTS  # a float32 copy would be 16 MiB
-    t = torch.randn(n, d, generator=_gen(8)).to(torch.bfloat16)
+    shape = (n, d) if batch == 0 else (batch, n, d // batch)
+    t = torch.randn(shape, generator=_gen(8)).to(torch.bfloat16)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        gram_matrix(t)
+        gram_matrix(t, batch_dims=0 if batch == 0 else 1)
     biggest = max(ev.cpu_memory_usage for ev in prof.events())
+    assert 4 * HALF_CHUNK_ELEMENTS == 2**20  # the 1 MiB float32 scratch gram.py documents
     assert 0 < biggest <= 4 * HALF_CHUNK_ELEMENTS + 4096 < 4 * n * d
+
+
+def test_low_precision_gram_with_more_rows_than_the_chunk_holds() -> None:
+    """A batch with more rows (problems × N) than the chunk has elements is converted one
+    column at a time: each entry is a sum of two products of bfloat16 values; the products are
+    exact in float32 (8-bit significands give 16-bit products) and the one float32 addition of
+    two non-negative terms rounds by at most u = 2⁻²⁴ relative."""
+    rows = HALF_CHUNK_ELEMENTS + 1
+    t = torch.randn(rows, 1, 2, generator=_gen(13)).to(torch.bfloat16)  # (B, N = 1, d = 2)
+    K = gram_matrix(t, batch_dims=1)
+    ref = (t.double() ** 2).sum(-1, keepdim=True)
+    assert K.dtype == torch.float32 and K.shape == (rows, 1, 1)
+    torch.testing.assert_close(K.double(), ref, rtol=2.0**-24, atol=0)
 
 
 def test_mixed_precision_matrices_keep_the_first_matrix_precision() -> None:
@@ -113,6 +130,24 @@ def test_unknown_granularity_raises() -> None:
 def test_stack_checks_name_the_entry(taus: list[object], match: str) -> None:
     with pytest.raises(BargainInputError, match=match):
         gram_matrix(taus)  # type: ignore[arg-type]
+
+
+def test_float8_experts_accumulate_in_float32() -> None:
+    """float8 τ (a floating dtype torch's CPU matmul does not take) is converted and its Gram
+    accumulated in float32: within the γ_d float32 bound of the float64 Gram of its values."""
+    t = torch.randn(3, 16, generator=_gen(14)).to(torch.float8_e4m3fn)
+    K = gram_matrix(t)
+    td = t.double()
+    ref = td @ td.T
+    bound = 16 * 2.0**-24 * float((td**2).sum(-1).max())
+    assert K.dtype == torch.float32
+    assert float((K.double() - ref).abs().max()) <= bound
+
+
+def test_batch_dims_zero_is_the_plain_gram() -> None:
+    """batch_dims=0 (no batch dimension) is allowed and equals the default call."""
+    t = torch.randn(3, 5, generator=_gen(12))
+    torch.testing.assert_close(gram_matrix(t, batch_dims=0), gram_matrix(t), rtol=0, atol=0)
 
 
 def test_batched_gram_per_problem_and_with_two_batch_dims() -> None:
