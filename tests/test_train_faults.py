@@ -41,6 +41,7 @@ from namex_ref.train import (
 )
 from namex_ref.train.data import load_token_data
 from namex_ref.train.metrics import read_jsonl
+from tests.faults import die_at, nan_loss_at
 
 QUICK_CHARS = 300_000
 STEPS = 8
@@ -103,27 +104,12 @@ def _assert_equals_reference(out: Path, res: TrainResult,
     assert not list(out.glob(".*.tmp"))
 
 
-def _die_at(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
-    """Make the n-th training forward raise KeyboardInterrupt (a crash between checkpoints)."""
-    real = MoEGPT.forward
-    calls = {"n": 0}
-
-    def dying(self: MoEGPT, idx: torch.Tensor, targets: Any = None, **k: Any) -> Any:
-        if targets is not None and self.training:
-            calls["n"] += 1
-            if calls["n"] == n:
-                raise KeyboardInterrupt
-        return real(self, idx, targets, **k)
-
-    monkeypatch.setattr(MoEGPT, "forward", dying)
-
-
 def _crash_at_step(cache: Path, out: Path, step: int = 7) -> TrainConfig:
     """A run that dies in ``step`` (7 or 8): checkpoint of step 6 (latest) and 4 (previous),
     metrics lines up to ``step - 1``."""
     cfg = quick(cache, out)
     with pytest.MonkeyPatch.context() as m:
-        _die_at(m, step)
+        die_at(m, step)
         with pytest.raises(KeyboardInterrupt):
             train(cfg)
     assert load_checkpoint(out / "checkpoint.safetensors").step == 6
@@ -352,18 +338,7 @@ def test_non_finite_parameters_stop_before_the_checkpoint(
 def test_nan_hint_names_the_checkpoint_before_the_nan(
     cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = MoEGPT.forward
-    calls = {"n": 0}
-
-    def forward(self: MoEGPT, idx: torch.Tensor, targets: Any = None, **k: Any) -> Any:
-        out = real(self, idx, targets, **k)
-        if targets is not None and self.training:
-            calls["n"] += 1
-            if calls["n"] == 5:
-                return out._replace(loss=out.loss * float("nan"))
-        return out
-
-    monkeypatch.setattr(MoEGPT, "forward", forward)
+    nan_loss_at(monkeypatch, 5)
     out = tmp_path / "nan"
     with pytest.raises(NonFiniteLossError) as info:
         train(quick(cache, out, log_every=2, ckpt_every=2, eval_every=0))

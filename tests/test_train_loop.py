@@ -24,6 +24,7 @@ from namex_ref.train import (
     train,
 )
 from namex_ref.train.metrics import EVAL_FIELDS, LOG_FIELDS, read_jsonl
+from tests.faults import die_at, nan_loss_at
 
 # A slice of the built-in corpus: the tokenizer trains in well under a second.
 QUICK_CHARS = 300_000
@@ -205,18 +206,7 @@ def test_resume_rules(cache: Path, tmp_path: Path) -> None:
 def test_non_finite_loss_raises_with_step_and_method(
     cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = MoEGPT.forward
-    calls = {"n": 0}
-
-    def forward(self: MoEGPT, idx: torch.Tensor, targets: Any = None, **k: Any) -> Any:
-        out = real(self, idx, targets, **k)
-        if targets is not None and self.training:
-            calls["n"] += 1
-            if calls["n"] == 3:
-                return out._replace(loss=out.loss * math.nan)
-        return out
-
-    monkeypatch.setattr(MoEGPT, "forward", forward)
+    nan_loss_at(monkeypatch, 3)
     with pytest.raises(NonFiniteLossError, match=r"step 3 .*namex-full-mom.*--lr"):
         train(quick(cache, tmp_path / "nan", steps=6, log_every=2, eval_every=0, ckpt_every=2))
     ck = load_checkpoint(tmp_path / "nan" / "checkpoint.safetensors")
@@ -232,18 +222,8 @@ def test_crash_then_resume_in_process(
     full = read_jsonl(tmp_path / "ref" / "metrics.jsonl")
     out = tmp_path / "run"
     cfg = quick(cache, out, steps=6, ckpt_every=3, eval_every=3)
-    real = MoEGPT.forward
-    calls = {"n": 0}
-
-    def dying(self: MoEGPT, idx: torch.Tensor, targets: Any = None, **k: Any) -> Any:
-        if targets is not None and self.training:
-            calls["n"] += 1
-            if calls["n"] == 5:
-                raise KeyboardInterrupt
-        return real(self, idx, targets, **k)
-
     with monkeypatch.context() as m:
-        m.setattr(MoEGPT, "forward", dying)
+        die_at(m, 5)
         with pytest.raises(KeyboardInterrupt):
             train(cfg)
     assert load_checkpoint(out / "checkpoint.safetensors").step == 3
