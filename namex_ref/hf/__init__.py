@@ -6,7 +6,9 @@ Optional extra ``hf``: ``pip install -e '.[hf]'``.
 transformers 5.x layout: experts as 3-D ``gate_up_proj`` (N, 2I, H) and ``down_proj`` (N, H, I)
 tensors, a top-k router module ``gate``) in place by :class:`HFMergedMoE`, which calls the merging
 core of :mod:`namex_ref.merging.functional` (S13–S18). :func:`save` and :func:`load` write and read
-a converted model. This module imports without transformers; the functions that need it raise
+a converted model. Fine-tuning runs the training loop of :mod:`namex_ref.train` with
+``TrainConfig(hf_model=DIR)`` (CLI ``namex train --hf-model DIR``; :mod:`namex_ref.hf.training`).
+This module imports without transformers; the functions that need it raise
 :class:`MissingExtraError` naming the extra.
 """
 
@@ -25,7 +27,6 @@ from namex_ref.hf.convert import (
     require_transformers,
     save,
 )
-from namex_ref.hf.train import corpus_tokens, finetune
 
 __all__ = [
     "BASE_RULES",
@@ -35,8 +36,6 @@ __all__ = [
     "MissingExtraError",
     "convert",
     "converted_blocks",
-    "corpus_tokens",
-    "finetune",
     "initial_base",
     "load",
     "require_transformers",

@@ -1,7 +1,7 @@
 """``namex convert``: convert a local Hugging Face MoE model directory (``save_pretrained``
-output: config and safetensors), optionally fine-tune it on the built-in corpus, and save it for
-:func:`namex_ref.hf.load`. Calls :func:`namex_ref.hf.convert`, :func:`namex_ref.hf.train.finetune`
-and :func:`namex_ref.hf.save`; nothing is computed here.
+output: config and safetensors) to a merging method and save it for :func:`namex_ref.hf.load`.
+Calls :func:`namex_ref.hf.convert` and :func:`namex_ref.hf.save`; nothing is computed here.
+Fine-tuning is ``namex train --hf-model DIR`` (the training loop of :mod:`namex_ref.train`).
 """
 
 from __future__ import annotations
@@ -18,27 +18,21 @@ __all__ = ["register"]
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from namex_ref.hf.convert import convert, require_transformers, save
-    from namex_ref.hf.train import corpus_tokens, finetune
+    from namex_ref.hf.training import read_model_config
 
     transformers = require_transformers()
     src = Path(args.model)
-    if not (src / "config.json").is_file():
-        raise FileNotFoundError(f"{src / 'config.json'} not found: pass a save_pretrained folder")
+    read_model_config(src)  # a clear error when config.json is missing
     model = transformers.AutoModelForCausalLM.from_pretrained(str(src), local_files_only=True)
-    options: dict[str, Any] = {"segment_len": args.segment_len}
+    options: dict[str, Any] = {}
+    if args.method != "smoe":
+        options["segment_len"] = args.segment_len
     convert(
         model, args.method, base_rule=args.base_rule, seed=args.seed,
         merge_top_k=args.merge_top_k, **options,
     )
-    losses: list[float] = []
-    if args.steps > 0:
-        tokens = corpus_tokens(src, int(model.config.vocab_size), wikitext=args.wikitext)
-        losses = finetune(
-            model, tokens, steps=args.steps, batch_size=args.batch_size,
-            seq_len=args.seq_len, lr=args.lr, seed=args.seed,
-        )
     out = save(model, args.out)
-    print(json.dumps({"out": str(out), "method": args.method, "losses": losses}))
+    print(json.dumps({"out": str(out), "method": args.method}))
     return 0
 
 
@@ -47,7 +41,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     c = sub.add_parser(
         "convert",
         help="convert a local Hugging Face MoE model (Qwen2-MoE, Mixtral, OLMoE) to a merging "
-        "method, optionally fine-tune it, and save it (needs the hf extra)",
+        "method and save it (needs the hf extra; fine-tune with namex train --hf-model)",
     )
     c.add_argument("model", type=Path, help="folder written by save_pretrained (config.json)")
     c.add_argument("out", type=Path, help="output folder, read back by namex_ref.hf.load")
@@ -60,16 +54,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    help="initial base expert, docs/math.md §6 (default: perturbed-mean)")
     c.add_argument("--merge-top-k", type=int, default=None,
                    help="merge only the k highest-scored experts per segment (default: all)")
-    c.add_argument("--steps", type=int, default=0,
-                   help="fine-tuning steps on the built-in corpus before saving (default: 0)")
-    c.add_argument("--wikitext", type=Path, default=None,
-                   help="fine-tune on the WikiText raw files in this folder (wiki.train.raw, "
-                   "...) instead of the built-in corpus")
-    c.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
-    c.add_argument("--batch-size", type=int, default=4,
-                   help="sequences per fine-tuning step (default: 4)")
-    c.add_argument("--seq-len", type=int, default=64,
-                   help="tokens per fine-tuning sequence (default: 64)")
     c.add_argument("--seed", type=int, default=0,
-                   help="seed of the base-expert direction and the batches (default: 0)")
+                   help="seed of the base-expert direction (default: 0)")
     c.set_defaults(func=_cmd_convert)

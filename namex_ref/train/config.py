@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 DataSource = Literal["builtin", "wikitext"]
+BaseRule = Literal["perturbed-mean", "mean", "zero"]
 Device = Literal["cpu", "cuda", "auto"]
 
 MERGE_OVERRIDES: tuple[str, ...] = (
@@ -51,6 +52,7 @@ MERGE_OVERRIDES: tuple[str, ...] = (
     "router_per_matrix",
     "base_init",
     "expert_bias",
+    "segment_len",
 )
 """TrainConfig fields that, when not ``None``, override the preset's MergeConfig field."""
 
@@ -75,6 +77,7 @@ _OVERRIDE_USE: dict[str, tuple[Any, str]] = {
         "does not re-solve α every Δl layers",
     ),
     "singular_policy": (lambda sp, ov: sp.propagation == "nash", "solves no Nash bargain"),
+    "segment_len": (lambda sp, ov: sp.kind != "topk", "routes each token, not segments"),
     "newton_iterations": (lambda sp, ov: sp.propagation == "nash", "solves no Nash bargain"),
 }
 
@@ -143,6 +146,17 @@ class TrainConfig:
     merge_preset: a named bundle of MergeConfig overrides applied before the explicit ones;
         "camex-paper" is :data:`~namex_ref.merging.config.CAMEX_PAPER` (the CAMEx scripts'
         rank_c 8, TIES, noisy gate with k = N, ...). ``None`` = none.
+    segment_len: tokens per causal routing segment (merging methods; ``None`` = the preset's,
+        32 for Hugging Face models).
+    seq_len: tokens per training window; 0 = the preset's ``seq_len`` (GPT), or
+        min(128, ``max_position_embeddings``) for a Hugging Face model.
+    hf_model: a local Hugging Face MoE model folder (``save_pretrained`` output: config.json and
+        safetensors; Qwen2-MoE, Mixtral or OLMoE) to convert (:func:`namex_ref.hf.convert`) and
+        fine-tune instead of building the GPT preset; "" = the GPT. Needs the ``hf`` extra. The
+        converted, fine-tuned model is written to ``out/model`` (:func:`namex_ref.hf.load`).
+    base_rule, merge_top_k: the initial base expert (:data:`namex_ref.hf.BASE_RULES`) and the
+        number of experts merged per segment (0 = all) of a ``hf_model`` conversion; refused
+        without ``hf_model``.
     """
 
     preset: str = "tiny"
@@ -190,6 +204,11 @@ class TrainConfig:
     base_init: Literal["independent", "expert0"] | None = None
     expert_bias: bool | None = None
     merge_preset: Literal["camex-paper"] | None = None
+    segment_len: int | None = None
+    seq_len: int = 0
+    hf_model: str = ""
+    base_rule: BaseRule = "perturbed-mean"
+    merge_top_k: int = 0
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -229,12 +248,36 @@ class TrainConfig:
                 f"--merge-preset: unknown {self.merge_preset!r}; choose one of "
                 f"{', '.join(MERGE_PRESETS)} or none"
             )
-        try:
-            self.model_config()
-        except ValueError as exc:
-            named = [flag_name(k) for k in self.merge_overrides() if k in str(exc)]
-            where = named[0] if named else "--method/--preset"
-            raise ValueError(f"{where}: {exc}") from exc
+        require_int(flag_name("seq_len"), self.seq_len, low=0)
+        require_int(flag_name("merge_top_k"), self.merge_top_k, low=0)
+        if self.base_rule not in get_args(BaseRule):
+            raise ValueError(
+                f"--base-rule: unknown rule {self.base_rule!r}; choose one of "
+                f"{', '.join(get_args(BaseRule))}"
+            )
+        if not self.hf_model:
+            for name in ("base_rule", "merge_top_k"):
+                if getattr(self, name) != _DEFAULTS[name]:
+                    raise ValueError(
+                        f"{flag_name(name)}: applies to Hugging Face models only (with "
+                        f"--hf-model); the GPT presets do not use it, drop it"
+                    )
+        elif self.preset != _DEFAULTS["preset"]:
+            raise ValueError(
+                "--preset: a --hf-model run takes its architecture from the model folder; "
+                "drop --preset"
+            )
+        if not self.hf_model:  # a Hugging Face model's MergeConfig is checked when it is built
+            try:
+                self.model_config()
+            except ValueError as exc:
+                raise self.named_error(exc) from exc
+
+    def named_error(self, exc: ValueError) -> ValueError:
+        """``exc`` (a MergeConfig validation error) prefixed with the flag it concerns."""
+        named = [flag_name(k) for k in self.merge_overrides() if k in str(exc)]
+        where = named[0] if named else "--method/--preset"
+        return ValueError(f"{where}: {exc}")
 
     @property
     def schedule_length(self) -> int:
@@ -268,8 +311,11 @@ class TrainConfig:
         return {**bundle, **explicit}
 
     def model_config(self) -> ModelConfig:
-        """The preset's :class:`ModelConfig` with this method and the merge overrides."""
-        return preset(self.preset, self.method, **self.merge_overrides())
+        """The preset's :class:`ModelConfig` with this method, the merge overrides and
+        ``seq_len`` (when not 0). For a ``hf_model`` run the loop describes the converted model
+        instead (:func:`namex_ref.hf.training.build_model`)."""
+        cfg = preset(self.preset, self.method, **self.merge_overrides())
+        return dataclasses.replace(cfg, seq_len=self.seq_len) if self.seq_len else cfg
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as JSON-able values."""
@@ -287,6 +333,9 @@ class TrainConfig:
     def trajectory_dict(self) -> dict[str, Any]:
         """The fields that determine the trajectory (all but :data:`RUN_CONTROL_FIELDS`)."""
         return {k: v for k, v in self.to_dict().items() if k not in RUN_CONTROL_FIELDS}
+
+
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 # ----------------------------------------------------------------------------- command line
@@ -360,7 +409,14 @@ _HELP: dict[str, str] = {
     "gamma": "propagation step gamma (S15-S18; methods that propagate a base expert)",
     "eta": "merge step eta (S14; methods with a base expert)",
     "newton_iterations": "fixed Newton budget per bargain solve (namex methods)",
-    "balance_coef": "weight of the load-balancing loss (smoe)",
+    "balance_coef": "weight of the load-balancing loss (smoe; for a --hf-model run, of the "
+    "model's own router loss)",
+    "segment_len": "tokens per causal routing segment (merging methods; 32 for --hf-model)",
+    "seq_len": "tokens per training window; 0 = the preset's (128 for --hf-model)",
+    "hf_model": "fine-tune this local Hugging Face MoE model folder (Qwen2-MoE, Mixtral, "
+    "OLMoE; save_pretrained output) instead of the GPT preset; needs the hf extra",
+    "base_rule": "initial base expert of a --hf-model conversion (docs/math.md, section 6)",
+    "merge_top_k": "merge only the k highest-scored experts per segment; 0 = all (--hf-model)",
 }
 
 

@@ -32,19 +32,29 @@ from namex_ref.data import (
     token_batches,
     train_tokenizer,
 )
+from namex_ref.data.tokenizer import BPETokenizer
 from namex_ref.data.wikitext import WIKITEXT_FILES, resolve_wikitext_dir
+from namex_ref.models.gpt import ModelConfig
 from namex_ref.train.config import TrainConfig
 
 __all__ = [
+    "BPE_VOCAB_CAP",
     "TokenData",
     "batch_for_step",
+    "bpe_vocab_size",
+    "data_tokenizer",
     "default_cache_dir",
     "load_token_data",
+    "model_tokenizer_file",
     "step_seed",
     "unigram_perplexity",
 ]
 
 _TOKENS_FORMAT = "namex-tokens-v1"
+
+BPE_VOCAB_CAP = 16384
+"""Largest vocabulary of the built-in BPE trained for a Hugging Face model folder without a
+tokenizer (the small preset's; the built-in corpus supports few more useful merges)."""
 
 
 @dataclass(frozen=True)
@@ -117,19 +127,73 @@ def _atomic_save(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str
         raise
 
 
+def model_tokenizer_file(config: TrainConfig) -> Path | None:
+    """The ``tokenizer.json`` of ``config.hf_model``'s folder, or ``None`` (a GPT run, or a
+    model folder without one)."""
+    if not config.hf_model:
+        return None
+    path = Path(config.hf_model) / "tokenizer.json"
+    return path if path.is_file() else None
+
+
+def bpe_vocab_size(model_vocab: int) -> int:
+    """Vocabulary of the built-in BPE for a model with ``model_vocab`` embeddings:
+    min(``model_vocab``, :data:`BPE_VOCAB_CAP`)."""
+    return min(model_vocab, BPE_VOCAB_CAP)
+
+
+def data_tokenizer(
+    config: TrainConfig, model_vocab: int, cache_dir: str | os.PathLike[str] | None = None
+) -> BPETokenizer:
+    """The tokenizer of ``config``'s run: the model folder's own ``tokenizer.json``
+    (:func:`model_tokenizer_file`, read by the ``tokenizers`` library offline, special tokens
+    not added), otherwise the built-in byte-level BPE trained on the training split (cached in
+    the cache folder) with ``model_vocab`` entries (:func:`bpe_vocab_size` of it for a
+    ``hf_model`` run)."""
+    own = model_tokenizer_file(config)
+    if own is not None:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        return BPETokenizer(HFTokenizer.from_file(str(own)))
+    size = bpe_vocab_size(model_vocab) if config.hf_model else model_vocab
+    return train_tokenizer(_load_splits(config).train, size,
+                           cache_dir=_cache_folder(config, cache_dir))
+
+
+def _cache_folder(config: TrainConfig, cache_dir: str | os.PathLike[str] | None) -> Path:
+    if cache_dir:
+        return Path(cache_dir)
+    return Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+
+
 def load_token_data(
-    config: TrainConfig, cache_dir: str | os.PathLike[str] | None = None
+    config: TrainConfig,
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    spec: ModelConfig | None = None,
 ) -> TokenData:
     """Token ids for ``config``'s data source, from the cache or built (and cached) now.
 
-    The tokenizer is a byte-level BPE trained on the training split only, with the preset's
-    vocabulary size (``train_tokenizer``, itself cached in the same folder).
+    spec: the model the ids are for (vocabulary, window length); default
+    ``config.model_config()`` (a ``hf_model`` run passes the converted model's). The tokenizer
+    is :func:`data_tokenizer`: a Hugging Face model folder's own ``tokenizer.json`` when it has
+    one, otherwise a byte-level BPE trained on the training split only (``train_tokenizer``,
+    itself cached in the same folder).
+
+    Raises:
+        ValueError: a split shorter than one window, or a token id outside the model's
+            vocabulary (a model folder's tokenizer that does not fit its model).
     """
-    vocab_size = config.model_config().vocab_size
-    folder = Path(cache_dir) if cache_dir else (
-        Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    )
+    if spec is None:
+        spec = config.model_config()
+    vocab_size = spec.vocab_size
+    folder = _cache_folder(config, cache_dir)
     desc = _source_description(config, vocab_size)
+    own = model_tokenizer_file(config)
+    if config.hf_model:  # (GPT runs keep the cache keys they always had)
+        desc["tokenizer"] = (
+            "bpe" if own is None else "sha256:" + hashlib.sha256(own.read_bytes()).hexdigest()
+        )
     key = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:20]
     path = folder / f"tokens-{key}.safetensors"
     if path.is_file():
@@ -142,25 +206,34 @@ def load_token_data(
         except (OSError, KeyError, RuntimeError, ValueError, SafetensorError):  # rebuild it
             pass
     splits = _load_splits(config)
-    tokenizer = train_tokenizer(splits.train, vocab_size, cache_dir=folder)
+    tokenizer = data_tokenizer(config, vocab_size, folder)
     ids = {
         name: torch.tensor(tokenizer.encode(getattr(splits, name)), dtype=torch.int32)
         for name in ("train", "valid", "test")
     }
-    if tokenizer.vocab_size > vocab_size:  # pragma: no cover - train_tokenizer caps the size
-        raise ValueError(f"tokenizer vocabulary {tokenizer.vocab_size} exceeds {vocab_size}")
+    top = max(int(t.max()) if t.numel() else -1 for t in ids.values())
+    if top >= vocab_size:
+        where = f"the tokenizer of {str(own)!r}" if own is not None else "the built-in BPE"
+        raise ValueError(
+            f"{where} gives token id {top}, outside the model's vocabulary of {vocab_size} "
+            f"embeddings; use a tokenizer that fits the model (or remove tokenizer.json from "
+            f"the model folder to train the built-in BPE)"
+        )
     for name, tensor in ids.items():
-        if tensor.numel() < config.model_config().seq_len + 2:
+        if tensor.numel() < spec.seq_len + 2:
             raise ValueError(
                 f"the {name} split has only {tensor.numel()} tokens, fewer than one window of "
-                f"seq_len={config.model_config().seq_len}; use more text (--corpus-chars, "
-                f"--max-chars) or larger --val-frac/--test-frac"
+                f"seq_len={spec.seq_len}; use more text (--corpus-chars, --max-chars) or "
+                f"larger --val-frac/--test-frac"
             )
-    tensors = {**ids, "vocab_size": torch.tensor(tokenizer.vocab_size, dtype=torch.int64)}
+    # the vocabulary the ids live in: the model's (a model folder's tokenizer may list fewer
+    # or more entries than the model has embeddings; the ids were checked against the model)
+    size = tokenizer.vocab_size if own is None else vocab_size
+    tensors = {**ids, "vocab_size": torch.tensor(size, dtype=torch.int64)}
     _atomic_save(tensors, path, {"source": json.dumps(desc, sort_keys=True)})
     return TokenData(
         train=ids["train"].long(), valid=ids["valid"].long(), test=ids["test"].long(),
-        vocab_size=tokenizer.vocab_size, key=key,
+        vocab_size=size, key=key,
     )
 
 

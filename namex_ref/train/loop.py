@@ -45,7 +45,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from namex_ref.data import eval_windows
-from namex_ref.models.gpt import ModelOutput, MoEGPT, count_parameters
+from namex_ref.models.gpt import ModelConfig, ModelOutput, MoEGPT
 from namex_ref.train.checkpoint import (
     Checkpoint,
     CorruptCheckpointError,
@@ -66,8 +66,10 @@ __all__ = [
     "RESULT_NAME",
     "NonFiniteLossError",
     "TrainResult",
+    "build_model",
     "evaluate",
     "lr_at",
+    "model_config_of",
     "read_result",
     "require_out_folder",
     "resolve_device",
@@ -162,9 +164,35 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     ]
 
 
+def build_model(config: TrainConfig) -> nn.Module:
+    """The model of a run, on the CPU, initialised from the current torch seed:
+    :class:`~namex_ref.models.gpt.MoEGPT` of ``config.model_config()``, or for a ``hf_model``
+    run the converted Hugging Face model (:func:`namex_ref.hf.training.build_model`). Both
+    take ``(idx, targets, collect_stats=...)`` and return a
+    :class:`~namex_ref.models.gpt.ModelOutput`; ``model.config`` is a
+    :class:`~namex_ref.models.gpt.ModelConfig` (:func:`model_config_of`)."""
+    if config.hf_model:
+        from namex_ref.hf.training import build_model as build_hf
+
+        return build_hf(config)
+    return MoEGPT(config.model_config())
+
+
+def model_config_of(model: nn.Module) -> ModelConfig:
+    """The :class:`~namex_ref.models.gpt.ModelConfig` of a model from :func:`build_model`."""
+    cfg = model.__dict__.get("config")
+    if not isinstance(cfg, ModelConfig):
+        raise TypeError(f"{type(model).__name__} has no ModelConfig 'config'")
+    return cfg
+
+
+def _model_name(config: TrainConfig) -> str:
+    return f"model {config.hf_model!r}" if config.hf_model else f"preset {config.preset}"
+
+
 @torch.no_grad()
 def evaluate(
-    model: MoEGPT,
+    model: nn.Module,
     ids: Tensor,
     *,
     batch_size: int,
@@ -181,10 +209,11 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
-    T = model.config.seq_len
+    mcfg = model_config_of(model)
+    T = mcfg.seq_len
     device = next(model.parameters()).device
     total = torch.zeros(2, dtype=torch.float64, device=device)  # [Σ ce·tokens, tokens]
-    cosine = torch.full((model.config.n_layer,), math.nan)
+    cosine = torch.full((mcfg.n_layer,), math.nan)
     for k, batch in enumerate(eval_windows(ids, T, batch_size, drop_last=True)):
         if max_batches and k >= max_batches:
             break
@@ -410,8 +439,6 @@ def _train(config: TrainConfig, resume: bool | Literal["if-present"],
     interactive = sys.stdout.isatty() and sys.stderr.isatty()
     say = _Reporter(out / LOG_NAME if ctx.main else None, config.progress and ctx.main,
                     f"{config.method} s{config.seed}", main=ctx.main)
-    mcfg = config.model_config()
-    T = mcfg.seq_len
     for name, every in (("ckpt_every", config.ckpt_every), ("eval_every", config.eval_every)):
         if every % config.log_every:
             raise ValueError(
@@ -460,12 +487,17 @@ def _train(config: TrainConfig, resume: bool | Literal["if-present"],
                 f"--steps {config.steps}; ask for at least {ckpt.step} steps"
             )
 
-    # Data: rank 0 builds the cache first, the others then read it.
+    # The model first (a Hugging Face model fixes the vocabulary and the window), then the
+    # data: rank 0 builds the cache first, the others then read it.
+    torch.manual_seed(config.seed)
+    model = build_model(config)
+    mcfg = model_config_of(model)
+    T = mcfg.seq_len
     if ctx.main:
-        data = load_token_data(config)
+        data = load_token_data(config, spec=mcfg)
     ctx.barrier()
     if not ctx.main:
-        data = load_token_data(config)
+        data = load_token_data(config, spec=mcfg)
     if data.vocab_size > mcfg.vocab_size:
         raise ValueError(
             f"tokenizer vocabulary {data.vocab_size} exceeds the model's {mcfg.vocab_size}"
@@ -474,8 +506,8 @@ def _train(config: TrainConfig, resume: bool | Literal["if-present"],
     valid_ids = data.valid
     unigram = unigram_perplexity(data.train, data.valid, mcfg.vocab_size)
 
-    torch.manual_seed(config.seed)
-    model = MoEGPT(mcfg).to(device)
+    model = model.to(device)
+    n_params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(
         _param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.95), eps=1e-8
     )
@@ -500,8 +532,8 @@ def _train(config: TrainConfig, resume: bool | Literal["if-present"],
         if ckpt is None:
             metrics_path.unlink(missing_ok=True)
             (out / LOG_NAME).unlink(missing_ok=True)
-            say(f"fresh start: {config.steps} steps, method {config.method}, preset "
-                f"{config.preset} ({count_parameters(mcfg) / 1e6:.2f}M parameters), batch "
+            say(f"fresh start: {config.steps} steps, method {config.method}, "
+                f"{_model_name(config)} ({n_params / 1e6:.2f}M parameters), batch "
                 f"{config.batch_size}, device {device}, {ctx.world} process(es); writing to "
                 f"{str(out)!r}")
         else:
@@ -689,7 +721,7 @@ def _train(config: TrainConfig, resume: bool | Literal["if-present"],
         seconds_per_step=step_time / steps_run if steps_run else math.nan,
         train_seconds=train_seconds,
         fallbacks=int(fallbacks),
-        n_params=count_parameters(mcfg),
+        n_params=n_params,
         device=str(device),
         world_size=ctx.world,
     )
@@ -697,10 +729,17 @@ def _train(config: TrainConfig, resume: bool | Literal["if-present"],
         from namex_ref.train.plots import plot_run
 
         plot_run(records, out, title=f"{config.method} (seed {config.seed})")
+        exported = ""
+        if config.hf_model:
+            from namex_ref.hf.training import MODEL_DIR, HFCausalLM, export
+
+            assert isinstance(model, HFCausalLM)
+            export(model, config, out / MODEL_DIR)
+            exported = f", {MODEL_DIR}/ (namex_ref.hf.load)"
         tmp = out / f".{RESULT_NAME}.tmp"
         tmp.write_text(json.dumps(clean_json(result.to_dict()), indent=2) + "\n")
         os.replace(tmp, out / RESULT_NAME)
         say(f"wrote {str(out)!r}: {RESULT_NAME}, {METRICS_NAME}, {LOG_NAME}, {CHECKPOINT_NAME}, "
-            f"loss.png, alpha.png, cosine.png")
+            f"loss.png, alpha.png, cosine.png{exported}")
     ctx.barrier()
     return result

@@ -1,0 +1,238 @@
+"""Hugging Face MoE models in the ``namex train`` loop (:func:`namex_ref.train.train` with
+``TrainConfig(hf_model=DIR)``; CLI ``namex train --hf-model DIR``).
+
+:func:`build_model` reads the local model folder (no download), converts it with
+:func:`namex_ref.hf.convert` and wraps it in :class:`HFCausalLM`, which speaks the loop's model
+interface: ``forward(idx, targets, collect_stats=...)`` returns a
+:class:`~namex_ref.models.gpt.ModelOutput`, and ``config`` is a
+:class:`~namex_ref.models.gpt.ModelConfig` describing the converted model. So the fine-tuning of a
+Hugging Face model has the loop's metrics, plots, checksummed checkpoints, exact resume and DDP,
+with no second training loop. :func:`export` writes the fine-tuned model (:func:`namex_ref.hf.save`)
+and its tokenizer for :func:`namex_ref.hf.load`.
+
+Objective: mean next-token cross-entropy over the window (the same as the GPT's; the targets are
+the window shifted by one token), plus, for "smoe", the model's own load-balancing loss weighted
+by ``balance_coef`` when given, otherwise by the model's ``router_aux_loss_coef`` when its config
+sets ``output_router_logits`` (the transformers fine-tuning default), otherwise none. Merging
+methods have no balance loss (:func:`namex_ref.hf.convert`).
+
+The weights are trained in float32 whatever dtype the folder stores (AdamW on bfloat16 weights
+loses updates below 2⁻⁸ of a weight); :func:`export` writes float32.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from namex_ref.hf.convert import converted_blocks, require_transformers, save
+from namex_ref.merging.functional import MergePlan, cosine_matrix
+from namex_ref.models.gpt import LayerStats, ModelConfig, ModelOutput
+from namex_ref.nash.gram import domain_vectors
+from namex_ref.train.config import TrainConfig, flag_name
+
+__all__ = ["DEFAULT_SEGMENT_LEN", "DEFAULT_SEQ_LEN", "MODEL_DIR", "HFCausalLM", "build_model",
+           "export", "read_model_config"]
+
+MODEL_DIR = "model"
+"""Sub-folder of a run folder where a ``hf_model`` run writes its converted, fine-tuned model."""
+DEFAULT_SEQ_LEN = 128
+"""Training window of a ``hf_model`` run when ``seq_len`` is 0 (capped by the model's
+``max_position_embeddings``)."""
+DEFAULT_SEGMENT_LEN = 32
+"""Routing segment of a ``hf_model`` run when ``segment_len`` is not given (the tiny preset's)."""
+
+_HF_FIELDS = ("hf_model", "base_rule", "merge_top_k")
+
+
+def read_model_config(folder: str | os.PathLike[str]) -> Any:
+    """The transformers config of a local model folder (``config.json``), offline.
+
+    Raises:
+        FileNotFoundError: the folder has no ``config.json`` (names ``--hf-model``).
+        MissingExtraError: transformers is not installed.
+    """
+    src = Path(folder)
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(
+            f"--hf-model: {str(src / 'config.json')!r} not found; pass a folder written by "
+            f"save_pretrained (config.json and *.safetensors)"
+        )
+    transformers = require_transformers()
+    return transformers.AutoConfig.from_pretrained(str(src), local_files_only=True)
+
+
+class HFCausalLM(nn.Module):
+    """A converted Hugging Face causal LM behind the training loop's model interface.
+
+    ``hf``: the converted transformers model (its parameters are this module's).
+    ``config``: a :class:`ModelConfig` describing it: vocab_size, d_model = hidden size,
+    n_layer = the number of converted MoE blocks, n_head, d_ff = the expert width, seq_len = the
+    training window, merge = the blocks' :class:`~namex_ref.merging.config.MergeConfig`.
+    ``aux_coef``: weight of the model's load-balancing loss ("smoe" only; see module docstring).
+    """
+
+    def __init__(self, hf: nn.Module, seq_len: int, aux_coef: float = 0.0) -> None:
+        super().__init__()
+        blocks = converted_blocks(hf)
+        if not blocks:
+            raise ValueError("HFCausalLM wraps a model converted by namex_ref.hf.convert")
+        self.hf = hf
+        cfg: Any = getattr(hf, "config")  # noqa: B009 - nn.Module attribute typing
+        self.config = ModelConfig(
+            vocab_size=int(cfg.vocab_size),
+            d_model=int(cfg.hidden_size),
+            n_layer=len(blocks),
+            n_head=int(cfg.num_attention_heads),
+            d_ff=blocks[0].intermediate,
+            seq_len=seq_len,
+            merge=blocks[0].config,
+        )
+        self.aux_coef = float(aux_coef)
+
+    def forward(
+        self, idx: Tensor, targets: Tensor | None = None, *, collect_stats: bool = False
+    ) -> ModelOutput:
+        """idx: (B, T) token ids, T ≤ ``config.seq_len``; targets: (B, T) or None. Same
+        contract as :meth:`namex_ref.models.gpt.MoEGPT.forward` (cosine as there: between the
+        domain vectors τ_i of methods with a base expert, else between the experts)."""
+        if idx.dim() != 2:
+            raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
+        if idx.shape[1] > self.config.seq_len:
+            raise ValueError(
+                f"sequence length {idx.shape[1]} exceeds the training window "
+                f"{self.config.seq_len} ({flag_name('seq_len')})"
+            )
+        merging = self.config.merge.spec.kind != "topk"
+        want_aux = not merging and self.aux_coef > 0
+        kwargs: dict[str, Any] = {"use_cache": False}
+        if want_aux:
+            kwargs["output_router_logits"] = True
+        out = self.hf(input_ids=idx, **kwargs)
+        logits: Tensor = out.logits
+        aux = logits.new_zeros((), dtype=torch.float32)
+        if want_aux and getattr(out, "aux_loss", None) is not None:
+            aux = self.aux_coef * out.aux_loss.float()
+        ce = loss = None
+        if targets is not None:
+            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+            loss = ce + aux
+        return ModelOutput(logits, loss, ce, aux, self._stats(idx.device, collect_stats))
+
+    def _stats(self, device: torch.device, collect: bool) -> LayerStats:
+        blocks = converted_blocks(self.hf)
+        L, N = len(blocks), self.config.merge.n_experts
+        plan: MergePlan | None = None
+        if self.config.merge.spec.kind != "topk":
+            plan = self.hf.__dict__.get("namex_plan")
+        if plan is not None:
+            alphas, residuals = plan.alphas, plan.residuals
+            fallbacks, base_norms = plan.fallbacks, plan.base_norms
+        else:  # token top-k routing: no merge, no bargain
+            nan = torch.full((L,), math.nan, dtype=torch.float64, device=device)
+            alphas = torch.full((L, N), math.nan, dtype=torch.float64, device=device)
+            residuals, base_norms = nan, nan.clone()
+            fallbacks = torch.zeros(L, dtype=torch.bool, device=device)
+        cos = torch.full((L,), math.nan, dtype=torch.float64, device=device)
+        if collect:
+            off = ~torch.eye(N, dtype=torch.bool, device=device)
+            with torch.no_grad():
+                for l, blk in enumerate(blocks):
+                    base = None if plan is None else plan.terms[l].base
+                    mats = (blk.experts_list() if base is None
+                            else domain_vectors(blk.experts_list(), base))
+                    cos[l] = cosine_matrix(mats)[off].mean()
+        return LayerStats(alphas, residuals, fallbacks, base_norms, cos)
+
+
+def build_model(config: TrainConfig) -> HFCausalLM:
+    """``config.hf_model`` read (float32, offline), converted with ``config.method``,
+    ``base_rule``, ``merge_top_k``, ``seed`` and the merge overrides, and wrapped.
+
+    Raises:
+        FileNotFoundError: no ``config.json`` in the folder.
+        MissingExtraError: transformers is not installed.
+        ValueError: the folder holds no supported MoE model, or an option the conversion
+            refuses (named by its flag), or a window longer than the model's positions.
+    """
+    from namex_ref.hf.convert import convert
+
+    hf_cfg = read_model_config(config.hf_model)
+    transformers = require_transformers()
+    max_pos = int(getattr(hf_cfg, "max_position_embeddings", DEFAULT_SEQ_LEN) or DEFAULT_SEQ_LEN)
+    seq_len = config.seq_len or min(DEFAULT_SEQ_LEN, max_pos)
+    if seq_len > max_pos:
+        raise ValueError(
+            f"{flag_name('seq_len')} {seq_len} exceeds the model's max_position_embeddings "
+            f"{max_pos}; choose at most {max_pos}"
+        )
+    bars = transformers.utils.logging
+    shown = bars.is_progress_bar_enabled()
+    bars.disable_progress_bar()  # the loop reports progress; no "Loading weights" bar in logs
+    try:
+        model: nn.Module = transformers.AutoModelForCausalLM.from_pretrained(
+            str(config.hf_model), local_files_only=True, dtype=torch.float32
+        )
+    finally:
+        if shown:
+            bars.enable_progress_bar()
+    model.to(torch.float32)
+    options = dict(config.merge_overrides())
+    options.setdefault("segment_len", DEFAULT_SEGMENT_LEN)
+    if config.balance_coef is not None:
+        options.pop("balance_coef")  # the model's own router loss weight, below
+    if config.method == "smoe":
+        options.pop("segment_len")  # token routing: unused (and refused if given explicitly)
+    try:
+        convert(model, config.method, base_rule=config.base_rule, seed=config.seed,
+                merge_top_k=config.merge_top_k or None, **options)
+    except ValueError as exc:
+        if "supported sparse MoE block" in str(exc):
+            raise ValueError(f"--hf-model: {exc}") from exc
+        named = [flag_name(k) for k in (*options, *_HF_FIELDS) if k in str(exc)]
+        raise ValueError(f"{named[0] if named else '--method'}: {exc}") from exc
+    coef = 0.0
+    if config.method == "smoe":
+        if config.balance_coef is not None:
+            coef = config.balance_coef
+        elif getattr(hf_cfg, "output_router_logits", False):
+            coef = float(getattr(hf_cfg, "router_aux_loss_coef", 0.0) or 0.0)
+    return HFCausalLM(model, seq_len, coef)
+
+
+def export(model: HFCausalLM, config: TrainConfig, directory: str | os.PathLike[str]) -> Path:
+    """Write the converted, fine-tuned model to ``directory`` for :func:`namex_ref.hf.load`
+    (:func:`namex_ref.hf.save`), with the tokenizer the run used: the model folder's tokenizer
+    files when it has them, else the built-in BPE as ``tokenizer.json``. Written to a temporary
+    folder beside it, then renamed into place (an existing ``directory`` is replaced)."""
+    from namex_ref.train.data import data_tokenizer, model_tokenizer_file
+
+    target = Path(directory)
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(model.hf, tmp)
+    own = model_tokenizer_file(config)
+    if own is not None:
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            if (own.parent / name).is_file():
+                shutil.copy2(own.parent / name, tmp / name)
+    else:
+        data_tokenizer(config, model.config.vocab_size).save(tmp / "tokenizer.json")
+    meta = {"source": str(config.hf_model), "method": config.method, "seq_len":
+            model.config.seq_len}
+    (tmp / "namex_run.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
