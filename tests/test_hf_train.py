@@ -363,3 +363,35 @@ def test_wikitext_files_feed_a_hf_run(
     data = load_token_data(cfg, spec=build_model(cfg).config)
     tok = BPETokenizer.load(tmp_path / "run" / "model" / "tokenizer.json")
     assert data.valid.tolist() == tok.encode(text[40_000:45_000])
+
+
+def _deeper(family: str, layers: int) -> torch.nn.Module:
+    """The tiny model of ``family`` with ``layers`` decoder layers (every one sparse)."""
+    cfg = tiny_model(family, vocab=VOCAB).config
+    cfg.num_hidden_layers = layers
+    if hasattr(cfg, "layer_types") and cfg.layer_types is not None:
+        cfg.layer_types = [cfg.layer_types[0]] * layers
+    torch.manual_seed(0)
+    model: torch.nn.Module = transformers.AutoModelForCausalLM.from_config(cfg)
+    return model
+
+
+def test_the_namex_variants_differ_from_three_layers_on(cache: Path, tmp_path: Path) -> None:
+    """With two MoE layers the base is propagated once, from layer 0 to layer 1: μ^(1) = 0
+    makes the first momentum step the plain step (S17, S18) and the α of layer 0 is the only
+    one used (S16), so namex, namex-full, namex-mom and namex-full-mom train bit for bit alike.
+    With four layers momentum and re-solving act, and the trajectories part (this is why the
+    README's loss table uses four layers)."""
+    finals: dict[tuple[int, str], float] = {}
+    for layers in (2, 4):
+        src = tmp_path / f"qwen{layers}"
+        _deeper("qwen2_moe", layers).save_pretrained(src)
+        for method in ("namex", "namex-full", "namex-mom", "namex-full-mom"):
+            out = tmp_path / f"{layers}-{method}"
+            train(_config(src, out, cache, method=method, steps=4, log_every=4, eval_every=0,
+                          ckpt_every=0, final_eval_batches=1, alpha_interval=None))
+            finals[layers, method] = _losses(out)[-1]
+    two = {m: v for (n, m), v in finals.items() if n == 2}
+    four = {m: v for (n, m), v in finals.items() if n == 4}
+    assert len(set(two.values())) == 1, two
+    assert len(set(four.values())) == 4, four
