@@ -18,13 +18,21 @@ itself (its own token top-k routing and expert kernels). Every merging method st
 score-weighted average expert of S13, Ê = Σ_i s_i E_i per causal segment (with M_i = I and
 Σ_i s_i = 1, S14 gives E_m + Σ_i s_i (E_i − E_m) = Σ_i s_i E_i whatever the base), the scores
 being the pretrained router's softmax on the previous segment's mean (uniform on segment 0).
+
+Generation with a KV cache (``use_cache=True``) is exact for "segment" routing: the blocks keep
+the segment state of each cache (docs/math.md §6, "Cached decoding of a converted model";
+:class:`HFMergedMoE`); beam search, a cropped or foreign cache, and "sequence" routing with a
+non-empty cache raise ``ValueError`` naming ``use_cache=False``.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
+import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +43,7 @@ from torch import Tensor, nn
 from namex_ref.merging.config import MergeConfig
 from namex_ref.merging.functional import LayerTerms, MergePlan, merged_linear, propagate
 from namex_ref.merging.layers import KroneckerCurvature
-from namex_ref.merging.routing import segment_scores, sequence_scores
+from namex_ref.merging.routing import segment_means, segment_scores, sequence_scores
 
 __all__ = [
     "BASE_RULES",
@@ -149,6 +157,31 @@ def initial_base(
         return [(m.to(acc) + scale * u).to(m.dtype) for m, u in zip(means, us, strict=True)]
 
 
+@dataclass
+class _SegmentState:
+    """Causal segment routing of one block after its first ``offset`` tokens (cached decoding).
+
+    tail: (B, offset mod S, H) the block inputs of the current, still partial segment;
+    scores: (B, 1, N) the scores of segment ⌊offset / S⌋ (from the mean of the segment before
+    it, uniform for segment 0), after ``merge_top_k``. Detached: decoding state, no gradient.
+    """
+
+    offset: int
+    tail: Tensor
+    scores: Tensor
+
+
+@dataclass
+class _CacheEntry:
+    """The blocks' segment states that belong to one transformers cache object, the cache
+    length they were recorded at, and a weak reference to the cache's first key tensor then
+    (a new tensor there means the cache was reordered or rebuilt outside this model)."""
+
+    states: list[_SegmentState]
+    offset: int
+    keys: weakref.ReferenceType[Tensor] | None
+
+
 class HFMergedMoE(nn.Module):
     """A Hugging Face sparse MoE block run by a merging method of docs/math.md §3.
 
@@ -159,6 +192,18 @@ class HFMergedMoE(nn.Module):
     methods three :class:`~namex_ref.merging.layers.KroneckerCurvature` operators (gate, up,
     down). ``merge_top_k``: keep only the k largest scores of each segment, renormalised (the
     CAMEx code merges only the top k when 2k < N); ``None`` merges all N experts.
+
+    Cached decoding (docs/math.md §6, "Cached decoding of a converted model"). With a KV cache
+    transformers feeds only the new tokens, which do not contain the previous segment that
+    S13's causal scores need. For "segment" routing the model's pre-hook therefore hands each
+    block the offset (the cache length) and the block's state for that cache: the scores of
+    the current segment and its block inputs so far (fewer than ``segment_len``). A token at
+    absolute position t is then merged with the scores of segment ⌊t/S⌋, from the mean of
+    segment ⌊t/S⌋ − 1 over the same block inputs the full forward averages: the logits equal
+    those of the uncached forward on the whole sequence up to float rounding (tests/
+    test_hf_generate.py). The state lives with the cache object (a new or empty cache starts
+    afresh); a cache reordered (beam search), cropped or filled elsewhere is refused with a
+    ``ValueError``, as is a non-empty cache with "sequence" routing (not causal).
     """
 
     def __init__(
@@ -204,6 +249,10 @@ class HFMergedMoE(nn.Module):
             for mod in self.curvature:
                 setattr(mod, "recompute", config.merge_memory != "eager")  # noqa: B010
         self.terms: LayerTerms | None = None  # set by convert's pre-hook for each forward
+        # cached decoding, set by the pre-hook for each forward: the number of tokens before
+        # this call and their segment state (None for offset 0), or None when not tracked
+        self.decode: tuple[int, _SegmentState | None] | None = None
+        self.next_state: _SegmentState | None = None  # after this call; read by the post-hook
 
     def experts_list(self) -> list[Tensor]:
         """Per-matrix expert stacks [W_gate (N, I, H), W_up (N, I, H), W_down (N, H, I)]:
@@ -249,16 +298,96 @@ class HFMergedMoE(nn.Module):
             s = segment_scores(x, router, cfg.segment_len, cfg.n_experts)
         else:
             s = sequence_scores(x, router)
+        return self._top_k(s)
+
+    def _top_k(self, s: Tensor) -> Tensor:
+        """``merge_top_k``: the k largest scores of each row, renormalised (s unchanged for
+        None)."""
         k = self.merge_top_k
-        if k is not None and k < cfg.n_experts:
+        if k is not None and k < self.config.n_experts:
             top, idx = s.float().topk(k, dim=-1)
-            s = torch.zeros_like(s, dtype=torch.float32).scatter(-1, idx, top)
-            s = (s / s.sum(-1, keepdim=True)).to(x.dtype)
+            s32 = torch.zeros_like(s, dtype=torch.float32).scatter(-1, idx, top)
+            s = (s32 / s32.sum(-1, keepdim=True)).to(s.dtype)
         return s
+
+    def _unit_scores(self, means: Tensor) -> Tensor:
+        """Scores (B, U, N) of the segments that follow the segments with these means
+        (B, U, H), as :func:`segment_scores` forms them (float32 softmax, cast back)."""
+        probs = F.softmax(_RouterLogits(self.gate.weight)(means).float(), dim=-1)
+        return self._top_k(probs.to(means.dtype))
+
+    def _first_scores(self, x: Tensor) -> Tensor:
+        """Scores (B, 1, N) of segment 0: uniform 1/N (then ``merge_top_k``)."""
+        n = self.config.n_experts
+        s = torch.full((x.shape[0], 1, n), 1.0 / n, device=x.device)
+        return self._top_k(s.to(x.dtype))
 
     def _merged(self, x: Tensor) -> Tensor:
         """S13–S18 per causal segment: Ŵ = base + η Σ_i s_i deltas_i for each of the three
-        matrices (:func:`merged_linear`), then W_down (act(W_gate x) ∘ W_up x)."""
+        matrices (:func:`merged_linear`), then W_down (act(W_gate x) ∘ W_up x). With a
+        non-empty cache (offset > 0) see :meth:`_merged_cached`."""
+        cfg = self.config
+        decode = self.decode
+        if decode is not None and decode[0] > 0:
+            return self._merged_cached(x, *decode)
+        B, T, H = x.shape
+        S_len = cfg.segment_len if cfg.routing == "segment" else T
+        scores = self._scores(x)  # (B, S, N)
+        S = scores.shape[1]
+        xs = F.pad(x, (0, 0, 0, S * S_len - T)).reshape(B, S, S_len, H)
+        y = self._ffn(xs, scores)  # (B, S, L, H)
+        if decode is not None:  # the first call of a cache: keep the state for the next one
+            with torch.no_grad():
+                full = T // S_len
+                last = x[:, (full - 1) * S_len : full * S_len]
+                nxt = self._first_scores(x) if full == 0 else self._unit_scores(
+                    segment_means(last, S_len))
+                self.next_state = _SegmentState(T, x[:, full * S_len :].detach().clone(), nxt)
+        return y.reshape(B, S * S_len, H)[:, :T]
+
+    def _merged_cached(self, x: Tensor, offset: int, state: _SegmentState | None) -> Tensor:
+        """The new tokens x (B, T, H) at absolute positions offset … offset + T − 1.
+
+        With r = offset mod S and the stored tail (the r block inputs of the current segment),
+        ext = [tail, x] starts on a segment boundary: ext's segment 0 keeps the stored scores,
+        its segment k ≥ 1 gets the scores of the mean of its segment k − 1 (S13). The first
+        min(S − r, T) new tokens are merged with the stored scores, the rest segment by segment;
+        the tail is never run through the experts again."""
+        cfg = self.config
+        B, T, H = x.shape
+        S_len = cfg.segment_len
+        if state is None or state.offset != offset or state.tail.shape[0] != B:
+            raise RuntimeError(
+                "HFMergedMoE: no segment state for this cache position; call the model "
+                "converted by namex_ref.hf.convert (its pre-hook hands the state over)"
+            )
+        r = state.tail.shape[1]
+        ext = torch.cat([state.tail.to(x.dtype), x], 1)  # (B, r + T, H), segment aligned
+        full = (r + T) // S_len  # complete segments of ext
+        scores = state.scores.to(x.dtype)
+        if full:
+            means = segment_means(ext[:, : full * S_len], S_len)  # (B, full, H)
+            scores = torch.cat([scores, self._unit_scores(means)], 1)  # (B, full + 1, N)
+        head = min(S_len - r, T) if r else 0
+        parts = []
+        if head:
+            xs = x[:, :head].reshape(B, 1, head, H)
+            parts.append(self._ffn(xs, scores[:, :1]).reshape(B, head, H))
+        rest = T - head
+        if rest:
+            n, first = math.ceil(rest / S_len), 1 if r else 0
+            xs = F.pad(x[:, head:], (0, 0, 0, n * S_len - rest)).reshape(B, n, S_len, H)
+            y = self._ffn(xs, scores[:, first : first + n]).reshape(B, n * S_len, H)
+            parts.append(y[:, :rest])
+        self.next_state = _SegmentState(
+            offset + T, ext[:, full * S_len :].detach().clone(),
+            scores[:, full : full + 1].detach(),
+        )
+        return torch.cat(parts, 1)
+
+    def _ffn(self, xs: Tensor, scores: Tensor) -> Tensor:
+        """The merged SwiGLU expert of each routing unit: xs (B, S, L, H), scores (B, S, N)
+        → (B, S, L, H)."""
         terms = self.terms
         if terms is None:
             raise RuntimeError(
@@ -266,11 +395,6 @@ class HFMergedMoE(nn.Module):
                 "(its forward pre-hook builds them), not the block alone"
             )
         cfg = self.config
-        B, T, H = x.shape
-        S_len = cfg.segment_len if cfg.routing == "segment" else T
-        scores = self._scores(x)  # (B, S, N)
-        S = scores.shape[1]
-        xs = F.pad(x, (0, 0, 0, S * S_len - T)).reshape(B, S, S_len, H)
         eta = 1.0 if terms.base is None else cfg.eta
         bases: list[Tensor | None] = list(terms.base) if terms.base is not None else [None] * 3
         rec = cfg.merge_memory != "eager"
@@ -282,9 +406,8 @@ class HFMergedMoE(nn.Module):
             )
 
         h = self.experts.act_fn(lin(0, xs)) * lin(1, xs)  # (B, S, L, I)
-        y = lin(2, h)  # (B, S, L, H)
-        return y.reshape(B, S * S_len, H)[:, :T]
-
+        out: Tensor = lin(2, h)  # (B, S, L, H)
+        return out
 
     def _redo(self, m: int, base: Tensor | None) -> Callable[[], Tensor] | None:
         """``merge_memory="recompute"``: the merge term M(E − E_m) of matrix m rebuilt from the
@@ -325,6 +448,72 @@ def _merge_plan(model: nn.Module) -> MergePlan:
     )
 
 
+def _first_keys(cache: Any) -> Tensor | None:
+    """The key tensor of the cache's first layer (transformers 5.x ``Cache.layers``), if any."""
+    layers = getattr(cache, "layers", None)
+    keys = getattr(layers[0], "keys", None) if layers else None
+    return keys if isinstance(keys, Tensor) else None
+
+
+def _cache_registry(model: nn.Module) -> weakref.WeakKeyDictionary[Any, _CacheEntry]:
+    reg: weakref.WeakKeyDictionary[Any, _CacheEntry] | None = model.__dict__.get("namex_caches")
+    if reg is None:
+        reg = weakref.WeakKeyDictionary()
+        model.__dict__["namex_caches"] = reg
+    return reg
+
+
+def _decode_states(
+    model: nn.Module, blocks: list[HFMergedMoE], args: Any, kwargs: dict[str, Any]
+) -> tuple[int, list[_SegmentState | None]] | None:
+    """The cache offset of this call and each block's segment state, or None when no cache is
+    used; refuses a non-empty cache the blocks cannot continue exactly."""
+    try:
+        bound = inspect.signature(model.forward).bind_partial(*args, **kwargs).arguments
+    except TypeError:  # let the model's own forward report the bad call
+        bound = kwargs
+    cache = bound.get("past_key_values")
+    use_cache = bound.get("use_cache")
+    if use_cache is None:
+        use_cache = getattr(getattr(model, "config", None), "use_cache", False)
+    if cache is None and not use_cache:
+        return None
+    past = 0
+    if cache is not None:
+        length = getattr(cache, "get_seq_length", None)
+        if length is None:
+            raise ValueError(
+                f"past_key_values of type {type(cache).__name__} is not a transformers Cache; "
+                "pass a Cache (e.g. DynamicCache) or use_cache=False"
+            )
+        past = int(length())
+    config = blocks[0].config
+    if past == 0:
+        return (0, [None] * len(blocks)) if config.routing == "segment" else None
+    method = config.method
+    if config.routing != "segment":
+        raise ValueError(
+            f"method {method!r} with routing='sequence' cannot continue from a non-empty "
+            "past_key_values (every token's scores use the whole sequence's mean); call the "
+            "model on the whole sequence with use_cache=False"
+        )
+    entry = _cache_registry(model).get(cache)
+    if entry is None:
+        raise ValueError(
+            f"past_key_values holds {past} tokens that this converted model did not process "
+            f"itself; method {method!r} needs its own segment state for them (docs/math.md §6, "
+            "cached decoding): start from an empty cache, or pass use_cache=False"
+        )
+    if entry.offset != past or (entry.keys is not None and entry.keys() is not _first_keys(cache)):
+        raise ValueError(
+            f"past_key_values was changed outside this model's forward (cropped, reordered for "
+            f"beam search, or otherwise rebuilt: {past} tokens, {entry.offset} when this "
+            f"model last wrote it); method {method!r} cannot continue it exactly. Use "
+            "num_beams=1 without assistant or contrastive decoding, or use_cache=False"
+        )
+    return past, list(entry.states)
+
+
 def _pre_hook(model: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
     blocks = converted_blocks(model)
     if blocks[0].config.spec.kind == "topk":
@@ -334,15 +523,33 @@ def _pre_hook(model: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
             f"output_router_logits=True: method {blocks[0].config.method!r} merges experts and "
             "has no token top-k router logits (no load-balancing loss); leave it False"
         )
+    decode = _decode_states(model, blocks, args, kwargs)
     plan = _merge_plan(model)
-    for b, t in zip(blocks, plan.terms, strict=True):
+    for i, (b, t) in enumerate(zip(blocks, plan.terms, strict=True)):
         b.terms = t
+        b.decode = None if decode is None else (decode[0], decode[1][i])
+        b.next_state = None
     model.__dict__["namex_plan"] = plan  # observables (α, residuals, fallbacks) of the last forward
 
 
 def _post_hook(model: nn.Module, args: Any, output: Any) -> None:
-    for b in converted_blocks(model):
+    blocks = converted_blocks(model)
+    states = [b.next_state for b in blocks]
+    for b in blocks:
         b.terms = None
+        b.decode = None
+        b.next_state = None
+    cache = getattr(output, "past_key_values", None)
+    if cache is None or any(st is None for st in states):
+        return
+    offset = int(cache.get_seq_length())
+    if any(st is not None and st.offset != offset for st in states):
+        return  # not a cache this model filled in step with its blocks: nothing to continue
+    keys = _first_keys(cache)
+    _cache_registry(model)[cache] = _CacheEntry(
+        [st for st in states if st is not None], offset,
+        None if keys is None else weakref.ref(keys),
+    )
 
 
 def convert(
@@ -362,6 +569,8 @@ def convert(
     (:func:`initial_base`), applied to layer 0 for first-layer methods and to every layer for
     per-layer ones. merge_top_k: see :class:`HFMergedMoE`. For merging methods the model's
     ``output_router_logits`` is set to False (no token top-k router, no balance loss).
+    Cached generation (``use_cache=True``) gives the uncached logits for "segment" routing
+    (:class:`HFMergedMoE`, "Cached decoding"); the cases it cannot continue raise ``ValueError``.
 
     The routed experts stay the pretrained parameters (no copy is made; one layer's base expert
     is the only new expert-sized tensor, formed one layer at a time). Raises ``ValueError`` for
