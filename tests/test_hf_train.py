@@ -395,3 +395,25 @@ def test_the_namex_variants_differ_from_three_layers_on(cache: Path, tmp_path: P
     four = {m: v for (n, m), v in finals.items() if n == 4}
     assert len(set(two.values())) == 1, two
     assert len(set(four.values())) == 4, four
+
+
+def test_compare_fine_tunes_several_methods_of_one_model(folders: dict[str, Path], cache: Path,
+                                                          tmp_path: Path) -> None:
+    """``namex compare --hf-model``: one run per method, each the same as a lone
+    ``namex train --hf-model`` of that method (same final validation loss, bit for bit)."""
+    from namex_ref.cli import main
+
+    common = ["--hf-model", str(folders["olmoe"]), "--steps", "2", "--batch-size", "2",
+              "--seq-len", "32", "--log-every", "1", "--eval-every", "0", "--ckpt-every", "0",
+              "--final-eval-batches", "1", "--corpus-chars", "60000", "--device", "cpu",
+              "--no-progress", "--cache-dir", str(cache)]
+    assert main(["compare", "--methods", "smoe,namex-full-mom", "--seeds", "0",
+                 "--out", str(tmp_path / "cmp"), *common]) == 0
+    assert main(["train", "--method", "namex-full-mom", "--out", str(tmp_path / "one"),
+                 *common]) == 0
+    summary = json.loads((tmp_path / "cmp" / "summary.json").read_text())
+    runs = {r["method"]: r for r in summary["runs"]}
+    assert set(runs) == {"smoe", "namex-full-mom"}
+    lone = read_result(tmp_path / "one")
+    assert lone is not None
+    assert runs["namex-full-mom"]["valid_loss"] == lone.valid_loss
