@@ -187,9 +187,8 @@ def build_model(config: TrainConfig) -> HFCausalLM:
     model.to(torch.float32)
     options = dict(config.merge_overrides())
     options.setdefault("segment_len", DEFAULT_SEGMENT_LEN)
-    if config.balance_coef is not None:
-        options.pop("balance_coef")  # the model's own router loss weight, below
     if config.method == "smoe":
+        options.pop("balance_coef", None)  # the weight of the model's own router loss, below
         options.pop("segment_len")  # token routing: unused (and refused if given explicitly)
     try:
         convert(model, config.method, base_rule=config.base_rule, seed=config.seed,
