@@ -417,3 +417,32 @@ def test_compare_fine_tunes_several_methods_of_one_model(folders: dict[str, Path
     lone = read_result(tmp_path / "one")
     assert lone is not None
     assert runs["namex-full-mom"]["valid_loss"] == lone.valid_loss
+
+
+def test_dense_layers_between_sparse_ones_stay_and_the_chain_skips_them(
+    cache: Path, tmp_path: Path
+) -> None:
+    """Qwen2-MoE with ``mlp_only_layers=[1]``: layer 1 keeps its dense MLP, layers 0 and 2 are
+    converted; smoe gives the original logits bit for bit, and the base-expert chain (S15–S18)
+    runs over the two MoE layers (one α row per converted block), through the training loop."""
+    import copy
+
+    from namex_ref.hf import convert, converted_blocks
+
+    cfg = tiny_model("qwen2_moe", vocab=VOCAB).config
+    cfg.num_hidden_layers, cfg.mlp_only_layers = 3, [1]
+    cfg.layer_types = [cfg.layer_types[0]] * 3
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    x = torch.randint(0, VOCAB, (2, 20), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        ref = model(input_ids=x).logits
+        smoe = convert(copy.deepcopy(model), "smoe")
+        assert torch.equal(smoe(input_ids=x).logits, ref)
+    assert type(smoe.model.layers[1].mlp).__name__ == "Qwen2MoeMLP"
+    assert len(converted_blocks(smoe)) == 2
+    model.save_pretrained(tmp_path / "src")
+    train(_config(tmp_path / "src", tmp_path / "run", cache, method="namex-full-mom", steps=2,
+                  log_every=1, eval_every=0, ckpt_every=0, final_eval_batches=1))
+    alpha = read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]["alpha"]
+    assert len(alpha) == 2 and all(len(row) == 4 for row in alpha)
