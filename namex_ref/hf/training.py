@@ -121,6 +121,10 @@ class HFCausalLM(nn.Module):
         aux = logits.new_zeros((), dtype=torch.float32)
         if want_aux and getattr(out, "aux_loss", None) is not None:
             aux = self.aux_coef * out.aux_loss.float()
+        if merging:  # the noisy gate's balance loss (balance_coef included; 0 for softmax)
+            for blk in converted_blocks(self.hf):
+                if blk.aux_loss is not None:
+                    aux = aux + blk.aux_loss.float()
         ce = loss = None
         if targets is not None:
             ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
@@ -187,7 +191,7 @@ def build_model(config: TrainConfig) -> HFCausalLM:
     model.to(torch.float32)
     options = dict(config.merge_overrides())
     options.setdefault("segment_len", DEFAULT_SEGMENT_LEN)
-    if config.balance_coef is not None:
+    if config.balance_coef is not None and config.method == "smoe":
         options.pop("balance_coef")  # the model's own router loss weight, below
     if config.method == "smoe":
         options.pop("segment_len")  # token routing: unused (and refused if given explicitly)
@@ -197,8 +201,11 @@ def build_model(config: TrainConfig) -> HFCausalLM:
     except ValueError as exc:
         if "supported sparse MoE block" in str(exc):
             raise ValueError(f"--hf-model: {exc}") from exc
-        named = [flag_name(k) for k in (*options, *_HF_FIELDS) if k in str(exc)]
-        raise ValueError(f"{named[0] if named else '--method'}: {exc}") from exc
+        keys = [k for k in (*options, *_HF_FIELDS) if k in str(exc)]
+        where = flag_name(keys[0]) if keys else "--method"
+        if keys and config.merge_preset and getattr(config, keys[0], 0) is None:
+            where = f"--merge-preset {config.merge_preset} (sets {keys[0]})"
+        raise ValueError(f"{where}: {exc}") from exc
     coef = 0.0
     if config.method == "smoe":
         if config.balance_coef is not None:
