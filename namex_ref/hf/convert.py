@@ -19,6 +19,12 @@ score-weighted average expert of S13, Ê = Σ_i s_i E_i per causal segment (with
 Σ_i s_i = 1, S14 gives E_m + Σ_i s_i (E_i − E_m) = Σ_i s_i E_i whatever the base), the scores
 being the pretrained router's softmax on the previous segment's mean (uniform on segment 0).
 
+CAMEx-code options of :class:`MergeConfig` (docs/math.md §6, "CAMEx options on a converted
+model"): ``sign_mask``, ``term_dropout``, ``gate="noisy-top-k"``, ``router_per_matrix``,
+``base_init="expert0"`` and ``kronecker_terms`` run through the functions the GPT layer uses
+(:func:`namex_ref.merging.functional.masked_deltas`, ``gated_scores``, ``term_dropout``), in its
+random-draw order. ``expert_bias`` is refused: the pretrained SwiGLU experts have no biases.
+
 Generation with a KV cache (``use_cache=True``) is exact for "segment" routing: the blocks keep
 the segment state of each cache (docs/math.md §6, "Cached decoding of a converted model";
 :class:`HFMergedMoE`); beam search, a cropped or foreign cache, and "sequence" routing with a
@@ -207,6 +213,12 @@ class HFMergedMoE(nn.Module):
     methods three :class:`~namex_ref.merging.layers.KroneckerCurvature` operators (gate, up,
     down). ``merge_top_k``: keep only the k largest scores of each segment, renormalised (the
     CAMEx code merges only the top k when 2k < N); ``None`` merges all N experts.
+
+    CAMEx options (docs/math.md §6): ``noise_router`` (H → N) for ``gate="noisy-top-k"``;
+    ``router_hidden`` (I → N, and ``noise_router_hidden``) for ``router_per_matrix``: W_down's
+    router on the segment means of the merged hidden act(W_gate x) ∘ (W_up x); all start at
+    zero weights. ``aux_loss``: the noisy gate's balance loss of the last forward (0 for the
+    softmax gate). ``base_init="expert0"``: the base is a copy of expert 0 (τ_0 = 0).
 
     Cached decoding (docs/math.md §6, "Cached decoding of a converted model"). With a KV cache
     transformers feeds only the new tokens, which do not contain the previous segment that
