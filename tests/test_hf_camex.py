@@ -448,3 +448,48 @@ def test_namex_train_runs_the_camex_paper_preset_without_biases(
     losses = [float(r["loss"]) for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")]
     assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0]
+
+
+# ---- memory modes and save / load ---------------------------------------------------------------
+
+ALL_DETERMINISTIC = dict(sign_mask="ties", gate="noisy-top-k", gate_top_k=3,
+                         router_per_matrix=True, base_init="expert0", kronecker_terms=2)
+
+
+@pytest.mark.parametrize("mode", ["recompute", "keep-deltas"])
+def test_options_keep_the_eager_gradients(mode: str) -> None:
+    """With the options on (eval mode: deterministic), every merge_memory mode gives the eager
+    loss and gradients (the masked terms are kept, not recomputed). float32: the same sums in
+    another order, rtol 1e-5 (as tests/test_hf.py's memory-mode test)."""
+    grads = {}
+    for m in ("eager", mode):
+        model = convert(tiny_model("qwen2_moe"), "camex", segment_len=SEG, merge_memory=m,
+                        **ALL_DETERMINISTIC)
+        g = torch.Generator().manual_seed(5)
+        with torch.no_grad():  # curvature off the identity, new routers off zero
+            for name, p in model.named_parameters():
+                if "curvature" in name or "router" in name:
+                    p.add_(0.05 * torch.randn(p.shape, generator=g))
+        x = torch.randint(2, 60, (2, 11), generator=torch.Generator().manual_seed(1))
+        model(x, labels=x).loss.backward()
+        grads[m] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert any("router_hidden" in n for n in grads["eager"])
+    assert grads["eager"].keys() == grads[mode].keys()
+    for n, gr in grads["eager"].items():
+        assert torch.allclose(grads[mode][n], gr, rtol=1e-5, atol=1e-7), n
+
+
+def test_save_load_keeps_the_new_routers(tmp_path: Path) -> None:
+    """save / load: the noise and hidden routers are parameters of the saved model (logits
+    bit for bit after a reload)."""
+    from namex_ref.hf import load, save
+
+    model = convert(tiny_model("mixtral"), "camex", segment_len=SEG, **ALL_DETERMINISTIC)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "router" in name:
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+    save(model, tmp_path / "m")
+    x = torch.randint(2, 60, (2, 11))
+    with torch.no_grad():
+        assert torch.equal(load(tmp_path / "m")(x).logits, model(x).logits)
