@@ -19,6 +19,12 @@ score-weighted average expert of S13, Ê = Σ_i s_i E_i per causal segment (with
 Σ_i s_i = 1, S14 gives E_m + Σ_i s_i (E_i − E_m) = Σ_i s_i E_i whatever the base), the scores
 being the pretrained router's softmax on the previous segment's mean (uniform on segment 0).
 
+CAMEx-code options of :class:`MergeConfig` (docs/math.md §6, "CAMEx options on a converted
+model"): ``sign_mask``, ``term_dropout``, ``gate="noisy-top-k"``, ``router_per_matrix``,
+``base_init="expert0"`` and ``kronecker_terms`` run through the functions the GPT layer uses
+(:func:`namex_ref.merging.functional.masked_deltas`, ``gated_scores``, ``term_dropout``), in its
+random-draw order. ``expert_bias`` is refused: the pretrained SwiGLU experts have no biases.
+
 Generation with a KV cache (``use_cache=True``) is exact for "segment" routing: the blocks keep
 the segment state of each cache (docs/math.md §6, "Cached decoding of a converted model";
 :class:`HFMergedMoE`); beam search, a cropped or foreign cache, and "sequence" routing with a
@@ -41,9 +47,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from namex_ref.merging.config import MergeConfig
-from namex_ref.merging.functional import LayerTerms, MergePlan, merged_linear, propagate
+from namex_ref.merging.functional import (
+    LayerTerms,
+    MergePlan,
+    gated_scores,
+    masked_deltas,
+    merged_linear,
+    noisy_unit_gates,
+    propagate,
+    term_dropout,
+)
 from namex_ref.merging.layers import KroneckerCurvature
-from namex_ref.merging.routing import segment_means, segment_scores, sequence_scores
+from namex_ref.merging.routing import segment_means
 
 __all__ = [
     "BASE_RULES",
@@ -74,14 +89,13 @@ BASE_RULES = ("perturbed-mean", "mean", "zero")
 
 _META_FILE = "namex_hf.json"
 _WEIGHTS_FILE = "namex_model.safetensors"
-# MergeConfig options of the GPT merging layer that the HF layer does not implement (yet).
+# MergeConfig options of the GPT merging layer that the HF layer does not implement, and why.
 _UNSUPPORTED = {
-    "gate": "softmax",
-    "router_per_matrix": False,
-    "expert_bias": False,
-    "sign_mask": "none",
-    "term_dropout": 0.0,
-    "base_init": "independent",
+    "expert_bias": (
+        False,
+        "the pretrained SwiGLU experts of Qwen2-MoE, Mixtral and OLMoE have no biases, so "
+        "there is no b_i to form b_i − b_m from (new zero biases would be a different model)",
+    ),
 }
 
 
@@ -99,6 +113,13 @@ def require_transformers() -> Any:
             f"optional extra with `{HF_EXTRA_HINT}` (transformers==5.23.0)"
         ) from err
     return transformers
+
+
+def _zero_linear(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> nn.Linear:
+    """A bias-free n_in → n_out router with zero weights."""
+    lin = nn.Linear(n_in, n_out, bias=False, device=device, dtype=dtype)
+    nn.init.zeros_(lin.weight)
+    return lin
 
 
 class _RouterLogits(nn.Module):
@@ -193,6 +214,12 @@ class HFMergedMoE(nn.Module):
     down). ``merge_top_k``: keep only the k largest scores of each segment, renormalised (the
     CAMEx code merges only the top k when 2k < N); ``None`` merges all N experts.
 
+    CAMEx options (docs/math.md §6): ``noise_router`` (H → N) for ``gate="noisy-top-k"``;
+    ``router_hidden`` (I → N, and ``noise_router_hidden``) for ``router_per_matrix``: W_down's
+    router on the segment means of the merged hidden act(W_gate x) ∘ (W_up x); all start at
+    zero weights. ``aux_loss``: the noisy gate's balance loss of the last forward (0 for the
+    softmax gate). ``base_init="expert0"``: the base is a copy of expert 0 (τ_0 = 0).
+
     Cached decoding (docs/math.md §6, "Cached decoding of a converted model"). With a KV cache
     transformers feeds only the new tokens, which do not contain the previous segment that
     S13's causal scores need. For "segment" routing the model's pre-hook therefore hands each
@@ -231,7 +258,10 @@ class HFMergedMoE(nn.Module):
         self.base_gate_up: nn.Parameter | None = None
         self.base_down: nn.Parameter | None = None
         if has_base:
-            b = initial_base(self.experts_list(), base_rule, seed=seed)
+            if config.base_init == "expert0":  # CAMEx's init_res: τ_0 = 0 at conversion
+                b = [E.detach()[0].clone() for E in self.experts_list()]
+            else:
+                b = initial_base(self.experts_list(), base_rule, seed=seed)
             self.base_gate_up = nn.Parameter(torch.cat([b[0], b[1]], 0))
             self.base_down = nn.Parameter(b[2])
         self.curvature: nn.ModuleList | None = None
@@ -248,6 +278,22 @@ class HFMergedMoE(nn.Module):
             ).to(device=dev, dtype=dt)
             for mod in self.curvature:
                 setattr(mod, "recompute", config.merge_memory != "eager")  # noqa: B010
+        dev, dt = self.experts.down_proj.device, self.experts.down_proj.dtype
+        # CAMEx options (docs/math.md §6, "CAMEx options on a converted model"); the new
+        # routers start at zero weights: the second router then gives W_down uniform scores
+        # (softmax of zero logits), the noise routers σ = softplus(0) + 1e-2 (Shazeer et al.)
+        self.router_hidden: nn.Linear | None = None
+        if config.router_per_matrix:
+            self.router_hidden = _zero_linear(self.intermediate, n, dev, dt)
+        self.noise_router: nn.Linear | None = None
+        self.noise_router_hidden: nn.Linear | None = None
+        if config.gate == "noisy-top-k":
+            self.noise_router = _zero_linear(hidden, n, dev, dt)
+            if config.router_per_matrix:
+                self.noise_router_hidden = _zero_linear(self.intermediate, n, dev, dt)
+        # balance loss of the noisy gate in the last forward (0 for the softmax gate), read by
+        # namex_ref.hf.training.HFCausalLM; None before a merging forward
+        self.aux_loss: Tensor | None = None
         self.terms: LayerTerms | None = None  # set by convert's pre-hook for each forward
         # cached decoding, set by the pre-hook for each forward: the number of tokens before
         # this call and their segment state (None for offset 0), or None when not tracked
@@ -292,13 +338,16 @@ class HFMergedMoE(nn.Module):
         return routed.reshape(B, T, H)
 
     def _scores(self, x: Tensor) -> Tensor:
-        cfg = self.config
+        """The merge scores (B, S, N) of :meth:`_route` (its balance loss dropped)."""
+        return self._route(x)[0]
+
+    def _route(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Scores (B, S, N) of the pretrained router (S13; the noisy gate for
+        ``gate="noisy-top-k"``, :func:`gated_scores`) after ``merge_top_k``, and the gate's
+        balance loss."""
         router = _RouterLogits(self.gate.weight)
-        if cfg.routing == "segment":
-            s = segment_scores(x, router, cfg.segment_len, cfg.n_experts)
-        else:
-            s = sequence_scores(x, router)
-        return self._top_k(s)
+        s, aux = gated_scores(x, router, self.noise_router, self.config, training=self.training)
+        return self._top_k(s), aux
 
     def _top_k(self, s: Tensor) -> Tensor:
         """``merge_top_k``: the k largest scores of each row, renormalised (s unchanged for
@@ -313,7 +362,13 @@ class HFMergedMoE(nn.Module):
     def _unit_scores(self, means: Tensor) -> Tensor:
         """Scores (B, U, N) of the segments that follow the segments with these means
         (B, U, H), as :func:`segment_scores` forms them (float32 softmax, cast back)."""
-        probs = F.softmax(_RouterLogits(self.gate.weight)(means).float(), dim=-1)
+        router = _RouterLogits(self.gate.weight)
+        if self.noise_router is not None:  # noisy gate (no noise in eval mode)
+            probs, _ = noisy_unit_gates(
+                means, router, self.noise_router, self.config, training=self.training
+            )
+        else:
+            probs = F.softmax(router(means).float(), dim=-1)
         return self._top_k(probs.to(means.dtype))
 
     def _first_scores(self, x: Tensor) -> Tensor:
@@ -332,10 +387,14 @@ class HFMergedMoE(nn.Module):
             return self._merged_cached(x, *decode)
         B, T, H = x.shape
         S_len = cfg.segment_len if cfg.routing == "segment" else T
-        scores = self._scores(x)  # (B, S, N)
+        # the random draws in training, in MoEFeedForward's order: "dare" masks, gate noise,
+        # term-dropout mask (then the second router's, in _ffn)
+        deltas = self._deltas()
+        scores, aux = self._route(x)  # (B, S, N)
         S = scores.shape[1]
         xs = F.pad(x, (0, 0, 0, S * S_len - T)).reshape(B, S, S_len, H)
-        y = self._ffn(xs, scores)  # (B, S, L, H)
+        y, aux2 = self._ffn(xs, scores, deltas, T)  # (B, S, L, H)
+        self.aux_loss = aux + aux2
         if decode is not None:  # the first call of a cache: keep the state for the next one
             with torch.no_grad():
                 full = T // S_len
@@ -370,14 +429,15 @@ class HFMergedMoE(nn.Module):
             scores = torch.cat([scores, self._unit_scores(means)], 1)  # (B, full + 1, N)
         head = min(S_len - r, T) if r else 0
         parts = []
+        deltas = self._deltas()
         if head:
             xs = x[:, :head].reshape(B, 1, head, H)
-            parts.append(self._ffn(xs, scores[:, :1]).reshape(B, head, H))
+            parts.append(self._ffn(xs, scores[:, :1], deltas)[0].reshape(B, head, H))
         rest = T - head
         if rest:
             n, first = math.ceil(rest / S_len), 1 if r else 0
             xs = F.pad(x[:, head:], (0, 0, 0, n * S_len - rest)).reshape(B, n, S_len, H)
-            y = self._ffn(xs, scores[:, first : first + n]).reshape(B, n * S_len, H)
+            y = self._ffn(xs, scores[:, first : first + n], deltas)[0].reshape(B, n * S_len, H)
             parts.append(y[:, :rest])
         self.next_state = _SegmentState(
             offset + T, ext[:, full * S_len :].detach().clone(),
@@ -385,29 +445,60 @@ class HFMergedMoE(nn.Module):
         )
         return torch.cat(parts, 1)
 
-    def _ffn(self, xs: Tensor, scores: Tensor) -> Tensor:
-        """The merged SwiGLU expert of each routing unit: xs (B, S, L, H), scores (B, S, N)
-        → (B, S, L, H)."""
+    def _terms(self) -> LayerTerms:
         terms = self.terms
         if terms is None:
             raise RuntimeError(
                 "HFMergedMoE: no merge terms; call the model converted by namex_ref.hf.convert "
                 "(its forward pre-hook builds them), not the block alone"
             )
+        return terms
+
+    def _deltas(self) -> list[Tensor]:
+        """The merge terms of the three matrices after ``sign_mask`` (:func:`masked_deltas`:
+        "ties" masks from τ on this layer's base, "dare" masks in training only)."""
+        return masked_deltas(self._terms(), self.experts_list(), self.config,
+                             training=self.training)
+
+    def _ffn(
+        self, xs: Tensor, scores: Tensor, deltas: list[Tensor], T: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The merged SwiGLU expert of each routing unit: xs (B, S, L, H), scores (B, S, N),
+        deltas from :meth:`_deltas` → ((B, S, L, H), the second router's balance loss).
+
+        W_gate and W_up are merged with ``scores`` after ``term_dropout``. With
+        ``router_per_matrix`` W_down is merged with the scores of the second router on the
+        hidden activations act(W_gate x) ∘ (W_up x) of the first T tokens (segment means,
+        :func:`gated_scores`, then ``merge_top_k`` and its own term-dropout mask); T = None is
+        the cached path, where ``router_per_matrix`` is refused."""
+        terms = self._terms()
         cfg = self.config
         eta = 1.0 if terms.base is None else cfg.eta
         bases: list[Tensor | None] = list(terms.base) if terms.base is not None else [None] * 3
         rec = cfg.merge_memory != "eager"
+        unmasked = deltas is terms.deltas  # recompute in backward only the unmasked terms
 
-        def lin(m: int, inp: Tensor) -> Tensor:
+        def lin(m: int, inp: Tensor, s: Tensor) -> Tensor:
             return merged_linear(
-                inp, bases[m], terms.deltas[m], scores, eta,
-                recompute_deltas=self._redo(m, bases[m]), recompute=rec,
+                inp, bases[m], deltas[m], s, eta,
+                recompute_deltas=self._redo(m, bases[m]) if unmasked else None, recompute=rec,
             )
 
-        h = self.experts.act_fn(lin(0, xs)) * lin(1, xs)  # (B, S, L, I)
-        out: Tensor = lin(2, h)  # (B, S, L, H)
-        return out
+        train, p = self.training, cfg.term_dropout
+        s1 = term_dropout(scores, p, training=train)
+        h = self.experts.act_fn(lin(0, xs, s1)) * lin(1, xs, s1)  # (B, S, L, I)
+        s2, aux = s1, xs.new_zeros((), dtype=torch.float32)
+        if self.router_hidden is not None:
+            if T is None:
+                raise RuntimeError("router_per_matrix: cached decoding is refused by convert")
+            B, S, L, I = h.shape
+            hidden = h.reshape(B, S * L, I)[:, :T]  # (B, T, I), real tokens only
+            sc2, aux = gated_scores(
+                hidden, self.router_hidden, self.noise_router_hidden, cfg, training=train
+            )
+            s2 = term_dropout(self._top_k(sc2), p, training=train)
+        out: Tensor = lin(2, h, s2)  # (B, S, L, H)
+        return out, aux
 
     def _redo(self, m: int, base: Tensor | None) -> Callable[[], Tensor] | None:
         """``merge_memory="recompute"``: the merge term M(E − E_m) of matrix m rebuilt from the
@@ -491,6 +582,13 @@ def _decode_states(
     if past == 0:
         return (0, [None] * len(blocks)) if config.routing == "segment" else None
     method = config.method
+    if config.router_per_matrix:
+        raise ValueError(
+            f"method {method!r} with router_per_matrix=True cannot continue from a non-empty "
+            "past_key_values (W_down's router reads the previous segment's hidden activations, "
+            "which the segment state does not keep); call the model on the whole sequence "
+            "with use_cache=False"
+        )
     if config.routing != "segment":
         raise ValueError(
             f"method {method!r} with routing='sequence' cannot continue from a non-empty "
@@ -527,6 +625,7 @@ def _pre_hook(model: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
     plan = _merge_plan(model)
     for i, (b, t) in enumerate(zip(blocks, plan.terms, strict=True)):
         b.terms = t
+        b.aux_loss = None
         b.decode = None if decode is None else (decode[0], decode[1][i])
         b.next_state = None
     model.__dict__["namex_plan"] = plan  # observables (α, residuals, fallbacks) of the last forward
@@ -579,12 +678,17 @@ def convert(
     require_transformers()
     if converted_blocks(model):
         raise ValueError("this model is already converted by namex_ref.hf.convert")
-    for key, default in _UNSUPPORTED.items():
+    for key, (default, why) in _UNSUPPORTED.items():
         if key in merge_options and merge_options[key] != default:
             raise ValueError(
-                f"{key}={merge_options[key]!r} is not supported on Hugging Face models yet "
-                f"(only the GPT merging layer implements it); leave it at {default!r}"
+                f"{key}={merge_options[key]!r} is not supported on Hugging Face models: {why}; "
+                f"leave it at {default!r}"
             )
+    if merge_options.get("base_init") == "expert0" and base_rule != "perturbed-mean":
+        raise ValueError(
+            f"base_init='expert0' sets the base expert to a copy of expert 0, so "
+            f"base_rule={base_rule!r} would be ignored; pass one of them"
+        )
     targets: list[tuple[nn.Module, str, Any]] = [
         (parent, name, child)
         for parent in model.modules()
@@ -608,6 +712,7 @@ def convert(
             block, config, has_base=has_base, base_rule=base_rule, seed=seed + layer,
             merge_top_k=merge_top_k,
         )
+        new.train(block.training)  # the model's mode (the noisy gate draws noise in training)
         setattr(parent, name, new)  # the old block is dropped here, one layer at a time
     hf_config: Any = getattr(model, "config", None)
     if config.spec.kind != "topk" and getattr(hf_config, "output_router_logits", False):

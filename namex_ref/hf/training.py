@@ -14,7 +14,9 @@ Objective: mean next-token cross-entropy over the window (the same as the GPT's;
 the window shifted by one token), plus, for "smoe", the model's own load-balancing loss weighted
 by ``balance_coef`` when given, otherwise by the model's ``router_aux_loss_coef`` when its config
 sets ``output_router_logits`` (the transformers fine-tuning default), otherwise none. Merging
-methods have no balance loss (:func:`namex_ref.hf.convert`).
+methods have no token router and no balance loss, except the noisy gate's
+(``gate="noisy-top-k"``, weighted by ``balance_coef``): each converted block keeps the loss of
+its last forward in ``aux_loss`` and :class:`HFCausalLM` adds their sum.
 
 The weights are trained in float32 whatever dtype the folder stores (AdamW on bfloat16 weights
 loses updates below 2⁻⁸ of a weight); :func:`export` writes float32.
@@ -78,6 +80,8 @@ class HFCausalLM(nn.Module):
     n_layer = the number of converted MoE blocks, n_head, d_ff = the expert width, seq_len = the
     training window, merge = the blocks' :class:`~namex_ref.merging.config.MergeConfig`.
     ``aux_coef``: weight of the model's load-balancing loss ("smoe" only; see module docstring).
+    For merging methods the blocks' own ``aux_loss`` (the noisy gate's, already weighted) is
+    added to the objective.
     """
 
     def __init__(self, hf: nn.Module, seq_len: int, aux_coef: float = 0.0) -> None:
@@ -121,6 +125,10 @@ class HFCausalLM(nn.Module):
         aux = logits.new_zeros((), dtype=torch.float32)
         if want_aux and getattr(out, "aux_loss", None) is not None:
             aux = self.aux_coef * out.aux_loss.float()
+        if merging:  # the noisy gate's balance loss (balance_coef included; 0 for softmax)
+            for blk in converted_blocks(self.hf):
+                if blk.aux_loss is not None:
+                    aux = aux + blk.aux_loss.float()
         ce = loss = None
         if targets is not None:
             ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
@@ -196,8 +204,11 @@ def build_model(config: TrainConfig) -> HFCausalLM:
     except ValueError as exc:
         if "supported sparse MoE block" in str(exc):
             raise ValueError(f"--hf-model: {exc}") from exc
-        named = [flag_name(k) for k in (*options, *_HF_FIELDS) if k in str(exc)]
-        raise ValueError(f"{named[0] if named else '--method'}: {exc}") from exc
+        keys = [k for k in (*options, *_HF_FIELDS) if k in str(exc)]
+        where = flag_name(keys[0]) if keys else "--method"
+        if keys and config.merge_preset and getattr(config, keys[0], 0) is None:
+            where = f"--merge-preset {config.merge_preset} (sets {keys[0]})"
+        raise ValueError(f"{where}: {exc}") from exc
     coef = 0.0
     if config.method == "smoe":
         if config.balance_coef is not None:

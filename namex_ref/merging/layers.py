@@ -17,20 +17,14 @@ from torch import Tensor, nn
 from namex_ref.merging.config import MergeConfig
 from namex_ref.merging.functional import (
     LayerTerms,
+    gated_scores,
     kronecker_apply,
+    masked_deltas,
     merge_weights,
     merged_linear,
+    term_dropout,
 )
-from namex_ref.merging.routing import (
-    cv_squared,
-    load_balancing_loss,
-    noisy_top_k_gating,
-    segment_scores,
-    sequence_scores,
-    top_k_routing,
-    unit_means,
-)
-from namex_ref.nash.gram import domain_vectors
+from namex_ref.merging.routing import load_balancing_loss, top_k_routing
 
 __all__ = ["KroneckerCurvature", "LayerOutput", "MoEFeedForward", "nearest_factors"]
 
@@ -245,63 +239,15 @@ class MoEFeedForward(nn.Module):
         aux = self.config.balance_coef * load_balancing_loss(route.probs, route.experts, n)
         return LayerOutput(out.reshape(B, T, C), aux, route.probs.reshape(B, T, n))
 
-    def _route(
-        self, h: Tensor, router: nn.Module, noise_router: nn.Module | None
-    ) -> tuple[Tensor, Tensor]:
-        """Router scores (B, S, N) of the merging methods and the gate's balance loss.
-
-        "softmax" gate: :func:`segment_scores` / :func:`sequence_scores`, loss 0. "noisy-top-k":
-        :func:`noisy_top_k_gating` on the same router inputs (segment 0 keeps the uniform 1/N),
-        noise drawn with ``torch.randn`` in training, loss balance_coef·(cv²(Σ gates) + cv²(load)).
-        """
-        cfg = self.config
-        if cfg.gate == "softmax":
-            if cfg.routing == "segment":
-                return segment_scores(h, router, cfg.segment_len, cfg.n_experts), h.new_zeros(())
-            return sequence_scores(h, router), h.new_zeros(())
-        assert noise_router is not None
-        u = unit_means(h, cfg.routing, cfg.segment_len)  # (B, U, C)
-        B, U, _ = u.shape
-        n = cfg.n_experts
-        clean = router(u).reshape(B * U, n)  # U = 0 when the sequence is one segment
-        raw = noise_router(u).reshape(B * U, n)
-        noise = torch.randn(clean.shape, device=clean.device) if self.training else None
-        gated = noisy_top_k_gating(clean, raw, cfg.gate_k, noise)
-        aux = cfg.balance_coef * (cv_squared(gated.gates.sum(0)) + cv_squared(gated.load))
-        scores = gated.gates.reshape(B, U, n)
-        if cfg.routing == "segment":
-            first = torch.full((B, 1, n), 1.0 / n, device=h.device)
-            scores = torch.cat([first, scores], dim=1)
-        return scores.to(h.dtype), aux
-
-    def _term_dropout(self, scores: Tensor) -> Tensor:
-        """Dropout2d of the terms s_i·M_i(τ_i) per (routing unit, expert), as a mask on the
-        (B, S, N) scores: s_i·m_i/(1 − p), m_i ~ Bernoulli(1 − p). Identity in eval mode."""
-        p = self.config.term_dropout
-        if not self.training or p == 0.0:
-            return scores
-        keep = torch.empty_like(scores).bernoulli_(1.0 - p)
-        return scores * keep / (1.0 - p)
-
     def _masked_deltas(self, terms: LayerTerms) -> list[Tensor]:
-        """The merge terms after ``sign_mask`` ("ties": × [sign τ_i = sign Σ_j τ_j], with τ from
-        S1 on this layer's base; "dare": × Bernoulli(dare_keep), training only). The τ of the
-        bargain are not touched (they are formed in ``functional.propagate``)."""
-        cfg = self.config
-        if cfg.sign_mask == "none" or terms.base is None:
-            return terms.deltas
-        if cfg.sign_mask == "ties":
-            with torch.no_grad():
-                taus = domain_vectors(self.experts(), terms.base)
-                masks = [(t.sign() == t.sum(0).sign()).to(t.dtype) for t in taus]
-            return [d * m for d, m in zip(terms.deltas, masks, strict=True)]
-        if not self.training:
-            return terms.deltas
-        return [d * torch.empty_like(d).bernoulli_(cfg.dare_keep) for d in terms.deltas]
+        """This layer's merge terms after ``sign_mask`` (:func:`masked_deltas`)."""
+        return masked_deltas(terms, self.experts(), self.config, training=self.training)
 
     def _merged(self, x: Tensor, terms: LayerTerms) -> LayerOutput:
         """S13–S18: merge per segment (or sequence), then one expert forward per segment.
 
+        The CAMEx options are the shared functions of :mod:`functional` (also used by the
+        Hugging Face layer): :func:`masked_deltas`, :func:`gated_scores`, :func:`term_dropout`.
         Order of the random draws in training (tests replay it): the "dare" masks (per matrix),
         the first router's gate noise, its term-dropout mask, then (``router_per_matrix``) the
         second router's noise and mask; with one router both matrices share the mask.
@@ -309,9 +255,10 @@ class MoEFeedForward(nn.Module):
         cfg = self.config
         B, T, C = x.shape
         S_len = cfg.segment_len if cfg.routing == "segment" else T
+        train, p = self.training, cfg.term_dropout
         deltas = self._masked_deltas(terms)
-        scores, aux = self._route(x, self.router, self.noise_router)  # (B, S, N)
-        s1 = self._term_dropout(scores)
+        scores, aux = gated_scores(x, self.router, self.noise_router, cfg, training=train)
+        s1 = term_dropout(scores, p, training=train)  # (B, S, N)
         S = scores.shape[1]
         eta = 1.0 if terms.base is None else cfg.eta
         bases = terms.base if terms.base is not None else [None] * len(deltas)
@@ -326,8 +273,10 @@ class MoEFeedForward(nn.Module):
         s2 = s1
         if self.router_hidden is not None:
             hidden = h.reshape(B, S * S_len, -1)[:, :T]  # (B, T, F), real tokens only
-            scores2, aux2 = self._route(hidden, self.router_hidden, self.noise_router_hidden)
-            s2, aux = self._term_dropout(scores2), aux + aux2
+            scores2, aux2 = gated_scores(
+                hidden, self.router_hidden, self.noise_router_hidden, cfg, training=train
+            )
+            s2, aux = term_dropout(scores2, p, training=train), aux + aux2
         y = self._linear(1, h, bases[1], deltas, terms, s2, eta)  # (B, S, L, C)
         if len(deltas) == 4:
             y = y + merge_weights(bases[3], deltas[3], s2, eta)[:, :, None, :]
