@@ -24,6 +24,10 @@ from namex_ref.nash import BargainInputError, solve_nash
 from namex_ref.nash.solvers import solve_closed_form, solve_newton
 from tests.oracles import positive_root
 
+# Every test runs through both Newton backends (tests/conftest.py): the fused CPU default and
+# the eager torch loop that CUDA tensors take, against the same oracles.
+pytestmark = pytest.mark.usefixtures("newton_backend")
+
 
 def _K(seed: int, n: int = 3) -> torch.Tensor:
     G = torch.randn(n + 2, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
