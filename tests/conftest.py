@@ -49,3 +49,19 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(1)
+
+
+@pytest.fixture(params=["auto", "eager"])
+def newton_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a Newton test through both backends of ``solve_newton``: "auto" (the fused CPU kernel
+    of nash/fused.py, the CPU default) and "eager" (the batched torch loop that CUDA tensors,
+    autograd and ``record_history`` take). Patches the keyword default, so every
+    ``solve_nash(method="newton")`` / ``solve_newton`` call without an explicit ``backend``
+    takes the parametrised one; tests opt in with ``pytest.mark.usefixtures("newton_backend")``
+    (only where the eager path's behaviour matters: the default run stays fast)."""
+    from namex_ref.nash import solvers
+
+    defaults = solvers.solve_newton.__kwdefaults__
+    assert defaults is not None and "backend" in defaults
+    monkeypatch.setitem(defaults, "backend", request.param)
+    return str(request.param)

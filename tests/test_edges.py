@@ -255,6 +255,10 @@ def test_transposed_taus_suggest_the_transpose() -> None:
     with pytest.raises(InfeasibleBargainError, match=r"transpose") as exc:
         nash_bargain(taus.T)
     assert exc.value.certificate is not None
+    # the hint extends the solver's message: still one message (printed as text, not as a
+    # tuple of the old and the new message), starting with the solver's own S6 verdict
+    assert len(exc.value.args) == 1 and str(exc.value) == exc.value.args[0]
+    assert str(exc.value).startswith("No Nash bargain exists")
 
 
 def test_nan_in_one_expert_names_that_expert(tmp_path: Path,

@@ -352,6 +352,25 @@ def test_curvature_identity_at_init(rank: int | None, out: int, inn: int) -> Non
         assert not torch.allclose(curv(tau), tau)
 
 
+def test_curve_is_the_identity_without_curvature() -> None:
+    """MoEFeedForward.curve applies M_i (S14) per matrix, and is the identity for a method
+    without curvature operators (smear, S13): the τ come back unchanged. A camex layer with
+    perturbed factors does change them (the comparison can fail)."""
+    g = _gen(5)
+    taus = [torch.randn(4, 8, 6, generator=g, dtype=torch.float64),
+            torch.randn(4, 6, 8, generator=g, dtype=torch.float64)]
+    smear = _layer("smear", n_experts=4)
+    assert smear.curvature is None
+    for got, want in zip(smear.curve(taus), taus, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    camex = _layer("camex", n_experts=4)
+    assert camex.curvature is not None
+    with torch.no_grad():
+        for p in camex.curvature.parameters():
+            p.add_(0.1)
+    assert not torch.allclose(camex.curve(taus)[0], taus[0])
+
+
 @given(n=st.integers(1, 400))
 @SETTINGS
 def test_nearest_factors(n: int) -> None:

@@ -308,6 +308,30 @@ def test_recompute_detects_in_place_change_before_backward() -> None:
             out.loss.backward()
 
 
+@pytest.mark.parametrize(
+    ("method", "param"),
+    [("camex", "w1"), ("camex", "w2"), ("camex", "curvature.0.A.full"),
+     ("ep-camex", "curvature.1.D.full")],
+)
+def test_recompute_names_the_in_place_change_and_the_fix(method: str, param: str) -> None:
+    """merge_memory='recompute' rebuilds the merge terms M(E − E_m) from the experts, the base
+    and the curvature factors in backward; an in-place change of an expert or of a curvature
+    factor between forward and backward raises the layer's own error, which says what happened
+    and what to do (call backward first, or use 'keep-deltas'), not autograd's generic
+    "modified by an inplace operation" (which would come later, from another saved tensor). (A
+    changed base is caught by autograd itself first: merged_linear saves the base for its own
+    backward.)"""
+    cfg = preset("tiny", method, merge_memory="recompute")
+    model = MoEGPT(dataclasses.replace(cfg, n_layer=2))
+    idx = torch.randint(0, cfg.vocab_size, (2, 64), generator=_gen(8))
+    out = model(idx, idx)
+    assert out.loss is not None
+    with torch.no_grad():
+        model.blocks[1].moe.get_parameter(param).add_(0.5)
+    with pytest.raises(RuntimeError, match=r"merge_memory='recompute'.*keep-deltas"):
+        out.loss.backward()
+
+
 def test_recompute_under_autocast_matches_eager() -> None:
     """CPU bfloat16 autocast: the recomputing path gives the eager path's loss and gradients
     (same dtypes; 2e-2 of the model's largest gradient: bfloat16 keeps 8 bits, and a base

@@ -163,3 +163,40 @@ def test_a_bad_mutant_is_killed_and_a_no_op_survives(tmp_path: Path,
     assert outcomes[breaks_import.uid].status == "killed"
     assert outcomes[no_op.uid].status == "survived"
     assert outcomes[uncovered.uid].status == "no-coverage"
+
+
+def _entry(statuses: list[str], commit: str) -> dict[str, object]:
+    """A stored module run with mutants of the given fates (uids m0, m1, …)."""
+    return {
+        "path": "tiny.py", "commit": commit, "date": "2026-01-01 00:00 UTC", "sample": None,
+        "generated": len(statuses), "wall_s": 60.0, "test_files": ["t.py"], "baseline_tests": 1,
+        "baseline_failing": [], "command": f"python tools/mutation.py # {commit}",
+        "mutants": [{"uid": f"m{i}", "line": i, "operator": "const", "original": "1",
+                     "replacement": "2", "status": s} for i, s in enumerate(statuses)],
+    }
+
+
+def test_report_shows_the_run_it_replaced_and_survivor_notes(tmp_path: Path) -> None:
+    """A re-measured module keeps the replaced run's counts as ``before`` (rate with the
+    equivalents of the moment), and the report prints both rates; ``[[survivor]]`` notes are
+    read from the equivalents file and printed next to their survivor, which stays counted."""
+    toml = tmp_path / "eq.toml"
+    toml.write_text('[[equivalent]]\nid = "m3"\nreason = "same"\n\n'
+                    '[[survivor]]\nid = "m2"\nnote = "needs CUDA"\n')
+    equivalents = tool.load_equivalents(toml)
+    notes = tool.load_survivor_notes(toml)
+    assert equivalents == {"m3": "same"} and notes == {"m2": "needs CUDA"}
+    old = _entry(["killed", "survived", "survived", "survived"], "aaa")
+    before = tool._before(old, equivalents)
+    # 1 killed of 4 mutants, 1 equivalent: 1/3
+    assert before["survived"] == 2 and before["equivalent"] == 1
+    assert before["rate"] == pytest.approx(1 / 3) and before["commit"] == "aaa"
+    new = _entry(["killed", "killed", "survived", "survived"], "bbb")
+    new["before"] = before
+    module = next(iter(tool.MODULES))
+    text = tool.render_report({module: new}, equivalents, "cmd", notes)
+    assert "Kill rate before/after: 33.3% → 66.7%" in text
+    assert "at aaa, 2026-01-01 00:00 UTC, by `python tools/mutation.py # aaa`" in text
+    survivor_row = next(line for line in text.splitlines() if "`m2`" in line)
+    assert survivor_row.endswith("| needs CUDA |")
+    assert "Survivors (1)" in text  # m2 stays a survivor; m3 is listed as equivalent

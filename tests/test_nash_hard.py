@@ -202,6 +202,7 @@ def _label_and_target(G: torch.Tensor, K: torch.Tensor) -> str:
     return label
 
 
+@pytest.mark.usefixtures("newton_backend")  # both Newton backends (conftest)
 @HARD
 @given(hard_problems())
 @example(_pair(1e-8))  # converged above RESIDUAL_TOL: the rounding-floor branch
@@ -213,6 +214,7 @@ def test_hard_problems_converge_or_certify(problem: tuple[torch.Tensor, torch.Te
     _label_and_target(*problem)
 
 
+@pytest.mark.usefixtures("newton_backend")  # both Newton backends (conftest)
 @HARD
 @given(hard_problems(), st.sampled_from([1, 3, 30, 100]))
 def test_hard_problems_unvalidated_never_nan(problem, fixed: int) -> None:

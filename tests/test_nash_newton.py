@@ -30,6 +30,10 @@ from namex_ref.nash.problem import infeasibility_certificate, residual_floor
 from namex_ref.nash.solvers import solve_closed_form, solve_newton
 from tests.oracles import positive_root
 
+# Every test runs through both Newton backends (tests/conftest.py): the fused CPU default and
+# the eager torch loop that CUDA tensors take, against the same oracles.
+pytestmark = pytest.mark.usefixtures("newton_backend")
+
 
 def _problem(n: int, d: int, seed: int, spread: float = 1.0, scale: float = 2.0) -> np.ndarray:
     rng = np.random.default_rng(seed)

@@ -24,6 +24,10 @@ from namex_ref.nash import BargainInputError, solve_nash
 from namex_ref.nash.solvers import solve_closed_form, solve_newton
 from tests.oracles import positive_root
 
+# Every test runs through both Newton backends (tests/conftest.py): the fused CPU default and
+# the eager torch loop that CUDA tensors take, against the same oracles.
+pytestmark = pytest.mark.usefixtures("newton_backend")
+
 
 def _K(seed: int, n: int = 3) -> torch.Tensor:
     G = torch.randn(n + 2, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
@@ -124,6 +128,27 @@ def test_closed_form_batches_of_any_rank(shape: tuple[int, ...]) -> None:
         rho = k[0, 1] / math.sqrt(k[0, 0] * k[1, 1])
         want = 1 / np.sqrt(np.diag(k) * (1 + rho))  # S11
         np.testing.assert_allclose(flat[i].numpy(), want, rtol=1e-14)
+
+
+@pytest.mark.parametrize("fixed", [None, 30])
+@pytest.mark.parametrize("shape", [(6,), (2, 3), (3, 2), (1, 2, 3)])
+def test_newton_batches_of_any_rank(shape: tuple[int, ...], fixed: int | None) -> None:
+    """Newton takes K of shape (..., N, N) with any number of batch dims (solve_newton's
+    contract), each problem solved as if alone: checked per problem against the independent
+    root (tests/oracles.positive_root, residual < 1e-12), adaptive and in fixed-iteration mode.
+    Two batch dims of different sizes are the case that a per-problem flag of the wrong shape
+    ((B1,) instead of (B1, B2)) cannot broadcast against. Tolerance 1e-9 relative, as in
+    test_invalid_start_in_the_null_space_starts_at_alpha_hat_one: Newton stops at residual
+    ≤ 1e-10 on these well-conditioned K (cond(K̂) < 1e2), which moves α by ≤ ~1e-10·cond."""
+    Ks = [_K(20 + i) for i in range(6)]
+    Kb = torch.stack(Ks).reshape(*shape, 3, 3)
+    sol = solve_newton(Kb, fixed_iterations=fixed)
+    assert sol.alpha.shape == (*shape, 3)
+    assert sol.residual.shape == shape and sol.converged.shape == shape
+    assert bool(sol.converged.all())
+    flat = sol.alpha.reshape(6, 3)
+    for i, K in enumerate(Ks):
+        np.testing.assert_allclose(flat[i].numpy(), positive_root(K.numpy()), rtol=1e-9)
 
 
 def test_dispatcher_validates_alpha0_in_fixed_mode_and_for_batches() -> None:

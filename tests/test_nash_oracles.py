@@ -467,14 +467,20 @@ def test_ccp_continues_from_the_absolute_value(ccp_spy: Callable[[int], Spy]) ->
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("batched", [False, True], ids=["single", "batch"])
 @pytest.mark.parametrize("solve", [solve_cvxpy, solve_primal, solve_ccp],
                          ids=["cvxpy", "primal", "ccp"])
-def test_oracles_return_on_the_input_device(solve: Callable[..., Any]) -> None:
-    """The oracles solve on CPU but return α, residual and converged on K's device."""
-    K = gram(feasible_G(10)).cuda()
+def test_oracles_return_on_the_input_device(solve: Callable[..., Any], batched: bool) -> None:
+    """The oracles solve on CPU but return α, residual and converged on K's device. The batch
+    case matters for ccp: its per-problem stop flags are gathered on CPU and combined with
+    ``converged`` (on K's device); a 0-d CPU flag combines with a CUDA tensor, a (B,) one does
+    not, so only a batch shows a missing move to K's device."""
+    K = gram(feasible_G(10))
+    K = (torch.stack([K, gram(feasible_G(11))]) if batched else K).cuda()
     sol = solve(K)
     assert sol.alpha.device == K.device and sol.converged.device == K.device
     assert sol.residual.device == K.device
+    assert sol.converged.shape == K.shape[:-2]
 
 
 def ccp_subproblem(K: np.ndarray, prev: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ from namex_ref.nash import (
     solve_nash,
 )
 from namex_ref.nash.problem import (
+    as_gram_tensor,
     check_gram,
     converged_mask,
     infeasibility_certificate,
@@ -75,6 +76,19 @@ def test_unconvertible_and_complex_inputs_are_named() -> None:
         solve_nash("not a matrix")
     with pytest.raises(BargainInputError, match="K must be real"):
         solve_nash(_K(3).to(torch.complex128))
+
+
+def test_as_gram_tensor_keeps_float_dtypes_and_makes_integers_float64() -> None:
+    """as_gram_tensor's contract: float inputs keep their dtype (validation then uses that
+    precision's tolerance), integer tensors and arrays become float64 with the same values."""
+    ints = [[2, 1], [1, 2]]
+    for K in (torch.tensor(ints), torch.tensor(ints, dtype=torch.int32),
+              np.array(ints, dtype=np.int64), np.array(ints, dtype=np.uint8)):
+        t = as_gram_tensor(K)
+        assert t.dtype == torch.float64, type(K)
+        assert t.tolist() == [[2.0, 1.0], [1.0, 2.0]]
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        assert as_gram_tensor(torch.tensor(ints, dtype=dtype)).dtype == dtype
 
 
 def test_integer_K_is_checked_exactly_and_solved() -> None:

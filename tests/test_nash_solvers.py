@@ -102,6 +102,7 @@ def newton(K: torch.Tensor, **kw):
 # ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("newton_backend")  # both Newton backends (conftest)
 @given(feasible_problems())
 def test_newton_residual_and_s7_identities(problem):
     """S4, S7: Newton reaches residual ≤ RESIDUAL_TOL (1e-10) on (a) Gaussian, (b) cone and
@@ -233,6 +234,7 @@ def test_closed_form_near_anti_parallel_matches_polynomial_root():
 # ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("newton_backend")  # both Newton backends (conftest)
 @given(st.integers(2, 8), st.integers(0, 2**32 - 1))
 def test_s8_diagonal(n, seed):
     """S8: diagonal K ⇒ α_i = 1/‖τ_i‖ = 1/√K_ii. Newton's default start α̂ = 1 IS this answer,
@@ -583,6 +585,7 @@ def batches(draw):
     return torch.stack(Ks)
 
 
+@pytest.mark.usefixtures("newton_backend")  # both Newton backends (conftest)
 @given(batches())
 def test_batched_equals_unbatched(Kb):
     """§2 batched Newton: a (B, N, N) batch equals stacking single solves (residual rule);
@@ -599,6 +602,7 @@ def test_batched_equals_unbatched(Kb):
         assert float(sf.residual[i]) <= newton_tol(Kb[i], sf.alpha[i])
 
 
+@pytest.mark.usefixtures("newton_backend")  # both Newton backends (conftest)
 def test_fixed_iterations_mixed_feasible_infeasible():
     """§2 fixed-iteration mode, validate=False: a batch with one feasible and one infeasible
     (anti-parallel, S6) problem returns finite positive α for both, converged False only for the
@@ -643,6 +647,7 @@ def np_residual(K: np.ndarray, a: np.ndarray) -> float:
     return float(np.abs(a * (K @ a) - 1.0).max())
 
 
+@pytest.mark.usefixtures("newton_backend")  # both Newton backends (conftest)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_low_precision_inputs(dtype):
     """§2: float32/float16/bfloat16 K are accepted and solved in float64 (α is float64): α solves

@@ -24,7 +24,10 @@ module name) and calls ``pytest.main`` on the selected node ids. A child that ru
 
 Equivalent mutants (no change in behaviour) are listed in ``tools/mutation_equivalent.toml``
 with the reason, keyed by the mutant id printed in the report; they are reported separately and
-left out of the kill-rate denominator.
+left out of the kill-rate denominator. A survivor that is not equivalent but needs a word (e.g.
+only a test that needs a GPU can kill it) gets a ``[[survivor]]`` note there (``id``, ``note``),
+printed next to it; it stays in the kill rate. A run that re-measures a module keeps the
+replaced run's counts as ``before`` in the JSON, and the report prints the kill rate before/after.
 
 Usage::
 
@@ -105,6 +108,24 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
             "tests/test_edges*.py",
             "tests/test_mutants_merging*.py",
             "tests/test_mutants_functional*.py",
+        ),
+    ),
+    # the layer modules: their unit tests (test_merging*.py) and the model tests that run the
+    # layers inside a GPT (test_models.py: every method's forward/backward)
+    "merging/layers": (
+        "namex_ref/merging/layers.py",
+        (
+            "tests/test_merging*.py",
+            "tests/test_models.py",
+            "tests/test_mutants_layers*.py",
+        ),
+    ),
+    "merging/routing": (
+        "namex_ref/merging/routing.py",
+        (
+            "tests/test_merging*.py",
+            "tests/test_models.py",
+            "tests/test_mutants_routing*.py",
         ),
     ),
 }
@@ -825,6 +846,31 @@ def load_equivalents(path: Path = EQUIVALENTS_FILE) -> dict[str, str]:
     return {str(e["id"]): str(e["reason"]) for e in data.get("equivalent", [])}
 
 
+def load_survivor_notes(path: Path = EQUIVALENTS_FILE) -> dict[str, str]:
+    """uid → note, from ``[[survivor]]`` tables with ``id`` and ``note``: survivors that are NOT
+    equivalent (they stay in the kill rate) but need a word, e.g. a mutant that only a test
+    needing hardware this machine lacks can kill."""
+    import tomllib
+
+    if not path.exists():
+        return {}
+    data = tomllib.loads(path.read_text())
+    return {str(e["id"]): str(e["note"]) for e in data.get("survivor", [])}
+
+
+def _before(entry: dict[str, Any], equivalents: dict[str, str]) -> dict[str, Any]:
+    """What a new run of a module replaces: the stored run's counts, rate, commit and command
+    (kept in the new entry as ``before``, so the report shows the kill rate before/after)."""
+    s = _summary(entry, equivalents)
+    retest = entry.get("retested_from")
+    return {
+        **s,
+        "commit": entry["commit"] + (f" (retest of {retest})" if retest else ""),
+        "date": entry["date"],
+        "command": entry.get("command", ""),
+    }
+
+
 def test_files_for(module: str) -> list[str]:
     _, patterns = MODULES[module]
     files = {f for p in patterns for f in glob.glob(p, root_dir=ROOT)}
@@ -945,7 +991,16 @@ def _summary(entry: dict[str, Any], equivalents: dict[str, str]) -> dict[str, An
     return {**counts, "mutants": len(entry["mutants"]), "rate": rate}
 
 
-def render_report(store: dict[str, Any], equivalents: dict[str, str], command: str) -> str:
+def render_report(
+    store: dict[str, Any],
+    equivalents: dict[str, str],
+    command: str,
+    notes: dict[str, str] | None = None,
+) -> str:
+    """The markdown report of every stored module. ``notes``: uid → note for survivors
+    (``[[survivor]]`` in the equivalents file); a module's ``before`` (the run it replaced) is
+    shown under its command."""
+    notes = notes or {}
     lines = [
         "# Mutation testing of the core",
         "",
@@ -989,6 +1044,16 @@ def render_report(store: dict[str, Any], equivalents: dict[str, str], command: s
         lines += [f"## {module} (`{entry['path']}`)", ""]
         if entry.get("command"):
             lines += [f"Measured by `{entry['command']}`.", ""]
+        before = entry.get("before")
+        if before:
+            now = _summary(entry, equivalents)
+            lines += [
+                f"Kill rate before/after: {100 * before['rate']:.1f}% → {100 * now['rate']:.1f}% "
+                f"(before: {before['mutants']} mutants, {before['survived']} survived, "
+                f"{before['equivalent']} equivalent, at {before['commit']}, {before['date']}, "
+                f"by `{before['command']}`).",
+                "",
+            ]
         lines.append(f"Test files: {', '.join(f'`{f}`' for f in entry['test_files'])}; "
                      f"{entry['baseline_tests']} passing tests in the baseline"
                      + (f", failing (left out): {entry['baseline_failing']}"
@@ -996,13 +1061,15 @@ def render_report(store: dict[str, Any], equivalents: dict[str, str], command: s
         lines.append("")
         if survivors:
             lines += [f"Survivors ({len(survivors)}):", "",
-                      "| line | operator | original → mutated | id |", "|---|---|---|---|"]
+                      "| line | operator | original → mutated | id | note |",
+                      "|---|---|---|---|---|"]
             for m in survivors:
                 tag = {"no-coverage": " (*no test*)", "error": " (*error: tests not run*)"}.get(
                     m["status"], "")
                 lines.append(
                     f"| {m['line']}{tag} | {m['operator']} | `{_md(m['original'])}` → "
-                    f"`{_md(m['replacement'])}` | `{_pipe(m['uid'])}` |"
+                    f"`{_md(m['replacement'])}` | `{_pipe(m['uid'])}` | "
+                    f"{notes.get(m['uid'], '')} |"
                 )
         else:
             lines.append("No survivors.")
@@ -1056,7 +1123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report:
         stored: dict[str, Any] = json.loads(args.json.read_text())
         last = max(stored.values(), key=lambda e: str(e["date"]))
-        args.out.write_text(render_report(stored, load_equivalents(), last.get("command", "")))
+        args.out.write_text(render_report(stored, load_equivalents(), last.get("command", ""),
+                                          load_survivor_notes()))
         return 0
     os.chdir(ROOT)
     os.environ["HYPOTHESIS_PROFILE"] = "mutation"
@@ -1089,14 +1157,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Read-modify-write: another run may have updated other modules meanwhile.
         store: dict[str, Any] = json.loads(args.json.read_text()) if args.json.exists() else {}
         entry["command"] = command.strip()
-        store[module] = entry
         equivalents = load_equivalents()  # re-read: it may have been edited during the run
+        if module in store:
+            entry["before"] = _before(store[module], equivalents)
+        store[module] = entry
         s = _summary(entry, equivalents)
         print(f"{module}: kill rate {100 * s['rate']:.1f}% ({s}), {entry['wall_s']:.0f} s",
               flush=True)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(store, indent=1, ensure_ascii=False) + "\n")
-        args.out.write_text(render_report(store, equivalents, command.strip()))
+        args.out.write_text(render_report(store, equivalents, command.strip(),
+                                          load_survivor_notes()))
     return 0
 
 
