@@ -372,7 +372,8 @@ def test_perturbed_mean_gives_the_documented_gram() -> None:
 
 def test_readme_example_runs(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The README's Python example, on a tiny saved model (3 steps instead of 200, a short
-    corpus, a small window), and its shell command parses to the same configuration."""
+    corpus, a small window); its training command parses to the same configuration, and its
+    reload command (namex generate) runs on the example's output."""
     import re
     import shlex
     from pathlib import Path
@@ -397,6 +398,13 @@ def test_readme_example_runs(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert converted_blocks(model)[0].config.method == "namex-full-mom"  # type: ignore[arg-type]
     cfg = config_from_args(build_parser().parse_args(shlex.split(shell.group(1))[1:]))
     assert (cfg.hf_model, cfg.method, cfg.steps) == ("path/to/model", "namex-full-mom", 200)
+    # the README's reload command, run on the snippet's output folder
+    from namex_ref.cli import main
+
+    gen = re.search(r"\n(namex generate .*)\n", section)
+    assert gen is not None
+    argv = shlex.split(gen.group(1).replace("runs/hf-namex", str(tmp_path / "out")))[1:]
+    assert main(argv) == 0
 
 
 @pytest.mark.parametrize("mode", ["recompute", "keep-deltas"])

@@ -446,3 +446,63 @@ def test_dense_layers_between_sparse_ones_stay_and_the_chain_skips_them(
                   log_every=1, eval_every=0, ckpt_every=0, final_eval_batches=1))
     alpha = read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]["alpha"]
     assert len(alpha) == 2 and all(len(row) == 4 for row in alpha)
+
+
+# ---- reload and generate ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cache_on", [True, False])
+def test_generate_is_the_greedy_argmax_of_the_reloaded_model(
+    folders: dict[str, Path], cache: Path, tmp_path: Path, cache_on: bool
+) -> None:
+    """``namex generate`` / ``generate_text`` on OUT/model: the continuation is the argmax of
+    full forwards on the reloaded model, token by token (a loop written here, no cache), for
+    exactly max_new_tokens tokens (built-in BPE: the model's eos id is an ordinary token)."""
+    from namex_ref.data.tokenizer import BPETokenizer
+    from namex_ref.hf import load
+    from namex_ref.hf.training import generate_text
+
+    train(_config(folders["mixtral"], tmp_path / "run", cache, method="namex-full-mom",
+                  steps=6, log_every=2, eval_every=0, ckpt_every=0, final_eval_batches=1))
+    folder = tmp_path / "run" / "model"
+    model = load(folder)
+    prompt = "And God said, Let there be light"
+    text = generate_text(model, folder, prompt, max_new_tokens=12, use_cache=cache_on)
+    tok = BPETokenizer.load(folder / "tokenizer.json")
+    ids = tok.encode(prompt)
+    with torch.no_grad():
+        for _ in range(12):
+            nxt = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1].argmax()
+            ids.append(int(nxt))
+    assert text == tok.decode(ids)
+    assert text.startswith(prompt)
+
+
+def test_namex_generate_command_and_its_errors(
+    folders: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``namex convert`` keeps the source folder's tokenizer, so ``namex generate`` reloads the
+    converted folder in one command; a folder without a tokenizer and an empty prompt are
+    one-line errors."""
+    import shutil
+
+    from namex_ref.cli import main
+
+    src = tmp_path / "src"
+    shutil.copytree(folders["olmoe"], src)
+    _tokenizer_json(src / "tokenizer.json", 200)
+    assert main(["convert", str(src), str(tmp_path / "conv"), "--segment-len", "8"]) == 0
+    assert (tmp_path / "conv" / "tokenizer.json").read_bytes() == (
+        src / "tokenizer.json").read_bytes()
+    capsys.readouterr()
+    assert main(["generate", str(tmp_path / "conv"), "--prompt", "and the",
+                 "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out.strip().split()  # a word-level tokenizer: words and spaces
+    assert out[:2] == ["and", "the"] and 3 <= len(out) <= 6  # may stop early at the eos id
+    assert main(["convert", str(folders["olmoe"]), str(tmp_path / "bare")]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(tmp_path / "bare"), "--prompt", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "tokenizer.json" in err and err.count("\n") == 1
+    assert main(["generate", str(tmp_path / "conv"), "--prompt", ""]) == 2
+    assert "--prompt" in capsys.readouterr().err

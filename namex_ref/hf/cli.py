@@ -1,13 +1,16 @@
 """``namex convert``: convert a local Hugging Face MoE model directory (``save_pretrained``
 output: config and safetensors) to a merging method and save it for :func:`namex_ref.hf.load`.
-Calls :func:`namex_ref.hf.convert` and :func:`namex_ref.hf.save`; nothing is computed here.
-Fine-tuning is ``namex train --hf-model DIR`` (the training loop of :mod:`namex_ref.train`).
+``namex generate``: reload a converted model (``OUT/model`` of ``namex train --hf-model``, or a
+``namex convert`` folder) and continue a prompt greedily. Call :func:`namex_ref.hf.convert`,
+:func:`namex_ref.hf.save`, :func:`namex_ref.hf.load` and :func:`namex_ref.hf.generate_text`;
+nothing is computed here. Fine-tuning is ``namex train --hf-model DIR``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +35,25 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         merge_top_k=args.merge_top_k, **options,
     )
     out = save(model, args.out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (src / name).is_file():  # namex generate reads it from the converted folder
+            shutil.copy2(src / name, out / name)
     print(json.dumps({"out": str(out), "method": args.method}))
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from namex_ref.hf.convert import load
+    from namex_ref.hf.training import generate_text
+
+    model = load(args.model)
+    print(generate_text(model, args.model, args.prompt, max_new_tokens=args.max_new_tokens,
+                        use_cache=args.cache))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    """Add ``namex convert`` to the ``namex`` parser."""
+    """Add ``namex convert`` and ``namex generate`` to the ``namex`` parser."""
     c = sub.add_parser(
         "convert",
         help="convert a local Hugging Face MoE model (Qwen2-MoE, Mixtral, OLMoE) to a merging "
@@ -57,3 +73,17 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     c.add_argument("--seed", type=int, default=0,
                    help="seed of the base-expert direction (default: 0)")
     c.set_defaults(func=_cmd_convert)
+    g = sub.add_parser(
+        "generate",
+        help="reload a converted model (OUT/model of namex train --hf-model) and continue a "
+        "prompt greedily (needs the hf extra)",
+    )
+    g.add_argument("model", type=Path,
+                   help="folder written by namex_ref.hf.save (with its tokenizer.json)")
+    g.add_argument("--prompt", required=True, help="text to continue")
+    g.add_argument("--max-new-tokens", type=int, default=32,
+                   help="tokens to generate (default: 32)")
+    g.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="decode with the KV cache (exact for every method, docs/math.md §6); "
+                   "--no-cache runs a full forward per token (default: cache)")
+    g.set_defaults(func=_cmd_generate)

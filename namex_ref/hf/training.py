@@ -42,7 +42,7 @@ from namex_ref.nash.gram import domain_vectors
 from namex_ref.train.config import TrainConfig, flag_name
 
 __all__ = ["DEFAULT_SEGMENT_LEN", "DEFAULT_SEQ_LEN", "MODEL_DIR", "HFCausalLM", "build_model",
-           "export", "read_model_config"]
+           "export", "generate_text", "read_model_config"]
 
 MODEL_DIR = "model"
 """Sub-folder of a run folder where a ``hf_model`` run writes its converted, fine-tuned model."""
@@ -237,7 +237,7 @@ def export(model: HFCausalLM, config: TrainConfig, directory: str | os.PathLike[
     else:
         data_tokenizer(config, model.config.vocab_size).save(tmp / "tokenizer.json")
     meta = {"source": str(config.hf_model), "method": config.method, "seq_len":
-            model.config.seq_len}
+            model.config.seq_len, "tokenizer": "model" if own is not None else "builtin-bpe"}
     (tmp / "namex_run.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     old = target.with_name(f".{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
@@ -246,3 +246,60 @@ def export(model: HFCausalLM, config: TrainConfig, directory: str | os.PathLike[
     os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def generate_text(
+    model: nn.Module,
+    folder: str | os.PathLike[str],
+    prompt: str,
+    *,
+    max_new_tokens: int = 32,
+    use_cache: bool = True,
+) -> str:
+    """Greedy continuation of ``prompt`` by a converted model, with the ``tokenizer.json`` of
+    ``folder`` (as :func:`export` writes it; no special tokens added). Returns the prompt and
+    the continuation as text. Generation stops at the model's end-of-sequence token when the
+    tokenizer is the model's own; with the built-in BPE (``namex_run.json`` says
+    "builtin-bpe") that id is an ordinary byte pair, so exactly ``max_new_tokens`` are made.
+
+    Raises:
+        FileNotFoundError: ``folder`` has no ``tokenizer.json``.
+        ValueError: an empty prompt, or ``max_new_tokens`` < 1.
+    """
+    from tokenizers import Tokenizer
+
+    from namex_ref.checks import require_int
+    from namex_ref.data.tokenizer import BPETokenizer
+
+    require_int("--max-new-tokens", max_new_tokens, low=1)
+    path = Path(folder) / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{str(path)!r} not found: generation needs the tokenizer the model was trained "
+            f"with (namex train --hf-model writes it to OUT/model)"
+        )
+    tok = BPETokenizer(Tokenizer.from_file(str(path)))
+    ids = tok.encode(prompt)
+    if not ids:
+        raise ValueError("--prompt: the prompt is empty; give some text to continue")
+    transformers = require_transformers()
+    run = Path(folder) / "namex_run.json"
+    builtin = run.is_file() and json.loads(run.read_text(encoding="utf-8")).get(
+        "tokenizer") == "builtin-bpe"
+    own: Any = getattr(model, "generation_config", None)
+    eos = None if builtin or own is None else own.eos_token_id
+    pad = getattr(own, "pad_token_id", None)
+    if pad is None:  # one unpadded sequence: never used, but generate wants an id
+        pad = eos if isinstance(eos, int) else 0
+    config = transformers.GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, use_cache=use_cache,
+        eos_token_id=eos, pad_token_id=pad,
+    )
+    device = next(model.parameters()).device
+    x = torch.tensor([ids], dtype=torch.long, device=device)
+    model.eval()
+    with torch.no_grad():
+        out = getattr(model, "generate")(  # noqa: B009 - transformers' generate
+            x, generation_config=config, attention_mask=torch.ones_like(x),
+        )
+    return tok.decode(out[0].tolist())
