@@ -1,4 +1,5 @@
-"""Command line: ``namex train | compare | bench | demo | solve | momentum-grid | mtl | convert | generate``.
+"""Command line: ``namex train | compare | bench | demo | solve | momentum-grid | mtl | convert |
+generate``.
 
 ``train`` and ``compare`` come from :mod:`namex_ref.train.cli`, ``bench`` from
 :mod:`namex_ref.benchmarks.cli`; the rest are defined here. Each command calls the public API
