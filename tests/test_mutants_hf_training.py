@@ -171,3 +171,64 @@ def test_export_writes_the_run_metadata_and_replaces_an_old_export(tmp_path: Pat
     x = torch.randint(2, 60, (1, 16), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert torch.equal(load(target)(input_ids=x).logits, model(x).logits)
+
+
+def test_the_conversion_gets_the_runs_segment_length(tmp_path: Path) -> None:
+    """A merging method is converted with the run's segment_len (8 here), or the documented
+    DEFAULT_SEGMENT_LEN = 32 when the run gives none; the noisy gate keeps the run's
+    balance_coef."""
+    from namex_ref.hf.training import build_model
+
+    src = str(_folder(tmp_path, 128))
+    assert build_model(TrainConfig(hf_model=src, method="smear", segment_len=8)
+                       ).config.merge.segment_len == 8
+    assert build_model(TrainConfig(hf_model=src, method="smear")).config.merge.segment_len == 32
+    noisy = build_model(TrainConfig(hf_model=src, method="camex", gate="noisy-top-k",
+                                    gate_top_k=2, balance_coef=0.25))
+    assert noisy.config.merge.balance_coef == 0.25
+
+
+def test_read_model_config_reads_the_folder(tmp_path: Path) -> None:
+    from namex_ref.hf.training import read_model_config
+
+    cfg = read_model_config(_folder(tmp_path, 64))
+    assert (cfg.max_position_embeddings, cfg.num_local_experts, cfg.hidden_size) == (64, 4, 32)
+
+
+@pytest.mark.parametrize(("coef", "want"), [(0.02, 0.02), (0.0, 0.0)])
+def test_smoe_takes_the_models_router_loss_weight_when_it_asks_for_router_logits(
+    tmp_path: Path, coef: float, want: float
+) -> None:
+    """smoe without balance_coef: the model config's router_aux_loss_coef when it sets
+    output_router_logits (the transformers fine-tuning default), 0 when that is 0."""
+    from namex_ref.hf.training import build_model
+
+    model = tiny_model("mixtral")
+    model.config.output_router_logits = True
+    model.config.router_aux_loss_coef = coef
+    model.save_pretrained(tmp_path / "m")
+    assert build_model(TrainConfig(hf_model=str(tmp_path / "m"), method="smoe")).aux_coef == want
+
+
+def test_a_folder_without_sparse_moe_blocks_is_named(tmp_path: Path) -> None:
+    from namex_ref.hf.training import build_model
+
+    dense = transformers.Qwen2Config(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+    )
+    transformers.AutoModelForCausalLM.from_config(dense).save_pretrained(tmp_path / "dense")
+    with pytest.raises(ValueError, match=r"^--hf-model: no supported sparse MoE block"):
+        build_model(TrainConfig(hf_model=str(tmp_path / "dense"), method="smear"))
+
+
+def test_token_routing_statistics_do_not_alias() -> None:
+    """smoe's NaN residuals and base norms are two tensors: writing one (as a consumer may,
+    e.g. to fill in a value) leaves the other NaN."""
+    from namex_ref.hf.training import HFCausalLM
+
+    model = HFCausalLM(convert(tiny_model("olmoe"), "smoe"), seq_len=16).eval()
+    with torch.no_grad():
+        st = model(torch.randint(2, 60, (1, 8))).stats
+    st.residuals[0] = 1.0
+    assert bool(st.base_norms.isnan().all())
