@@ -150,6 +150,11 @@ def initial_base(
       no bargain exists (kept to show why it is not the default).
     - "zero": E_m = 0, τ_i = E_i; K PD when the experts are independent, but ill conditioned
       for experts with a large common part (upcycled models).
+
+    Raises:
+        ValueError: an unknown rule; or "perturbed-mean" for experts of P ≤ N − 1 parameters
+            (all matrices together), where the c_i can span every direction, so no direction
+            orthogonal to them exists (the projected u would be rounding noise, or exactly 0).
     """
     if rule not in BASE_RULES:
         raise ValueError(f"unknown base rule {rule!r}; choose one of {', '.join(BASE_RULES)}")
@@ -159,6 +164,13 @@ def initial_base(
         means = [E.mean(0) for E in experts]
         if rule == "mean":
             return means
+        n, p = experts[0].shape[0], sum(E[0].numel() for E in experts)
+        if p < n:
+            raise ValueError(
+                f"base_rule='perturbed-mean': an expert has {p} parameters, at most N - 1 = "
+                f"{n - 1}, so the {n} centred experts can span every direction and no direction "
+                "orthogonal to them is left; use base_rule='zero' or 'mean'"
+            )
         gen = torch.Generator(device="cpu").manual_seed(seed)
         # float32 work copies (float64 for float64 experts): one layer's centred experts at a
         # time, the only transient expert-sized memory of a conversion
