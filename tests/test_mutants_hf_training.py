@@ -167,7 +167,8 @@ def test_export_writes_the_run_metadata_and_replaces_an_old_export(tmp_path: Pat
     assert export(model, cfg, target) == target
     assert not (target / "stale.txt").exists()
     meta = json.loads((target / "namex_run.json").read_text())
-    assert meta == {"source": str(src), "method": "smear", "seq_len": 16}
+    assert meta == {"source": str(src), "method": "smear", "seq_len": 16,
+                    "tokenizer": "builtin-bpe"}
     x = torch.randint(2, 60, (1, 16), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert torch.equal(load(target)(input_ids=x).logits, model(x).logits)
