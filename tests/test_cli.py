@@ -58,10 +58,11 @@ def test_docstring_names_every_command() -> None:
     assert sub.choices is not None
     commands = set(sub.choices)
     assert commands == {
-        "train", "compare", "bench", "demo", "solve", "momentum-grid", "mtl", "convert"
+        "train", "compare", "bench", "demo", "solve", "momentum-grid", "mtl", "convert",
+        "generate",
     }
     doc = namex_ref.cli.__doc__ or ""
-    first = doc.splitlines()[0]
+    first = doc.split("\n\n", 1)[0].replace("\n", " ")  # the first paragraph
     listed = {c.strip(" `.") for c in first.split("namex", 1)[1].split("|")}
     assert listed == commands
     with pytest.raises(SystemExit):
