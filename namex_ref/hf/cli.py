@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +33,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         model, args.method, base_rule=args.base_rule, seed=args.seed,
         merge_top_k=args.merge_top_k, **options,
     )
-    out = save(model, args.out)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (src / name).is_file():  # namex generate reads it from the converted folder
-            shutil.copy2(src / name, out / name)
+    out = save(model, args.out, tokenizer_from=src)  # namex generate reads the tokenizer there
     print(json.dumps({"out": str(out), "method": args.method}))
     return 0
 

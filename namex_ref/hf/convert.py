@@ -36,6 +36,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import shutil
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,6 +89,7 @@ BASE_RULES = ("perturbed-mean", "mean", "zero")
 """Initial base expert rules (docs/math.md §6, "Base expert of a converted model")."""
 
 _META_FILE = "namex_hf.json"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 _WEIGHTS_FILE = "namex_model.safetensors"
 # MergeConfig options of the GPT merging layer that the HF layer does not implement, and why.
 _UNSUPPORTED = {
@@ -740,10 +742,12 @@ def convert(
     return model
 
 
-def save(model: Any, directory: str | Path) -> Path:
+def save(model: Any, directory: str | Path, *, tokenizer_from: str | Path | None = None) -> Path:
     """Write a converted model to ``directory``: the transformers config (``config.json``), all
     parameters (``namex_model.safetensors``) and the conversion options (``namex_hf.json``).
-    :func:`load` reads it back."""
+    :func:`load` reads it back. ``tokenizer_from``: a folder whose tokenizer files
+    (``tokenizer.json``, ``tokenizer_config.json``, ``special_tokens_map.json``, those present)
+    are copied along, for ``namex generate``."""
     require_transformers()
     from safetensors.torch import save_model
 
@@ -756,6 +760,10 @@ def save(model: Any, directory: str | Path) -> Path:
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     meta = {"options": model.namex_options, "dtype": dtype, "format": 1}
     (out / _META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    if tokenizer_from is not None:
+        for name in _TOKENIZER_FILES:
+            if (Path(tokenizer_from) / name).is_file():
+                shutil.copy2(Path(tokenizer_from) / name, out / name)
     return out
 
 

@@ -187,7 +187,7 @@ def build_model(config: TrainConfig) -> HFCausalLM:
     bars.disable_progress_bar()  # the loop reports progress; no "Loading weights" bar in logs
     try:
         model: nn.Module = transformers.AutoModelForCausalLM.from_pretrained(
-            str(config.hf_model), local_files_only=True, dtype=torch.float32
+            str(config.hf_model), config=hf_cfg, local_files_only=True, dtype=torch.float32
         )
     finally:
         if shown:
@@ -228,13 +228,9 @@ def export(model: HFCausalLM, config: TrainConfig, directory: str | os.PathLike[
     target = Path(directory)
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save(model.hf, tmp)
     own = model_tokenizer_file(config)
-    if own is not None:
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-            if (own.parent / name).is_file():
-                shutil.copy2(own.parent / name, tmp / name)
-    else:
+    save(model.hf, tmp, tokenizer_from=None if own is None else own.parent)
+    if own is None:
         data_tokenizer(config, model.config.vocab_size).save(tmp / "tokenizer.json")
     meta = {"source": str(config.hf_model), "method": config.method, "seq_len":
             model.config.seq_len, "tokenizer": "model" if own is not None else "builtin-bpe"}
