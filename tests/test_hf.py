@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -87,10 +88,14 @@ def test_smoe_reproduces_the_pretrained_logits(family: str, dtype: torch.dtype) 
     assert (out.float() - ref.float()).abs().max().item() <= bound
 
 
-def _oracle_block(block: torch.nn.Module, seg: int):  # type: ignore[no-untyped-def]
+def _oracle_block(
+    block: torch.nn.Module, seg: int, *, score_dtype: torch.dtype | None = torch.float32
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """Independent S13 at conversion, written out per segment: for segment k ≥ 1,
     s = softmax(W_r · mean of segment k − 1), s = 1/N on segment 0; W = Σ_i s_i W_i for each of
-    gate, up, down; y = W_down (act(W_gate x) ∘ W_up x) token by token (+ Qwen2's shared part)."""
+    gate, up, down; y = W_down (act(W_gate x) ∘ W_up x) token by token (+ Qwen2's shared part).
+    score_dtype: the dtype of s (float32, as the layer computes it; ``None`` = the hidden
+    states' dtype, e.g. float64 throughout for a float64 oracle)."""
     Wr = block.gate.weight.detach()
     gu, down = block.experts.gate_up_proj.detach(), block.experts.down_proj.detach()
     n, two_i, _ = gu.shape
@@ -99,14 +104,15 @@ def _oracle_block(block: torch.nn.Module, seg: int):  # type: ignore[no-untyped-
 
     def forward(h: torch.Tensor) -> torch.Tensor:
         B, T, H = h.shape
+        dtype = h.dtype if score_dtype is None else score_dtype
         y = torch.zeros_like(h)
         for b in range(B):
             for start in range(0, T, seg):
                 if start == 0:
-                    s = torch.full((n,), 1.0 / n)
+                    s = torch.full((n,), 1.0 / n, dtype=dtype)
                 else:
                     prev = h[b, start - seg : start].mean(0)
-                    s = torch.softmax((Wr @ prev).float(), 0)
+                    s = torch.softmax((Wr @ prev).to(dtype), 0)
                 Wg = sum(s[i] * gu[i, :half] for i in range(n))
                 Wu = sum(s[i] * gu[i, half:] for i in range(n))
                 Wd = sum(s[i] * down[i] for i in range(n))

@@ -22,13 +22,12 @@ changes the greedy continuation.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 
 import pytest
 import torch
 
 from namex_ref.hf import convert
-from tests.test_hf import FAMILIES, SEG, ids, tiny_model
+from tests.test_hf import FAMILIES, SEG, _oracle_block, ids, tiny_model
 
 transformers = pytest.importorskip("transformers")  # skipped only where the extra is absent
 
@@ -168,45 +167,13 @@ def test_smoe_generation_with_cache_is_the_pretrained_models(family: str) -> Non
 U_BF16 = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits): one stored value's rounding
 
 
-def _oracle64(block: torch.nn.Module, seg: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """S13 at conversion written out per segment, in the dtype of ``block`` (float64 here):
-    s = 1/N on segment 0, s = softmax(W_r · mean of segment k − 1) on segment k ≥ 1 (no
-    float32 step); W = Σ_i s_i W_i for gate, up and down; y = W_down (act(W_gate x) ∘ W_up x)
-    for the tokens of the segment (+ Qwen2's sigmoid-gated shared expert)."""
-    wr = block.gate.weight.detach()
-    gu, down = block.experts.gate_up_proj.detach(), block.experts.down_proj.detach()
-    n, half = gu.shape[0], gu.shape[1] // 2
-    act = block.experts.act_fn
-
-    def forward(h: torch.Tensor) -> torch.Tensor:
-        B, T, H = h.shape
-        y = torch.zeros_like(h)
-        for b in range(B):
-            for start in range(0, T, seg):
-                if start == 0:
-                    s = torch.full((n,), 1.0 / n, dtype=h.dtype)
-                else:
-                    s = torch.softmax(wr @ h[b, start - seg : start].mean(0), 0)
-                wg = torch.einsum("i,ifh->fh", s, gu[:, :half])
-                wu = torch.einsum("i,ifh->fh", s, gu[:, half:])
-                wd = torch.einsum("i,ihf->hf", s, down)
-                x = h[b, start : start + seg]
-                y[b, start : start + seg] = (act(x @ wg.T) * (x @ wu.T)) @ wd.T
-        if hasattr(block, "shared_expert"):
-            flat = h.reshape(-1, H)
-            shared = torch.sigmoid(block.shared_expert_gate(flat)) * block.shared_expert(flat)
-            y = y + shared.reshape(B, T, H)
-        return y
-
-    return forward
-
-
 @pytest.mark.parametrize("method", ["smear", "ep-camex", "namex-full-mom"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_bfloat16_merging_matches_a_float64_oracle(family: str, method: str) -> None:
-    """The converted model in bfloat16 against :func:`_oracle64` in float64 on the same
-    parameters (bfloat16 values are exact in float64, so only the arithmetic differs), each
-    block on the very bfloat16 input the converted block received, and the whole model.
+    """The converted model in bfloat16 against :func:`tests.test_hf._oracle_block` in float64
+    (float64 scores) on the same parameters (bfloat16 values are exact in float64, so only the
+    arithmetic differs), each block on the very bfloat16 input the converted block received,
+    and the whole model.
 
     Bounds, with u = 2⁻⁸ the relative rounding of one stored bfloat16 value:
     - one block: 8u·max|y|. In series: the merge stores E_i − E_m, the products s_i(E_i − E_m)
@@ -222,7 +189,7 @@ def test_bfloat16_merging_matches_a_float64_oracle(family: str, method: str) -> 
     model = sharp_model(family).to(torch.bfloat16)
     oracle = copy.deepcopy(model).double()
     for layer in oracle.model.layers:
-        layer.mlp.forward = _oracle64(layer.mlp, SEG)
+        layer.mlp.forward = _oracle_block(layer.mlp, SEG, score_dtype=None)
     conv = convert(model, method, segment_len=SEG)
     assert all(p.dtype == torch.bfloat16 for p in conv.parameters())
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -253,7 +220,7 @@ def test_bfloat16_cached_decoding_matches_the_float64_oracle(family: str) -> Non
     model = sharp_model(family).to(torch.bfloat16)
     oracle = copy.deepcopy(model).double()
     for layer in oracle.model.layers:
-        layer.mlp.forward = _oracle64(layer.mlp, SEG)
+        layer.mlp.forward = _oracle_block(layer.mlp, SEG, score_dtype=None)
     conv = convert(model, "namex-full-mom", segment_len=SEG)
     x = ids(B=2, T=35)
     out, _ = _chunked(conv, x, [PROMPT, 1, 12, 6, 3])
