@@ -273,11 +273,20 @@ def _check_finite(first_bad: Tensor, config: TrainConfig,
 
 
 def _state_is_finite(model: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
-    flags = [torch.isfinite(p).all() for p in model.parameters()]
+    """Whether every parameter and every floating optimizer-state tensor is finite.
+
+    The flags are reduced per device and never moved: optimizer state need not live with the
+    parameters (AdamW keeps its ``step`` counters on the CPU when the parameters are on CUDA,
+    and a user's optimizer may offload its moments). One host sync per device; called at
+    checkpoint steps only.
+    """
+    by_device: dict[torch.device, list[Tensor]] = {}
+    tensors = list(model.parameters())
     for state in optimizer.state.values():
-        flags += [torch.isfinite(v).all() for v in state.values()
-                  if isinstance(v, Tensor) and v.is_floating_point()]
-    return bool(torch.stack(flags).all()) if flags else True
+        tensors += [v for v in state.values() if isinstance(v, Tensor) and v.is_floating_point()]
+    for t in tensors:
+        by_device.setdefault(t.device, []).append(torch.isfinite(t).all())
+    return all(bool(torch.stack(flags).all()) for flags in by_device.values())
 
 
 def _comparable(values: dict[str, Any]) -> dict[str, Any]:
