@@ -1,6 +1,7 @@
 """Part 2: the paper's fine-tuning protocol at small scale.
 
-1. Pre-train an SMoE (part 1's 1,600-step SMoE of seed 0: the language-model training split).
+1. Pre-train an SMoE (part 1's SMoE of seed 0, :func:`studies.study2.plan.pretrain_key`: the
+   language-model training split).
 2. Upcycle it into each method from the same weights (:func:`upcycle`): every tensor the two
    models share (embeddings, attention, norms, the experts ``w1``/``w2`` and the router) is
    copied; the base expert E_m (the first MoE layer's for the propagating methods, every layer's
@@ -15,9 +16,10 @@
    the rule is the same function.
 3. Fine-tune on the labelled task of :mod:`studies.study2.task` (a class-balanced batch of
    passages per step), with a linear head on the mean over tokens of the final layer norm's
-   output; loss = cross-entropy of the head + the model's auxiliary loss (SMoE's balance loss).
-   AdamW (β = (0.9, 0.999), weight decay 0.01), linear warmup and cosine decay
-   (:func:`namex_ref.train.lr_at`), gradient clip 1, one thread.
+   output (the language-model head is replaced by the identity, so the model returns that
+   output and no vocabulary projection is computed); loss = cross-entropy of the head + the
+   model's auxiliary loss (SMoE's balance loss). AdamW (β = (0.9, 0.999), weight decay 0.01),
+   linear warmup and cosine decay (:func:`namex_ref.train.lr_at`), gradient clip 1, one thread.
 4. Score held-out accuracy and macro-F1 on the held-out chapters' windows.
 
 A run folder holds ``metrics.jsonl`` (a line per ``log_every`` steps: loss, lr, cumulative
@@ -143,38 +145,33 @@ def upcycle(state: dict[str, Tensor], train_config: Any, method: str, seed: int,
     return model
 
 
-def _pooled(model: nn.Module) -> dict[str, Tensor]:
-    """Register a hook keeping the final layer norm's output mean over tokens (B, C)."""
-    box: dict[str, Tensor] = {}
-
-    def hook(_m: nn.Module, _i: Any, out: Tensor) -> None:
-        box["pooled"] = out.mean(1)
-
-    model.ln_f.register_forward_hook(hook)
-    return box
-
-
-def _evaluate(model: nn.Module, head: nn.Module, box: dict[str, Tensor], x: Tensor,
-              batch: int) -> list[int]:
+def _evaluate(model: nn.Module, head: nn.Module, x: Tensor, batch: int) -> list[int]:
     model.eval()
     preds: list[int] = []
     with torch.no_grad():
         for i in range(0, x.shape[0], batch):
-            model(x[i:i + batch])
-            preds += head(box["pooled"]).argmax(-1).tolist()
+            feats = model(x[i:i + batch]).logits.mean(1)  # (B, C): the head is the identity
+            preds += head(feats).argmax(-1).tolist()
     model.train()
     return preds
 
 
 def run_finetune(payload: dict[str, Any], out: Path, *, pretrained: Path) -> dict[str, Any]:
     """Fine-tune ``payload``'s method from the pre-trained run folder; write and return the
-    result record (see module docstring)."""
+    result record (see module docstring). Runs on one torch thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _finetune(FinetuneSpec(**payload), out, pretrained)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _finetune(spec: FinetuneSpec, out: Path, pretrained: Path) -> dict[str, Any]:
     from namex_ref.data import load_builtin_corpus
     from namex_ref.train import TrainConfig, load_checkpoint, lr_at, read_result
     from namex_ref.train.data import data_tokenizer
 
-    spec = FinetuneSpec(**payload)
-    torch.set_num_threads(1)
     pre = read_result(pretrained)
     if pre is None:
         raise FileNotFoundError(f"the pre-training {str(pretrained)!r} has not finished")
@@ -190,7 +187,7 @@ def run_finetune(payload: dict[str, Any], out: Path, *, pretrained: Path) -> dic
     head = nn.Linear(model.config.d_model, passages.n_classes)
     nn.init.normal_(head.weight, std=0.02)
     nn.init.zeros_(head.bias)
-    box = _pooled(model)
+    model.head = nn.Identity()  # features, not token logits (the embedding stays tied to tok)
     params = [p for p in [*model.parameters(), *head.parameters()] if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.01)
     sched = TrainConfig(lr=spec.lr, warmup=spec.warmup, steps=spec.steps, out=str(out))
@@ -206,7 +203,7 @@ def run_finetune(payload: dict[str, Any], out: Path, *, pretrained: Path) -> dic
         x, y = train_batch(passages, seed=spec.seed, step=step, batch_size=spec.batch_size,
                            window=spec.window)
         res = model(x)
-        loss = F.cross_entropy(head(box["pooled"]), y) + res.aux_loss
+        loss = F.cross_entropy(head(res.logits.mean(1)), y) + res.aux_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -221,7 +218,7 @@ def run_finetune(payload: dict[str, Any], out: Path, *, pretrained: Path) -> dic
                                          "fallbacks": int(fallbacks)}) + "\n")
             loss_sum, n_sum = 0.0, 0
     seconds = time.perf_counter() - t0
-    preds = _evaluate(model, head, box, x_test, 32)
+    preds = _evaluate(model, head, x_test, 32)
     truth = y_test.tolist()
     f1, per = macro_f1(truth, preds)
     confusion = [[0] * passages.n_classes for _ in range(passages.n_classes)]

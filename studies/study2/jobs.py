@@ -113,7 +113,8 @@ def _record_failure(root: Path, key: str, error: str) -> None:
 
 def run_jobs(jobs: Sequence[Job], root: Path, *, workers: int = 2,
              log: Callable[[str], None] = print) -> tuple[list[str], list[str]]:
-    """Run the unfinished ``jobs`` in order, ``workers`` at a time; (finished, failed) keys.
+    """Run the unfinished ``jobs`` in order, ``workers`` at a time (``workers=1``: in this
+    process, one after the other); (finished, failed) keys.
 
     A job waits for its ``needs``; a job whose need failed is not run (listed as failed). A
     failure is logged to ``root/failed.jsonl`` with its traceback and does not stop the rest.
@@ -130,10 +131,14 @@ def run_jobs(jobs: Sequence[Job], root: Path, *, workers: int = 2,
     log(f"[study2] {len(finished)} of {len(jobs)} runs finished; {len(pending)} to run, "
         f"{workers} at a time")
     failed: list[str] = []
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")
     try:
+        if workers == 1:  # in this process, in order (tests, debugging)
+            for job in pending:
+                _run_inline(job, root, finished, failed, log)
+            return sorted(finished), failed
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             running: dict[Future[str], Job] = {}
             while pending or running:
@@ -166,3 +171,21 @@ def run_jobs(jobs: Sequence[Job], root: Path, *, workers: int = 2,
     finally:
         lock.unlink(missing_ok=True)
     return sorted(finished), failed
+
+
+def _run_inline(job: Job, root: Path, finished: set[str], failed: list[str],
+                log: Callable[[str], None]) -> None:
+    if any(n in failed for n in job.needs) or not all(n in finished for n in job.needs):
+        failed.append(job.key)
+        log(f"[study2] {job.key}: not run (a run it needs failed)")
+        return
+    log(f"[study2] {job.key}: started")
+    try:
+        execute(job, str(root))
+    except Exception as exc:
+        failed.append(job.key)
+        _record_failure(root, job.key, "".join(traceback.format_exception(exc)))
+        log(f"[study2] {job.key}: FAILED ({type(exc).__name__}: {exc})")
+    else:
+        finished.add(job.key)
+        log(f"[study2] {job.key}: finished")

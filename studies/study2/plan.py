@@ -3,9 +3,11 @@ seed 0 of every method before seed 1 of any, and the short lengths before the lo
 
 Order of the "full" profile (``parts`` selects which of them are included):
 
-1. per seed k = 0, 1, 2: the 400- and 1,600-step runs of the four methods (part 1), then the
-   fine-tuning runs of seed k of the seven methods (part 2; seeds 3 and 4 follow seed 2); the
-   pre-trained SMoE is the length study's 1,600-step SMoE of seed 0 (shared, not retrained);
+1. per seed k = 0, 1, 2: the 400-step runs of the four methods (part 1), the fine-tuning runs
+   of seed k of the seven methods (part 2; seeds 3 and 4 follow seed 2), then the 1,600-step
+   runs. The pre-trained SMoE is the length study's 400-step SMoE of seed 0 (shared, not
+   retrained): the shortest pre-training, so that fine-tuning results arrive early on a shared
+   machine (a longer pre-training is one constant, ``PRETRAIN_LENGTH``, away);
 2. per seed k = 0, 1, 2: the 6,400-step runs and the segment-length points (16 and 64 tokens)
    of the three segment-routed methods;
 3. the knobs (part 3, :mod:`studies.study2.knobs`): only with ``parts`` naming "knobs".
@@ -30,9 +32,13 @@ LENGTH_SEEDS: dict[str, tuple[int, ...]] = {"full": (0, 1, 2), "smoke": (0,)}
 FINETUNE_SEEDS: dict[str, tuple[int, ...]] = {"full": (0, 1, 2, 3, 4), "smoke": (0,)}
 
 
+PRETRAIN_LENGTH = 0
+"""Index into ``LENGTHS`` of the pre-training run of part 2 (0: the shortest)."""
+
+
 def pretrain_key(profile: Profile) -> str:
     """The run whose final checkpoint is the pre-trained SMoE of part 2."""
-    return length_key(LENGTHS[profile][1], "smoe", 0)
+    return length_key(LENGTHS[profile][PRETRAIN_LENGTH], "smoe", 0)
 
 
 def build_plan(profile: Profile = "full", parts: tuple[str, ...] = DEFAULT_PARTS) -> list[Job]:
@@ -47,17 +53,16 @@ def build_plan(profile: Profile = "full", parts: tuple[str, ...] = DEFAULT_PARTS
     need_pretrain = "finetune" in parts or "knobs" in parts
     seeds = LENGTH_SEEDS[profile]
     for seed in seeds:
-        if "length" in parts or (need_pretrain and seed == 0):
-            for steps in (short, middle):
-                for method in METHODS:
-                    if "length" in parts or length_key(steps, method, seed) == pretrain_key(
-                            profile):
-                        jobs.append(length_job(method, seed, steps, smoke=smoke))
-        if "finetune" in parts:
-            from studies.study2.finetune import finetune_jobs
+        for steps in (short, middle):
+            for method in METHODS:
+                key = length_key(steps, method, seed)
+                if "length" in parts or (need_pretrain and key == pretrain_key(profile)):
+                    jobs.append(length_job(method, seed, steps, smoke=smoke))
+            if "finetune" in parts and steps == short:
+                from studies.study2.finetune import finetune_jobs
 
-            mine = [s for s in ft_seeds if s == seed or (seed == seeds[-1] and s > seed)]
-            jobs += finetune_jobs(mine, pretrain_key(profile), smoke=smoke)
+                mine = [s for s in ft_seeds if s == seed or (seed == seeds[-1] and s > seed)]
+                jobs += finetune_jobs(mine, pretrain_key(profile), smoke=smoke)
     if "length" in parts:
         for seed in seeds:
             for method in METHODS:
