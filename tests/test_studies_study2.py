@@ -41,6 +41,23 @@ def test_full_plan_is_seed_major_and_balanced() -> None:
         build_plan("full", ("lenght",))
 
 
+def test_knob_plan_is_valid() -> None:
+    from studies.study2.jobs import train_config
+
+    plan = build_plan("full", ("knobs",))
+    assert len(plan) == 1 + 11 * (5 + 3)  # the pre-training, 11 knobs x (5 + 3 seeds)
+    for job in plan:
+        if job.kind == "train":
+            cfg = train_config(job, Path("runs"))
+            cfg.require_used_overrides()  # every knob is used by namex-full-mom
+            assert cfg.steps in (400, 1600)
+        else:
+            assert job.payload["method"] == "namex-full-mom" and len(job.payload["overrides"]) == 1
+    newton = {j.payload["newton_iterations"] for j in plan if "newton" in j.key and
+              j.kind == "train"}
+    assert newton == {5, 10, 50}
+
+
 def test_lock_refuses_a_live_driver(tmp_path: Path) -> None:
     (tmp_path / "driver.lock").write_text(f"{os.getppid()}\n")
     with pytest.raises(LockedError, match=str(os.getppid())):
@@ -50,25 +67,30 @@ def test_lock_refuses_a_live_driver(tmp_path: Path) -> None:
 
 
 def test_smoke_driver_and_report(tmp_path: Path) -> None:
-    plan = build_plan("smoke")
-    wanted = {pretrain_key("smoke"), "finetune/smoe/seed0", "finetune/namex-full-mom/seed0"}
+    plan = build_plan("smoke", ("length", "finetune", "knobs"))
+    wanted = {pretrain_key("smoke"), "finetune/smoe/seed0", "finetune/namex-full-mom/seed0",
+              "finetune-knob-uniform/namex-full-mom/seed0"}
     jobs = [j for j in plan if j.key in wanted]
     finished, failed = run_jobs(jobs, tmp_path, workers=1, log=lambda _: None)
     assert failed == [] and set(finished) == wanted
     stamp = {k: (tmp_path / k / "result.json").stat().st_mtime_ns for k in wanted}
     lines: list[str] = []
     run_jobs(jobs, tmp_path, workers=1, log=lines.append)  # resumable: nothing left to run
-    assert lines == ["[study2] 3 of 3 runs finished; 0 to run, 1 at a time"]
+    assert lines == ["[study2] 4 of 4 runs finished; 0 to run, 1 at a time"]
     assert stamp == {k: (tmp_path / k / "result.json").stat().st_mtime_ns for k in wanted}
     changed = next(j for j in jobs if j.kind == "train")
     other = type(changed)(changed.key, changed.kind, {**changed.payload, "lr": 1e-3})
     assert not job_done(other, tmp_path)  # another configuration is not "finished"
 
     text = write_report(plan, tmp_path, tmp_path / "r.md", profile="smoke")
-    assert "PARTIAL" in text and f"3 of {len(plan)} planned runs" in text
+    assert "PARTIAL" in text and f"4 of {len(plan)} planned runs" in text
     ppl = json.loads((tmp_path / pretrain_key("smoke") / "result.json").read_text())
     acc = json.loads((tmp_path / "finetune/namex-full-mom/seed0/result.json").read_text())
     assert f"| smoe | 1 | {ppl['valid_ppl']:.2f} |" in text
     assert f"| namex-full-mom | 1 | {100 * acc['accuracy']:.2f} |" in text
     assert f"| namex-full-mom | 1 | {100 * acc['macro_f1']:.2f} |" in text
+    knob = json.loads(
+        (tmp_path / "finetune-knob-uniform/namex-full-mom/seed0/result.json").read_text())
+    assert knob["spec"]["overrides"] == {"singular_policy": "uniform"}
+    assert f"| uniform | 1 | {100 * knob['accuracy']:.2f} |" in text
     assert (tmp_path / "r_length.png").is_file() and (tmp_path / "r_finetune.png").is_file()

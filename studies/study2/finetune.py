@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from namex_ref.models.gpt import MoEGPT
+from namex_ref.train import TrainConfig
 from studies.study2.jobs import Job
 from studies.study2.task import (
     Task,
@@ -117,12 +119,11 @@ def finetune_done(payload: dict[str, Any], out: Path) -> bool:
     return bool(json.loads(path.read_text())["spec"] == FinetuneSpec(**payload).to_dict())
 
 
-def upcycle(state: dict[str, Tensor], train_config: Any, method: str, seed: int,
-            overrides: dict[str, Any]) -> nn.Module:
+def upcycle(state: dict[str, Tensor], train_config: TrainConfig, method: str, seed: int,
+            overrides: dict[str, Any]) -> MoEGPT:
     """A :class:`MoEGPT` of ``method`` holding the pre-trained SMoE ``state`` (see module
     docstring). train_config: the pre-training's TrainConfig (preset, seq_len)."""
     from namex_ref.hf import initial_base
-    from namex_ref.models.gpt import MoEGPT
 
     cfg = dataclasses.replace(train_config, method=method, segment_len=None, **overrides)
     model = MoEGPT(cfg.model_config())
@@ -169,7 +170,7 @@ def run_finetune(payload: dict[str, Any], out: Path, *, pretrained: Path) -> dic
 
 def _finetune(spec: FinetuneSpec, out: Path, pretrained: Path) -> dict[str, Any]:
     from namex_ref.data import load_builtin_corpus
-    from namex_ref.train import TrainConfig, load_checkpoint, lr_at, read_result
+    from namex_ref.train import load_checkpoint, lr_at, read_result
     from namex_ref.train.data import data_tokenizer
 
     pre = read_result(pretrained)
@@ -187,7 +188,8 @@ def _finetune(spec: FinetuneSpec, out: Path, pretrained: Path) -> dict[str, Any]
     head = nn.Linear(model.config.d_model, passages.n_classes)
     nn.init.normal_(head.weight, std=0.02)
     nn.init.zeros_(head.bias)
-    model.head = nn.Identity()  # features, not token logits (the embedding stays tied to tok)
+    # features, not token logits (the embedding stays tied to tok); a deliberate type change
+    model.head = nn.Identity()  # type: ignore[assignment]
     params = [p for p in [*model.parameters(), *head.parameters()] if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.01)
     sched = TrainConfig(lr=spec.lr, warmup=spec.warmup, steps=spec.steps, out=str(out))
@@ -205,7 +207,7 @@ def _finetune(spec: FinetuneSpec, out: Path, pretrained: Path) -> dict[str, Any]
         res = model(x)
         loss = F.cross_entropy(head(res.logits.mean(1)), y) + res.aux_loss
         opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         fallbacks += res.stats.fallbacks.sum()
