@@ -94,3 +94,14 @@ def test_smoke_driver_and_report(tmp_path: Path) -> None:
     assert knob["spec"]["overrides"] == {"singular_policy": "uniform"}
     assert f"| uniform | 1 | {100 * knob['accuracy']:.2f} |" in text
     assert (tmp_path / "r_length.png").is_file() and (tmp_path / "r_finetune.png").is_file()
+
+
+def test_eval_curve_counts_a_rewritten_step_once(tmp_path: Path) -> None:
+    from studies.study2.plots import eval_curve
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 10, "loss": 1.0}\n{"step": 50, "valid_ppl": 9.0}\n'
+                    '{"step": 50, "valid_ppl": 8.0}\n{"step": 100, "valid_ppl": 7.0}\n'
+                    '{"step": 150, "valid_p')  # a resumed run rewrote step 50; a torn last line
+    assert eval_curve(path) == ([50, 100], [8.0, 7.0])
+    assert eval_curve(tmp_path / "missing.jsonl") == ([], [])

@@ -159,7 +159,7 @@ def write_report(plan: Sequence[Job], root: Path, out: Path, *, profile: str = "
     from studies.study2.finetune import METHODS as FT_METHODS
     from studies.study2.knobs import KNOBS
     from studies.study2.length import METHODS, SEGMENT_METHODS, preset_segment_len
-    from studies.study2.plots import plot_finetune, plot_length
+    from studies.study2.plots import plot_curves, plot_finetune, plot_length
 
     runs, todo = load_runs(plan, root)
     lengths = sorted({r.setting for r in runs if r.group == "length"} | {
@@ -194,6 +194,9 @@ def write_report(plan: Sequence[Job], root: Path, out: Path, *, profile: str = "
         md.append(f"### Segment length at {lengths[-1]} steps (preset: {seg} tokens)\n\n"
                   + _segment_table(runs, lengths[-1], SEGMENT_METHODS, seg, segs))
     md.append(f"![length]({plot_length(runs, lengths, METHODS, stem.name + '_length.png', out)})\n")
+    curves = plot_curves(runs, root, lengths, METHODS, stem.name + "_curves.png", out)
+    md.append("Learning curves (periodic evaluation on 4 validation batches, from each run's "
+              f"`metrics.jsonl`):\n\n![curves]({curves})\n")
     md.append("## 2. Fine-tuning from one pre-trained SMoE (held-out passages, higher is better)"
               "\n\n" + _finetune_settings(plan))
     for metric, name in (("acc", "accuracy (%)"), ("f1", "macro-F1 (%)")):
