@@ -27,7 +27,8 @@ def test_full_plan_is_seed_major_and_balanced() -> None:
     assert len(keys) == len(set(keys)) == 24 + 35 + 12 + 18
     first_seed1 = keys.index("length/400/smoe/seed1")
     assert all(k.endswith("seed0") for k in keys[:first_seed1])  # every seed-0 run first
-    assert keys.index("finetune/namex-q/seed0") < keys.index("length/1600/smoe/seed0")
+    assert keys.index("finetune/namex-q/seed4") < keys.index("length/1600/smoe/seed0")
+    assert keys.index("length/1600/camex/seed0") < keys.index("length/1600/smoe/seed1")
     assert keys.index("finetune/smoe/seed0") > keys.index(pretrain_key("full"))
     assert keys.index("length/6400/smoe/seed0") > keys.index("finetune/namex-q/seed4")
     assert {j.needs for j in plan if j.kind == "finetune"} == {(pretrain_key("full"),)}

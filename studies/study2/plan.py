@@ -3,14 +3,17 @@ seed 0 of every method before seed 1 of any, and the short lengths before the lo
 
 Order of the "full" profile (``parts`` selects which of them are included):
 
-1. per seed k = 0, 1, 2: the 400-step runs of the four methods (part 1), the fine-tuning runs
-   of seed k of the seven methods (part 2; seeds 3 and 4 follow seed 2), then the 1,600-step
-   runs. The pre-trained SMoE is the length study's 400-step SMoE of seed 0 (shared, not
-   retrained): the shortest pre-training, so that fine-tuning results arrive early on a shared
-   machine (a longer pre-training is one constant, ``PRETRAIN_LENGTH``, away);
-2. per seed k = 0, 1, 2: the 6,400-step runs and the segment-length points (16 and 64 tokens)
+1. per seed k = 0, 1, 2: the 400-step runs of the four methods (part 1), then the fine-tuning
+   runs of seed k of the seven methods (part 2; seeds 3 and 4 follow seed 2). The pre-trained
+   SMoE is the length study's 400-step SMoE of seed 0 (shared, not retrained): the shortest
+   pre-training, so that fine-tuning results arrive early on a shared machine (a longer
+   pre-training is one constant, ``PRETRAIN_LENGTH``, away). These come first because they are
+   cheap: on a machine shared with other work, a partial result then has every 400-step and
+   fine-tuning cell at n = 3 before any 1,600-step run starts;
+2. per seed k = 0, 1, 2: the 1,600-step runs of the four methods;
+3. per seed k = 0, 1, 2: the 6,400-step runs and the segment-length points (16 and 64 tokens)
    of the three segment-routed methods;
-3. the knobs (part 3, :mod:`studies.study2.knobs`): only with ``parts`` naming "knobs".
+4. the knobs (part 3, :mod:`studies.study2.knobs`): only with ``parts`` naming "knobs".
 
 The "smoke" profile is the same plan with a few steps, one seed and a slice of the corpus (the
 tests run it).
@@ -52,8 +55,8 @@ def build_plan(profile: Profile = "full", parts: tuple[str, ...] = DEFAULT_PARTS
     ft_seeds = list(FINETUNE_SEEDS[profile])
     need_pretrain = "finetune" in parts or "knobs" in parts
     seeds = LENGTH_SEEDS[profile]
-    for seed in seeds:
-        for steps in (short, middle):
+    for steps in (short, middle):
+        for seed in seeds:
             for method in METHODS:
                 key = length_key(steps, method, seed)
                 if "length" in parts or (need_pretrain and key == pretrain_key(profile)):
