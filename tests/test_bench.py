@@ -27,7 +27,7 @@ from namex_ref.benchmarks import (
 from namex_ref.benchmarks.common import NOT_MEASURED_GPU
 from namex_ref.cli import main
 from namex_ref.models.gpt import count_parameters, preset
-from namex_ref.nash.solvers import RESIDUAL_TOL
+from namex_ref.nash.newton import RESIDUAL_TOL
 
 ROOT = Path(__file__).resolve().parents[1]
 

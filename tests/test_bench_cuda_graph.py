@@ -17,7 +17,7 @@ from namex_ref.benchmarks.graphs import capture_forward, training_forward
 from namex_ref.benchmarks.syncs import count_sync_ops
 from namex_ref.merging.config import METHODS
 from namex_ref.models.gpt import MoEGPT, preset
-from namex_ref.nash.solvers import RESIDUAL_TOL
+from namex_ref.nash.newton import RESIDUAL_TOL
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -34,8 +34,9 @@ from namex_ref.nash import (
     nash_bargain,
     solve_nash,
 )
+from namex_ref.nash.closed_form import solve_closed_form
+from namex_ref.nash.newton import RESIDUAL_TOL, solve_newton
 from namex_ref.nash.problem import infeasibility_certificate
-from namex_ref.nash.solvers import RESIDUAL_TOL, solve_closed_form, solve_newton
 
 # ------------------------------------------------------------------------------------------
 # No NaN from any solver path

@@ -80,6 +80,9 @@ _NASH_TESTS = (
 )
 MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "nash/problem": ("namex_ref/nash/problem.py", _NASH_TESTS),
+    "nash/newton": ("namex_ref/nash/newton.py", _NASH_TESTS),
+    "nash/closed_form": ("namex_ref/nash/closed_form.py", _NASH_TESTS),
+    "nash/oracles": ("namex_ref/nash/oracles.py", _NASH_TESTS),
     "nash/solvers": ("namex_ref/nash/solvers.py", _NASH_TESTS),
     "nash/bargain": ("namex_ref/nash/bargain.py", _NASH_TESTS),
     "nash/gram": ("namex_ref/nash/gram.py", _NASH_TESTS),

@@ -30,8 +30,9 @@ from namex_ref.benchmarks.common import (
     save_figure,
     write_text_atomic,
 )
+from namex_ref.nash.newton import RESIDUAL_TOL, solve_newton
 from namex_ref.nash.result import NashSolution
-from namex_ref.nash.solvers import RESIDUAL_TOL, solve_nash, solve_newton
+from namex_ref.nash.solvers import solve_nash
 from namex_ref.tables import format_table
 
 __all__ = [

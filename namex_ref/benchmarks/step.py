@@ -47,7 +47,7 @@ from namex_ref.merging.config import METHODS
 from namex_ref.merging.functional import bargain_alpha
 from namex_ref.models.gpt import ModelConfig, MoEGPT, preset
 from namex_ref.nash.gram import domain_vectors, gram_matrix
-from namex_ref.nash.solvers import solve_newton
+from namex_ref.nash.newton import solve_newton
 from namex_ref.tables import format_table
 
 __all__ = [

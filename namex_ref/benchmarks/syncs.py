@@ -15,7 +15,7 @@ from torch import Tensor
 
 from namex_ref.merging.functional import bargain_alpha
 from namex_ref.models.gpt import MoEGPT
-from namex_ref.nash.solvers import solve_newton
+from namex_ref.nash.newton import solve_newton
 
 __all__ = ["SYNC_OPS", "count_sync_ops", "forward_sync_ops", "step_sync_events", "sync_sources"]
 

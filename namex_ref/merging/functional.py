@@ -28,16 +28,16 @@ from namex_ref.merging.routing import (
 from namex_ref.momentum import momentum_step, zero_buffer
 from namex_ref.nash import fused
 from namex_ref.nash.gram import domain_vectors, gram_matrix
-from namex_ref.nash.problem import ROUNDING_CAP, ROUNDING_FACTOR, scaled_residual
-from namex_ref.nash.result import BargainInputError, InfeasibleBargainError, NashConvergenceError
-from namex_ref.nash.solvers import (
+from namex_ref.nash.newton import (
     FRACTION_TO_BOUNDARY,
     FULL_STEP_DECREMENT,
     RESIDUAL_TOL,
     NewtonBackend,
-    solve_nash,
     solve_newton,
 )
+from namex_ref.nash.problem import ROUNDING_CAP, ROUNDING_FACTOR, scaled_residual
+from namex_ref.nash.result import BargainInputError, InfeasibleBargainError, NashConvergenceError
+from namex_ref.nash.solvers import solve_nash
 
 __all__ = [
     "AlphaSolve",

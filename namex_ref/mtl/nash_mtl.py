@@ -39,6 +39,8 @@ from torch import Tensor
 
 from namex_ref.checks import require_int, require_real
 from namex_ref.merging.functional import ZERO_EXPERT_RTOL
+from namex_ref.nash.newton import NEWTON_MAX_ITER, RESIDUAL_TOL, solve_newton
+from namex_ref.nash.oracles import solve_ccp
 from namex_ref.nash.problem import check_gram, raise_if_infeasible, scaled_residual
 from namex_ref.nash.result import (
     BargainInputError,
@@ -47,7 +49,6 @@ from namex_ref.nash.result import (
     NashConvergenceError,
     NashSolution,
 )
-from namex_ref.nash.solvers import NEWTON_MAX_ITER, RESIDUAL_TOL, solve_ccp, solve_newton
 
 __all__ = [
     "MTL_POLICIES",
