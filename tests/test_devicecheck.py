@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -248,3 +249,38 @@ def test_nash_mtl_update_copies_the_gram_to_the_host_once() -> None:
     tr = check_placement(run, expect=[("sync", "_update"), ("h2d", "_set_alpha")])
     assert tr.counts()["sync"] == 1 and tr.counts()["h2d"] == 1
     assert mtl.last_residual <= mtl.tol
+
+
+def _loop_events(tmp: Path, steps: int) -> DeviceTracker:
+    """A whole ``train()`` run with the device resolved to the tracker's stand-in GPU; logs,
+    evaluations and checkpoints only at the last step."""
+    from namex_ref.train import TrainConfig, loop, train
+
+    cfg = TrainConfig(preset="tiny", method="namex-full-mom", steps=steps, batch_size=2,
+                      warmup=1, log_every=steps, eval_every=steps, eval_batches=1,
+                      final_eval_batches=1, ckpt_every=steps, device="cpu", progress=False,
+                      threads=1, corpus_chars=20_000, cache_dir=str(tmp / "cache"),
+                      out=str(tmp / f"run{steps}"))
+    tracker = DeviceTracker()
+    resolve = loop.resolve_device
+    loop.resolve_device = lambda name, local_rank=0: tracker.device()  # type: ignore[assignment]
+    try:
+        with tracker:
+            train(cfg)
+    finally:
+        loop.resolve_device = resolve  # type: ignore[assignment]
+    return tracker
+
+
+def test_training_steps_wait_for_nothing(tmp_path: Path) -> None:
+    """The training loop on the stand-in GPU: its syncs (metrics, evaluation, checkpoint) happen
+    at log, eval and checkpoint steps only, so four more steps between them add none, and each
+    step's only copy is its batch (x and y: two host-to-device copies, the allowed data copy).
+    No host tensor is ever mixed into a device operation."""
+    four, eight = _loop_events(tmp_path, 4), _loop_events(tmp_path, 8)
+    assert four.counts()["sync"] == eight.counts()["sync"] > 0
+    assert eight.counts()["h2d"] - four.counts()["h2d"] == 2 * 4
+    for tr in (four, eight):
+        assert tr.counts()["mix"] == 0 and tr.counts()["setitem"] == 0
+        per_step = [e for e in tr.events if e.kind == "h2d" and e.allowed is not None]
+        assert len(per_step) == 2 * (4 if tr is four else 8)

@@ -236,11 +236,16 @@ def evaluate(
     return float(total[0]) / n, cosine
 
 
+_HOST = torch.device("cpu")
+
+
 def _to_device(t: Tensor, device: torch.device) -> Tensor:
     """Host -> device copy that does not wait for the device (pinned memory, non_blocking)."""
-    if device.type == "cpu":
+    if device == _HOST:
         return t
-    return t.pin_memory().to(device, non_blocking=True)
+    if torch.cuda.is_available():
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 def _nested(t: Tensor) -> Any:
