@@ -24,7 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from namex_ref.benchmarks.syncs import count_sync_ops
-from namex_ref.merging.functional import bargain_alpha
+from namex_ref.merging.plan import bargain_alpha
 from namex_ref.nash import fused
 from namex_ref.nash.newton import RESIDUAL_TOL, solve_newton
 from namex_ref.nash.problem import converged_mask, scaled_residual

@@ -28,7 +28,7 @@ from namex_ref.benchmarks.common import (
     save_figure,
     write_text_atomic,
 )
-from namex_ref.merging.functional import bargain_alpha
+from namex_ref.merging.plan import bargain_alpha
 from namex_ref.models.gpt import PRESETS
 from namex_ref.nash.gram import gram_matrix
 from namex_ref.nash.newton import solve_newton

@@ -1,5 +1,5 @@
 """CUDA-graph capture of the real training forward: ``MoEGPT.forward`` on a batch, i.e. the merge
-plan (``merging.functional.propagate``: domain vectors, ``bargain_alpha`` with fixed-iteration
+plan (``merging.plan.propagate``: domain vectors, ``bargain_alpha`` with fixed-iteration
 Newton — S4–S5, no host synchronisation — and the momentum step of the base expert, S16–S18),
 every merged MoE layer (S14), attention and the loss.
 

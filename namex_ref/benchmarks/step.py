@@ -44,7 +44,7 @@ from namex_ref.benchmarks.common import (
 from namex_ref.benchmarks.memory import cuda_peak_mib, rss_growth_mib, saved_tensor_bytes
 from namex_ref.benchmarks.syncs import step_sync_events, sync_sources
 from namex_ref.merging.config import METHODS
-from namex_ref.merging.functional import bargain_alpha
+from namex_ref.merging.plan import bargain_alpha
 from namex_ref.models.gpt import ModelConfig, MoEGPT, preset
 from namex_ref.nash.gram import domain_vectors, gram_matrix
 from namex_ref.nash.newton import solve_newton

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from namex_ref.merging.functional import bargain_alpha
+from namex_ref.merging.plan import bargain_alpha
 from namex_ref.models.gpt import MoEGPT
 from namex_ref.nash.newton import solve_newton
 

@@ -14,16 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from namex_ref.merging.camex import gated_scores, masked_deltas, term_dropout
 from namex_ref.merging.config import MergeConfig
-from namex_ref.merging.functional import (
-    LayerTerms,
-    gated_scores,
-    kronecker_apply,
-    masked_deltas,
-    merge_weights,
-    merged_linear,
-    term_dropout,
-)
+from namex_ref.merging.operators import kronecker_apply, merge_weights, merged_linear
+from namex_ref.merging.plan import LayerTerms
 from namex_ref.merging.routing import load_balancing_loss, top_k_routing
 
 __all__ = [

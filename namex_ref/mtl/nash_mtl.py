@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from namex_ref.checks import require_int, require_real
-from namex_ref.merging.functional import ZERO_EXPERT_RTOL
+from namex_ref.merging.plan import ZERO_EXPERT_RTOL
 from namex_ref.nash.newton import NEWTON_MAX_ITER, RESIDUAL_TOL, solve_newton
 from namex_ref.nash.oracles import solve_ccp
 from namex_ref.nash.problem import check_gram, raise_if_infeasible, scaled_residual

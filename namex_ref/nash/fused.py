@@ -11,7 +11,7 @@ from numba's on-disk cache), on numpy views of CPU tensors:
   (adaptive: until the shared convergence rule holds, at most ``max_iter`` steps; fixed: the
   same, since a converged problem is frozen in the eager loop as well), returning α, the
   per-problem residuals, converged flags and steps.
-- :func:`bargain_kernel`: what ``merging.functional.bargain_alpha`` does after the Gram matrix
+- :func:`bargain_kernel`: what ``merging.plan.bargain_alpha`` does after the Gram matrix
   (zero-expert and finiteness masks, the fixed-budget solve, the singular-bargain policy), for
   one layer.
 
