@@ -7,7 +7,7 @@ hand-made cases, and (2) that every merging method's forward, backward and optim
 the training loop's finiteness check, produce no event beyond the documented ones. On the code
 before the fixes of the GPU-correctness issue, (2) fails at the three sites the H200 run met:
 ``segment_means`` (a Python number written into a device tensor), the quaternion step
-(``torch.tensor(β, device=...)`` per layer) and ``_state_is_finite`` (CUDA flags stacked with
+(``torch.tensor(β, device=...)`` per layer) and ``state_is_finite`` (CUDA flags stacked with
 AdamW's host ``step`` counters).
 """
 
@@ -29,7 +29,7 @@ from namex_ref.merging.routing import segment_means
 from namex_ref.models.gpt import MoEGPT, preset
 from namex_ref.momentum import quaternion_momentum_step
 from namex_ref.nash.gram import off_diagonal_mean
-from namex_ref.train.loop import _state_is_finite
+from namex_ref.train.health import state_is_finite
 
 
 def _kinds(tr: DeviceTracker) -> list[str]:
@@ -151,7 +151,7 @@ def test_finiteness_check_with_optimizer_state_on_the_host() -> None:
     def run(tr: DeviceTracker) -> None:
         model(torch.randn(2, 4, device=tr.device())).sum().backward()
         opt.step()  # the first step makes the state: moments on the device, step on the host
-        assert _state_is_finite(model, opt)
+        assert state_is_finite(model, opt)
 
     check_placement(run, expect=[("sync", "<genexpr>")])
 
@@ -168,11 +168,11 @@ def test_finiteness_check_sees_a_bad_moment_on_another_device(where: str) -> Non
     with DeviceTracker() as tr:
         state = opt.state[w]
         state["exp_avg"] = state["exp_avg"].cpu()  # offloaded: a host tensor
-        assert _state_is_finite(model, opt)
+        assert state_is_finite(model, opt)
         target = w if where == "param" else state[where]
         with torch.no_grad():
             target.view(-1)[3] = math.inf
-        assert not _state_is_finite(model, opt)
+        assert not state_is_finite(model, opt)
     assert not [e for e in tr.events if e.kind == "mix"]
 
 
