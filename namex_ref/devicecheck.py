@@ -56,14 +56,14 @@ __all__ = [
     "check_placement",
 ]
 
-#: (file suffix, function, kind) → reason. Events matching an entry are recorded as allowed.
+#: (path part, function, kind) → reason. An event whose file path contains the part, in that
+#: function ("*": any), of that kind, is recorded as allowed.
 ALLOWLIST: dict[tuple[str, str, str], str] = {
-    ("namex_ref/train/data.py", "*", "h2d"): (
-        "batches are gathered on the host and copied to the device once per step "
-        "(non_blocking from pinned memory on CUDA); the copy is the data loader's job"
+    ("namex_ref/train/", "_to_device", "h2d"): (
+        "each step's batch is gathered on the host and copied to the device once "
+        "(non_blocking, from pinned memory on CUDA): the data loader's one copy per step"
     ),
 }
-
 #: The stand-in for the GPU (see :meth:`DeviceTracker.device`).
 _MARKER = "cpu:0"
 
@@ -198,19 +198,39 @@ class DeviceTracker(TorchFunctionMode):
             return out
 
         torch.from_numpy = from_numpy
+        self._group = torch._C._group_tensors_by_device_and_dtype
+        torch._C._group_tensors_by_device_and_dtype = self._grouped  # type: ignore[assignment]
         super().__enter__()  # type: ignore[no-untyped-call]
         return self
 
     def __exit__(self, *exc: object) -> None:
         super().__exit__(*exc)  # type: ignore[no-untyped-call]
         torch.from_numpy = self._from_numpy
+        torch._C._group_tensors_by_device_and_dtype = self._group
+
+    def _grouped(self, lists: Any, with_indices: bool = False) -> Any:
+        """torch's grouping of tensor lists by (device, dtype) (foreach optimizers, gradient
+        clipping) sees one real device here; split each group by shadow placement and key the
+        device half with ``cpu:0``, as the groups would be on a GPU machine."""
+        out: dict[Any, Any] = {}
+        for (dev, dtype), (tensors, indices) in self._group(lists, with_indices).items():
+            first = tensors[0]
+            on = [t is not None and self.is_device(t) for t in first]
+            for side in (False, True):
+                keep = [i for i, flag in enumerate(on) if flag == side]
+                if not keep:
+                    continue
+                key = (torch.device(_MARKER) if side else dev, dtype)
+                sub = [[col[i] for i in keep] for col in tensors]
+                out[key] = (sub, [indices[i] for i in keep] if indices else indices)
+        return out
 
     # --- events ----------------------------------------------------------------------------
     def _emit(self, kind: str, op: str) -> None:
         path, line, fn = _caller()
         allowed = None
         for (suffix, func, k), reason in self.allowlist.items():
-            if k == kind and path.endswith(suffix) and func in ("*", fn):
+            if k == kind and suffix in path and func in ("*", fn):
                 allowed = reason
                 break
         self.events.append(Event(kind, op, f"{path}:{line} in {fn}", path, fn, allowed))

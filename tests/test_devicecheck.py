@@ -7,7 +7,7 @@ hand-made cases, and (2) that every merging method's forward, backward and optim
 the training loop's finiteness check, produce no event beyond the documented ones. On the code
 before the fixes of the GPU-correctness issue, (2) fails at the three sites the H200 run met:
 ``segment_means`` (a Python number written into a device tensor), the quaternion step
-(``torch.tensor(β, device=...)`` per layer) and ``_state_is_finite`` (CUDA flags stacked with
+(``torch.tensor(β, device=...)`` per layer) and ``state_is_finite`` (CUDA flags stacked with
 AdamW's host ``step`` counters).
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,7 +29,7 @@ from namex_ref.merging.routing import segment_means
 from namex_ref.models.gpt import MoEGPT, preset
 from namex_ref.momentum import quaternion_momentum_step
 from namex_ref.nash.gram import off_diagonal_mean
-from namex_ref.train.loop import _state_is_finite
+from namex_ref.train.health import state_is_finite
 
 
 def _kinds(tr: DeviceTracker) -> list[str]:
@@ -150,7 +151,7 @@ def test_finiteness_check_with_optimizer_state_on_the_host() -> None:
     def run(tr: DeviceTracker) -> None:
         model(torch.randn(2, 4, device=tr.device())).sum().backward()
         opt.step()  # the first step makes the state: moments on the device, step on the host
-        assert _state_is_finite(model, opt)
+        assert state_is_finite(model, opt)
 
     check_placement(run, expect=[("sync", "<genexpr>")])
 
@@ -167,11 +168,11 @@ def test_finiteness_check_sees_a_bad_moment_on_another_device(where: str) -> Non
     with DeviceTracker() as tr:
         state = opt.state[w]
         state["exp_avg"] = state["exp_avg"].cpu()  # offloaded: a host tensor
-        assert _state_is_finite(model, opt)
+        assert state_is_finite(model, opt)
         target = w if where == "param" else state[where]
         with torch.no_grad():
             target.view(-1)[3] = math.inf
-        assert not _state_is_finite(model, opt)
+        assert not state_is_finite(model, opt)
     assert not [e for e in tr.events if e.kind == "mix"]
 
 
@@ -248,3 +249,38 @@ def test_nash_mtl_update_copies_the_gram_to_the_host_once() -> None:
     tr = check_placement(run, expect=[("sync", "_update"), ("h2d", "_set_alpha")])
     assert tr.counts()["sync"] == 1 and tr.counts()["h2d"] == 1
     assert mtl.last_residual <= mtl.tol
+
+
+def _loop_events(tmp: Path, steps: int) -> DeviceTracker:
+    """A whole ``train()`` run with the device resolved to the tracker's stand-in GPU; logs,
+    evaluations and checkpoints only at the last step."""
+    from namex_ref.train import TrainConfig, loop, train
+
+    cfg = TrainConfig(preset="tiny", method="namex-full-mom", steps=steps, batch_size=2,
+                      warmup=1, log_every=steps, eval_every=steps, eval_batches=1,
+                      final_eval_batches=1, ckpt_every=steps, device="cpu", progress=False,
+                      threads=1, corpus_chars=20_000, cache_dir=str(tmp / "cache"),
+                      out=str(tmp / f"run{steps}"))
+    tracker = DeviceTracker()
+    resolve = loop.resolve_device
+    loop.resolve_device = lambda name, local_rank=0: tracker.device()  # type: ignore[assignment]
+    try:
+        with tracker:
+            train(cfg)
+    finally:
+        loop.resolve_device = resolve  # type: ignore[assignment]
+    return tracker
+
+
+def test_training_steps_wait_for_nothing(tmp_path: Path) -> None:
+    """The training loop on the stand-in GPU: its syncs (metrics, evaluation, checkpoint) happen
+    at log, eval and checkpoint steps only, so four more steps between them add none, and each
+    step's only copy is its batch (x and y: two host-to-device copies, the allowed data copy).
+    No host tensor is ever mixed into a device operation."""
+    four, eight = _loop_events(tmp_path, 4), _loop_events(tmp_path, 8)
+    assert four.counts()["sync"] == eight.counts()["sync"] > 0
+    assert eight.counts()["h2d"] - four.counts()["h2d"] == 2 * 4
+    for tr in (four, eight):
+        assert tr.counts()["mix"] == 0 and tr.counts()["setitem"] == 0
+        per_step = [e for e in tr.events if e.kind == "h2d" and e.allowed is not None]
+        assert len(per_step) == 2 * (4 if tr is four else 8)

@@ -22,8 +22,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from namex_ref.hf.training import train
 from namex_ref.merging.config import METHODS
-from namex_ref.train import TrainConfig, read_result, train
+from namex_ref.train import TrainConfig, read_result
 from namex_ref.train.metrics import read_jsonl
 from tests.test_hf import FAMILIES, tiny_model
 

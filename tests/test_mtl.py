@@ -505,6 +505,7 @@ def test_bad_losses_and_parameters_are_named() -> None:
         m.get_weighted_loss(task.losses(), None)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_weights_stay_on_device() -> None:  # pragma: no cover - no GPU in CI
     """On CUDA the weights live on the device and agree with the CPU run."""

@@ -466,6 +466,7 @@ def test_ccp_continues_from_the_absolute_value(ccp_spy: Callable[[int], Spy]) ->
     assert float(sol.history[0]) == pytest.approx(expected, rel=1e-12, abs=0)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("batched", [False, True], ids=["single", "batch"])
 @pytest.mark.parametrize("solve", [solve_cvxpy, solve_primal, solve_ccp],
