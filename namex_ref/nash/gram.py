@@ -137,11 +137,13 @@ def _half_gram(t: Tensor) -> Tensor:
 
 
 def _gram_of(t: Tensor) -> Tensor:
-    """t tᵀ over the last dim of t (..., N, d), accumulated in ``_accumulate_dtype``."""
-    if t.dtype in (torch.bfloat16, torch.float16):
-        return _half_gram(t)
-    t = t.to(_accumulate_dtype(t.dtype))
-    return t @ t.mT
+    """t tᵀ over the last dim of t (..., N, d), accumulated in ``_accumulate_dtype``, also
+    under autocast (which would otherwise round a float32 product's inputs to 8–11 bits)."""
+    with torch.autocast(t.device.type, enabled=False):
+        if t.dtype in (torch.bfloat16, torch.float16):
+            return _half_gram(t)
+        t = t.to(_accumulate_dtype(t.dtype))
+        return t @ t.mT
 
 
 def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:

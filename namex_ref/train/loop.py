@@ -57,6 +57,7 @@ from namex_ref.train.health import (
     state_is_finite,
 )
 from namex_ref.train.metrics import append_jsonl, clean_json, read_jsonl, truncate_after
+from namex_ref.train.precision import Precision
 from namex_ref.train.reporter import Reporter, clock
 from namex_ref.train.resume import ResumePoint, announce_resume, plan_resume
 from namex_ref.train.run import (
@@ -267,11 +268,13 @@ class _Run:
         self.model = model.to(device)
         self.n_params = sum(p.numel() for p in self.model.parameters())
         self.optimizer = make_optimizer(self.model, config)
+        self.precision = Precision(config.precision, device)
         ckpt, self.start = point.ckpt, point.step
         counters = {} if ckpt is None else ckpt.counters
         if ckpt is not None:
             self.model.load_state_dict(ckpt.model_state)
             self.optimizer.load_state_dict(ckpt.optim_state)
+            self.precision.load_state_dict(counters.get("grad_scaler", {}))
             restore_rng(ckpt, device=device, rank=ctx.rank)  # rank r: its own device generator
         self.step_time = float(counters.get("step_seconds", 0.0))  # over all resumes
         self.steps_run = int(counters.get("steps_timed", 0))
@@ -340,7 +343,9 @@ class _Run:
 
     def step(self, step: int) -> None:
         """One AdamW update on the batch of ``step`` (:func:`~namex_ref.train.data.
-        batch_for_step`), at the lr of :func:`~namex_ref.train.schedule.lr_at`; no host sync."""
+        batch_for_step`), at the lr of :func:`~namex_ref.train.schedule.lr_at`, the forward
+        under the run's :class:`~namex_ref.train.precision.Precision`; no host sync (except
+        fp16's scaler)."""
         config = self.config
         self.lr = lr_at(step, config)
         set_lr(self.optimizer, self.lr)
@@ -349,12 +354,14 @@ class _Run:
             seq_len=self.mcfg.seq_len, rank=self.ctx.rank, world_size=self.ctx.world,
         )
         x, y = _to_device(batch.x, self.device), _to_device(batch.y, self.device)
-        out: ModelOutput = self.net(x, y)
+        with self.precision.autocast():
+            out: ModelOutput = self.net(x, y)
         assert out.loss is not None and out.ce is not None  # targets were given
         self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()  # type: ignore[no-untyped-call]
+        self.precision.backward(out.loss)
+        self.precision.unscale(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
-        self.optimizer.step()
+        self.precision.step(self.optimizer)
         self.acc.add(step, out, grad_norm)
         if self.say.bar is not None:
             self.say.bar.update(1)
@@ -407,10 +414,12 @@ class _Run:
 
     def evaluate(self, step: int) -> dict[str, Any]:
         """The periodic evaluation's fields (:data:`~namex_ref.train.metrics.EVAL_FIELDS`)."""
-        vloss, cos = evaluate(
-            self.model, self.data.valid, batch_size=self.config.batch_size,
-            max_batches=self.config.eval_batches, rank=self.ctx.rank, world_size=self.ctx.world,
-        )
+        with self.precision.autocast():
+            vloss, cos = evaluate(
+                self.model, self.data.valid, batch_size=self.config.batch_size,
+                max_batches=self.config.eval_batches, rank=self.ctx.rank,
+                world_size=self.ctx.world,
+            )
         self.say(f"step {step}/{self.config.steps} evaluation: valid loss {vloss:.4f} "
                  f"perplexity {math.exp(vloss):.2f}")
         return {"valid_loss": vloss, "valid_ppl": math.exp(vloss), "cosine": _nested(cos)}
@@ -426,11 +435,21 @@ class _Run:
             save_checkpoint(
                 path, model=self.model, optimizer=self.optimizer, step=step,
                 config=self.config.to_dict(),
-                counters={"fallbacks": int(self.acc.fallbacks), "step_seconds": self.step_time,
-                          "steps_timed": self.steps_run},
+                counters=self._counters(),
                 previous=self.out / PREVIOUS_NAME, device_rng=device_rng,
             )
         self.last_ckpt = (path, step)
+
+    def _counters(self) -> dict[str, Any]:
+        """What a checkpoint carries beside the tensors: cumulative counters and (fp16) the
+        gradient scaler's state."""
+        counters: dict[str, Any] = {"fallbacks": int(self.acc.fallbacks),
+                                    "step_seconds": self.step_time,
+                                    "steps_timed": self.steps_run}
+        scaler = self.precision.state_dict()
+        if scaler:
+            counters["grad_scaler"] = scaler
+        return counters
 
     def finish(self) -> TrainResult:
         """The final evaluation, the :class:`TrainResult`, and (rank 0) the plots, the
@@ -441,10 +460,11 @@ class _Run:
         span = ("the whole validation split" if config.final_eval_batches == 0
                 else f"{config.final_eval_batches} validation batches")
         say(f"final evaluation on {span}")
-        vloss, _ = evaluate(
-            self.model, self.data.valid, batch_size=config.batch_size,
-            max_batches=config.final_eval_batches, rank=ctx.rank, world_size=ctx.world,
-        )
+        with self.precision.autocast():
+            vloss, _ = evaluate(
+                self.model, self.data.valid, batch_size=config.batch_size,
+                max_batches=config.final_eval_batches, rank=ctx.rank, world_size=ctx.world,
+            )
         say(f"final: valid loss {vloss:.4f} perplexity {math.exp(vloss):.2f} (unigram "
             f"perplexity {self.unigram:.1f})")
         records = read_jsonl(self.out / METRICS_NAME) if ctx.main else []
