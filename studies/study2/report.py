@@ -81,10 +81,12 @@ def _fallback_column(runs: Sequence[Run], group: str, setting: str, tags: Sequen
 
 def _table(runs: Sequence[Run], group: str, setting: str, metric: str, refs: Sequence[str],
            order: Sequence[str], digits: int = 2) -> str:
-    """The cells of ``order`` only (a length's segment-length points have their own table)."""
-    cs = {t: c for t, c in cells(runs, group, setting, metric, order).items() if t in order}
-    if not cs:
+    """The cells of ``order`` only (a length's segment-length points have their own table);
+    a method without a finished run gets a row with n = 0."""
+    found = cells(runs, group, setting, metric, order)
+    if not found:
         return "_No finished run yet._\n"
+    cs = {t: found.get(t, {}) for t in order}
     header, rows = table_rows(cs, refs, digits)
     fb = _fallback_column(runs, group, setting, list(cs))
     return markdown([*header, "fallbacks"], [[*row, f] for row, f in zip(rows, fb, strict=True)])
