@@ -151,8 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``namex`` script. Errors of the library and of the file system
-    (a full disk, a missing or unreadable file) are one line on stderr and exit status 2."""
+    (a full disk, a missing or unreadable file) are one line on stderr and exit status 2;
+    an interrupt is one line and status 130 (training: 130 / 143 after a checkpoint)."""
+    import signal
+
     from namex_ref.nash import BargainInputError, InfeasibleBargainError
+    from namex_ref.train.interrupt import exit_status
 
     args = build_parser().parse_args(argv)
     try:
@@ -160,6 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BargainInputError, InfeasibleBargainError, ValueError, OSError, ImportError) as exc:
         print(f"namex: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside a training step, or a second one inside
+        print("namex: interrupted", file=sys.stderr)
+        return exit_status(signal.SIGINT)
     return rc
 
 
