@@ -3,7 +3,7 @@ generate``.
 
 ``train`` and ``compare`` come from :mod:`namex_ref.train.cli`, ``bench`` from
 :mod:`namex_ref.benchmarks.cli`; the rest are defined here. Each command calls the public API
-functions; nothing is computed here. ``mtl`` comes from :mod:`namex_ref.mtl.example`,
+functions; nothing is computed here. ``mtl`` comes from :mod:`namex_ref.benchmarks.mtl_report`,
 ``convert`` and ``generate`` (Hugging Face models, the ``hf`` extra) from :mod:`namex_ref.hf.cli`.
 """
 
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_train(sub, builder_for=_train_builder)  # train, compare
     register_bench(sub)  # bench
-    from namex_ref.mtl.example import register as register_mtl
+    from namex_ref.benchmarks.mtl_report import register as register_mtl
 
     register_mtl(sub)  # mtl (Nash-MTL example)
     from namex_ref.hf.cli import register as register_hf

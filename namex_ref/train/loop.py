@@ -192,11 +192,16 @@ def _load_data(config: TrainConfig, mcfg: ModelConfig, ctx: Distributed) -> Toke
     return data
 
 
+_HOST = torch.device("cpu")
+
+
 def _to_device(t: Tensor, device: torch.device) -> Tensor:
     """Host -> device copy that does not wait for the device (pinned memory, non_blocking)."""
-    if device.type == "cpu":
+    if device == _HOST:  # the host itself (the device detector's stand-in GPU is cpu:0)
         return t
-    return t.pin_memory().to(device, non_blocking=True)
+    if torch.cuda.is_available():
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 class _Run:
@@ -223,7 +228,7 @@ class _Run:
             self.model.load_state_dict(ckpt.model_state)
             self.optimizer.load_state_dict(ckpt.optim_state)
             self.precision.load_state_dict(counters.get("grad_scaler", {}))
-            restore_rng(ckpt)
+            restore_rng(ckpt, device=device, rank=ctx.rank)  # rank r: its own device generator
         self.step_time = float(counters.get("step_seconds", 0.0))  # over all resumes
         self.steps_run = int(counters.get("steps_timed", 0))
         if ctx.main:
@@ -396,11 +401,12 @@ class _Run:
                                   self.config, self.last_ckpt)
         path = self.out / CHECKPOINT_NAME
         counters = self._counters()  # on every rank: a partial interval is all-reduced
+        device_rng = self.ctx.device_rng_states(self.device)  # every rank: a collective
         if self.ctx.main:
             save_checkpoint(
                 path, model=self.model, optimizer=self.optimizer, step=step,
                 config=self.config.to_dict(), counters=counters,
-                previous=self.out / PREVIOUS_NAME,
+                previous=self.out / PREVIOUS_NAME, device_rng=device_rng,
             )
         self.last_ckpt = (path, step)
 
