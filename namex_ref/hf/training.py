@@ -31,7 +31,7 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,7 @@ from namex_ref.nash.gram import domain_vectors, off_diagonal_mean
 from namex_ref.train.builder import GPT_BUILDER, ModelBuilder
 from namex_ref.train.config import TrainConfig, flag_name
 from namex_ref.train.loop import train as train_loop
+from namex_ref.train.resume import StartMode
 from namex_ref.train.run import TrainResult
 
 __all__ = ["DEFAULT_SEGMENT_LEN", "DEFAULT_SEQ_LEN", "HF_BUILDER", "MODEL_DIR", "HFCausalLM",
@@ -264,7 +265,7 @@ HF_BUILDER = ModelBuilder(build=build_model, describe=_describe, export=_export_
 """The model builder of ``hf_model`` runs for :func:`namex_ref.train.train` (``builder=``)."""
 
 
-def train(config: TrainConfig, *, resume: bool | Literal["if-present"] = False) -> TrainResult:
+def train(config: TrainConfig, *, resume: StartMode = False) -> TrainResult:
     """:func:`namex_ref.train.train` with :data:`HF_BUILDER` for a ``hf_model`` run (the GPT
     builder otherwise); same arguments, result and errors."""
     builder = HF_BUILDER if config.hf_model else GPT_BUILDER
