@@ -1,6 +1,6 @@
 """A real three-task example on the built-in corpus: equal weighting vs Nash-MTL (CCP, Newton).
 
-``namex mtl [--steps N] [--out results] [--quick]`` (or ``python -m namex_ref.mtl.example``)
+``namex mtl [--steps N] [--out runs/mtl] [--quick]`` (or ``python -m namex_ref.mtl.example``)
 writes ``<out>/mtl.md`` and ``<out>/mtl.png``.
 
 Data: the package's built-in corpus (:func:`namex_ref.data.load_builtin_corpus`) tokenised by a
@@ -533,7 +533,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``mtl`` options (shared by ``namex mtl`` and :func:`main`)."""
     p.add_argument("--steps", type=int, default=ExampleConfig.steps, help="steps per method")
     p.add_argument("--seed", type=int, default=0, help="seed of the model and the batches")
-    p.add_argument("--out", type=Path, default=Path("results"), help="folder for mtl.md/.png")
+    p.add_argument("--out", type=Path, default=Path("runs/mtl"),
+                   help="folder for mtl.md/.png; --out results regenerates the committed report")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (tests)")
 
@@ -547,7 +548,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Stand-alone entry point (``python -m namex_ref.mtl.example``)."""
-    p = argparse.ArgumentParser(prog="namex mtl")
+    from namex_ref.cliparse import Parser
+
+    p = Parser(prog="namex mtl")
     add_arguments(p)
     return _cmd_mtl(p.parse_args(argv))
 

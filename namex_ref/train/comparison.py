@@ -40,6 +40,7 @@ from namex_ref.train.compare_plot import (
     validation_curve,
 )
 from namex_ref.train.config import TrainConfig, ignored_overrides
+from namex_ref.train.distributed import resolve_device
 from namex_ref.train.loop import (
     METRICS_NAME,
     TrainResult,
@@ -327,6 +328,7 @@ def compare(
                          f"(namex methods describes them)")
     if len(set(methods)) != len(methods) or len(set(seeds)) != len(seeds):
         raise ValueError("--methods and --seeds must not repeat values")
+    resolve_device(base.device)  # a missing GPU is one error here, not one per run
     root = require_out_folder(out)
     slots, todo = _plan(base, methods, seeds, root, log)
     for index, finished in _train_all(todo, jobs, log).items():
