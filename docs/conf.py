@@ -18,6 +18,8 @@ copied, and their relative links resolve exactly as they do on GitHub.
   (``tools/docs_check.py`` checks that every script of the math page is local and that the
   equations were rendered). We chose it over ``sphinx.ext.imgmath``, which would need a LaTeX
   installation from Debian in CI and gives images that do not scale or copy as text.
+- Notebook kernels: CurveZMQ-encrypted (see below), so the build output carries no
+  "Kernel is running over TCP without encryption" warning.
 - Layout: ``docs/_static/namex.css`` lets tables and notebook code fit the page (long code
   wraps, wide tables scroll inside their own box).
 - The build runs with ``-W --keep-going``: any warning (a broken cross-reference or link, a
@@ -26,6 +28,7 @@ copied, and their relative links resolve exactly as they do on GitHub.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from importlib.metadata import PackageNotFoundError
@@ -40,12 +43,18 @@ sys.path.insert(0, str(ROOT))  # document this checkout's namex_ref
 # The notebook kernels inherit this environment. A non-inline MPLBACKEND (Agg, say) would
 # swallow their figures; without it ipykernel uses its inline backend, which is headless.
 os.environ.pop("MPLBACKEND", None)
-# The notebook kernels talk to the build over IPC (Unix sockets), not TCP: ipykernel >= 7 logs
-# "Kernel is running over TCP without encryption" to the build output for every TCP kernel.
+# The notebook kernels talk to the build over CurveZMQ-encrypted TCP: ipykernel >= 7 logs
+# "Kernel is running over TCP without encryption" into the build output for every unencrypted
+# kernel. jupyter_client provisions the keys when the kernelspec declares "curve" support
+# (ipykernel's does; pyzmq's wheels have libsodium) and falls back to plain TCP otherwise.
 # myst-nb creates its kernel managers without a configuration, so the default is set here.
+# (The IPC transport would need the kernel and the build in one working directory.)
 from jupyter_client.manager import KernelManager  # noqa: E402
 
-KernelManager.transport.default_value = "ipc"  # type: ignore[attr-defined]
+KernelManager.transport_encryption.default_value = "auto"  # type: ignore[attr-defined]
+# nbclient logs "Executing notebook with kernel: python3" at INFO on the "traitlets" logger for
+# every notebook; the build output keeps its warnings and errors only.
+logging.getLogger("traitlets").setLevel(logging.WARNING)
 # ... and import this checkout's namex_ref, like autodoc does.
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
