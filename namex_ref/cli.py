@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from namex_ref.train.builder import ModelBuilder
+from namex_ref.train.config import TrainConfig
+
 __all__ = ["build_parser", "main", "package_version"]
 
 
@@ -96,7 +99,7 @@ def _cmd_solve(args: argparse.Namespace) -> int:
 
 def _cmd_momentum_grid(args: argparse.Namespace) -> int:
     from namex_ref.spectral import momentum_grid_main
-    from namex_ref.train.loop import require_out_folder
+    from namex_ref.train.run import require_out_folder
 
     require_out_folder(args.out)
 
@@ -107,6 +110,16 @@ def _cmd_momentum_grid(args: argparse.Namespace) -> int:
     print(table)
     print(f"wrote {path}")
     return 0
+
+
+def _train_builder(config: TrainConfig) -> ModelBuilder | None:
+    """The model builder of a ``namex train`` / ``compare`` run: Hugging Face's for
+    ``--hf-model``, else ``None`` (the training package's default, the GPT presets)."""
+    if not config.hf_model:
+        return None
+    from namex_ref.hf.training import HF_BUILDER
+
+    return HF_BUILDER
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     from namex_ref.benchmarks.cli import register as register_bench
     from namex_ref.train.cli import register as register_train
 
-    register_train(sub)  # train, compare
+    register_train(sub, builder_for=_train_builder)  # train, compare
     register_bench(sub)  # bench
     from namex_ref.mtl.example import register as register_mtl
 

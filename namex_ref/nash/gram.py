@@ -16,6 +16,7 @@ __all__ = [
     "Granularity",
     "domain_vectors",
     "gram_matrix",
+    "off_diagonal_mean",
     "stack_domain_vectors",
 ]
 
@@ -136,11 +137,13 @@ def _half_gram(t: Tensor) -> Tensor:
 
 
 def _gram_of(t: Tensor) -> Tensor:
-    """t tᵀ over the last dim of t (..., N, d), accumulated in ``_accumulate_dtype``."""
-    if t.dtype in (torch.bfloat16, torch.float16):
-        return _half_gram(t)
-    t = t.to(_accumulate_dtype(t.dtype))
-    return t @ t.mT
+    """t tᵀ over the last dim of t (..., N, d), accumulated in ``_accumulate_dtype``, also
+    under autocast (which would otherwise round a float32 product's inputs to 8–11 bits)."""
+    with torch.autocast(t.device.type, enabled=False):
+        if t.dtype in (torch.bfloat16, torch.float16):
+            return _half_gram(t)
+        t = t.to(_accumulate_dtype(t.dtype))
+        return t @ t.mT
 
 
 def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -212,3 +215,16 @@ def _batched_gram(
     stack_domain_vectors([taus])  # the dtype and emptiness checks of every route
     lead = taus.shape[: batch_dims + 1]  # (*B, N)
     return _gram_of(taus.reshape(*lead, -1))  # (*B, N, d) → (*B, N, N)
+
+
+def off_diagonal_mean(m: Tensor) -> Tensor:
+    """Mean of the off-diagonal entries of a square matrix m (..., N, N) → (...).
+
+    A masked sum over a static shape, not boolean-mask indexing (``m[~eye]``), whose output
+    size is data-dependent: that would make the host wait for the device (a sync per call on
+    CUDA, and no CUDA-graph capture). NaN for N = 1 (no off-diagonal entry), as the mean of
+    nothing; a NaN off the diagonal propagates, one on the diagonal does not.
+    """
+    n = m.shape[-1]
+    off = ~torch.eye(n, dtype=torch.bool, device=m.device)
+    return torch.where(off, m, torch.zeros_like(m)).sum((-2, -1)) / (n * (n - 1))

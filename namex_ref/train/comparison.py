@@ -32,6 +32,7 @@ from typing import Any
 from namex_ref.checks import require_int
 from namex_ref.merging.config import METHODS
 from namex_ref.tables import format_table
+from namex_ref.train.builder import ModelBuilder
 from namex_ref.train.compare_plot import (
     Curve,
     mean_curve,
@@ -162,9 +163,14 @@ def markdown_table(
     return text
 
 
-def _train_resumed(cfg: TrainConfig) -> TrainResult:
+def _train_resumed(cfg: TrainConfig, builder: ModelBuilder | None) -> TrainResult:
     """Worker of ``compare(jobs > 1)`` (module level, so it pickles)."""
-    return train(cfg, resume="if-present")
+    return train(cfg, resume="if-present", **_builder_kw(builder))
+
+
+def _builder_kw(builder: ModelBuilder | None) -> dict[str, ModelBuilder]:
+    """``train``'s keyword for ``builder`` (none for ``None``: train's default, the GPT's)."""
+    return {} if builder is None else {"builder": builder}
 
 
 def _run_dir(out: Path, method: str, seed: int) -> Path:
@@ -225,9 +231,11 @@ def _plan(
 
 
 def _train_all(todo: Sequence[tuple[int, TrainConfig]], jobs: int,
-               log: Callable[[str], None] | None) -> dict[int, tuple[TrainResult, int]]:
-    """Train the to-do runs (``jobs`` at a time in spawned processes when more than one);
-    slot -> (result, jobs it was timed under), also written to the run's :data:`TIMING_NAME`."""
+               log: Callable[[str], None] | None, builder: ModelBuilder | None
+               ) -> dict[int, tuple[TrainResult, int]]:
+    """Train the to-do runs with ``builder`` (``jobs`` at a time in spawned processes when more
+    than one); slot -> (result, jobs it was timed under), also written to the run's
+    :data:`TIMING_NAME`."""
     timed = jobs if jobs > 1 and len(todo) > 1 else 1
     done: dict[int, tuple[TrainResult, int]] = {}
 
@@ -242,7 +250,7 @@ def _train_all(todo: Sequence[tuple[int, TrainConfig]], jobs: int,
         for index, cfg in todo:
             if log:
                 log(f"[compare] {cfg.method} seed {cfg.seed}: training -> {cfg.out}")
-            finish(index, train(cfg, resume="if-present"))
+            finish(index, train(cfg, resume="if-present", **_builder_kw(builder)))
         return done
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -252,7 +260,8 @@ def _train_all(todo: Sequence[tuple[int, TrainConfig]], jobs: int,
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
         futures = {
-            pool.submit(_train_resumed, dataclasses.replace(cfg, progress=False)): index
+            pool.submit(_train_resumed, dataclasses.replace(cfg, progress=False),
+                        builder): index
             for index, cfg in todo
         }
         for fut in as_completed(futures):
@@ -308,6 +317,7 @@ def compare(
     *,
     jobs: int = 1,
     log: Callable[[str], None] | None = print,
+    builder: ModelBuilder | None = None,
 ) -> CompareResult:
     """Train every (method, seed) with ``base``'s other settings; summarise and write outputs.
 
@@ -315,7 +325,8 @@ def compare(
     under (its :data:`TIMING_NAME`), so a re-run keeps the table's timing caveat; an unfinished
     run is resumed. jobs: runs trained at the same time, each in its own process (spawned) with
     ``base.threads`` threads; ``jobs=2`` with one thread each uses both cores of a 2-core
-    machine. ``jobs=1`` trains in this process.
+    machine. ``jobs=1`` trains in this process. builder: the runs' model builder
+    (:func:`namex_ref.train.train`; ``None`` = the GPT presets; pickled for ``jobs > 1``).
     """
     require_int("--jobs", jobs, low=1)
     if not methods:
@@ -331,6 +342,6 @@ def compare(
     resolve_device(base.device)  # a missing GPU is one error here, not one per run
     root = require_out_folder(out)
     slots, todo = _plan(base, methods, seeds, root, log)
-    for index, finished in _train_all(todo, jobs, log).items():
+    for index, finished in _train_all(todo, jobs, log, builder).items():
         slots[index] = finished
     return _write_outputs(root, base, [s for s in slots if s is not None])
