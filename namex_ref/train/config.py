@@ -117,7 +117,7 @@ def flag_name(field: str) -> str:
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run depends on. Defaults: the tiny preset on the built-in corpus,
-    sized so one run takes well under a minute on 2 CPU cores (README).
+    sized so one run takes well under a minute on 2 CPU cores (docs/guide.md).
 
     preset / method: the model (:data:`namex_ref.models.gpt.PRESETS`) and merging method
         (:data:`namex_ref.merging.config.METHODS`).
@@ -406,7 +406,7 @@ _HELP: dict[str, str] = {
     "preset": "model preset: " + ", ".join(PRESETS),
     "method": "merging method: " + ", ".join(METHODS),
     "seed": "model initialisation and batch order; batch k is a function of (seed, k)",
-    "steps": "training steps; a finished run resumed with more steps continues (see README)",
+    "steps": "training steps; a finished run resumed with more steps continues (docs/guide.md)",
     "batch_size": "global batch (split over DDP ranks)",
     "lr": "peak learning rate (AdamW)",
     "warmup": "linear warmup steps, clamped to the schedule length (a note is printed)",
