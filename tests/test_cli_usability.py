@@ -208,3 +208,22 @@ def test_outputs_go_under_runs_unless_results_is_asked_for() -> None:
     make = (ROOT / "Makefile").read_text()
     target = make.split("\nresults:", 1)[1].split("\n\n", 1)[0]
     assert "namex bench all --out results" in target and "namex mtl --out results" in target
+
+
+def test_readme_quick_start_fits_a_screen_and_its_commands_parse() -> None:
+    """The README opens with a quick start of at most one screen whose ``namex`` lines are
+    valid commands (parsed by the real parser), with the two set-up commands CI relies on."""
+    import shlex
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    assert readme.index("## Quick start") < 600  # right after the title paragraph
+    assert len(start.splitlines()) <= 45, "the quick start is longer than a screen"
+    blocks = re.findall(r"```bash\n(.*?)```", start, re.S)
+    lines = [ln.split("  #", 1)[0].strip() for b in blocks for ln in b.splitlines()]
+    assert "make demo" in lines and "make test" in lines
+    commands = [ln for ln in lines if ln.startswith("namex ")]
+    assert {c.split()[1] for c in commands} >= {"methods", "train", "compare", "convert"}
+    for command in commands:
+        build_parser().parse_args(shlex.split(command)[1:])  # SystemExit on a bad flag
+    assert "CUDA_VISIBLE_DEVICES" in start and "--device cuda:N" in start
