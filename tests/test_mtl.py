@@ -552,12 +552,13 @@ def test_example_cli_bad_argument_is_a_one_line_error(capsys: pytest.CaptureFixt
 
 
 def test_readme_three_line_swap_runs() -> None:
-    """The README's three-line swap is valid code: executed on a linear three-task problem it
+    """The user guide's three-line swap (docs/guide.md) is valid code: executed on a linear
+    three-task problem it
     trains one step and returns the authors' (loss, extra) with float64 weights."""
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "guide.md").read_text(encoding="utf-8")
     section = readme.split("## Multi-task learning: Nash-MTL", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S)
     assert code is not None
@@ -565,7 +566,7 @@ def test_readme_three_line_swap_runs() -> None:
     assert lines[0].startswith("from namex_ref.mtl import NashMTL")
     task = Linear(spread_G(12))
     scope: dict[str, Any] = {"device": "cpu", "losses": task.losses(), "shared": [task.theta]}
-    exec(code.group(1), scope)  # the README's own snippet
+    exec(code.group(1), scope)  # the user guide's own snippet
     loss, extra = scope["loss"], scope["extra"]
     assert loss.ndim == 0 and extra["weights"].dtype == torch.float64
     assert task.theta.grad is not None and float(task.theta.grad.norm()) <= 1.0 + 1e-12
