@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from namex_ref.checks import is_int
+from namex_ref.nash import gram_cuda
 from namex_ref.nash.result import BargainInputError
 
 __all__ = [
@@ -136,7 +137,11 @@ def _half_gram(t: Tensor) -> Tensor:
 
 
 def _gram_of(t: Tensor) -> Tensor:
-    """t tᵀ over the last dim of t (..., N, d), accumulated in ``_accumulate_dtype``."""
+    """t tᵀ over the last dim of t (..., N, d), accumulated in ``_accumulate_dtype``. CUDA
+    tensors take :mod:`namex_ref.nash.gram_cuda` (split-K, half inputs straight into a GEMM
+    with a float32 output); the CPU path below is unchanged."""
+    if t.device.type == "cuda":
+        return gram_cuda.split_k_gram(t) if t.ndim == 2 else gram_cuda.batched_gram(t)
     if t.dtype in (torch.bfloat16, torch.float16):
         return _half_gram(t)
     t = t.to(_accumulate_dtype(t.dtype))
@@ -181,6 +186,8 @@ def gram_matrix(
             "the weight matrix."
         )
     mats = stack_domain_vectors(taus)
+    if granularity == "expert" and mats[0].device.type == "cuda":
+        return gram_cuda.expert_gram(mats)  # S2 in one pass over τ
     grams = []
     for t in mats:
         grams.append(_gram_of(t))
