@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DOCS_STAMP := $(VENV)/.docs-installed-stamp
 PYTEST := $(PY) -m pytest -n 2 -p no:cacheprovider
 
-.PHONY: install demo solvers-demo test test-slow lint check mutation
+.PHONY: install demo solvers-demo test test-slow lint check mutation gpu-check
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -70,3 +70,9 @@ docs-check: docs
 notebooks: $(STAMP)
 	$(PY) -m pip install -q -e '.[dev,notebooks]' --config-settings editable_mode=strict
 	$(VENV)/bin/jupyter lab notebooks/
+
+# The GPU check (tools/gpu_check.sh; docs/gpu.md): the CUDA tests, the capture of every method,
+# `namex bench` on CUDA, 200 medium-preset steps in bf16 and a Hugging Face fine-tune, all under
+# runs/gpu-check (GPU_CHECK_OUT). Uses .venv when present, else python3 (the GPU machine's).
+gpu-check:
+	bash tools/gpu_check.sh

@@ -16,13 +16,8 @@ import torch
 from torch import Tensor
 
 from namex_ref.merging.config import MergeConfig
-from namex_ref.merging.functional import (
-    bargain_alpha,
-    cosine_matrix,
-    kronecker_apply,
-    merge_weights,
-    propagate,
-)
+from namex_ref.merging.operators import kronecker_apply, merge_weights
+from namex_ref.merging.plan import bargain_alpha, cosine_matrix, propagate
 from namex_ref.nash import BargainInputError, InfeasibleBargainError
 from tests.oracles import fallback_alpha, positive_root
 

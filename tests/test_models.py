@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from namex_ref.merging import METHOD_TABLE, METHODS, AlphaSolve, MergeConfig, propagate
-from namex_ref.merging.functional import MergePlan
+from namex_ref.merging.plan import MergePlan
 from namex_ref.models import PRESETS, ModelConfig, MoEGPT, count_parameters, preset
 from namex_ref.nash import DegenerateExpertError, InfeasibleBargainError
 

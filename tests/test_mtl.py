@@ -29,13 +29,14 @@ from torch import nn
 
 from namex_ref.benchmarks.syncs import count_sync_ops
 from namex_ref.mtl import MTL_POLICIES, FailurePolicy, NashMTL, NashMTLWarning, nash_mtl, task_gram
+from namex_ref.nash.newton import RESIDUAL_TOL, solve_newton
+from namex_ref.nash.oracles import ORACLE_RESIDUAL_TOL, solve_ccp
 from namex_ref.nash.result import (
     BargainInputError,
     DegenerateExpertError,
     InfeasibleBargainError,
     NashConvergenceError,
 )
-from namex_ref.nash.solvers import ORACLE_RESIDUAL_TOL, RESIDUAL_TOL, solve_ccp, solve_newton
 from tests.oracles import fallback_alpha, positive_root
 
 # ------------------------------------------------------------------------------------------
@@ -504,6 +505,7 @@ def test_bad_losses_and_parameters_are_named() -> None:
         m.get_weighted_loss(task.losses(), None)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_weights_stay_on_device() -> None:  # pragma: no cover - no GPU in CI
     """On CUDA the weights live on the device and agree with the CPU run."""

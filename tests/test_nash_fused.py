@@ -24,8 +24,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from namex_ref.benchmarks.syncs import count_sync_ops
-from namex_ref.merging.functional import bargain_alpha
+from namex_ref.merging.plan import bargain_alpha
 from namex_ref.nash import fused
+from namex_ref.nash.newton import RESIDUAL_TOL, solve_newton
 from namex_ref.nash.problem import converged_mask, scaled_residual
 from namex_ref.nash.result import (
     BargainInputError,
@@ -33,7 +34,6 @@ from namex_ref.nash.result import (
     InfeasibleBargainError,
     NashConvergenceError,
 )
-from namex_ref.nash.solvers import RESIDUAL_TOL, solve_newton
 from tests.oracles import fallback_alpha, positive_root
 
 pytestmark = pytest.mark.skipif(not fused.NUMBA_AVAILABLE, reason="numba not installed")

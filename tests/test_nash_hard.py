@@ -40,9 +40,9 @@ from hypothesis import strategies as st
 
 import namex_ref.nash.problem as problem_mod
 from namex_ref.nash import InfeasibleBargainError, solve_nash
-from namex_ref.nash.problem import CERTIFICATE_TOL
+from namex_ref.nash.newton import RESIDUAL_TOL
+from namex_ref.nash.problem import CERTIFICATE_TOL, ROUNDING_CAP, ROUNDING_FACTOR
 from namex_ref.nash.result import DegenerateExpertError
-from namex_ref.nash.solvers import RESIDUAL_TOL, ROUNDING_CAP, ROUNDING_FACTOR
 from tests.nash_strategies import (
     HARD_N_MAX,
     antiparallel_G,

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from namex_ref.nash import solve_nash
-from namex_ref.nash.solvers import ORACLE_RESIDUAL_TOL, RESIDUAL_TOL
+from namex_ref.nash.newton import RESIDUAL_TOL
+from namex_ref.nash.oracles import ORACLE_RESIDUAL_TOL
 
 
 @pytest.mark.slow

@@ -30,8 +30,9 @@ from namex_ref.benchmarks.common import (
     save_figure,
     write_text_atomic,
 )
+from namex_ref.nash.newton import RESIDUAL_TOL, solve_newton
 from namex_ref.nash.result import NashSolution
-from namex_ref.nash.solvers import RESIDUAL_TOL, solve_nash, solve_newton
+from namex_ref.nash.solvers import solve_nash
 from namex_ref.tables import format_table
 
 __all__ = [
@@ -187,7 +188,7 @@ def bench_latency(ns: Sequence[int] = LATENCY_NS, *, repeats: int = 50,
                   fixed_iterations: int = FIXED_ITERATIONS) -> list[LatencyRow]:
     """Time one training-loop bargain per N on CPU (see :class:`LatencyRow`). The fused kernels
     are compiled before timing (``fused.warmup``) and every candidate gets one warm-up call."""
-    from namex_ref.merging.functional import bargain_alpha
+    from namex_ref.merging.plan import bargain_alpha
     from namex_ref.nash import fused
 
     fused.warmup()

@@ -42,8 +42,9 @@ from torch import Tensor, nn
 
 from namex_ref.checks import require_int, require_real
 from namex_ref.mtl.nash_mtl import NashMTL, NashMTLWarning
+from namex_ref.nash.newton import solve_newton
+from namex_ref.nash.oracles import solve_ccp
 from namex_ref.nash.problem import normalise_gram
-from namex_ref.nash.solvers import solve_ccp, solve_newton
 
 __all__ = [
     "METHODS",

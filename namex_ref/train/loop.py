@@ -236,11 +236,16 @@ def evaluate(
     return float(total[0]) / n, cosine
 
 
+_HOST = torch.device("cpu")
+
+
 def _to_device(t: Tensor, device: torch.device) -> Tensor:
     """Host -> device copy that does not wait for the device (pinned memory, non_blocking)."""
-    if device.type == "cpu":
+    if device == _HOST:
         return t
-    return t.pin_memory().to(device, non_blocking=True)
+    if torch.cuda.is_available():
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 def _nested(t: Tensor) -> Any:
@@ -281,7 +286,7 @@ def _state_is_finite(model: nn.Module, optimizer: torch.optim.Optimizer) -> bool
     checkpoint steps only.
     """
     by_device: dict[torch.device, list[Tensor]] = {}
-    tensors = list(model.parameters())
+    tensors: list[Tensor] = list(model.parameters())
     for state in optimizer.state.values():
         tensors += [v for v in state.values() if isinstance(v, Tensor) and v.is_floating_point()]
     for t in tensors:
