@@ -33,9 +33,15 @@ from namex_ref.merging.functional import (
     ZERO_EXPERT_RTOL,
     bargain_alpha,
 )
-from namex_ref.nash import fused_gpu
+from namex_ref.nash import fused, fused_gpu
 from namex_ref.nash.gram import gram_matrix
 from namex_ref.nash.problem import ROUNDING_CAP, ROUNDING_FACTOR, converged_mask, scaled_residual
+from namex_ref.nash.result import (
+    BargainInputError,
+    DegenerateExpertError,
+    InfeasibleBargainError,
+    NashConvergenceError,
+)
 from namex_ref.nash.solvers import (
     FRACTION_TO_BOUNDARY,
     FULL_STEP_DECREMENT,
@@ -358,3 +364,78 @@ def test_gpu_newton_large_batch() -> None:
     got = _gpu(K, 0, a0)
     torch.testing.assert_close(got["alpha"], e.alpha, rtol=1e-12, atol=0)
     assert torch.equal(got["converged"], e.converged)
+
+
+# --------------------------------------------------------------------------------------------
+# The dispatch: solve_newton and bargain_alpha route CUDA tensors to the kernels
+# --------------------------------------------------------------------------------------------
+
+
+def _route_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make "auto" take the GPU kernels for this device's tensors (CPU under the interpreter:
+    the numba kernel is switched off and the CUDA check accepts them)."""
+    monkeypatch.setattr(fused, "fused_available", lambda *t: False)
+    monkeypatch.setattr(fused_gpu, "gpu_fused_available",
+                        lambda *t: all(x is None or not x.requires_grad for x in t))
+
+
+def test_solve_newton_takes_the_gpu_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``solve_newton(backend="auto")`` on the device's tensors: the kernel's verdict, status
+    and iterations are the eager solver's (adaptive with a warm start, and fixed)."""
+    K = _batch(["gaussian", "spread", "singular"], 4, 5).to(DEVICE)
+    a0 = _warm(5, (3, 4)).to(DEVICE)
+    want = [solve_newton(K, alpha0=a0, backend="eager"),
+            solve_newton(K, fixed_iterations=3, backend="eager")]
+    calls: list[int] = []
+    kernel = fused_gpu.newton_kernel
+
+    def counted(*args: object, **kwargs: object) -> tuple[torch.Tensor, ...]:
+        calls.append(1)
+        return kernel(*args, **kwargs)  # type: ignore[arg-type]
+
+    _route_here(monkeypatch)
+    monkeypatch.setattr(fused_gpu, "newton_kernel", counted)
+    got = [solve_newton(K, alpha0=a0), solve_newton(K, fixed_iterations=3, backend="fused")]
+    assert len(calls) == 2
+    for e, g in zip(want, got, strict=True):
+        assert g.iterations == e.iterations and g.status == e.status
+        assert torch.equal(g.converged.cpu(), e.converged.cpu())
+        _assert_same(K.cpu(), e, {"alpha": g.alpha.cpu(), "residual": g.residual.cpu(),
+                                  "converged": g.converged.cpu(), "iterations": g.iterations,
+                                  "status": g.status})
+
+
+@pytest.mark.parametrize("policy", ["ridge", "raise"])
+def test_bargain_alpha_takes_the_gpu_kernel(policy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``bargain_alpha`` on the device's tensors: one kernel launch; a failed bargain under
+    "raise" goes to the validated slow path and raises what the eager path raises."""
+    plain = [t.to(DEVICE) for t in _taus("plain", 4, 3, torch.float32)]
+    zero = [t.to(DEVICE) for t in _taus("antiparallel", 4, 3, torch.float32)]
+    want = bargain_alpha(plain, singular_policy=policy, backend="eager")
+    errors = (BargainInputError, DegenerateExpertError, InfeasibleBargainError,
+              NashConvergenceError)
+    try:
+        bad_want: object = bargain_alpha(zero, singular_policy=policy, backend="eager")
+    except errors as err:
+        bad_want = err
+    calls: list[int] = []
+    kernel = fused_gpu.bargain_kernel
+
+    def counted(*args: object, **kwargs: object) -> tuple[torch.Tensor, ...]:
+        calls.append(1)
+        return kernel(*args, **kwargs)  # type: ignore[arg-type]
+
+    _route_here(monkeypatch)
+    monkeypatch.setattr(fused_gpu, "bargain_kernel", counted)
+    got = bargain_alpha(plain, singular_policy=policy)
+    assert len(calls) == 1
+    assert not bool(got.fallback) and bool(got.fallback) == bool(want.fallback)
+    torch.testing.assert_close(got.alpha, want.alpha, rtol=2 * math.sqrt(4) * 1e-10 + 1e-12,
+                               atol=0)
+    if isinstance(bad_want, Exception):
+        with pytest.raises(type(bad_want)):
+            bargain_alpha(zero, singular_policy=policy)
+    else:
+        bad = bargain_alpha(zero, singular_policy=policy)
+        assert bool(bad.fallback) and bool(bad_want.fallback)  # type: ignore[attr-defined]
+        torch.testing.assert_close(bad.alpha, bad_want.alpha, rtol=1e-9, atol=0)  # type: ignore[attr-defined]

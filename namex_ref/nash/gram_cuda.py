@@ -78,11 +78,11 @@ def _mm_f32(a: Tensor, b: Tensor) -> Tensor:
 def _partials(t: Tensor, splits: int) -> Tensor:
     """(S or S + 1, N, N) partial Grams of t (N, d): S blocks of c = ⌊d/S⌋ columns as one
     strided view (no copy) through one batched GEMM, plus the tail of d − S·c columns."""
-    d = t.shape[1]
+    n, d = t.shape
     if t.stride(1) != 1:
         t = t.contiguous()
     c = d // splits
-    body = t[:, : splits * c].unflatten(1, (splits, c)).transpose(0, 1)  # (S, N, c) view
+    body = t[:, : splits * c].view(n, splits, c).transpose(0, 1)  # (S, N, c), a view
     parts = _mm_f32(body, body.mT)
     if splits * c < d:
         tail = t[None, :, splits * c :]  # (1, N, d − S·c)
