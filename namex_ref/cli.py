@@ -3,7 +3,7 @@ generate``.
 
 ``train`` and ``compare`` come from :mod:`namex_ref.train.cli`, ``bench`` from
 :mod:`namex_ref.benchmarks.cli`; the rest are defined here. Each command calls the public API
-functions; nothing is computed here. ``mtl`` comes from :mod:`namex_ref.mtl.example`,
+functions; nothing is computed here. ``mtl`` comes from :mod:`namex_ref.benchmarks.mtl_report`,
 ``convert`` and ``generate`` (Hugging Face models, the ``hf`` extra) from :mod:`namex_ref.hf.cli`.
 """
 
@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from namex_ref.train.builder import ModelBuilder
+from namex_ref.train.config import TrainConfig
 
 __all__ = ["build_parser", "main", "package_version"]
 
@@ -79,7 +82,7 @@ def _cmd_solve(args: argparse.Namespace) -> int:
 
 def _cmd_momentum_grid(args: argparse.Namespace) -> int:
     from namex_ref.spectral import momentum_grid_main
-    from namex_ref.train.loop import require_out_folder
+    from namex_ref.train.run import require_out_folder
 
     require_out_folder(args.out)
 
@@ -90,6 +93,16 @@ def _cmd_momentum_grid(args: argparse.Namespace) -> int:
     print(table)
     print(f"wrote {path}")
     return 0
+
+
+def _train_builder(config: TrainConfig) -> ModelBuilder | None:
+    """The model builder of a ``namex train`` / ``compare`` run: Hugging Face's for
+    ``--hf-model``, else ``None`` (the training package's default, the GPT presets)."""
+    if not config.hf_model:
+        return None
+    from namex_ref.hf.training import HF_BUILDER
+
+    return HF_BUILDER
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,9 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     from namex_ref.benchmarks.cli import register as register_bench
     from namex_ref.train.cli import register as register_train
 
-    register_train(sub)  # train, compare
+    register_train(sub, builder_for=_train_builder)  # train, compare
     register_bench(sub)  # bench
-    from namex_ref.mtl.example import register as register_mtl
+    from namex_ref.benchmarks.mtl_report import register as register_mtl
 
     register_mtl(sub)  # mtl (Nash-MTL example)
     from namex_ref.hf.cli import register as register_hf

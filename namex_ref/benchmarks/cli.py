@@ -34,7 +34,7 @@ def run_target(target: str, out: str | Path, *, quick: bool = False, device: str
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from namex_ref.train.loop import require_out_folder
+    from namex_ref.train.run import require_out_folder
 
     require_out_folder(args.out)  # a file given as --out: a named error, not FileExistsError
     if args.threads is not None:

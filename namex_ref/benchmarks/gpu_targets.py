@@ -34,6 +34,7 @@ class GpuTarget:
     measured_by: str
 
 
+#: Issue 25's target table, in its order: the rows every ``namex bench solvers`` report lists.
 GPU_TARGETS = (
     GpuTarget("bargain", "one training bargain, batch 1, small-preset layer, Gram included",
               "≤ 100 µs", "20.3 ms", "this section"),

@@ -530,8 +530,9 @@ class HFMergedMoE(nn.Module):
                     "modified in place between forward and backward; call backward first, or "
                     "use merge_memory='keep-deltas'"
                 )
-            tau = self.experts_list()[m] - base
-            out: Tensor = tau if curv is None else curv(tau)
+            with torch.autocast(base.device.type, enabled=False):  # as _merge_plan formed it
+                tau = self.experts_list()[m] - base
+                out: Tensor = tau if curv is None else curv(tau)
             return out
 
         return redo
@@ -543,14 +544,18 @@ def converted_blocks(model: nn.Module) -> list[HFMergedMoE]:
 
 
 def _merge_plan(model: nn.Module) -> MergePlan:
+    """The merge plan in the parameters' precision, outside autocast (as
+    :meth:`namex_ref.models.gpt.MoEGPT.merge_plan`)."""
     blocks = converted_blocks(model)
     config = blocks[0].config
-    return propagate(
-        [b.experts_list() for b in blocks],
-        [b.base() for b in blocks],
-        config,
-        curvature=[b.curve for b in blocks],
-    )
+    experts = [b.experts_list() for b in blocks]
+    with torch.autocast(experts[0][0].device.type, enabled=False):
+        return propagate(
+            experts,
+            [b.base() for b in blocks],
+            config,
+            curvature=[b.curve for b in blocks],
+        )
 
 
 def _first_keys(cache: Any) -> Tensor | None:

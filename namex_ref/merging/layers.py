@@ -312,8 +312,9 @@ class MoEFeedForward(nn.Module):
                         "cannot be recomputed; call backward first, or use "
                         "merge_memory='keep-deltas'"
                     )
-                tau = self.experts()[m] - base
-                return tau if curv is None else curv(tau)
+                with torch.autocast(base.device.type, enabled=False):  # as merge_plan formed it
+                    tau = self.experts()[m] - base
+                    return tau if curv is None else curv(tau)
 
         return merged_linear(
             x, base, deltas[m], scores, eta, recompute_deltas=redo, recompute=mode != "eager"

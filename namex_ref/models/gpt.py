@@ -197,14 +197,17 @@ class MoEGPT(nn.Module):
         return [b.moe for b in self.blocks if isinstance(b, Block)]
 
     def merge_plan(self) -> MergePlan:
-        """Every layer's merge terms from the current parameters (S13–S18)."""
+        """Every layer's merge terms from the current parameters (S13–S18), in the parameters'
+        precision whatever the autocast state (the bargain in float64; docs/math.md, "Mixed
+        precision")."""
         layers = self.moe_layers()
-        return propagate(
-            [m.experts() for m in layers],
-            [m.base() for m in layers],
-            self.config.merge,
-            curvature=[m.curve for m in layers],
-        )
+        with torch.autocast(self.tok.weight.device.type, enabled=False):
+            return propagate(
+                [m.experts() for m in layers],
+                [m.base() for m in layers],
+                self.config.merge,
+                curvature=[m.curve for m in layers],
+            )
 
     def forward(
         self, idx: Tensor, targets: Tensor | None = None, *, collect_stats: bool = False

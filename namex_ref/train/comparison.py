@@ -29,6 +29,7 @@ from typing import Any
 from namex_ref.checks import require_int
 from namex_ref.merging.config import METHODS
 from namex_ref.tables import format_table
+from namex_ref.train.builder import ModelBuilder
 from namex_ref.train.config import TrainConfig, ignored_overrides
 from namex_ref.train.loop import TrainResult, read_result, require_out_folder, train
 from namex_ref.train.metrics import clean_json
@@ -173,9 +174,14 @@ def plot_compare(summaries: Sequence[MethodSummary], path: str | os.PathLike[str
     return target
 
 
-def _train_resumed(cfg: TrainConfig) -> TrainResult:
+def _train_resumed(cfg: TrainConfig, builder: ModelBuilder | None) -> TrainResult:
     """Worker of ``compare(jobs > 1)`` (module level, so it pickles)."""
-    return train(cfg, resume="if-present")
+    return train(cfg, resume="if-present", **_builder_kw(builder))
+
+
+def _builder_kw(builder: ModelBuilder | None) -> dict[str, ModelBuilder]:
+    """``train``'s keyword for ``builder`` (none for ``None``: train's default, the GPT's)."""
+    return {} if builder is None else {"builder": builder}
 
 
 def _run_dir(out: Path, method: str, seed: int) -> Path:
@@ -190,13 +196,15 @@ def compare(
     *,
     jobs: int = 1,
     log: Callable[[str], None] | None = print,
+    builder: ModelBuilder | None = None,
 ) -> CompareResult:
     """Train every (method, seed) with ``base``'s other settings; summarise and write outputs.
 
     A finished run with the same configuration is reused; an unfinished one is resumed.
     jobs: runs trained at the same time, each in its own process (spawned) with
     ``base.threads`` threads; ``jobs=2`` with one thread each uses both cores of a 2-core
-    machine. ``jobs=1`` trains in this process.
+    machine. ``jobs=1`` trains in this process. builder: the runs' model builder
+    (:func:`namex_ref.train.train`; ``None`` = the GPT presets; pickled for ``jobs > 1``).
     """
     require_int("--jobs", jobs, low=1)
     if not methods:
@@ -239,7 +247,7 @@ def compare(
         for index, cfg in todo:
             if log:
                 log(f"[compare] {cfg.method} seed {cfg.seed}: training -> {cfg.out}")
-            slots[index] = train(cfg, resume="if-present")
+            slots[index] = train(cfg, resume="if-present", **_builder_kw(builder))
             report(slots[index])  # type: ignore[arg-type]
     else:
         import multiprocessing
@@ -250,7 +258,8 @@ def compare(
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
             futures = {
-                pool.submit(_train_resumed, dataclasses.replace(cfg, progress=False)): index
+                pool.submit(_train_resumed, dataclasses.replace(cfg, progress=False),
+                            builder): index
                 for index, cfg in todo
             }
             for fut in as_completed(futures):

@@ -33,6 +33,7 @@ __all__ = [
 DataSource = Literal["builtin", "wikitext"]
 BaseRule = Literal["perturbed-mean", "mean", "zero"]
 Device = Literal["cpu", "cuda", "auto"]
+PrecisionName = Literal["fp32", "bf16", "fp16"]
 
 MERGE_OVERRIDES: tuple[str, ...] = (
     "beta_abs",
@@ -126,6 +127,9 @@ class TrainConfig:
     schedule; 0 = ``steps``; steps beyond it run at the floor lr; a resumed run that asks for
     more steps keeps its checkpoint's schedule this way), weight_decay (AdamW, on matrices
     only), grad_clip (global norm; 0 = no clipping, the norm is still logged).
+    precision: "fp32" (default), "bf16" or "fp16": the forward under autocast to that dtype
+        (fp16 with a gradient scaler); parameters, AdamW state and the merge plan stay float32
+        (the bargain float64). :mod:`namex_ref.train.precision`.
     eval_every (steps; 0 = only the final evaluation), eval_batches (batches of validation
         windows per periodic evaluation), final_eval_batches (0 = the whole validation split).
     log_every (steps between metric lines and host synchronisations), ckpt_every (steps between
@@ -170,6 +174,7 @@ class TrainConfig:
     schedule_steps: int = 0
     weight_decay: float = 0.1
     grad_clip: float = 1.0
+    precision: PrecisionName = "fp32"
     eval_every: int = 50
     eval_batches: int = 4
     final_eval_batches: int = 0
@@ -237,6 +242,11 @@ class TrainConfig:
                          high_open=True)
         if self.device not in get_args(Device):
             raise ValueError(f"--device must be one of {get_args(Device)}, got {self.device!r}")
+        if self.precision not in get_args(PrecisionName):
+            raise ValueError(
+                f"--precision must be one of {', '.join(get_args(PrecisionName))}, got "
+                f"{self.precision!r}"
+            )
         if self.data not in get_args(DataSource):
             raise ValueError(f"--data must be 'builtin' or 'wikitext', got {self.data!r}")
         if self.data == "wikitext" and not self.wikitext_dir:
@@ -386,6 +396,8 @@ _HELP: dict[str, str] = {
     "schedule_steps": "length of the lr schedule; 0 = --steps; later steps use the floor lr",
     "weight_decay": "AdamW weight decay on matrices and embeddings",
     "grad_clip": "global gradient-norm clip; 0 = no clipping",
+    "precision": "fp32, or autocast to bf16 (recommended on CUDA) or fp16 (with a gradient "
+    "scaler); weights, optimizer state and the bargain stay fp32/fp64 (docs/training.md)",
     "eval_every": "steps between validation evaluations; 0 = only the final one",
     "eval_batches": "validation batches per periodic evaluation",
     "final_eval_batches": "0 = the whole validation split",
