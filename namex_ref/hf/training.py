@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from namex_ref.hf.convert import converted_blocks, require_transformers, save
 from namex_ref.merging.functional import MergePlan, cosine_matrix
 from namex_ref.models.gpt import LayerStats, ModelConfig, ModelOutput
-from namex_ref.nash.gram import domain_vectors
+from namex_ref.nash.gram import domain_vectors, off_diagonal_mean
 from namex_ref.train.config import TrainConfig, flag_name
 
 __all__ = ["DEFAULT_SEGMENT_LEN", "DEFAULT_SEQ_LEN", "MODEL_DIR", "HFCausalLM", "build_model",
@@ -151,13 +151,12 @@ class HFCausalLM(nn.Module):
             fallbacks = torch.zeros(L, dtype=torch.bool, device=device)
         cos = torch.full((L,), math.nan, dtype=torch.float64, device=device)
         if collect:
-            off = ~torch.eye(N, dtype=torch.bool, device=device)
             with torch.no_grad():
                 for l, blk in enumerate(blocks):
                     base = None if plan is None else plan.terms[l].base
                     mats = (blk.experts_list() if base is None
                             else domain_vectors(blk.experts_list(), base))
-                    cos[l] = cosine_matrix(mats)[off].mean()
+                    cos[l] = off_diagonal_mean(cosine_matrix(mats))
         return LayerStats(alphas, residuals, fallbacks, base_norms, cos)
 
 

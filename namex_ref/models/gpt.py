@@ -21,7 +21,7 @@ from namex_ref.checks import require_int, require_real
 from namex_ref.merging.config import MergeConfig
 from namex_ref.merging.functional import LayerTerms, MergePlan, cosine_matrix, propagate
 from namex_ref.merging.layers import INIT_STD, MoEFeedForward
-from namex_ref.nash.gram import domain_vectors
+from namex_ref.nash.gram import domain_vectors, off_diagonal_mean
 
 __all__ = ["PRESETS", "MoEGPT", "ModelConfig", "ModelOutput", "count_parameters", "preset"]
 
@@ -231,14 +231,12 @@ class MoEGPT(nn.Module):
             loss = ce + aux
         cos = torch.full_like(plan.residuals, math.nan)
         if collect_stats:
-            n = self.config.merge.n_experts
-            off = ~torch.eye(n, dtype=torch.bool, device=idx.device)
             for l, terms in enumerate(plan.terms):
                 mats = (
                     terms.deltas
                     if terms.base is None
                     else domain_vectors(self.moe_layers()[l].experts(), terms.base)
                 )
-                cos[l] = cosine_matrix(mats)[off].mean()
+                cos[l] = off_diagonal_mean(cosine_matrix(mats))
         stats = LayerStats(plan.alphas, plan.residuals, plan.fallbacks, plan.base_norms, cos)
         return ModelOutput(logits, loss, ce, aux, stats)

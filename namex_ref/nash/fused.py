@@ -85,14 +85,19 @@ def _njit(fn: Any) -> Any:
     return numba.njit(cache=_CACHE, error_model="numpy")(fn)
 
 
+_HOST = torch.device("cpu")
+
+
 def fused_available(*tensors: Tensor | None) -> bool:
     """True when the fused kernels may serve these tensors: numba installed, every tensor on
     the CPU without autograd, and not inside ``torch.compile`` tracing. Reads no tensor
-    values (no synchronisation)."""
+    values (no synchronisation). "On the CPU" means the device ``cpu`` itself: the device
+    detector (:mod:`namex_ref.devicecheck`) stands in for a GPU with ``cpu:0``, and must see
+    the path a GPU takes."""
     if not NUMBA_AVAILABLE or torch.compiler.is_compiling():
         return False
     for t in tensors:
-        if t is not None and (t.device.type != "cpu" or t.requires_grad):
+        if t is not None and (t.device != _HOST or t.requires_grad):
             return False
     return True
 

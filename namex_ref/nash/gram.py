@@ -16,6 +16,7 @@ __all__ = [
     "Granularity",
     "domain_vectors",
     "gram_matrix",
+    "off_diagonal_mean",
     "stack_domain_vectors",
 ]
 
@@ -212,3 +213,16 @@ def _batched_gram(
     stack_domain_vectors([taus])  # the dtype and emptiness checks of every route
     lead = taus.shape[: batch_dims + 1]  # (*B, N)
     return _gram_of(taus.reshape(*lead, -1))  # (*B, N, d) → (*B, N, N)
+
+
+def off_diagonal_mean(m: Tensor) -> Tensor:
+    """Mean of the off-diagonal entries of a square matrix m (..., N, N) → (...).
+
+    A masked sum over a static shape, not boolean-mask indexing (``m[~eye]``), whose output
+    size is data-dependent: that would make the host wait for the device (a sync per call on
+    CUDA, and no CUDA-graph capture). NaN for N = 1 (no off-diagonal entry), as the mean of
+    nothing; a NaN off the diagonal propagates, one on the diagonal does not.
+    """
+    n = m.shape[-1]
+    off = ~torch.eye(n, dtype=torch.bool, device=m.device)
+    return torch.where(off, m, torch.zeros_like(m)).sum((-2, -1)) / (n * (n - 1))

@@ -47,6 +47,20 @@ class Distributed:
         if self.world > 1:
             dist.barrier()
 
+    def device_rng_states(self, device: torch.device) -> list[torch.Tensor]:
+        """Every rank's generator state of its own device, indexed by rank (a collective: all
+        ranks call it). Empty on the CPU, whose generator every rank shares (all ranks draw
+        the same global batch). Each rank's GPU draws its own dropout, noise and DARE masks,
+        so a resumed run is exact only if rank r gets back rank r's state."""
+        if device.type != "cuda":
+            return []
+        mine = torch.cuda.get_rng_state(device)
+        if self.world == 1:
+            return [mine]
+        states: list[object] = [None] * self.world
+        dist.all_gather_object(states, mine)  # one host round-trip, at checkpoint steps only
+        return [s for s in states if isinstance(s, torch.Tensor)]
+
 
 def setup_distributed(device_name: str) -> Distributed:
     """One process (WORLD_SIZE unset or 1), or this rank of a torchrun launch: the process group

@@ -281,7 +281,7 @@ def _state_is_finite(model: nn.Module, optimizer: torch.optim.Optimizer) -> bool
     checkpoint steps only.
     """
     by_device: dict[torch.device, list[Tensor]] = {}
-    tensors = list(model.parameters())
+    tensors: list[Tensor] = list(model.parameters())
     for state in optimizer.state.values():
         tensors += [v for v in state.values() if isinstance(v, Tensor) and v.is_floating_point()]
     for t in tensors:
