@@ -163,7 +163,6 @@ def solve_newton(
     n_steps = max_iter if fixed_iterations is None else fixed_iterations
     history: list[Tensor] = []
     a, Kh = p.a, p.Kh
-    batch = Kh.shape[:-1]
     r = scaled_gradient(Kh, a)
     res = r.abs().amax(-1)
     # a warm start whose ray search overflowed (α̂ = 0 or not finite) is no start at all
