@@ -9,7 +9,8 @@ Oracles, all independent of the code under test:
 - a written-out CCP step (tests.oracles.ccp_step: the authors' convex sub-problem as SOC
   constraints solved by Clarabel) for the CCP route; ECOS's iterates through the project's
   CCP (a different algorithm: a sequence of convex sub-problems), compared with Newton by the
-  residual rule of docs/math.md §7: two α with residuals r₁, r₂ agree to rtol = 2√N(r₁ + r₂) + 1e-12;
+  residual rule of docs/math.md §7: two α with residuals r₁, r₂ agree to
+  rtol = 2√N(r₁ + r₂) + 1e-12;
 - counting spies on the solver functions, ``torch.autograd.grad`` and the profiler's host-sync
   operators (``namex_ref.benchmarks.syncs.count_sync_ops``).
 """
