@@ -120,7 +120,8 @@ def test_smoe_balance_coef_adds_the_models_router_loss(
 def test_twenty_steps_of_namex_full_mom_lower_the_loss(
     family: str, folders: dict[str, Path], cache: Path, tmp_path: Path
 ) -> None:
-    """The README's fine-tuning, on each family: mean loss of steps 16-20 below that of steps
+    """The user guide's fine-tuning (docs/guide.md), on each family: mean loss of steps 16-20
+    below that of steps
     1-5 by a clear margin (measured drops ~0.7-1.0 nats; 0.2 is far above step noise)."""
     res = train(_config(folders[family], tmp_path / "run", cache, method="namex-full-mom"))
     losses = _losses(tmp_path / "run")
@@ -401,7 +402,7 @@ def test_the_namex_variants_differ_from_three_layers_on(cache: Path, tmp_path: P
     makes the first momentum step the plain step (S17, S18) and the α of layer 0 is the only
     one used (S16), so namex, namex-full, namex-mom and namex-full-mom train bit for bit alike.
     With four layers momentum and re-solving act, and the trajectories part (this is why the
-    README's loss table uses four layers)."""
+    the user guide's loss table uses four layers)."""
     finals: dict[tuple[int, str], float] = {}
     for layers in (2, 4):
         src = tmp_path / f"qwen{layers}"

@@ -66,9 +66,16 @@ def read_model_config(folder: str | os.PathLike[str]) -> Any:
 
     Raises:
         FileNotFoundError: the folder has no ``config.json`` (names ``--hf-model``).
+        ValueError: the folder was written by :func:`namex_ref.hf.save` (already converted).
         MissingExtraError: transformers is not installed.
     """
     src = Path(folder)
+    if (src / "namex_hf.json").is_file():  # hf.convert's _META_FILE
+        raise ValueError(
+            f"--hf-model: {str(src)!r} holds a model already converted by namex (namex_hf.json); "
+            f"pass the original save_pretrained folder it came from (a converted model is "
+            f"reloaded with namex generate or namex_ref.hf.load)"
+        )
     if not (src / "config.json").is_file():
         raise FileNotFoundError(
             f"--hf-model: {str(src / 'config.json')!r} not found; pass a folder written by "
