@@ -4,7 +4,8 @@ convert | generate``.
 ``train`` and ``compare`` come from :mod:`namex_ref.train.cli`, ``bench`` from
 :mod:`namex_ref.benchmarks.cli`; the rest are defined here. Each command calls the public API
 functions; nothing is computed here. Every parser is a :class:`namex_ref.cliparse.Parser`
-(defaults in ``--help``, one-line errors). ``mtl`` comes from :mod:`namex_ref.mtl.example`,
+(defaults in ``--help``, one-line errors). ``mtl`` comes from
+:mod:`namex_ref.benchmarks.mtl_report`,
 ``convert`` and ``generate`` (Hugging Face models, the ``hf`` extra) from :mod:`namex_ref.hf.cli`.
 """
 
@@ -160,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_train(sub, builder_for=_train_builder)  # train, compare
     register_bench(sub)  # bench
-    from namex_ref.mtl.example import register as register_mtl
+    from namex_ref.benchmarks.mtl_report import register as register_mtl
 
     register_mtl(sub)  # mtl (Nash-MTL example)
     from namex_ref.hf.cli import register as register_hf
@@ -171,8 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``namex`` script. Errors of the library and of the file system
-    (a full disk, a missing or unreadable file) are one line on stderr and exit status 2."""
+    (a full disk, a missing or unreadable file) are one line on stderr and exit status 2;
+    an interrupt is one line and status 130 (training: 130 / 143 after a checkpoint)."""
+    import signal
+
     from namex_ref.nash import BargainInputError, InfeasibleBargainError
+    from namex_ref.train.interrupt import exit_status
 
     args = build_parser().parse_args(argv)
     try:
@@ -180,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BargainInputError, InfeasibleBargainError, ValueError, OSError, ImportError) as exc:
         print(f"namex: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside a training step, or a second one inside
+        print("namex: interrupted", file=sys.stderr)
+        return exit_status(signal.SIGINT)
     return rc
 
 

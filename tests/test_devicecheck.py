@@ -251,7 +251,7 @@ def test_nash_mtl_update_copies_the_gram_to_the_host_once() -> None:
     assert mtl.last_residual <= mtl.tol
 
 
-def _loop_events(tmp: Path, steps: int) -> DeviceTracker:
+def _loop_events(tmp: Path, steps: int, precision: str = "fp32") -> DeviceTracker:
     """A whole ``train()`` run with the device resolved to the tracker's stand-in GPU; logs,
     evaluations and checkpoints only at the last step."""
     from namex_ref.train import TrainConfig, loop, train
@@ -260,7 +260,7 @@ def _loop_events(tmp: Path, steps: int) -> DeviceTracker:
                       warmup=1, log_every=steps, eval_every=steps, eval_batches=1,
                       final_eval_batches=1, ckpt_every=steps, device="cpu", progress=False,
                       threads=1, corpus_chars=20_000, cache_dir=str(tmp / "cache"),
-                      out=str(tmp / f"run{steps}"))
+                      out=str(tmp / f"run{steps}-{precision}"), precision=precision)
     tracker = DeviceTracker()
     resolve = loop.resolve_device
     loop.resolve_device = lambda name, local_rank=0: tracker.device()  # type: ignore[assignment]
@@ -272,15 +272,28 @@ def _loop_events(tmp: Path, steps: int) -> DeviceTracker:
     return tracker
 
 
-def test_training_steps_wait_for_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=pytest.mark.slow)])
+def test_training_steps_wait_for_nothing(tmp_path: Path, precision: str) -> None:
     """The training loop on the stand-in GPU: its syncs (metrics, evaluation, checkpoint) happen
     at log, eval and checkpoint steps only, so four more steps between them add none, and each
     step's only copy is its batch (x and y: two host-to-device copies, the allowed data copy).
     No host tensor is ever mixed into a device operation."""
-    four, eight = _loop_events(tmp_path, 4), _loop_events(tmp_path, 8)
+    four, eight = _loop_events(tmp_path, 4, precision), _loop_events(tmp_path, 8, precision)
     assert four.counts()["sync"] == eight.counts()["sync"] > 0
     assert eight.counts()["h2d"] - four.counts()["h2d"] == 2 * 4
     for tr in (four, eight):
         assert tr.counts()["mix"] == 0 and tr.counts()["setitem"] == 0
         per_step = [e for e in tr.events if e.kind == "h2d" and e.allowed is not None]
         assert len(per_step) == 2 * (4 if tr is four else 8)
+
+
+@pytest.mark.slow
+def test_fp16_steps_wait_once_each_in_the_grad_scaler(tmp_path: Path) -> None:
+    """fp16: torch's GradScaler reads its found-inf flag on the host in every step (to skip the
+    step on overflow); that one sync per step is the only difference from bf16 (documented in
+    namex_ref/train/precision.py and docs/gpu.md)."""
+    four, eight = _loop_events(tmp_path, 4, "fp16"), _loop_events(tmp_path, 8, "fp16")
+    extra = [e for e in eight.events if e.kind == "sync" and e.function == "step"
+             and e.file.endswith("train/precision.py")]
+    assert eight.counts()["sync"] - four.counts()["sync"] == 4
+    assert len(extra) == 8 and eight.counts()["mix"] == 0

@@ -441,7 +441,24 @@ def test_router_logits_only_for_token_routing() -> None:
     model.config.output_router_logits = True
     x = ids()
     smoe = convert(copy.deepcopy(model), "smoe")
-    assert torch.isfinite(smoe(x, labels=x).aux_loss)
+    out = smoe(x, labels=x)
+    ref = model(x, labels=x)  # transformers' own block: the same router logits, to rounding
+    for a, b in zip(out.router_logits, ref.router_logits, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # the balance loss of Switch Transformer eqs. (4)-(6) with top-k, written out from the
+    # returned router logits (L layers × (B·T, E)): E · Σ_e f_e P_e, f_e the fraction of the
+    # top-k slots routed to e and P_e the mean router probability; and the total loss is the
+    # shifted next-token cross-entropy + router_aux_loss_coef × that (to float32 rounding)
+    E, k = model.config.num_experts, model.config.num_experts_per_tok
+    probs = torch.cat(list(out.router_logits)).double().softmax(-1)  # (L·B·T, E)
+    chosen = F.one_hot(probs.topk(k, -1).indices, E).double()  # (L·B·T, k, E)
+    balance = E * (chosen.mean(0) * probs.mean(0)).sum()
+    assert float(balance) > 1.0  # k = 2 for balanced routing (measured 2.01), never 0
+    torch.testing.assert_close(out.aux_loss.double(), balance, rtol=1e-6, atol=0)
+    lm = F.cross_entropy(out.logits[:, :-1].flatten(0, 1).double(),
+                                     x[:, 1:].flatten())
+    torch.testing.assert_close(out.loss.double(), lm + model.config.router_aux_loss_coef * balance,
+                               rtol=1e-6, atol=0)
     merged = convert(copy.deepcopy(model), "namex", segment_len=SEG)
     assert merged.config.output_router_logits is False
     assert torch.isfinite(merged(x, labels=x).loss)

@@ -7,29 +7,17 @@ gate over the whole of ``namex_ref`` is expected to fail until the train/ and hf
 from __future__ import annotations
 
 import ast
-import importlib.util
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
 
-
-def _load_tool() -> ModuleType:
-    path = ROOT / "tools/layout_check.py"
-    spec = importlib.util.spec_from_file_location("namex_layout_check", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+import layout_check as tool  # noqa: E402  (the tool, imported from tools/)
 
 SOURCE = textwrap.dedent(
     '''
@@ -89,3 +77,31 @@ def test_namex_ref_layout() -> None:
         capture_output=True, text=True, cwd=ROOT, check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module named by an import statement of the file (relative imports resolved)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    pkg = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = pkg.rsplit(".", node.level - 1)[0] if node.level > 1 else pkg
+                base = f"{parent}.{base}" if base else parent
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)
+    return found
+
+
+def test_mtl_does_not_import_benchmarks() -> None:
+    """The floors run one way (STYLE.md §2): mtl/ sits below benchmarks/, never imports it."""
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(m for m in _imported_modules(p)
+                                         if m.startswith("namex_ref.benchmarks"))
+        for p in sorted((ROOT / "namex_ref" / "mtl").rglob("*.py"))
+    }
+    assert not {k: v for k, v in offenders.items() if v}, offenders

@@ -264,3 +264,46 @@ def test_readme_links_the_document() -> None:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "(docs/math.md)" in text, "README has no link to docs/math.md"
     assert "SPEC.md" not in text, "README refers to SPEC.md, which is not in the repository"
+
+
+#: The upstream files the "Differences from the CAMEx code" table may cite (kpup1710/CAMEx at
+#: 11ba81d, under transformers/models/), with their line counts at that commit, so a cited
+#: line number that cannot exist is caught without network access.
+CAMEX_FILES = {"curve_layer_high_rank.py": 451, "layers.py": 390, "curve_layers_2.py": 211}
+UPSTREAM_REF = re.compile(r"`([\w]+\.py)?:(\d+)`")
+
+
+def _differences_rows() -> list[list[str]]:
+    text = _doc()
+    head = "### Differences from the CAMEx code"
+    assert head in text, f"docs/math.md lacks the section {head!r}"
+    body = text.split(head, 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    assert "11ba81d" in body, "the table must name the upstream commit"
+    lines = [ln for ln in body.splitlines() if ln.startswith("| `")]
+    return [[c.strip() for c in re.split(r"(?<!\\)\|", ln)[1:-1]] for ln in lines]
+
+
+def test_camex_differences_table_rows_are_complete() -> None:
+    """(c) Every row of §6's "Differences from the CAMEx code" table has an upstream
+    ``file:line`` (a file of CAMEX_FILES, every line within it; a bare ``:line`` continues the
+    row's last file), upstream's behaviour, a namex-ref code reference that resolves, and a
+    reason; the DARE, segment-0, balance-loss, double-noise and Dropout2d rows are present."""
+    rows = _differences_rows()
+    assert len(rows) >= 7, f"expected the 7 differences of issue 27, found {len(rows)} rows"
+    for upstream, behaviour, ours, reason in rows:
+        refs = UPSTREAM_REF.findall(upstream)
+        assert refs and refs[0][0], f"row without an upstream file:line: {upstream}"
+        current = None
+        for name, n in refs:
+            current = name or current
+            line = int(n)
+            assert current in CAMEX_FILES, f"unknown upstream file in {upstream!r}"
+            assert 1 <= line <= CAMEX_FILES[current], f"{current}:{line} out of range"
+        code = CODE_REF.findall(ours)
+        assert code, f"row without a namex-ref reference: {ours}"
+        assert all(resolves(ROOT / p, n) for p, n in code), ours
+        assert len(behaviour) > 20 and len(reason) > 20, (behaviour, reason)
+    joined = " ".join(" ".join(r) for r in rows)
+    for needle in ("mask_type='dare'", "Conv1D_MEO", "ties_merging = True", "segment 0",
+                   "balance loss", "twice", "Dropout2d"):
+        assert needle in joined, f"no row on {needle!r}"

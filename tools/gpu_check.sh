@@ -82,12 +82,13 @@ done
 for m in smoe ep-camex namex-full-mom; do
   part "train-$m" 150 "${NAMEX[@]}" train --preset "$PRESET" --method "$m" --steps "$STEPS" \
     --batch-size "$BATCH" --log-every "$LOG" --eval-every "$EVAL" --ckpt-every "$STEPS" \
-    --precision bf16 --device "$DEV" --out "$OUT/train-$m"
+    --eval-batches 4 --final-eval-batches 20 --precision bf16 --device "$DEV" --out "$OUT/train-$m"
 done
 
 part hf 150 bash -c "\"$PY\" tools/gpu_check_hf.py \"$OUT/hf-src\" && \
   \"${NAMEX[0]}\" -m namex_ref.cli train --hf-model \"$OUT/hf-src\" --method namex-full-mom \
   --steps 20 --batch-size 2 --seq-len 64 --log-every 5 --eval-every 10 --ckpt-every 20 \
+  --eval-batches 2 --final-eval-batches 4 \
   --device \"$DEV\" --out \"$OUT/hf\""
 
 if [ "$FULL" = 1 ]; then

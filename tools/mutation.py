@@ -144,6 +144,11 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
         "namex_ref/hf/training.py",
         ("tests/test_hf*.py", "tests/test_mutants_hf*.py"),
     ),
+    # Nash-MTL: its own tests (the CCP route's cvxpy solves make them the slowest per mutant)
+    "mtl/nash_mtl": (
+        "namex_ref/mtl/nash_mtl.py",
+        ("tests/test_mtl*.py", "tests/test_mutants_mtl*.py"),
+    ),
 }
 
 OPERATORS = {

@@ -13,33 +13,9 @@ working for code written before the split.
 
 from __future__ import annotations
 
-from namex_ref.merging.camex import gated_scores, masked_deltas, noisy_unit_gates, term_dropout
-from namex_ref.merging.operators import kronecker_apply, merge_weights, merged_linear
-from namex_ref.merging.plan import (
-    UNIFORM_CANCEL_RTOL,
-    ZERO_EXPERT_RTOL,
-    AlphaSolve,
-    LayerTerms,
-    MergePlan,
-    bargain_alpha,
-    cosine_matrix,
-    propagate,
-)
+from namex_ref.merging import camex, operators, plan
+from namex_ref.merging.camex import *  # noqa: F403 - the facade re-exports camex.__all__
+from namex_ref.merging.operators import *  # noqa: F403 - ... operators.__all__
+from namex_ref.merging.plan import *  # noqa: F403 - ... plan.__all__
 
-__all__ = [
-    "UNIFORM_CANCEL_RTOL",
-    "ZERO_EXPERT_RTOL",
-    "AlphaSolve",
-    "LayerTerms",
-    "MergePlan",
-    "bargain_alpha",
-    "cosine_matrix",
-    "gated_scores",
-    "kronecker_apply",
-    "masked_deltas",
-    "merge_weights",
-    "merged_linear",
-    "noisy_unit_gates",
-    "propagate",
-    "term_dropout",
-]
+__all__ = [*camex.__all__, *operators.__all__, *plan.__all__]

@@ -29,28 +29,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from namex_ref.nash import closed_form, newton, oracles
+from namex_ref.nash.closed_form import *  # noqa: F403 - re-exported: closed_form.__all__
 from namex_ref.nash.closed_form import solve_closed_form
-from namex_ref.nash.newton import (
-    FRACTION_TO_BOUNDARY,
-    FULL_STEP_DECREMENT,
-    NEWTON_MAX_ITER,
-    RESIDUAL_TOL,
-    NewtonBackend,
-    check_alpha0,
-    solve_newton,
-)
-from namex_ref.nash.oracles import (
-    CCP_ECOS_MAX_ITERS,
-    CCP_MAX_STEPS,
-    CCP_RECIPROCAL_EPS,
-    CCP_RESIDUAL_STOP,
-    CCP_STEP_STOP,
-    ORACLE_RESIDUAL_TOL,
-    ORACLE_SOLVER_TOL,
-    solve_ccp,
-    solve_cvxpy,
-    solve_primal,
-)
+from namex_ref.nash.newton import *  # noqa: F403 - re-exported: newton.__all__
+from namex_ref.nash.newton import check_alpha0, solve_newton
+from namex_ref.nash.oracles import *  # noqa: F403 - re-exported: oracles.__all__
+from namex_ref.nash.oracles import solve_ccp, solve_cvxpy, solve_primal
 from namex_ref.nash.problem import (
     ROUNDING_CAP,
     ROUNDING_FACTOR,
@@ -61,28 +46,14 @@ from namex_ref.nash.problem import (
 from namex_ref.nash.result import NashSolution
 
 __all__ = [
-    "CCP_ECOS_MAX_ITERS",
-    "CCP_MAX_STEPS",
-    "CCP_RECIPROCAL_EPS",
-    "CCP_RESIDUAL_STOP",
-    "CCP_STEP_STOP",
-    "FRACTION_TO_BOUNDARY",
-    "FULL_STEP_DECREMENT",
-    "NEWTON_MAX_ITER",
-    "ORACLE_RESIDUAL_TOL",
-    "ORACLE_SOLVER_TOL",
-    "RESIDUAL_TOL",
     "ROUNDING_CAP",
     "ROUNDING_FACTOR",
     "SOLVERS",
-    "NewtonBackend",
     "SolverName",
-    "solve_ccp",
-    "solve_closed_form",
-    "solve_cvxpy",
     "solve_nash",
-    "solve_newton",
-    "solve_primal",
+    *closed_form.__all__,
+    *newton.__all__,
+    *oracles.__all__,
 ]
 
 SolverName = Literal["newton", "closed_form", "cvxpy", "primal", "ccp"]

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from namex_ref.merging.config import METHODS
 from namex_ref.train.builder import GPT_BUILDER, ModelBuilder
 from namex_ref.train.config import TrainConfig, add_config_arguments, config_from_args
+from namex_ref.train.interrupt import TrainingInterrupted
 
 __all__ = ["parse_methods", "parse_seeds", "register"]
 
@@ -55,6 +56,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as exc:
         print(f"namex train: error: {exc}", file=sys.stderr)
         return 3
+    except TrainingInterrupted as exc:  # the loop has said where it stopped
+        return exc.exit_status
     if res.world_size > 1 and _rank() != 0:
         return 0
     print(
@@ -84,6 +87,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     except NonFiniteLossError as exc:
         print(f"namex compare: error: {exc}", file=sys.stderr)
         return 3
+    except TrainingInterrupted as exc:
+        print("namex compare: interrupted; run the same command again to continue (finished "
+              "runs are reused, the interrupted one resumes from its checkpoint)",
+              file=sys.stderr)
+        return exc.exit_status
     print(res.table)
     print(f"wrote {res.out}/results.md, summary.json, compare.png")
     return 0

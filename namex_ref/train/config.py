@@ -104,9 +104,15 @@ MERGE_PRESETS: dict[str, dict[str, object]] = {"camex-paper": CAMEX_PAPER}
 """Named bundles of MergeConfig overrides (``--merge-preset``); explicit overrides win."""
 
 RUN_CONTROL_FIELDS: frozenset[str] = frozenset(
-    {"out", "device", "progress", "cache_dir", "threads"}
+    {"out", "device", "progress", "cache_dir", "threads", "log_every", "eval_every",
+     "ckpt_every"}
 )
-"""Fields that do not change the training trajectory; a resumed run may change them."""
+"""Fields that do not change the training trajectory (where the run writes, how it reports,
+evaluates and checkpoints, on which device and how many threads); a resumed run may change
+them, and the change is announced. Every other field is a trajectory field: a resume that
+changes one is refused (except ``steps``, which may grow). Note: another device or thread count
+reorders floating-point reductions, so the continued run is then equal to an uninterrupted one
+only to rounding."""
 
 
 def flag_name(field: str) -> str:
@@ -123,6 +129,10 @@ class TrainConfig:
         (:data:`namex_ref.merging.config.METHODS`).
     seed: model initialisation and batch sampling; batch ``k`` is a pure function of
         ``(seed, k)`` (resume is exact).
+    grad_accum: micro-batches per step (K): each step draws K·``batch_size`` windows, runs them
+        ``batch_size`` at a time and adds the gradients (losses divided by K), so the update is
+        that of ``batch_size`` = K·``batch_size`` without accumulation, to float rounding
+        (exactly the same windows; SMoE's balance loss and the noisy gate are per micro-batch).
     steps, batch_size (global, split evenly over DDP ranks), lr (peak), warmup (linear, steps;
     clamped to the schedule's length, with a printed note), min_lr_ratio (cosine decays to
     ``lr * min_lr_ratio`` at the schedule's last step), schedule_steps (length of the lr
@@ -170,6 +180,7 @@ class TrainConfig:
     seed: int = 0
     steps: int = 400
     batch_size: int = 16
+    grad_accum: int = 1
     lr: float = 3e-3
     warmup: int = 40
     min_lr_ratio: float = 0.1
@@ -233,6 +244,7 @@ class TrainConfig:
                             ("threads", self.threads), ("schedule_steps", self.schedule_steps)):
             require_int(flag_name(name), value, low=0)
         for name, value in (("steps", self.steps), ("batch_size", self.batch_size),
+                            ("grad_accum", self.grad_accum),
                             ("eval_batches", self.eval_batches), ("log_every", self.log_every)):
             require_int(flag_name(name), value, low=1)
         require_real(flag_name("lr"), self.lr, low=0, low_open=True)
@@ -407,7 +419,9 @@ _HELP: dict[str, str] = {
     "method": "merging method: " + ", ".join(METHODS),
     "seed": "model initialisation and batch order; batch k is a function of (seed, k)",
     "steps": "training steps; a finished run resumed with more steps continues (docs/guide.md)",
-    "batch_size": "global batch (split over DDP ranks)",
+    "batch_size": "global batch (split over DDP ranks); per micro-batch with --grad-accum",
+    "grad_accum": "micro-batches of --batch-size per step, gradients summed: the update of a "
+    "K-times larger batch with the memory of one",
     "lr": "peak learning rate (AdamW)",
     "warmup": "linear warmup steps, clamped to the schedule length (a note is printed)",
     "min_lr_ratio": "the cosine decays to lr * this at the schedule's end",

@@ -57,7 +57,9 @@ class Precision:
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         """``optimizer.step()``; under fp16 skipped when a gradient overflowed, then the scale
-        is updated."""
+        is updated. Under fp16 this is the step's one host sync: torch's GradScaler reads its
+        found-inf flag on the host to decide whether to skip (docs/gpu.md); bf16 and fp32
+        have none."""
         self.scaler.step(optimizer)
         self.scaler.update()
 
