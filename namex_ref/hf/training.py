@@ -61,24 +61,25 @@ DEFAULT_SEGMENT_LEN = 32
 _HF_FIELDS = ("hf_model", "base_rule", "merge_top_k")
 
 
-def read_model_config(folder: str | os.PathLike[str]) -> Any:
-    """The transformers config of a local model folder (``config.json``), offline.
+def read_model_config(folder: str | os.PathLike[str], what: str = "--hf-model") -> Any:
+    """The transformers config of a local model folder (``config.json``), offline; ``what``
+    names the folder in errors (the flag or argument it came from).
 
     Raises:
-        FileNotFoundError: the folder has no ``config.json`` (names ``--hf-model``).
+        FileNotFoundError: the folder has no ``config.json`` (names ``what``).
         ValueError: the folder was written by :func:`namex_ref.hf.save` (already converted).
         MissingExtraError: transformers is not installed.
     """
     src = Path(folder)
     if (src / "namex_hf.json").is_file():  # hf.convert's _META_FILE
         raise ValueError(
-            f"--hf-model: {str(src)!r} holds a model already converted by namex (namex_hf.json); "
+            f"{what}: {str(src)!r} holds a model already converted by namex (namex_hf.json); "
             f"pass the original save_pretrained folder it came from (a converted model is "
             f"reloaded with namex generate or namex_ref.hf.load)"
         )
     if not (src / "config.json").is_file():
         raise FileNotFoundError(
-            f"--hf-model: {str(src / 'config.json')!r} not found; pass a folder written by "
+            f"{what}: {str(src / 'config.json')!r} not found; pass a folder written by "
             f"save_pretrained (config.json and *.safetensors)"
         )
     transformers = require_transformers()
