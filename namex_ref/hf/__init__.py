@@ -10,23 +10,19 @@ a converted model. Fine-tuning runs the training loop of :mod:`namex_ref.train` 
 ``TrainConfig(hf_model=DIR)`` (CLI ``namex train --hf-model DIR``; :mod:`namex_ref.hf.training`).
 This module imports without transformers; the functions that need it raise
 :class:`MissingExtraError` naming the extra.
+
+Modules: :mod:`~namex_ref.hf.families` (what is converted), :mod:`~namex_ref.hf.base` (the initial
+base expert), :mod:`~namex_ref.hf.block` (the merging layer), :mod:`~namex_ref.hf.decode` (its
+cached decoding), :mod:`~namex_ref.hf.convert` (conversion, save, load).
 """
 
 from __future__ import annotations
 
-from namex_ref.hf.convert import (
-    BASE_RULES,
-    FAMILIES,
-    HF_EXTRA_HINT,
-    HFMergedMoE,
-    MissingExtraError,
-    convert,
-    converted_blocks,
-    initial_base,
-    load,
-    require_transformers,
-    save,
-)
+from namex_ref.hf.base import BASE_RULES, initial_base
+from namex_ref.hf.block import HFMergedMoE
+from namex_ref.hf.convert import convert, converted_blocks, load, save
+from namex_ref.hf.extra import HF_EXTRA_HINT, MissingExtraError, require_transformers
+from namex_ref.hf.families import FAMILIES
 
 __all__ = [
     "BASE_RULES",

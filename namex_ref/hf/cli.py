@@ -19,7 +19,8 @@ __all__ = ["register"]
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from namex_ref.hf.convert import convert, require_transformers, save
+    from namex_ref.hf.convert import convert, save
+    from namex_ref.hf.extra import require_transformers
     from namex_ref.hf.training import read_model_config
 
     transformers = require_transformers()

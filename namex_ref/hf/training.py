@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from namex_ref.hf.convert import converted_blocks, require_transformers, save
+from namex_ref.hf.convert import converted_blocks, save
+from namex_ref.hf.extra import require_transformers
 from namex_ref.merging.functional import MergePlan, cosine_matrix
 from namex_ref.models.gpt import LayerStats, ModelConfig, ModelOutput
 from namex_ref.nash.gram import domain_vectors
