@@ -2,7 +2,8 @@
 
 Optional extra ``hf``: ``pip install -e '.[hf]'``.
 
-:func:`convert` replaces every sparse MoE block of a Qwen2-MoE, Mixtral or OLMoE model (the
+:func:`convert` replaces every sparse MoE block of a Qwen2-MoE, Qwen3-MoE, Mixtral, OLMoE,
+DeepSeek-V2, DeepSeek-V3 or GLM-4-MoE model (docs/hf.md; the
 transformers 5.x layout: experts as 3-D ``gate_up_proj`` (N, 2I, H) and ``down_proj`` (N, H, I)
 tensors, a top-k router module ``gate``) in place by :class:`HFMergedMoE`, which calls the merging
 core of :mod:`namex_ref.merging.functional` (S13–S18). :func:`save` and :func:`load` write and read
@@ -22,16 +23,19 @@ from namex_ref.hf.base import BASE_RULES, initial_base
 from namex_ref.hf.block import HFMergedMoE
 from namex_ref.hf.convert import convert, converted_blocks, load, save
 from namex_ref.hf.extra import HF_EXTRA_HINT, MissingExtraError, require_transformers
-from namex_ref.hf.families import FAMILIES
+from namex_ref.hf.families import FAMILIES, Family, UnsupportedFamilyError, family_of
 
 __all__ = [
     "BASE_RULES",
     "FAMILIES",
     "HF_EXTRA_HINT",
+    "Family",
     "HFMergedMoE",
     "MissingExtraError",
+    "UnsupportedFamilyError",
     "convert",
     "converted_blocks",
+    "family_of",
     "initial_base",
     "load",
     "require_transformers",

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from namex_ref.hf.base import initial_base
 from namex_ref.hf.decode import SegmentState
-from namex_ref.hf.families import FAMILIES
+from namex_ref.hf.families import Family, family_of, merge_scores, router_logits
 from namex_ref.merging.config import MergeConfig
 from namex_ref.merging.functional import (
     LayerTerms,
@@ -48,7 +48,7 @@ from namex_ref.merging.functional import (
     term_dropout,
 )
 from namex_ref.merging.layers import KroneckerCurvature
-from namex_ref.merging.routing import segment_means
+from namex_ref.merging.routing import segment_means, unit_means
 
 __all__ = ["HFMergedMoE"]
 
@@ -61,15 +61,18 @@ def _zero_linear(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype
 
 
 class _RouterLogits(nn.Module):
-    """x ↦ x Wᵀ with the pretrained router's weight W (N, H), for the segment router."""
+    """x ↦ x Wᵀ with the pretrained router's weight W (N, H), for the noisy gate: for a sigmoid
+    family log σ(x Wᵀ), so that a softmax over the chosen logits is the family's normalised
+    sigmoid score (:func:`~namex_ref.hf.families.merge_scores`)."""
 
-    def __init__(self, weight: Tensor) -> None:
+    def __init__(self, weight: Tensor, family: Family) -> None:
         super().__init__()
         self.weight = weight
+        self.family = family
 
     def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = F.linear(x, self.weight)
-        return out
+        out = router_logits(self.family, self.weight, x)
+        return F.logsigmoid(out.float()) if self.family.scoring == "sigmoid" else out
 
 
 
@@ -115,11 +118,13 @@ class HFMergedMoE(nn.Module):
     ) -> None:
         super().__init__()
         self.config = config
-        self.family = FAMILIES[type(block).__name__]
+        self.family = family_of(block)
         self.gate: Any = block.gate
         self.experts: Any = block.experts
+        # the shared experts keep their module names (and so their checkpoint keys)
         self.shared_expert: nn.Module | None = getattr(block, "shared_expert", None)
         self.shared_expert_gate: nn.Module | None = getattr(block, "shared_expert_gate", None)
+        self.shared_experts: nn.Module | None = getattr(block, "shared_experts", None)
         self.jitter_noise = float(getattr(block, "jitter_noise", 0.0) or 0.0)
         self.merge_top_k = merge_top_k
         self.intermediate = int(self.experts.down_proj.shape[-1])
@@ -202,9 +207,15 @@ class HFMergedMoE(nn.Module):
             routed: Tensor = self.experts(xf, index, weights)
         else:
             routed = self._merged(hidden_states).reshape(-1, H)
-        if self.shared_expert is not None and self.shared_expert_gate is not None:
+            if self.family.scaling != 1.0:  # the routed scaling factor c of the family
+                routed = routed * self.family.scaling
+        if self.shared_expert is not None:
             shared = self.shared_expert(flat)
-            routed = routed + torch.sigmoid(self.shared_expert_gate(flat)) * shared
+            if self.shared_expert_gate is not None:
+                shared = torch.sigmoid(self.shared_expert_gate(flat)) * shared
+            routed = routed + shared
+        if self.shared_experts is not None:
+            routed = routed + self.shared_experts(flat)
         return routed.reshape(B, T, H)
 
     def _scores(self, x: Tensor) -> Tensor:
@@ -214,10 +225,17 @@ class HFMergedMoE(nn.Module):
     def _route(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Scores (B, S, N) of the pretrained router (S13; the noisy gate for
         ``gate="noisy-top-k"``, :func:`gated_scores`) after ``merge_top_k``, and the gate's
-        balance loss."""
-        router = _RouterLogits(self.gate.weight)
-        s, aux = gated_scores(x, router, self.noise_router, self.config, training=self.training)
-        return self._top_k(s), aux
+        balance loss. The softmax gate: the family's merge scores (:meth:`_unit_scores`) of
+        the unit means (:func:`unit_means`), after segment 0's uniform scores."""
+        cfg = self.config
+        if self.noise_router is not None:
+            router = _RouterLogits(self.gate.weight, self.family)
+            s, aux = gated_scores(x, router, self.noise_router, cfg, training=self.training)
+            return self._top_k(s), aux
+        s = self._unit_scores(unit_means(x, cfg.routing, cfg.segment_len))  # (B, U, N)
+        if cfg.routing == "segment":
+            s = torch.cat([self._first_scores(x), s], 1)
+        return s, x.new_zeros(())
 
     def _top_k(self, s: Tensor) -> Tensor:
         """``merge_top_k``: the k largest scores of each row, renormalised (s unchanged for
@@ -231,15 +249,22 @@ class HFMergedMoE(nn.Module):
 
     def _unit_scores(self, means: Tensor) -> Tensor:
         """Scores (B, U, N) of the segments that follow the segments with these means
-        (B, U, H), as :func:`segment_scores` forms them (float32 softmax, cast back)."""
-        router = _RouterLogits(self.gate.weight)
+        (B, U, H): the family's merge scores (:func:`~namex_ref.hf.families.merge_scores`:
+        softmax, or sigmoid normalised to sum 1; ``merge_top_k`` chosen by the family's rule,
+        correction bias and groups included), float32, cast back; for the softmax family and
+        ``merge_top_k`` None this is :func:`segment_scores`'s softmax. The noisy gate: its
+        gates, then ``merge_top_k``."""
         if self.noise_router is not None:  # noisy gate (no noise in eval mode)
+            router = _RouterLogits(self.gate.weight, self.family)
             probs, _ = noisy_unit_gates(
                 means, router, self.noise_router, self.config, training=self.training
             )
-        else:
-            probs = F.softmax(router(means).float(), dim=-1)
-        return self._top_k(probs.to(means.dtype))
+            return self._top_k(probs.to(means.dtype))
+        logits = router_logits(self.family, self.gate.weight, means)
+        bias = getattr(self.gate, "e_score_correction_bias", None)
+        k = self.merge_top_k if self.merge_top_k != self.config.n_experts else None
+        s = merge_scores(self.family, logits, k, bias if self.family.correction_bias else None)
+        return s.to(means.dtype)
 
     def _first_scores(self, x: Tensor) -> Tensor:
         """Scores (B, 1, N) of segment 0: uniform 1/N (then ``merge_top_k``)."""

@@ -1,9 +1,10 @@
 """Convert the sparse MoE blocks of Hugging Face models to the NAMEx merging layer (S12–S18),
 and save and load converted models.
 
-Supported: ``Qwen2MoeSparseMoeBlock`` (routed experts plus the shared expert and its sigmoid
-shared gate, kept as they are), ``MixtralSparseMoeBlock`` and ``OlmoeSparseMoeBlock`` of
-transformers 5.x (:data:`namex_ref.hf.families.FAMILIES`). :func:`convert` replaces each block in
+Supported: the sparse MoE blocks of transformers 5.x whose experts follow the experts interface
+and whose router has a family adapter (:mod:`namex_ref.hf.families`: Qwen2-MoE, Qwen3-MoE,
+Mixtral, OLMoE, DeepSeek-V2, DeepSeek-V3, GLM-4-MoE; shared experts and router biases are kept as
+they are; docs/hf.md). :func:`convert` replaces each block in
 place by :class:`~namex_ref.hf.block.HFMergedMoE` and hooks the model's forward: the pre-hook
 builds the base-expert chain (S15–S18, :func:`namex_ref.merging.functional.propagate`) once per
 forward pass and hands each block its cached-decoding state (:mod:`namex_ref.hf.decode`), the
@@ -28,7 +29,7 @@ from torch import nn
 from namex_ref.hf.block import HFMergedMoE
 from namex_ref.hf.decode import decode_states, record_states
 from namex_ref.hf.extra import require_transformers
-from namex_ref.hf.families import FAMILIES
+from namex_ref.hf.families import FAMILIES, family_of, find_blocks
 from namex_ref.merging.config import MergeConfig
 from namex_ref.merging.functional import MergePlan, propagate
 
@@ -41,7 +42,7 @@ _WEIGHTS_FILE = "namex_model.safetensors"
 _UNSUPPORTED = {
     "expert_bias": (
         False,
-        "the pretrained SwiGLU experts of Qwen2-MoE, Mixtral and OLMoE have no biases, so "
+        "the pretrained SwiGLU experts of the supported families have no biases, so "
         "there is no b_i to form b_i − b_m from (new zero biases would be a different model)",
     ),
 }
@@ -115,7 +116,9 @@ def convert(
 
     The routed experts stay the pretrained parameters (no copy is made; one layer's base expert
     is the only new expert-sized tensor, formed one layer at a time). Raises ``ValueError`` for
-    a model without supported blocks, an already converted model or an unsupported option.
+    a model without MoE blocks, an already converted model or an unsupported option, and
+    :class:`~namex_ref.hf.families.UnsupportedFamilyError` (a ``ValueError``) for a block no
+    family adapter describes (its message lists the supported families).
     """
     require_transformers()
     if converted_blocks(model):
@@ -131,19 +134,16 @@ def convert(
             f"base_init='expert0' sets the base expert to a copy of expert 0, so "
             f"base_rule={base_rule!r} would be ignored; pass one of them"
         )
-    targets: list[tuple[nn.Module, str, Any]] = [
-        (parent, name, child)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-        if type(child).__name__ in FAMILIES
-    ]
+    targets: list[tuple[nn.Module, str, Any]] = find_blocks(model)
     if not targets:
         raise ValueError(
-            f"no supported sparse MoE block in {type(model).__name__}; supported: "
-            f"{', '.join(FAMILIES)} (transformers 5.x)"
+            f"no supported sparse MoE block in {type(model).__name__} (no module with experts "
+            f"in the transformers 5.x experts interface); supported families: "
+            f"{', '.join(sorted(set(FAMILIES.values())))} (transformers 5.x)"
         )
-    n = int(targets[0][2].gate.weight.shape[0])
-    k = int(targets[0][2].gate.top_k)
+    families = [family_of(block) for _, _, block in targets]  # refused before any change
+    n = int(targets[0][2].experts.gate_up_proj.shape[0])
+    k = families[0].top_k
     config = MergeConfig(method=method, n_experts=n, top_k=k, **merge_options)  # type: ignore[arg-type]
     if merge_top_k is not None and not 1 <= merge_top_k <= n:
         raise ValueError(f"merge_top_k must be in [1, {n}] or None, got {merge_top_k}")
