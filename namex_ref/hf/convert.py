@@ -26,16 +26,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from namex_ref.hf.auto import mark_converted, register
 from namex_ref.hf.block import HFMergedMoE
 from namex_ref.hf.decode import decode_states, record_states
-from namex_ref.hf.extra import require_transformers
+from namex_ref.hf.extra import from_pretrained_quietly, require_transformers
 from namex_ref.hf.families import FAMILIES, family_of, find_blocks
 from namex_ref.merging.config import MergeConfig
 from namex_ref.merging.functional import MergePlan, propagate
 
 __all__ = ["convert", "converted_blocks", "load", "save"]
 
-_META_FILE = "namex_hf.json"
+_META_FILE = "namex_hf.json"  # the first save format (before from_pretrained), still read
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 _WEIGHTS_FILE = "namex_model.safetensors"
 # MergeConfig options of the GPT merging layer that the HF layer does not implement, and why.
@@ -144,7 +145,8 @@ def convert(
     families = [family_of(block) for _, _, block in targets]  # refused before any change
     n = int(targets[0][2].experts.gate_up_proj.shape[0])
     k = families[0].top_k
-    config = MergeConfig(method=method, n_experts=n, top_k=k, **merge_options)  # type: ignore[arg-type]
+    with torch.device("cpu"):  # its checks read values; from_pretrained builds under "meta"
+        config = MergeConfig(method=method, n_experts=n, top_k=k, **merge_options)  # type: ignore[arg-type]
     if merge_top_k is not None and not 1 <= merge_top_k <= n:
         raise ValueError(f"merge_top_k must be in [1, {n}] or None, got {merge_top_k}")
     base_src = config.spec.base
@@ -163,31 +165,33 @@ def convert(
         hf_config.output_router_logits = False
     model.register_forward_pre_hook(_pre_hook, with_kwargs=True)
     model.register_forward_hook(_post_hook)
-    model.__dict__["namex_options"] = {  # what load() needs to convert a fresh model the same way
+    options = {  # what from_pretrained needs to convert a fresh model the same way
         "method": method, "base_rule": base_rule, "seed": seed, "merge_top_k": merge_top_k,
         **merge_options,
     }
+    model.__dict__["namex_options"] = options
+    mark_converted(model, families[0].name, options)
     return model
 
 
 def save(model: Any, directory: str | Path, *, tokenizer_from: str | Path | None = None) -> Path:
-    """Write a converted model to ``directory``: the transformers config (``config.json``), all
-    parameters (``namex_model.safetensors``) and the conversion options (``namex_hf.json``).
-    :func:`load` reads it back. ``tokenizer_from``: a folder whose tokenizer files
-    (``tokenizer.json``, ``tokenizer_config.json``, ``special_tokens_map.json``, those present)
-    are copied along, for ``namex generate``."""
+    """Write a converted model to ``directory`` with ``model.save_pretrained``: ``config.json``
+    (``model_type = "namex_<family>"``, the conversion options in its ``namex`` field) and
+    ``model.safetensors`` (``save_original_format=False``: the parameters' own names and
+    layout), which ``AutoModelForCausalLM.from_pretrained(directory)`` reads back
+    once :mod:`namex_ref.hf` is imported (:mod:`namex_ref.hf.auto`; :func:`load` is that call).
+    ``tokenizer_from``: a folder whose tokenizer files (``tokenizer.json``,
+    ``tokenizer_config.json``, ``special_tokens_map.json``, those present) are copied along, for
+    ``namex generate`` and ``namex eval``."""
     require_transformers()
-    from safetensors.torch import save_model
-
     if not converted_blocks(model):
         raise ValueError("save() writes a model converted by namex_ref.hf.convert")
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    model.config.save_pretrained(out)
-    save_model(model, str(out / _WEIGHTS_FILE))
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    meta = {"options": model.namex_options, "dtype": dtype, "format": 1}
-    (out / _META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    # the parameters as they are: transformers would otherwise write the checkpoint layout of
+    # the source family (e.g. Mixtral's per-expert w1/w2/w3), which no loader maps back to a
+    # converted model type
+    model.save_pretrained(out, save_original_format=False)
     if tokenizer_from is not None:
         for name in _TOKENIZER_FILES:
             if (Path(tokenizer_from) / name).is_file():
@@ -196,18 +200,32 @@ def save(model: Any, directory: str | Path, *, tokenizer_from: str | Path | None
 
 
 def load(directory: str | Path) -> nn.Module:
-    """Read a model written by :func:`save`: the architecture from ``config.json`` (no
-    download), converted with the saved options, then every parameter from the file."""
+    """``AutoModelForCausalLM.from_pretrained(directory)`` (local files only) of a folder written
+    by :func:`save`, in eval mode. A folder of the first format (``namex_hf.json`` beside
+    ``namex_model.safetensors``) is read as before: the architecture from ``config.json``,
+    converted with the saved options, then every parameter from the file."""
+    register()
+    src = Path(directory)
+    if (src / _META_FILE).is_file():
+        return _load_format1(src)
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{src / 'config.json'} not found: {src} was not written by namex_ref.hf.save"
+        )
+    model: nn.Module = from_pretrained_quietly(str(src))
+    if not converted_blocks(model):
+        raise ValueError(
+            f"{src} holds a model that was not converted by namex_ref.hf.convert (model_type "
+            f"{getattr(model.config, 'model_type', '?')!r}); convert it first"
+        )
+    return model.eval()
+
+
+def _load_format1(src: Path) -> nn.Module:
     transformers = require_transformers()
     from safetensors.torch import load_model
 
-    src = Path(directory)
-    meta_path = src / _META_FILE
-    if not meta_path.is_file():
-        raise FileNotFoundError(
-            f"{meta_path} not found: {src} was not written by namex_ref.hf.save"
-        )
-    meta = json.loads(meta_path.read_text())
+    meta = json.loads((src / _META_FILE).read_text())
     config = transformers.AutoConfig.from_pretrained(str(src), local_files_only=True)
     model: nn.Module = transformers.AutoModelForCausalLM.from_config(config)
     model.to(getattr(torch, meta["dtype"]))
@@ -215,4 +233,3 @@ def load(directory: str | Path) -> nn.Module:
     load_model(model, str(src / _WEIGHTS_FILE))
     model.eval()
     return model
-
