@@ -1,10 +1,11 @@
 """Command line: ``namex train | compare | bench | demo | solve | momentum-grid | mtl | convert |
-generate``.
+generate | eval``.
 
 ``train`` and ``compare`` come from :mod:`namex_ref.train.cli`, ``bench`` from
 :mod:`namex_ref.benchmarks.cli`; the rest are defined here. Each command calls the public API
 functions; nothing is computed here. ``mtl`` comes from :mod:`namex_ref.mtl.example`,
-``convert`` and ``generate`` (Hugging Face models, the ``hf`` extra) from :mod:`namex_ref.hf.cli`.
+``convert``, ``generate`` and ``eval`` (Hugging Face models, the ``hf`` extra) from
+:mod:`namex_ref.hf.cli`.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_mtl(sub)  # mtl (Nash-MTL example)
     from namex_ref.hf.cli import register as register_hf
 
-    register_hf(sub)  # convert, generate (Hugging Face MoE models)
+    register_hf(sub)  # convert, generate, eval (Hugging Face MoE models)
     return p
 
 
