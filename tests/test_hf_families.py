@@ -131,7 +131,7 @@ def _oracle_block(block: torch.nn.Module, seg: int) -> Callable[[torch.Tensor], 
     c = float(getattr(block.gate, "routed_scaling_factor", 1.0))
 
     def forward(h: torch.Tensor) -> torch.Tensor:
-        B, T, H = h.shape
+        B, T, _ = h.shape
         y = torch.zeros_like(h)
         for b in range(B):
             for start in range(0, T, seg):
@@ -301,7 +301,7 @@ def test_unknown_router_is_refused_by_name() -> None:
             self.inner = inner
 
     block.gate = OtherRouter(block.gate)
-    with pytest.raises(UnsupportedFamilyError, match="OtherRouter.*supported families: .*olmoe"):
+    with pytest.raises(UnsupportedFamilyError, match=r"OtherRouter.*supported families: .*olmoe"):
         convert(model, "smear")
 
 

@@ -43,6 +43,10 @@ class TopKMergeRow:
     max_abs_diff: float
 
 
+def _backward(y: Tensor) -> None:
+    torch.autograd.backward(y.sum())
+
+
 def _saved_bytes(fn: Any) -> tuple[Tensor, int]:
     seen: dict[int, int] = {}
 
@@ -59,7 +63,7 @@ def _allocated_bytes(fn: Any) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn().sum().backward()
+        _backward(fn())
     return sum(max(int(e.self_cpu_memory_usage), 0) for e in prof.key_averages())
 
 
@@ -100,11 +104,11 @@ def topk_merge_table(
         }
         ref = paths["merged_linear"]().detach()
         for name, fn in paths.items():
-            fn().sum().backward()  # warm-up
+            _backward(fn())  # warm-up
             times = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                fn().sum().backward()
+                _backward(fn())
                 times.append(1e3 * (time.perf_counter() - t0))
             y, saved = _saved_bytes(fn)
             rows.append(TopKMergeRow(

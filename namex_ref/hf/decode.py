@@ -56,6 +56,8 @@ def first_keys(cache: Any) -> Tensor | None:
 
 
 def cache_registry(model: nn.Module) -> weakref.WeakKeyDictionary[Any, CacheEntry]:
+    """The segment states of ``model`` per transformers cache object (weak keys: a cache that is
+    dropped takes its entry with it), made on first use."""
     reg: weakref.WeakKeyDictionary[Any, CacheEntry] | None = model.__dict__.get("namex_caches")
     if reg is None:
         reg = weakref.WeakKeyDictionary()
