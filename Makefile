@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DOCS_STAMP := $(VENV)/.docs-installed-stamp
 PYTEST := $(PY) -m pytest -n 2 -p no:cacheprovider
 
-.PHONY: install demo solvers-demo test test-slow lint check mutation
+.PHONY: install demo solvers-demo test test-slow lint check mutation gpu-check
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -41,6 +41,14 @@ lint: $(STAMP)
 
 check: lint test
 
+# Regenerate the committed reports in results/ (README there). Every command writes under runs/
+# by default; only these explicit `--out results` overwrite the committed files. Long: tens of
+# minutes on 2 cores.
+.PHONY: results
+results: $(STAMP)
+	$(VENV)/bin/namex bench all --out results --threads 1
+	$(VENV)/bin/namex mtl --out results
+
 # Mutation testing of the core (tools/mutation.py; long: tens of minutes on 2 cores, not in CI).
 # Writes results/mutation.md and results/mutation.json.
 mutation: $(STAMP)
@@ -70,3 +78,9 @@ docs-check: docs
 notebooks: $(STAMP)
 	$(PY) -m pip install -q -e '.[dev,notebooks]' --config-settings editable_mode=strict
 	$(VENV)/bin/jupyter lab notebooks/
+
+# The GPU check (tools/gpu_check.sh; docs/gpu.md): the CUDA tests, the capture of every method,
+# `namex bench` on CUDA, 200 medium-preset steps in bf16 and a Hugging Face fine-tune, all under
+# runs/gpu-check (GPU_CHECK_OUT). Uses .venv when present, else python3 (the GPU machine's).
+gpu-check:
+	bash tools/gpu_check.sh

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from namex_ref.checks import as_finite_complex, require_real
-from namex_ref.quaternion import QUATERNION_DIM, as_quaternion, hamilton
+from namex_ref.quaternion import QUATERNION_DIM, hamilton, quaternion_entries
 
 __all__ = [
     "BUFFER_WIDTH",
@@ -98,8 +98,7 @@ def validate_quaternion_beta(beta: Sequence[float] | Tensor) -> QuaternionBeta:
         raise ValueError(
             f"quaternion momentum needs beta as four floats (w, x, y, z), got beta={beta!r}"
         )
-    q = as_quaternion(beta)  # ValueError unless four finite reals
-    w, x, y, z = (float(v) for v in q.tolist())
+    w, x, y, z = quaternion_entries(beta)  # ValueError unless four finite reals
     norm = math.sqrt(w * w + x * x + y * y + z * z)
     if not norm < 1.0:
         raise ValueError(
@@ -115,7 +114,7 @@ def equivalent_complex_beta(beta_q: Sequence[float] | Tensor) -> complex:
     With real ΔE and real γ, S18 with β is S17 with β_c: the buffer stays in span{1, u},
     u = Im β / ‖Im β‖, and u² = −1, so span{1, u} ≅ ℂ with β ↦ β_c. No bound on ‖β‖ is imposed.
     """
-    w, x, y, z = (float(v) for v in as_quaternion(beta_q).tolist())
+    w, x, y, z = quaternion_entries(beta_q)
     return complex(w, math.sqrt(x * x + y * y + z * z))
 
 
@@ -251,13 +250,14 @@ def quaternion_momentum_step(
     g = as_finite_complex("gamma", gamma)
     if g.imag != 0.0:
         raise ValueError(f"S18 uses a real step gamma, got gamma={gamma!r}")
+    beta_q: Tensor | tuple[float, float, float, float]
     if isinstance(beta, Tensor):
         if beta.shape != (QUATERNION_DIM,) or not beta.is_floating_point():
             raise ValueError(f"beta must be a real (4,) tensor, got shape {tuple(beta.shape)}")
-        beta_t = beta.to(device=mu.device, dtype=mu.dtype)
-    else:
-        beta_t = as_quaternion(beta, dtype=mu.dtype, device=mu.device)
-    rotated = hamilton(beta_t, mu)  # (..., 4) = β ⊗ μ
+        beta_q = beta.to(device=mu.device, dtype=mu.dtype)
+    else:  # four Python floats: no tensor made, no host-to-device copy per layer
+        beta_q = quaternion_entries(beta)
+    rotated = hamilton(beta_q, mu)  # (..., 4) = β ⊗ μ
     w_new = rotated[..., 0] + delta
     mu_new = torch.cat((w_new.unsqueeze(-1), rotated[..., 1:]), dim=-1)
     return mu_new, base + g.real * w_new

@@ -29,6 +29,7 @@ __all__ = [
     "hamilton",
     "left_matrix",
     "qnorm",
+    "quaternion_entries",
 ]
 
 #: Components per quaternion, in the order (w, x, y, z): real part first.
@@ -52,13 +53,12 @@ def check_quaternion(q: Tensor, name: str = "q") -> None:
         raise ValueError(f"{name} must have a real floating dtype, got {q.dtype}")
 
 
-def as_quaternion(
-    value: Sequence[float] | Tensor,
-    *,
-    dtype: torch.dtype = torch.float64,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """Build one quaternion tensor (4,) from four finite reals (w, x, y, z).
+def quaternion_entries(value: Sequence[float] | Tensor) -> tuple[float, float, float, float]:
+    """Validate one quaternion and return its four finite components (w, x, y, z) as floats.
+
+    A Python tuple, not a tensor: a constant β (NAMEx-Q, S18) enters :func:`hamilton` as four
+    numbers, so no host-to-device copy happens in a training step (a CUDA-graph capture
+    refuses one). A tensor argument is read once on the host.
 
     Raises ValueError naming the value if it does not have exactly four finite entries.
     """
@@ -82,19 +82,43 @@ def as_quaternion(
             )
     if not all(math.isfinite(v) for v in entries):
         raise ValueError(f"quaternion components must be finite, got {value!r}")
-    return torch.tensor(entries, dtype=dtype, device=device)
+    w, x, y, z = entries
+    return w, x, y, z
 
 
-def hamilton(p: Tensor, q: Tensor) -> Tensor:
+def as_quaternion(
+    value: Sequence[float] | Tensor,
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Build one quaternion tensor (4,) from four finite reals (w, x, y, z).
+
+    Raises ValueError naming the value if it does not have exactly four finite entries.
+    """
+    return torch.tensor(quaternion_entries(value), dtype=dtype, device=device)
+
+
+def hamilton(p: Tensor | tuple[float, float, float, float], q: Tensor) -> Tensor:
     """Hamilton product p ⊗ q (S18), broadcasting over leading dimensions.
 
-    p: (..., 4), q: (..., 4) real → (..., 4), dtype of the torch type promotion of p and q.
+    p: (..., 4) real tensor, or one constant quaternion as four floats (w, x, y, z) from
+    :func:`quaternion_entries` (then no tensor is made for it: nothing is copied to q's
+    device); q: (..., 4) real → (..., 4), dtype of the torch type promotion of p and q.
     Written out component by component (not through :func:`left_matrix`) so that the identity
     hamilton(p, q) = left_matrix(p) @ q is a check between two independent codings.
     """
-    check_quaternion(p, "p")
     check_quaternion(q, "q")
-    pw, px, py, pz = p.unbind(-1)
+    pw: Tensor | float
+    px: Tensor | float
+    py: Tensor | float
+    pz: Tensor | float
+    if isinstance(p, tuple) and len(p) == QUATERNION_DIM and all(type(v) is float for v in p):
+        pw, px, py, pz = p
+    else:
+        check_quaternion(p, "p")  # type: ignore[arg-type]  # anything else is refused here
+        assert isinstance(p, Tensor)
+        pw, px, py, pz = p.unbind(-1)
     qw, qx, qy, qz = q.unbind(-1)
     w = pw * qw - px * qx - py * qy - pz * qz
     x = pw * qx + px * qw + py * qz - pz * qy

@@ -11,7 +11,7 @@ so Ē_α^(l) is the fixed point of that layer's linearisation, the H = cI case o
     err_l = ‖E_m^(l) − Ē_α^(l)‖ / ‖Ē_α^(l)‖,                                              (T2)
 
 with every weight matrix of an expert concatenated into one vector. ``studies/crosslayer.py``
-sweeps it over the momentum coefficient β (S17); :func:`namex_ref.merging.functional.propagate`
+sweeps it over the momentum coefficient β (S17); :func:`namex_ref.merging.plan.propagate`
 produces the bases and α it is applied to.
 """
 

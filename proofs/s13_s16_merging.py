@@ -1,4 +1,4 @@
-"""S13–S17: the identities the merging layers rely on (namex_ref/merging/functional.py).
+"""S13–S17: the identities the merging layers rely on (namex_ref/merging/operators.py, plan.py).
 
 Claims (S13–S17, docs/math.md), each checked symbolically:
 

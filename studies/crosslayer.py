@@ -10,10 +10,11 @@ and report.
 The S19 analysis (:mod:`namex_ref.spectral`) freezes α and the experts, so the bargained update
 is ΔE = c (Ē_α − E_m) with c = Σ_i α_i, i.e. ΔE = −H(E_m − E*) with H = cI and E* = Ē_α
 (docs/math.md §4). With real β that linear chain is optimal only for γc ≥ 1; for γc < 1 a
-non-real β has a smaller ρ(R) (README, S19). In a real network neither premise holds: the experts
+non-real β has a smaller ρ(R) (docs/implementation.md, S19). In a real network neither
+premise holds: the experts
 E_i^(l) change from layer to layer, so the fixed point Ē_α^(l) moves, and NAMEx-Full re-solves α
 at every layer, so c and Ē_α change too. The study measures what the propagation actually used
-(:func:`namex_ref.merging.functional.propagate`) does on such chains.
+(:func:`namex_ref.merging.plan.propagate`) does on such chains.
 
 At MoE layer l (0-based) the metric is err_l = ‖E_m^(l) − Ē_α^(l)‖ / ‖Ē_α^(l)‖ (T2), with α^(l)
 the α in force there: solved at layer 0 and frozen (``resolve="once"``: NAMEx, NAMEx-Mom) or
@@ -71,7 +72,7 @@ from numpy.typing import NDArray
 from torch import Tensor
 
 from namex_ref.merging.config import MergeConfig, MethodName
-from namex_ref.merging.functional import bargain_alpha, propagate
+from namex_ref.merging.plan import bargain_alpha, propagate
 from namex_ref.models.gpt import ModelConfig, MoEGPT, preset
 from namex_ref.nash.gram import domain_vectors
 from namex_ref.spectral import PAPER_PHASES, spectral_radius_from_cubic
@@ -839,7 +840,7 @@ def crosslayer_report(
         f"Score: mean err_l over layers l ≥ {cfg.first_scored_layer} (layers 0, 1 do not depend "
         "on β). ρ̄: mean over the same layers of ρ(R) for H = c_l I (S19). γ = (γc₀)/c₀ with "
         "c₀ = Σα at layer 0. α once = NAMEx-Mom, α interval = NAMEx-Full-Mom (α re-solved "
-        "every Δl = 1 layer; the propagation of `namex_ref.merging.functional.propagate`, ridge "
+        "every Δl = 1 layer; the propagation of `namex_ref.merging.plan.propagate`, ridge "
         "policy, 20 Newton steps). "
         "±φ give bit-identical chains (conjugate symmetry), so each column holds both. "
         "gain = score(φ=0)/score(best φ≠0) at the same |β| and γc₀; bold when > 1. The "

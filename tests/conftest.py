@@ -59,9 +59,9 @@ def newton_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
     ``solve_nash(method="newton")`` / ``solve_newton`` call without an explicit ``backend``
     takes the parametrised one; tests opt in with ``pytest.mark.usefixtures("newton_backend")``
     (only where the eager path's behaviour matters: the default run stays fast)."""
-    from namex_ref.nash import solvers
+    from namex_ref.nash import newton
 
-    defaults = solvers.solve_newton.__kwdefaults__
+    defaults = newton.solve_newton.__kwdefaults__
     assert defaults is not None and "backend" in defaults
     monkeypatch.setitem(defaults, "backend", request.param)
     return str(request.param)

@@ -15,7 +15,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from namex_ref.nash import gram_matrix, nash_bargain, scaled_residual, solve_nash
-from namex_ref.nash.solvers import ORACLE_RESIDUAL_TOL
+from namex_ref.nash.oracles import ORACLE_RESIDUAL_TOL
 
 
 def rule_rtol(n: int, r1, r2) -> float:

@@ -27,7 +27,7 @@ from namex_ref.benchmarks import (
 from namex_ref.benchmarks.common import NOT_MEASURED_GPU
 from namex_ref.cli import main
 from namex_ref.models.gpt import count_parameters, preset
-from namex_ref.nash.solvers import RESIDUAL_TOL
+from namex_ref.nash.newton import RESIDUAL_TOL
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -182,7 +182,8 @@ def test_cli_bench_solvers_quick(tmp_path: Path) -> None:
     check_header(md)
     check_png(tmp_path / "solvers.png")
     assert "## Target" in md
-    (h, rows), (h2, sweep), (h3, latency) = tables(md)
+    (h, rows), (h2, sweep), (h3, latency), (h4, gpu_rows) = tables(md)
+    assert h4[1] == "target" and len(gpu_rows) == 7  # issue 25's target table, every row
     col = {c: i for i, c in enumerate(h)}
     ccp_us = {r[col["N"]]: float(r[col["µs / problem"]]) for r in rows if r[0] == "ccp"}
     assert set(ccp_us) == {"2", "8"}
@@ -336,19 +337,29 @@ def test_cli_bench_memory_quick(tmp_path: Path) -> None:
 
 
 def test_forward_sync_ops_by_method() -> None:
+    """The profiler count (a real CPU run): SMoE's CPU dispatch gathers each expert's tokens
+    with nonzero; the merged methods solve with fixed-iteration Newton and the "ridge" policy,
+    with no host sync (docs/math.md §2 "Solvers")."""
     shape = step.StepShape("tiny", "cpu", 1, 16)
     counts = {}
     for m in ("smoe", "ep-camex", "namex-full", "namex-q"):
         cfg = dataclasses.replace(preset("tiny", m), n_layer=2)
         model = step.MoEGPT(cfg)
         counts[m] = syncs.forward_sync_ops(model, *step._inputs(cfg, shape))
-    # EP-CAMEx has no data-dependent shapes and no solver: nothing in its forward can sync.
     assert counts["ep-camex"] == 0
-    # NAMEx solves its bargains with fixed-iteration Newton and the "ridge" policy: no host
-    # sync either (docs/math.md §2 "Solvers": fixed-iteration mode with no host synchronisation).
     assert counts["namex-full"] == 0 and counts["namex-q"] == 0
-    # SMoE dispatches tokens with nonzero (one per used expert; ≥ top-k experts are used).
     assert counts["smoe"] >= preset("tiny").merge.top_k
+
+
+def test_step_sync_events_by_method() -> None:
+    """The GPU view of a whole step (forward, backward, AdamW): nothing for any method, SMoE
+    included (its dispatch off the host has static shapes). A Python number written into a
+    device tensor would count; the test of the counter itself is tests/test_devicecheck.py."""
+    shape = step.StepShape("tiny", "cpu", 1, 16)
+    for m in ("smoe", "ep-camex", "namex-full", "namex-q"):
+        cfg = dataclasses.replace(preset("tiny", m), n_layer=2)
+        model = step.MoEGPT(cfg)
+        assert syncs.step_sync_events(model, *step._inputs(cfg, shape)) == 0, m
 
 
 def test_sync_sources_table_on_cpu() -> None:

@@ -15,8 +15,9 @@ import torch
 
 from namex_ref.benchmarks.graphs import capture_forward, training_forward
 from namex_ref.benchmarks.syncs import count_sync_ops
+from namex_ref.merging.config import METHODS
 from namex_ref.models.gpt import MoEGPT, preset
-from namex_ref.nash.solvers import RESIDUAL_TOL
+from namex_ref.nash.newton import RESIDUAL_TOL
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -68,20 +69,11 @@ def test_capture_rejects_cpu_tensors() -> None:
 
 @pytest.mark.gpu
 @needs_cuda
-def test_smoe_cannot_be_captured() -> None:
-    model = _model("smoe", "cuda")
-    idx, tgt = _tokens(model, 0, "cuda")
-    with pytest.raises(ValueError, match="nonzero"):
-        capture_forward(model, idx, tgt)
-
-
-@pytest.mark.gpu
-@needs_cuda
-@pytest.mark.parametrize("method", ["namex-full", "namex-full-mom"])
+@pytest.mark.parametrize("method", METHODS)
 def test_cuda_graph_replay_matches_the_eager_forward(method: str) -> None:
-    """NAMEx-Full (a bargain at every layer) and NAMEx-Full-Mom (plus the complex momentum step
-    of the base expert, S17). NAMEx-Q is left out: its quaternion step builds β with
-    torch.tensor at every layer, a host-to-device copy that a capture does not allow."""
+    """Every method's training forward is captured and replays as the eager forward: SMoE (its
+    static-shape dispatch), NAMEx-Full (a bargain at every layer), NAMEx-Full-Mom and NAMEx-Q
+    (the complex and quaternion momentum steps of the base expert, S17–S18), and the rest."""
     model = _model(method, "cuda")
     idx, tgt = _tokens(model, 0, "cuda")
     cap = capture_forward(model, idx, tgt)

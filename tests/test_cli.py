@@ -58,7 +58,7 @@ def test_docstring_names_every_command() -> None:
     assert sub.choices is not None
     commands = set(sub.choices)
     assert commands == {
-        "train", "compare", "bench", "demo", "solve", "momentum-grid", "mtl", "convert",
+        "train", "compare", "methods", "bench", "demo", "solve", "momentum-grid", "mtl", "convert",
         "generate", "eval",
     }
     doc = namex_ref.cli.__doc__ or ""

@@ -23,7 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from namex_ref.merging.config import MergeConfig, MethodName, MethodSpec
-from namex_ref.merging.functional import propagate
+from namex_ref.merging.plan import propagate
 from namex_ref.models.gpt import ModelConfig, MoEGPT, preset
 from namex_ref.nash.solvers import solve_nash
 from namex_ref.spectral import cubic_coefficients, fitted_rate, momentum_matrix

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from namex_ref.cli import main
-from namex_ref.merging.functional import bargain_alpha
+from namex_ref.merging.plan import bargain_alpha
 from namex_ref.nash import (
     BargainInputError,
     DegenerateExpertError,
@@ -34,8 +34,9 @@ from namex_ref.nash import (
     nash_bargain,
     solve_nash,
 )
+from namex_ref.nash.closed_form import solve_closed_form
+from namex_ref.nash.newton import RESIDUAL_TOL, solve_newton
 from namex_ref.nash.problem import infeasibility_certificate
-from namex_ref.nash.solvers import RESIDUAL_TOL, solve_closed_form, solve_newton
 
 # ------------------------------------------------------------------------------------------
 # No NaN from any solver path
@@ -91,14 +92,14 @@ def test_raise_policy_raises_on_unconverged_bargain_naming_layer(
 ) -> None:
     """A feasible bargain that the full solver cannot finish (forced here by max_iter = 1)
     must raise NashConvergenceError naming the MoE layer, not return the unconverged α."""
-    import namex_ref.merging.functional as functional
+    import namex_ref.merging.plan as plan
 
-    real = functional.solve_nash
+    real = plan.solve_nash
 
     def capped(K: torch.Tensor, **kw: object) -> object:
         return real(K, max_iter=1, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(functional, "solve_nash", capped)
+    monkeypatch.setattr(plan, "solve_nash", capped)
     g = torch.Generator().manual_seed(1)
     w = torch.randn(64, generator=g, dtype=torch.float64)
     taus = [torch.stack([w + 0.3 * torch.randn(64, generator=g, dtype=torch.float64)

@@ -22,8 +22,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from namex_ref.hf.training import train
 from namex_ref.merging.config import METHODS
-from namex_ref.train import TrainConfig, read_result, train
+from namex_ref.train import TrainConfig, read_result
 from namex_ref.train.metrics import read_jsonl
 from tests.test_hf import FAMILIES, tiny_model
 
@@ -119,7 +120,8 @@ def test_smoe_balance_coef_adds_the_models_router_loss(
 def test_twenty_steps_of_namex_full_mom_lower_the_loss(
     family: str, folders: dict[str, Path], cache: Path, tmp_path: Path
 ) -> None:
-    """The README's fine-tuning, on each family: mean loss of steps 16-20 below that of steps
+    """The user guide's fine-tuning (docs/guide.md), on each family: mean loss of steps 16-20
+    below that of steps
     1-5 by a clear margin (measured drops ~0.7-1.0 nats; 0.2 is far above step noise)."""
     res = train(_config(folders[family], tmp_path / "run", cache, method="namex-full-mom"))
     losses = _losses(tmp_path / "run")
@@ -141,6 +143,25 @@ def test_twenty_steps_per_method_lower_the_loss(
     train(_config(folders["olmoe"], tmp_path / "run", cache, method=method))
     losses = _losses(tmp_path / "run")
     assert losses[-1] < losses[0] - 0.2, losses
+
+
+def test_bf16_fine_tuning_runs_the_forward_under_autocast(
+    folders: dict[str, Path], cache: Path, tmp_path: Path
+) -> None:
+    """``--precision bf16`` on the Hugging Face path: the losses differ from the fp32 run's
+    (autocast is applied), each by less than one bf16 unit roundoff 2^-8 relative (the bound of
+    tests/test_train_precision.py), and the exported model is float32."""
+    kw: dict[str, object] = dict(method="namex-full-mom", steps=2, log_every=1, eval_every=0,
+                                 ckpt_every=0, final_eval_batches=1)
+    train(_config(folders["olmoe"], tmp_path / "fp32", cache, **kw))
+    train(_config(folders["olmoe"], tmp_path / "bf16", cache, precision="bf16", **kw))
+    a, b = _losses(tmp_path / "fp32"), _losses(tmp_path / "bf16")
+    assert a != b
+    assert all(abs(x - y) <= 2.0**-8 * x for x, y in zip(a, b, strict=True)), (a, b)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "bf16" / "model" / "namex_model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
 
 
 # ---- resume and reload --------------------------------------------------------------------------
@@ -381,7 +402,7 @@ def test_the_namex_variants_differ_from_three_layers_on(cache: Path, tmp_path: P
     makes the first momentum step the plain step (S17, S18) and the α of layer 0 is the only
     one used (S16), so namex, namex-full, namex-mom and namex-full-mom train bit for bit alike.
     With four layers momentum and re-solving act, and the trajectories part (this is why the
-    README's loss table uses four layers)."""
+    the user guide's loss table uses four layers)."""
     finals: dict[tuple[int, str], float] = {}
     for layers in (2, 4):
         src = tmp_path / f"qwen{layers}"

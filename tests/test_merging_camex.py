@@ -24,7 +24,7 @@ import pytest
 import torch
 from torch import Tensor
 
-import namex_ref.merging.functional as functional
+import namex_ref.merging.plan as plan
 from namex_ref.merging import LayerTerms, MergeConfig, MoEFeedForward, propagate
 from namex_ref.merging.config import CAMEX_PAPER
 from namex_ref.merging.layers import KroneckerCurvature
@@ -484,13 +484,13 @@ def test_masks_and_dropout_leave_the_bargain_alone(
     )
     cfg_opts = cfg.with_method("namex-full-mom", segment_len=4, **opts)
     seen: list[list[Tensor]] = []
-    real = functional.bargain_alpha
+    real = plan.bargain_alpha
 
     def spy(taus: Any, **kw: Any) -> Any:
         seen.append([t.detach().clone() for t in taus])
         return real(taus, **kw)
 
-    monkeypatch.setattr(functional, "bargain_alpha", spy)
+    monkeypatch.setattr(plan, "bargain_alpha", spy)
     torch.manual_seed(0)
     model = MoEGPT(cfg_opts).double().train()
     plain = MoEGPT(cfg.with_method("namex-full-mom", segment_len=4)).double().train()

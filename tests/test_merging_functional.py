@@ -16,13 +16,8 @@ import torch
 from torch import Tensor
 
 from namex_ref.merging.config import MergeConfig
-from namex_ref.merging.functional import (
-    bargain_alpha,
-    cosine_matrix,
-    kronecker_apply,
-    merge_weights,
-    propagate,
-)
+from namex_ref.merging.operators import kronecker_apply, merge_weights
+from namex_ref.merging.plan import bargain_alpha, cosine_matrix, propagate
 from namex_ref.nash import BargainInputError, InfeasibleBargainError
 from tests.oracles import fallback_alpha, positive_root
 
@@ -215,8 +210,10 @@ def test_namex_propagation_of_float32_experts_matches_float64_recurrence() -> No
         got = plan.terms[layer].base
         assert got is not None and got[0].dtype == torch.float32
         torch.testing.assert_close(got[0].double(), b, rtol=1e-5, atol=1e-5)
+        # base_norms reduces float32 matrices with a float32 accumulator (merging/plan.py _norm:
+        # relative error ≲ log2(P)·2⁻²⁴ ≈ 1e-6); was 1e-12 when every matrix was copied to float64
         assert float(plan.base_norms[layer]) == pytest.approx(float(got[0].double().norm()),
-                                                              rel=1e-12)
+                                                              rel=1e-5)
         tau = experts[layer][0].double() - b
         b = b + torch.einsum("i,i...->...", alpha, tau)
 

@@ -25,8 +25,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from namex_ref.merging import functional
-from namex_ref.merging.functional import ZERO_EXPERT_RTOL, bargain_alpha
+from namex_ref.merging import plan
+from namex_ref.merging.plan import ZERO_EXPERT_RTOL, bargain_alpha
 from tests.oracles import fallback_alpha, positive_root
 
 
@@ -35,7 +35,7 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     """Every test here runs twice: through the default backend (the fused CPU kernel of
     nash/fused.py) and through the eager torch path that CUDA tensors take, each against the
     same independent oracles."""
-    defaults = functional.bargain_alpha.__kwdefaults__
+    defaults = plan.bargain_alpha.__kwdefaults__
     assert defaults is not None and "backend" in defaults
     monkeypatch.setitem(defaults, "backend", request.param)
     return str(request.param)

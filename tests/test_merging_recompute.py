@@ -32,7 +32,7 @@ from torch import Tensor
 
 from namex_ref.benchmarks.memory import saved_tensor_bytes
 from namex_ref.merging.config import CAMEX_PAPER, MergeConfig
-from namex_ref.merging.functional import kronecker_apply, merged_linear
+from namex_ref.merging.operators import kronecker_apply, merged_linear
 from namex_ref.models.gpt import MoEGPT, preset
 
 
@@ -436,7 +436,7 @@ def test_kronecker_recompute_flag_selects_what_is_saved() -> None:
 def test_eager_backend_never_calls_the_fused_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     """bargain_alpha(backend="eager") is the torch path CUDA tensors take and the fused
     kernel's oracle: it must not dispatch to the kernel on CPU either."""
-    from namex_ref.merging.functional import bargain_alpha
+    from namex_ref.merging.plan import bargain_alpha
     from namex_ref.nash import fused
 
     def boom(*args: object, **kwargs: object) -> None:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from namex_ref.merging import METHOD_TABLE, METHODS, AlphaSolve, MergeConfig, propagate
-from namex_ref.merging.functional import MergePlan
+from namex_ref.merging.plan import MergePlan
 from namex_ref.models import PRESETS, ModelConfig, MoEGPT, count_parameters, preset
 from namex_ref.nash import DegenerateExpertError, InfeasibleBargainError
 
@@ -396,7 +396,9 @@ def test_stats_match_plan() -> None:
         plain = model(idx)
     alphas, norms = _stats_by_hand(model)
     np.testing.assert_allclose(out.stats.alphas.numpy(), alphas, rtol=1e-9, atol=0)
-    np.testing.assert_allclose(out.stats.base_norms.numpy(), norms, rtol=1e-9, atol=0)
+    # float32 base matrices, norm accumulated in float32 (merging/plan.py _norm: ≲ 1e-6 relative;
+    # 1e-9 before the float64 copy was removed): 1e-5
+    np.testing.assert_allclose(out.stats.base_norms.numpy(), norms, rtol=1e-5, atol=0)
     assert float(out.stats.residuals.max()) <= 1e-10 and not bool(out.stats.fallbacks.any())
     assert bool(torch.isnan(plain.stats.cosine).all())
     # cosine of layer 0 by hand: mean off-diagonal cos(τ_i, τ_j) over all matrices

@@ -11,12 +11,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from namex_ref.merging.camex import gated_scores
 from namex_ref.merging.config import MergeConfig
-from namex_ref.merging.functional import (
-    _recomputable_taus,
-    gated_scores,
+from namex_ref.merging.operators import (
     kronecker_apply,
     merged_linear,
+)
+from namex_ref.merging.operators import (
+    recomputable_taus as _recomputable_taus,
 )
 
 

@@ -26,8 +26,9 @@ import pytest
 import torch
 
 from namex_ref.nash import solve_nash
+from namex_ref.nash.closed_form import solve_closed_form
+from namex_ref.nash.newton import solve_newton
 from namex_ref.nash.problem import infeasibility_certificate, residual_floor
-from namex_ref.nash.solvers import solve_closed_form, solve_newton
 from tests.oracles import positive_root
 
 # Every test runs through both Newton backends (tests/conftest.py): the fused CPU default and

@@ -23,15 +23,15 @@ import numpy as np
 import pytest
 import torch
 
-from namex_ref.nash import solve_nash, solvers
-from namex_ref.nash.result import InfeasibleBargainError
-from namex_ref.nash.solvers import (
+from namex_ref.nash import oracles, solve_nash
+from namex_ref.nash.oracles import (
     CCP_RESIDUAL_STOP,
     ORACLE_RESIDUAL_TOL,
     solve_ccp,
     solve_cvxpy,
     solve_primal,
 )
+from namex_ref.nash.result import InfeasibleBargainError
 from tests.oracles import positive_root
 
 
@@ -127,7 +127,7 @@ def test_loop_batch_bookkeeping() -> None:
         k = len(seen) - 1
         return (ref32 if k % 2 == 0 else 2 * ref32), nits[k], names[k]
 
-    sol = solvers._loop(K32, one, "stub")
+    sol = oracles._loop(K32, one, "stub")
     assert seen == [(torch.float64, (i, j)) for i in range(2) for j in range(3)]
     assert sol.alpha.shape == (2, 3, 4) and sol.alpha.dtype == torch.float64
     assert sol.status == "s0/s1/s2/s3/s4/s5"
@@ -136,7 +136,7 @@ def test_loop_batch_bookkeeping() -> None:
     assert sol.method == "stub"
     assert rel_err(ref32, ref.numpy()) < 1e-5  # the float32 rounding of K barely moves α
 
-    zero = solvers._loop(K1, lambda Kb, idx: (ref, 0, "x"), "stub")
+    zero = oracles._loop(K1, lambda Kb, idx: (ref, 0, "x"), "stub")
     assert zero.iterations == 0 and zero.status == "x" and zero.alpha.shape == (4,)
 
 
@@ -158,7 +158,7 @@ def test_non_optimal_status_on_feasible_problem_raises(
 ) -> None:
     """A status other than optimal/optimal_inaccurate on a feasible bargain is a RuntimeError
     naming the method and the status (not a crash on a missing point)."""
-    monkeypatch.setattr(solvers, "_solve_clarabel", fake_status("solver_error"))
+    monkeypatch.setattr(oracles, "_solve_clarabel", fake_status("solver_error"))
     name = "cvxpy" if solve is solve_cvxpy else "primal"
     with pytest.raises(RuntimeError, match=rf"^{name}: solver returned status 'solver_error'"):
         solve(gram(feasible_G(4)))
@@ -176,7 +176,7 @@ def test_non_optimal_status_on_infeasible_problem_gives_certificate(
     bad[:, 1] = -0.5 * bad[:, 0]
     Ks = gram(G).expand(2, 3, 3, 3).clone()
     Ks[1, 2] = gram(bad)
-    real = solvers._solve_clarabel
+    real = oracles._solve_clarabel
     calls: list[int] = []
 
     def fake(prob: Any) -> None:  # Clarabel on the 5 feasible problems, "infeasible" on the last
@@ -186,7 +186,7 @@ def test_non_optimal_status_on_infeasible_problem_gives_certificate(
         else:
             real(prob)
 
-    monkeypatch.setattr(solvers, "_solve_clarabel", fake)
+    monkeypatch.setattr(oracles, "_solve_clarabel", fake)
     with pytest.raises(InfeasibleBargainError, match=r"\(problem \(1, 2\)\)") as info:
         solve(Ks)
     err = info.value
@@ -202,13 +202,13 @@ def test_unreported_iteration_count_is_zero(
     solve: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A solver that does not report its iteration count contributes 0 (not an invented 1)."""
-    real = solvers._solve_clarabel
+    real = oracles._solve_clarabel
 
     def no_stats(prob: Any) -> None:
         real(prob)
         prob._solver_stats = dataclasses.replace(prob._solver_stats, num_iters=None)
 
-    monkeypatch.setattr(solvers, "_solve_clarabel", no_stats)
+    monkeypatch.setattr(oracles, "_solve_clarabel", no_stats)
     K = gram(feasible_G(6))
     sol = solve(K)
     assert sol.iterations == 0
@@ -222,7 +222,7 @@ def test_non_positive_solver_point_keeps_alpha_positive(
     """NashSolution.alpha is finite and > 0 everywhere: if the conic solver reports "optimal"
     with a zero coordinate (α̂_1 = 0 for cvxpy, ΔE = 0 so u = 0 for primal), α stays finite
     and positive and the problem is not converged."""
-    real = solvers._solve_clarabel
+    real = oracles._solve_clarabel
 
     def zero_point(prob: Any) -> None:
         real(prob)
@@ -231,7 +231,7 @@ def test_non_positive_solver_point_keeps_alpha_positive(
         value[0] = 0.0
         var.save_value(value)
 
-    monkeypatch.setattr(solvers, "_solve_clarabel", zero_point)
+    monkeypatch.setattr(oracles, "_solve_clarabel", zero_point)
     sol = solve(gram(feasible_G(7)))
     assert bool(torch.isfinite(sol.alpha).all()) and bool((sol.alpha > 0).all()), sol.alpha
     assert not bool(sol.converged)
@@ -260,8 +260,8 @@ def ccp_spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], Spy]]:
     def install(n: int) -> Spy:
         # rebuild the (lru-cached) sub-problem inside this test, so that a line-coverage based
         # test selection (tools/mutation.py) credits these tests with _ccp_problem's lines
-        solvers._ccp_problem.cache_clear()
-        prob, alpha, *_ = solvers._ccp_problem(n)
+        oracles._ccp_problem.cache_clear()
+        prob, alpha, *_ = oracles._ccp_problem(n)
         spy = Spy(alpha)
         real = prob.solve
 
@@ -466,6 +466,7 @@ def test_ccp_continues_from_the_absolute_value(ccp_spy: Callable[[int], Spy]) ->
     assert float(sol.history[0]) == pytest.approx(expected, rel=1e-12, abs=0)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("batched", [False, True], ids=["single", "batch"])
 @pytest.mark.parametrize("solve", [solve_cvxpy, solve_primal, solve_ccp],

@@ -31,15 +31,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from namex_ref.nash import nash_bargain, scaled_residual, solve_nash
-from namex_ref.nash.problem import residual_floor
-from namex_ref.nash.solvers import (
-    ORACLE_RESIDUAL_TOL,
-    RESIDUAL_TOL,
-    ROUNDING_CAP,
-    ROUNDING_FACTOR,
-    solve_ccp,
-    solve_primal,
-)
+from namex_ref.nash.newton import RESIDUAL_TOL
+from namex_ref.nash.oracles import ORACLE_RESIDUAL_TOL, solve_ccp, solve_primal
+from namex_ref.nash.problem import ROUNDING_CAP, ROUNDING_FACTOR, residual_floor
 from tests.nash_strategies import (
     cone_G,
     cone_problems,

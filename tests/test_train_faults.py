@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -41,9 +42,10 @@ from namex_ref.train import (
 )
 from namex_ref.train.data import load_token_data
 from namex_ref.train.metrics import read_jsonl
+from tests import train_runs
 from tests.faults import die_at, nan_loss_at
+from tests.train_runs import QUICK_CHARS
 
-QUICK_CHARS = 300_000
 STEPS = 8
 
 
@@ -54,23 +56,8 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def quick(cache: Path, out: Path, **kw: Any) -> TrainConfig:
-    base: dict[str, Any] = dict(
-        preset="tiny", method="namex-full-mom", steps=STEPS, batch_size=2, warmup=2,
-        log_every=1, eval_every=4, eval_batches=1, final_eval_batches=2, ckpt_every=2,
-        device="cpu", progress=False, threads=1, corpus_chars=QUICK_CHARS,
-        cache_dir=str(cache), out=str(out),
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+quick = functools.partial(train_runs.quick, steps=STEPS, ckpt_every=2)
+"""The reference run's configuration (tests/train_runs.py, a checkpoint every 2 steps)."""
 
 
 @pytest.fixture(scope="module")

@@ -25,33 +25,12 @@ from namex_ref.train import (
 )
 from namex_ref.train.metrics import EVAL_FIELDS, LOG_FIELDS, read_jsonl
 from tests.faults import die_at, nan_loss_at
-
-# A slice of the built-in corpus: the tokenizer trains in well under a second.
-QUICK_CHARS = 300_000
+from tests.train_runs import QUICK_CHARS, quick
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("namex-cache")
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    """One torch thread: deterministic and fast for these tiny shapes on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def quick(cache: Path, out: Path, **kw: Any) -> TrainConfig:
-    base: dict[str, Any] = dict(
-        preset="tiny", method="namex-full-mom", steps=8, batch_size=2, warmup=2, log_every=1,
-        eval_every=4, eval_batches=1, final_eval_batches=2, ckpt_every=4, device="cpu",
-        progress=False, threads=1, corpus_chars=QUICK_CHARS, cache_dir=str(cache), out=str(out),
-    )
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 def test_loss_decreases_on_a_short_tiny_run(cache: Path, tmp_path: Path) -> None:
@@ -272,7 +251,7 @@ def test_wikitext_source(cache: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow  # the full default tiny run: about a minute on 2 CPU cores
 def test_default_tiny_run_beats_the_unigram_model(tmp_path: Path) -> None:
-    """The README's unit of work: default TrainConfig (tiny preset, whole built-in corpus).
+    """The quick start's unit of work: default TrainConfig (tiny preset, whole built-in corpus).
     Measured: valid ppl ≈ 180 against a unigram perplexity of ≈ 509 (namex-full-mom, seed 0)."""
     res = train(TrainConfig(out=str(tmp_path / "run"), device="cpu", progress=False, threads=1,
                             cache_dir=str(tmp_path / "cache")))
@@ -295,3 +274,27 @@ def test_corrupt_files(cache: Path, tmp_path: Path) -> None:
     path.write_bytes(b"garbage")
     again = load_token_data(cfg)
     assert torch.equal(again.train, good.train) and path.stat().st_size > 1000
+
+
+def test_the_gpt_builder_refuses_a_hugging_face_run() -> None:
+    """train/ does not know Hugging Face models: a hf_model run handed the default builder is
+    refused with the way to run it (the Hugging Face package's builder)."""
+    from namex_ref.train.builder import build_gpt
+
+    with pytest.raises(ValueError, match=r"--hf-model.*namex_ref\.hf\.training\.train"):
+        build_gpt(TrainConfig(hf_model="some/folder"))
+
+
+def test_the_training_package_never_imports_the_hugging_face_one() -> None:
+    """The floors run one way (train -> hf, never back): no module of namex_ref/train imports
+    namex_ref.hf, at module level or inside a function."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "namex_ref" / "train"
+    offenders = []
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.name}: {n}" for n in names if n.startswith("namex_ref.hf")]
+    assert not offenders

@@ -78,8 +78,19 @@ _NASH_TESTS = (
     "tests/test_edges*.py",
     "tests/test_mutants_nash*.py",
 )
+_MERGING_TESTS = (
+    "tests/test_math_doc.py",
+    "tests/test_merging*.py",
+    "tests/test_nash_fused.py",
+    "tests/test_edges*.py",
+    "tests/test_mutants_merging*.py",
+    "tests/test_mutants_functional*.py",
+)
 MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "nash/problem": ("namex_ref/nash/problem.py", _NASH_TESTS),
+    "nash/newton": ("namex_ref/nash/newton.py", _NASH_TESTS),
+    "nash/closed_form": ("namex_ref/nash/closed_form.py", _NASH_TESTS),
+    "nash/oracles": ("namex_ref/nash/oracles.py", _NASH_TESTS),
     "nash/solvers": ("namex_ref/nash/solvers.py", _NASH_TESTS),
     "nash/bargain": ("namex_ref/nash/bargain.py", _NASH_TESTS),
     "nash/gram": ("namex_ref/nash/gram.py", _NASH_TESTS),
@@ -99,17 +110,10 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
         "namex_ref/spectral.py",
         ("tests/test_spectral*.py", "tests/test_mutants_spectral*.py"),
     ),
-    "merging/functional": (
-        "namex_ref/merging/functional.py",
-        (
-            "tests/test_math_doc.py",
-            "tests/test_merging*.py",
-            "tests/test_nash_fused.py",
-            "tests/test_edges*.py",
-            "tests/test_mutants_merging*.py",
-            "tests/test_mutants_functional*.py",
-        ),
-    ),
+    # the pure merging mathematics (formerly merging/functional.py, now a re-export of these)
+    "merging/operators": ("namex_ref/merging/operators.py", _MERGING_TESTS),
+    "merging/plan": ("namex_ref/merging/plan.py", _MERGING_TESTS),
+    "merging/camex": ("namex_ref/merging/camex.py", _MERGING_TESTS),
     # the layer modules: their unit tests (test_merging*.py) and the model tests that run the
     # layers inside a GPT (test_models.py: every method's forward/backward)
     "merging/layers": (
@@ -151,6 +155,11 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "hf/training": (
         "namex_ref/hf/training.py",
         ("tests/test_hf*.py", "tests/test_mutants_hf*.py"),
+    ),
+    # Nash-MTL: its own tests (the CCP route's cvxpy solves make them the slowest per mutant)
+    "mtl/nash_mtl": (
+        "namex_ref/mtl/nash_mtl.py",
+        ("tests/test_mtl*.py", "tests/test_mutants_mtl*.py"),
     ),
 }
 

@@ -80,8 +80,6 @@ LEGACY_UNDOCUMENTED_CONSTANTS = frozenset(
         "namex_ref.nash.problem.ROUNDING_CAP",
         "namex_ref.nash.solvers.SOLVERS",
         "namex_ref.nash.solvers.SolverName",
-        "namex_ref.train.loop.METRICS_NAME",
-        "namex_ref.train.loop.RESULT_NAME",
         "namex_ref.train.metrics.EVAL_FIELDS",
         "namex_ref.train.metrics.LOG_FIELDS",
     }

@@ -28,10 +28,10 @@ from namex_ref.benchmarks.common import (
     save_figure,
     write_text_atomic,
 )
-from namex_ref.merging.functional import bargain_alpha
+from namex_ref.merging.plan import bargain_alpha
 from namex_ref.models.gpt import PRESETS
 from namex_ref.nash.gram import gram_matrix
-from namex_ref.nash.solvers import solve_newton
+from namex_ref.nash.newton import solve_newton
 from namex_ref.tables import format_table
 
 __all__ = ["GPU_TARGET", "GramRow", "bench_gram", "gram_report", "run"]

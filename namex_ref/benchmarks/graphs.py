@@ -1,5 +1,5 @@
 """CUDA-graph capture of the real training forward: ``MoEGPT.forward`` on a batch, i.e. the merge
-plan (``merging.functional.propagate``: domain vectors, ``bargain_alpha`` with fixed-iteration
+plan (``merging.plan.propagate``: domain vectors, ``bargain_alpha`` with fixed-iteration
 Newton — S4–S5, no host synchronisation — and the momentum step of the base expert, S16–S18),
 every merged MoE layer (S14), attention and the loss.
 
@@ -8,11 +8,10 @@ operator synchronises with the host, so a successful capture is the proof that t
 loop's forward is sync-free on CUDA. Parameters are read in place, so after an optimizer step
 (which updates them in place) a replay runs the new bargains. The capture runs under
 ``torch.no_grad()`` (forward only: evaluation, or the forward half of a step whose backward is
-run by ``torch.cuda.make_graphed_callables``). SMoE's token dispatch uses ``nonzero`` (a host
-synchronisation) and cannot be captured. NAMEx-Q is expected not to be capturable as it
-stands either: ``momentum.quaternion_momentum_step`` builds β with ``torch.tensor`` on the
-device at every layer, a synchronous host-to-device copy (not verified on a GPU: none was lent
-to this work; the other merged methods use Python scalars there).
+run by ``torch.cuda.make_graphed_callables``). Every method can be captured: SMoE's dispatch
+off the host has static shapes (``merging.layers.top_k_dense``), NAMEx-Q's constant β enters the
+Hamilton product as four Python floats, and the segment lengths are made by fills, not by an
+indexed write. ``namex_ref.devicecheck`` checks the same conditions on a CPU-only machine.
 
 The CPU parts (:func:`training_forward`, the argument checks) are tested on any machine; the
 capture itself needs a CUDA device (``tests/test_bench_cuda_graph.py`` skips without one).
@@ -62,19 +61,14 @@ def _check_cuda(model: MoEGPT, idx: Tensor, targets: Tensor) -> None:
         raise ValueError("capture_forward needs CUDA tensors (idx and targets)")
     if not all(p.is_cuda for p in model.parameters()):
         raise ValueError("capture_forward needs the model on CUDA (model.to('cuda'))")
-    if model.config.merge.method == "smoe":
-        raise ValueError(
-            "SMoE dispatches tokens with nonzero (a host synchronisation) and cannot be captured "
-            "in a CUDA graph; capture a merged method (smear, camex, ep-camex, namex, ...)."
-        )
 
 
 def capture_forward(model: MoEGPT, idx: Tensor, targets: Tensor,
                     warmup: int = 3) -> CapturedForward:
     """Capture :func:`training_forward` of ``model`` on CUDA tensors into a CUDA graph, after
     ``warmup`` eager runs on a side stream (as torch.cuda.graphs requires: lazy initialisation
-    and allocator warm-up stay out of the graph). Raises ``ValueError`` for CPU inputs or SMoE;
-    a host-synchronising operator makes the capture itself fail."""
+    and allocator warm-up stay out of the graph). Raises ``ValueError`` for CPU inputs; a
+    host-synchronising operator or a host-to-device copy makes the capture itself fail."""
     _check_cuda(model, idx, targets)
     s_idx = idx.clone()
     s_tgt = targets.clone()

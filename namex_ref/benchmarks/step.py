@@ -42,12 +42,12 @@ from namex_ref.benchmarks.common import (
     write_text_atomic,
 )
 from namex_ref.benchmarks.memory import cuda_peak_mib, rss_growth_mib, saved_tensor_bytes
-from namex_ref.benchmarks.syncs import forward_sync_ops, sync_sources
+from namex_ref.benchmarks.syncs import step_sync_events, sync_sources
 from namex_ref.merging.config import METHODS
-from namex_ref.merging.functional import bargain_alpha
+from namex_ref.merging.plan import bargain_alpha
 from namex_ref.models.gpt import ModelConfig, MoEGPT, preset
 from namex_ref.nash.gram import domain_vectors, gram_matrix
-from namex_ref.nash.solvers import solve_newton
+from namex_ref.nash.newton import solve_newton
 from namex_ref.tables import format_table
 
 __all__ = [
@@ -90,7 +90,8 @@ CUDA_SHAPES = (StepShape("tiny", "cuda", 16, 128), StepShape("small", "cuda", 8,
 class StepRow:
     """One (preset, device, method): median step seconds, ratios against the references timed
     in the same group, and memory (MiB; ``peak`` is CUDA max allocated or CPU RSS growth).
-    ``sync_ops``: host-synchronising operators in one forward."""
+    ``sync_ops``: GPU waits in one whole step (:func:`~namex_ref.benchmarks.syncs.
+    step_sync_events`)."""
 
     preset: str
     device: str
@@ -152,7 +153,7 @@ def bench_step(
     method in a group with the two references (SMoE, EP-CAMEx) so that at most three models are
     resident, and ratios come from the method's own group. The references are always run.
     ``rss``: CPU peak-RSS probe per method (a subprocess each); ``sync_counts``: profile one
-    forward per method for host-sync operators."""
+    training step per method under the device tracker (GPU waits)."""
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}; choose from {METHODS}")
@@ -189,7 +190,7 @@ def bench_step(
                     idx, tgt = _inputs(model.config, shape, seed=1)
                     saved = saved_tensor_bytes(model, idx, tgt) / 2**20
                     peak = cuda_peak_mib(step, dev) if dev.type == "cuda" else None
-                    syncs = forward_sync_ops(model, idx, tgt) if sync_counts else None
+                    syncs = step_sync_events(model, idx, tgt) if sync_counts else None
                     mem[m] = (n_par, 16 * n_par / 2**20, saved, peak, syncs)
                     del model, step
             del built
@@ -352,7 +353,7 @@ def step_report(out: str | Path, rows: Sequence[StepRow], shapes: Sequence[StepS
                      "—", "—", "—", "—", "—"])
     table = format_table(
         ["preset", "device", "B×T", "method", "params", "step (median)", "× SMoE",
-         "× EP-CAMEx", "state MiB", "saved MiB", "peak MiB", "sync ops (fwd)"], body)
+         "× EP-CAMEx", "state MiB", "saved MiB", "peak MiB", "GPU waits (step)"], body)
     shapes_txt = "; ".join(f"{s.preset} on {s.device}: batch {s.batch} × {s.seq} tokens"
                            for s in shapes)
     notes = [
@@ -375,9 +376,10 @@ def step_report(out: str | Path, rows: Sequence[StepRow], shapes: Sequence[StepS
         "excluded, exact); `peak` = CPU: growth of the peak RSS of a fresh process over two "
         "steps (VmHWM after − VmRSS before, peak reset via /proc/self/clear_refs; includes "
         "AdamW state allocation and allocator caching), CUDA: "
-        "max_memory_allocated over one step. `sync ops`: aten::_local_scalar_dense + "
-        "aten::nonzero in one forward (the operators that make the host wait on CUDA; see the "
-        "sync-source table for where they come from).",
+        "max_memory_allocated over one step. `GPU waits`: host syncs, host-to-device copies "
+        "and host tensors mixed into device operations in one whole step (forward, backward, "
+        "AdamW), as namex_ref.devicecheck's tracker sees them on any device (0 = capturable "
+        "and sync-free; see the sync-source table for the solver's pieces).",
         *(["**Quick mode** (tests/smoke): reduced run — not for quoting."] if quick else []),
     ]
     sections = [("Targets", "\n".join(_target_lines(rows)) or "references not in this run"),

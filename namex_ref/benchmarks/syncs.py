@@ -13,11 +13,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from namex_ref.merging.functional import bargain_alpha
+from namex_ref.merging.plan import bargain_alpha
 from namex_ref.models.gpt import MoEGPT
-from namex_ref.nash.solvers import solve_newton
+from namex_ref.nash.newton import solve_newton
 
-__all__ = ["SYNC_OPS", "count_sync_ops", "forward_sync_ops", "sync_sources"]
+__all__ = ["SYNC_OPS", "count_sync_ops", "forward_sync_ops", "step_sync_events", "sync_sources"]
 
 #: Operators that make the host wait for a CUDA device: reading a scalar (``.item()``,
 #: ``bool(t)``, ``if t:`` all end in ``_local_scalar_dense``) and data-dependent shapes.
@@ -41,6 +41,27 @@ def count_sync_ops(fn: Callable[[], object]) -> dict[str, int]:
 def forward_sync_ops(model: MoEGPT, idx: Tensor, tgt: Tensor) -> int:
     """Host-sync operators (:data:`SYNC_OPS`) in one forward of ``model`` on (idx, tgt)."""
     return sum(count_sync_ops(lambda: model(idx, tgt)).values())
+
+
+def step_sync_events(model: MoEGPT, idx: Tensor, tgt: Tensor) -> int:
+    """What one training step (forward, backward, AdamW step) of a copy of ``model`` would
+    make a GPU wait for or copy: device-to-host syncs plus host-to-device copies plus host
+    tensors mixed into device operations, as seen by :class:`~namex_ref.devicecheck.
+    DeviceTracker` on any machine (the profiler count of :func:`forward_sync_ops` sees neither
+    the copies nor the backward and optimizer)."""
+    import copy
+
+    from namex_ref.devicecheck import DeviceTracker
+
+    twin = copy.deepcopy(model)
+    opt = torch.optim.AdamW(twin.parameters(), lr=1e-4)
+    with DeviceTracker() as tracker:
+        out = twin(idx, tgt)
+        assert out.loss is not None
+        out.loss.backward()
+        opt.step()
+    c = tracker.counts()
+    return c["sync"] + c["h2d"] + c["setitem"] + c["mix"]
 
 
 def sync_sources(device: torch.device, n: int = 4) -> list[list[str]]:

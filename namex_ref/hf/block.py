@@ -411,8 +411,9 @@ class HFMergedMoE(nn.Module):
                     "modified in place between forward and backward; call backward first, or "
                     "use merge_memory='keep-deltas'"
                 )
-            tau = self.experts_list()[m] - base
-            out: Tensor = tau if curv is None else curv(tau)
+            with torch.autocast(base.device.type, enabled=False):  # as _merge_plan formed it
+                tau = self.experts_list()[m] - base
+                out: Tensor = tau if curv is None else curv(tau)
             return out
 
         return redo

@@ -41,9 +41,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from namex_ref.hf.convert import load
+    from namex_ref.hf.convert import is_converted_folder, load
     from namex_ref.hf.training import generate_text
 
+    run_model = Path(args.model) / "model"  # OUT/model of namex train --hf-model
+    if not is_converted_folder(args.model) and is_converted_folder(run_model):
+        raise ValueError(
+            f"{str(args.model)!r} is a training run folder; its model is in {str(run_model)!r}: "
+            f"namex generate {run_model} --prompt ..."
+        )
     model = load(args.model)
     print(generate_text(model, args.model, args.prompt, max_new_tokens=args.max_new_tokens,
                         use_cache=args.cache))

@@ -34,7 +34,7 @@ from namex_ref.hf.families import FAMILIES, family_of, find_blocks
 from namex_ref.merging.config import MergeConfig
 from namex_ref.merging.functional import MergePlan, propagate
 
-__all__ = ["convert", "converted_blocks", "load", "save"]
+__all__ = ["convert", "converted_blocks", "is_converted_folder", "load", "save"]
 
 _META_FILE = "namex_hf.json"  # the first save format (before from_pretrained), still read
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -55,14 +55,18 @@ def converted_blocks(model: nn.Module) -> list[HFMergedMoE]:
 
 
 def _merge_plan(model: nn.Module) -> MergePlan:
+    """The merge plan in the parameters' precision, outside autocast (as
+    :meth:`namex_ref.models.gpt.MoEGPT.merge_plan`)."""
     blocks = converted_blocks(model)
     config = blocks[0].config
-    return propagate(
-        [b.experts_list() for b in blocks],
-        [b.base() for b in blocks],
-        config,
-        curvature=[b.curve for b in blocks],
-    )
+    experts = [b.experts_list() for b in blocks]
+    with torch.autocast(experts[0][0].device.type, enabled=False):
+        return propagate(
+            experts,
+            [b.base() for b in blocks],
+            config,
+            curvature=[b.curve for b in blocks],
+        )
 
 
 
@@ -197,6 +201,19 @@ def save(model: Any, directory: str | Path, *, tokenizer_from: str | Path | None
             if (Path(tokenizer_from) / name).is_file():
                 shutil.copy2(Path(tokenizer_from) / name, out / name)
     return out
+
+
+def is_converted_folder(directory: str | Path) -> bool:
+    """True when ``directory`` holds a model written by :func:`save`: its ``config.json`` has a
+    ``model_type`` "namex_<family>", or it is a folder of the first format (``namex_hf.json``)."""
+    src = Path(directory)
+    if (src / _META_FILE).is_file():
+        return True
+    try:
+        kind = json.loads((src / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(kind, str) and kind.startswith("namex_")
 
 
 def load(directory: str | Path) -> nn.Module:

@@ -1,5 +1,6 @@
-"""Hugging Face MoE models in the ``namex train`` loop (:func:`namex_ref.train.train` with
-``TrainConfig(hf_model=DIR)``; CLI ``namex train --hf-model DIR``).
+"""Hugging Face MoE models in the ``namex train`` loop: :func:`train` (or
+:func:`namex_ref.train.train` with ``builder=HF_BUILDER``) of a ``TrainConfig(hf_model=DIR)``;
+CLI ``namex train --hf-model DIR``.
 
 :func:`build_model` reads the local model folder (no download), converts it with
 :func:`namex_ref.hf.convert` and wraps it in :class:`HFCausalLM`, which speaks the loop's model
@@ -8,7 +9,8 @@ interface: ``forward(idx, targets, collect_stats=...)`` returns a
 :class:`~namex_ref.models.gpt.ModelConfig` describing the converted model. So the fine-tuning of a
 Hugging Face model has the loop's metrics, plots, checksummed checkpoints, exact resume and DDP,
 with no second training loop. :func:`export` writes the fine-tuned model (:func:`namex_ref.hf.save`)
-and its tokenizer for :func:`namex_ref.hf.load`.
+and its tokenizer for :func:`namex_ref.hf.load`. :data:`HF_BUILDER` hands both to the loop (a
+:class:`~namex_ref.train.builder.ModelBuilder`; the training package never imports this one).
 
 Objective: mean next-token cross-entropy over the window (the same as the GPT's; the targets are
 the window shifted by one token), plus, for "smoe", the model's own load-balancing loss weighted
@@ -29,21 +31,24 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from namex_ref.hf.convert import converted_blocks, save
+from namex_ref.hf.convert import converted_blocks, is_converted_folder, save
 from namex_ref.hf.extra import require_transformers
 from namex_ref.merging.functional import MergePlan, cosine_matrix
 from namex_ref.models.gpt import LayerStats, ModelConfig, ModelOutput
-from namex_ref.nash.gram import domain_vectors
+from namex_ref.nash.gram import domain_vectors, off_diagonal_mean
+from namex_ref.train.builder import GPT_BUILDER, ModelBuilder
 from namex_ref.train.config import TrainConfig, flag_name
+from namex_ref.train.loop import train as train_loop
+from namex_ref.train.run import TrainResult
 
-__all__ = ["DEFAULT_SEGMENT_LEN", "DEFAULT_SEQ_LEN", "MODEL_DIR", "HFCausalLM", "build_model",
-           "export", "generate_text", "read_model_config"]
+__all__ = ["DEFAULT_SEGMENT_LEN", "DEFAULT_SEQ_LEN", "HF_BUILDER", "MODEL_DIR", "HFCausalLM",
+           "build_model", "export", "generate_text", "read_model_config", "train"]
 
 MODEL_DIR = "model"
 """Sub-folder of a run folder where a ``hf_model`` run writes its converted, fine-tuned model."""
@@ -61,9 +66,17 @@ def read_model_config(folder: str | os.PathLike[str]) -> Any:
 
     Raises:
         FileNotFoundError: the folder has no ``config.json`` (names ``--hf-model``).
+        ValueError: the folder was written by :func:`namex_ref.hf.save` (already converted).
         MissingExtraError: transformers is not installed.
     """
     src = Path(folder)
+    if is_converted_folder(src):
+        raise ValueError(
+            f"--hf-model: {str(src)!r} holds a model already converted by namex (namex_hf.json or "
+            f"a namex_* model_type); "
+            f"pass the original save_pretrained folder it came from (a converted model is "
+            f"reloaded with namex generate or namex_ref.hf.load)"
+        )
     if not (src / "config.json").is_file():
         raise FileNotFoundError(
             f"--hf-model: {str(src / 'config.json')!r} not found; pass a folder written by "
@@ -152,13 +165,12 @@ class HFCausalLM(nn.Module):
             fallbacks = torch.zeros(L, dtype=torch.bool, device=device)
         cos = torch.full((L,), math.nan, dtype=torch.float64, device=device)
         if collect:
-            off = ~torch.eye(N, dtype=torch.bool, device=device)
             with torch.no_grad():
                 for l, blk in enumerate(blocks):
                     base = None if plan is None else plan.terms[l].base
                     mats = (blk.experts_list() if base is None
                             else domain_vectors(blk.experts_list(), base))
-                    cos[l] = cosine_matrix(mats)[off].mean()
+                    cos[l] = off_diagonal_mean(cosine_matrix(mats))
         return LayerStats(alphas, residuals, fallbacks, base_norms, cos)
 
 
@@ -243,6 +255,29 @@ def export(model: HFCausalLM, config: TrainConfig, directory: str | os.PathLike[
     os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def _export_run(model: nn.Module, config: TrainConfig, out: Path) -> str:
+    """The builder's export: the fine-tuned model to ``out/model`` (:func:`export`)."""
+    if not isinstance(model, HFCausalLM):
+        raise TypeError(f"expected the HFCausalLM of build_model, got {type(model).__name__}")
+    export(model, config, out / MODEL_DIR)
+    return f"{MODEL_DIR}/ (namex_ref.hf.load)"
+
+
+def _describe(config: TrainConfig) -> str:
+    return f"model {config.hf_model!r}"
+
+
+HF_BUILDER = ModelBuilder(build=build_model, describe=_describe, export=_export_run)
+"""The model builder of ``hf_model`` runs for :func:`namex_ref.train.train` (``builder=``)."""
+
+
+def train(config: TrainConfig, *, resume: bool | Literal["if-present"] = False) -> TrainResult:
+    """:func:`namex_ref.train.train` with :data:`HF_BUILDER` for a ``hf_model`` run (the GPT
+    builder otherwise); same arguments, result and errors."""
+    builder = HF_BUILDER if config.hf_model else GPT_BUILDER
+    return train_loop(config, resume=resume, builder=builder)
 
 
 def generate_text(

@@ -14,21 +14,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from namex_ref.merging.camex import gated_scores, masked_deltas, term_dropout
 from namex_ref.merging.config import MergeConfig
-from namex_ref.merging.functional import (
-    LayerTerms,
-    gated_scores,
-    kronecker_apply,
-    masked_deltas,
-    merge_weights,
-    merged_linear,
-    term_dropout,
-)
+from namex_ref.merging.operators import kronecker_apply, merge_weights, merged_linear
+from namex_ref.merging.plan import LayerTerms
 from namex_ref.merging.routing import load_balancing_loss, top_k_routing
 
-__all__ = ["KroneckerCurvature", "LayerOutput", "MoEFeedForward", "nearest_factors"]
+__all__ = [
+    "KroneckerCurvature",
+    "LayerOutput",
+    "MoEFeedForward",
+    "nearest_factors",
+    "top_k_dense",
+    "top_k_indexed",
+]
 
 INIT_STD = 0.02  # GPT-2 initialisation of every weight matrix
+
+#: Where SMoE's indexed dispatch runs: on the host a data-dependent shape costs nothing.
+_HOST = torch.device("cpu")
 
 
 def nearest_factors(n: int) -> tuple[int, int]:
@@ -229,13 +233,10 @@ class MoEFeedForward(nn.Module):
         n, k = self.config.n_experts, self.config.top_k
         flat = x.reshape(B * T, C)
         route = top_k_routing(self.router(flat), k)  # gates/experts (BT, k), probs (BT, N)
-        out = torch.zeros_like(flat)
-        for i in range(n):
-            tok, slot = (route.experts == i).nonzero(as_tuple=True)
-            if tok.numel() == 0:
-                continue
-            h = F.gelu(flat[tok] @ self.w1[i].T) @ self.w2[i].T  # (n_i, C)
-            out.index_add_(0, tok, (h * route.gates[tok, slot, None]).to(out.dtype))  # autocast
+        if flat.device == _HOST:
+            out = top_k_indexed(flat, self.w1, self.w2, route.gates, route.experts)
+        else:
+            out = top_k_dense(flat, self.w1, self.w2, route.gates, route.experts)
         aux = self.config.balance_coef * load_balancing_loss(route.probs, route.experts, n)
         return LayerOutput(out.reshape(B, T, C), aux, route.probs.reshape(B, T, n))
 
@@ -311,9 +312,47 @@ class MoEFeedForward(nn.Module):
                         "cannot be recomputed; call backward first, or use "
                         "merge_memory='keep-deltas'"
                     )
-                tau = self.experts()[m] - base
-                return tau if curv is None else curv(tau)
+                with torch.autocast(base.device.type, enabled=False):  # as merge_plan formed it
+                    tau = self.experts()[m] - base
+                    return tau if curv is None else curv(tau)
 
         return merged_linear(
             x, base, deltas[m], scores, eta, recompute_deltas=redo, recompute=mode != "eager"
         )
+
+
+def top_k_indexed(flat: Tensor, w1: Tensor, w2: Tensor, gates: Tensor, experts: Tensor) -> Tensor:
+    """S12 by gathering each expert's tokens: Σ_{i∈topk} s_i f_i(x), f_i(x) = W2_i gelu(W1_i x).
+
+    flat: (T, C); w1: (N, F, C); w2: (N, C, F); gates, experts: (T, k). Returns (T, C) in
+    flat's dtype. Computes only the routed (token, expert) pairs, but each expert's token list
+    (``nonzero``) has a data-dependent size: on a GPU that is a host sync per expert per layer
+    and no CUDA-graph capture, so the layer uses it on the CPU only.
+    """
+    out = torch.zeros_like(flat)
+    for i in range(w1.shape[0]):
+        tok, slot = (experts == i).nonzero(as_tuple=True)
+        if tok.numel() == 0:
+            continue
+        h = F.gelu(flat[tok] @ w1[i].T) @ w2[i].T  # (n_i, C)
+        out.index_add_(0, tok, (h * gates[tok, slot, None]).to(out.dtype))  # autocast
+    return out
+
+
+def top_k_dense(flat: Tensor, w1: Tensor, w2: Tensor, gates: Tensor, experts: Tensor) -> Tensor:
+    """S12 with static shapes: every expert on every token, weighted by the scattered gates.
+
+    Same arguments and result as :func:`top_k_indexed`, to float rounding (the sum over the
+    k chosen experts runs in another order; an unchosen expert enters with weight exactly 0).
+    No host sync and capturable in a CUDA graph; the price is N/k times the expert FLOPs and
+    an (N, T, F) activation. No token is ever dropped (there is no capacity). A grouped GEMM
+    over the expert-sorted tokens would avoid the extra FLOPs; it is not used because torch's
+    (``torch._grouped_mm``) is private and its CPU backward fails in torch 2.13, so it could
+    not be tested here.
+    """
+    weights = torch.zeros(
+        flat.shape[0], w1.shape[0], dtype=gates.dtype, device=flat.device
+    ).scatter(1, experts, gates)  # (T, N), zero where the expert is not chosen
+    h = F.gelu(torch.einsum("tc,nfc->ntf", flat, w1))  # (N, T, F)
+    y = torch.einsum("ntf,ncf->ntc", h, w2)  # (N, T, C)
+    return torch.einsum("ntc,tn->tc", y, weights.to(y.dtype)).to(flat.dtype)

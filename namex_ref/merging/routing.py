@@ -82,8 +82,11 @@ def segment_means(h: Tensor, segment_len: int) -> Tensor:
     S = math.ceil(T / segment_len)
     pad = S * segment_len - T
     hp = F.pad(h, (0, 0, 0, pad)).reshape(B, S, segment_len, C)  # (B, S, L, C)
-    lengths = torch.full((S,), float(segment_len), dtype=h.dtype, device=h.device)
-    lengths[-1] = segment_len - pad
+    # (S,) segment lengths, built from two fills: writing the last one by index would copy a
+    # Python number to the device, which a CUDA-graph capture refuses (tests/test_devicecheck).
+    full = torch.full((S - 1,), float(segment_len), dtype=h.dtype, device=h.device)
+    last = torch.full((1,), float(segment_len - pad), dtype=h.dtype, device=h.device)
+    lengths = torch.cat((full, last))
     return hp.sum(2) / lengths[None, :, None]
 
 

@@ -1,7 +1,7 @@
 """A small decoder-only GPT whose every feed-forward block is an MoE layer (docs/math.md §3).
 
 Pre-LayerNorm blocks (causal self-attention, then :class:`MoEFeedForward`), learned positions,
-tied input/output embeddings. Before the blocks run, :func:`namex_ref.merging.functional.propagate`
+tied input/output embeddings. Before the blocks run, :func:`namex_ref.merging.plan.propagate`
 builds every layer's merge terms from the parameters alone (the base-expert chain of S15–S18
 does not depend on the tokens), so the chain is computed once per forward pass.
 """
@@ -19,9 +19,9 @@ from torch import Tensor, nn
 
 from namex_ref.checks import require_int, require_real
 from namex_ref.merging.config import MergeConfig
-from namex_ref.merging.functional import LayerTerms, MergePlan, cosine_matrix, propagate
 from namex_ref.merging.layers import INIT_STD, MoEFeedForward
-from namex_ref.nash.gram import domain_vectors
+from namex_ref.merging.plan import LayerTerms, MergePlan, cosine_matrix, propagate
+from namex_ref.nash.gram import domain_vectors, off_diagonal_mean
 
 __all__ = ["PRESETS", "MoEGPT", "ModelConfig", "ModelOutput", "count_parameters", "preset"]
 
@@ -148,7 +148,7 @@ class LayerStats(NamedTuple):
     """Observables of one forward pass, as tensors (read them when logging; no host sync here).
 
     alphas (L, N), residuals (L,), fallbacks (L,) bool, base_norms (L,): see
-    :class:`~namex_ref.merging.functional.MergePlan`. cosine: (L,) mean off-diagonal cosine
+    :class:`~namex_ref.merging.plan.MergePlan`. cosine: (L,) mean off-diagonal cosine
     similarity between the layer's domain vectors τ_i (methods with a base) or experts E_i
     (SMoE, SMEAR), as in the paper's Fig. 1; NaN unless ``collect_stats``.
     """
@@ -197,14 +197,17 @@ class MoEGPT(nn.Module):
         return [b.moe for b in self.blocks if isinstance(b, Block)]
 
     def merge_plan(self) -> MergePlan:
-        """Every layer's merge terms from the current parameters (S13–S18)."""
+        """Every layer's merge terms from the current parameters (S13–S18), in the parameters'
+        precision whatever the autocast state (the bargain in float64; docs/math.md, "Mixed
+        precision")."""
         layers = self.moe_layers()
-        return propagate(
-            [m.experts() for m in layers],
-            [m.base() for m in layers],
-            self.config.merge,
-            curvature=[m.curve for m in layers],
-        )
+        with torch.autocast(self.tok.weight.device.type, enabled=False):
+            return propagate(
+                [m.experts() for m in layers],
+                [m.base() for m in layers],
+                self.config.merge,
+                curvature=[m.curve for m in layers],
+            )
 
     def forward(
         self, idx: Tensor, targets: Tensor | None = None, *, collect_stats: bool = False
@@ -231,14 +234,12 @@ class MoEGPT(nn.Module):
             loss = ce + aux
         cos = torch.full_like(plan.residuals, math.nan)
         if collect_stats:
-            n = self.config.merge.n_experts
-            off = ~torch.eye(n, dtype=torch.bool, device=idx.device)
             for l, terms in enumerate(plan.terms):
                 mats = (
                     terms.deltas
                     if terms.base is None
                     else domain_vectors(self.moe_layers()[l].experts(), terms.base)
                 )
-                cos[l] = cosine_matrix(mats)[off].mean()
+                cos[l] = off_diagonal_mean(cosine_matrix(mats))
         stats = LayerStats(plan.alphas, plan.residuals, plan.fallbacks, plan.base_norms, cos)
         return ModelOutput(logits, loss, ce, aux, stats)

@@ -2,8 +2,8 @@
 
 :class:`NashMTL` is a drop-in replacement for the authors' ``NashMTL`` weighting (Navon et al.,
 ICML 2022) that solves α with the project's batched Newton solver (or, on request, their own
-CCP iteration) and never fails silently. ``namex mtl`` (:mod:`namex_ref.mtl.example`) trains a
-small three-task model on the built-in corpus with equal weighting, CCP- and Newton-Nash-MTL.
+CCP iteration) and never fails silently. The three-task benchmark that compares it with equal
+weighting (``namex mtl``) lives with the other benchmarks, in :mod:`namex_ref.benchmarks.mtl`.
 """
 
 from namex_ref.mtl.nash_mtl import (

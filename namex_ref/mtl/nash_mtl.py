@@ -38,7 +38,9 @@ import torch
 from torch import Tensor
 
 from namex_ref.checks import require_int, require_real
-from namex_ref.merging.functional import ZERO_EXPERT_RTOL
+from namex_ref.merging.plan import ZERO_EXPERT_RTOL
+from namex_ref.nash.newton import NEWTON_MAX_ITER, RESIDUAL_TOL, solve_newton
+from namex_ref.nash.oracles import solve_ccp
 from namex_ref.nash.problem import check_gram, raise_if_infeasible, scaled_residual
 from namex_ref.nash.result import (
     BargainInputError,
@@ -47,7 +49,6 @@ from namex_ref.nash.result import (
     NashConvergenceError,
     NashSolution,
 )
-from namex_ref.nash.solvers import NEWTON_MAX_ITER, RESIDUAL_TOL, solve_ccp, solve_newton
 
 __all__ = [
     "MTL_POLICIES",
@@ -144,6 +145,20 @@ def task_gram(
     return K
 
 
+_HOST = torch.device("cpu")
+
+
+def _gram_dtype(solver: str, like: Tensor) -> torch.dtype:
+    """The dtype the task Gram accumulates in: the gradients' own for the CCP route (as the
+    authors' code); float64 for the Newton route on the host, float32 on a GPU, where a
+    float64 copy of every shared gradient costs memory traffic for nothing the bargain needs
+    (K's entries to ~1e-7 relative, the merging layer's rule, :func:`~namex_ref.nash.gram.
+    gram_matrix`; docs/gpu.md)."""
+    if solver != "newton":
+        return like.dtype
+    return torch.float64 if like.device == _HOST else torch.float32
+
+
 class NashMTL:
     """Nash-MTL task weighting with the authors' interface (Navon et al., ICML 2022).
 
@@ -226,6 +241,7 @@ class NashMTL:
         self.last_status = "not solved"
         self.last_gram: Tensor | None = None
         self._alpha = torch.ones(self.n_tasks, dtype=torch.float64, device=self.device)
+        self._alpha_host = torch.ones(self.n_tasks, dtype=torch.float64)
         self._cast: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
     @property
@@ -252,13 +268,13 @@ class NashMTL:
     def _solve(self, K: Tensor) -> NashSolution:
         K64 = K.to(torch.float64)
         if self.solver == "newton":
-            alpha0 = self._alpha if self.solves > 0 else None
+            alpha0 = self._alpha_host if self.solves > 0 else None
             return solve_newton(K64, tol=self.tol, max_iter=self.newton_max_iter,
                                 alpha0=alpha0)
         # the authors' warm start: their previous α (ones at first), on CPU
-        return solve_ccp(K64, max_steps=self.optim_niter, alpha0=self._alpha.cpu())
+        return solve_ccp(K64, max_steps=self.optim_niter, alpha0=self._alpha_host)
 
-    def _check_finite(self, K: Tensor, losses: Sequence[Tensor]) -> None:
+    def _check_finite(self, K: Tensor, losses: Sequence[Tensor], dtype: torch.dtype) -> None:
         """A task gradient with NaN/Inf (or a squared norm that overflows) is a bug upstream of
         the weighting: raise naming the task, never pass NaN on (one host sync)."""
         diag = K.diagonal()
@@ -276,7 +292,7 @@ class NashMTL:
             i = int(bad.nonzero()[0, 0])
             raise BargainInputError(
                 f"NashMTL step {self.step}: the gradient of task {i}'s loss with respect to the "
-                f"shared parameters is not finite (‖g_{i}‖² = {float(diag[i])} in {K.dtype}) "
+                f"shared parameters is not finite (‖g_{i}‖² = {float(diag[i])} in {dtype}) "
                 "although every loss is finite (with losses stacked in one tensor, a NaN in one "
                 "task's backward reaches every task through 0·NaN); check the model for "
                 "overflow or lower the learning rate."
@@ -284,7 +300,7 @@ class NashMTL:
         if not bool(torch.isfinite(K).all()):
             raise BargainInputError(
                 f"NashMTL step {self.step}: the Gram matrix of the task gradients overflowed in "
-                f"{K.dtype}; rescale the losses (α scales inversely, S9)."
+                f"{dtype}; rescale the losses (α scales inversely, S9)."
             )
 
     def _diagnose(self, K64: Tensor) -> InfeasibleBargainError | None:
@@ -344,12 +360,13 @@ class NashMTL:
 
     def _update(self, losses: list[Tensor], params: list[Tensor]) -> tuple[str | None, str]:
         """Solve for α on this step's task gradients; returns (policy applied, message)."""
-        dtype = torch.float64 if self.solver == "newton" else params[0].dtype
-        K = task_gram(losses, params, dtype)
-        self._check_finite(K, losses)
-        K64 = K.to(torch.float64)
+        dtype = _gram_dtype(self.solver, params[0])
+        # One device-to-host copy of the (n, n) Gram per update; every check, the solve and the
+        # fallbacks then run on the host (no per-iteration sync of an adaptive Newton on CUDA).
+        K64 = task_gram(losses, params, dtype).to(device=_HOST, dtype=torch.float64)
+        self._check_finite(K64, losses, dtype)
         self.last_gram = K64
-        sol = self._solve(K)
+        sol = self._solve(K64)
         self.solves += 1
         residual = float(sol.residual)
         self.last_residual, self.last_iterations, self.last_status = (
@@ -395,7 +412,8 @@ class NashMTL:
         return "the authors' stopping rule, and residual ≤ 1e-5 by the project's rule"
 
     def _set_alpha(self, alpha: Tensor) -> None:
-        self._alpha = alpha.detach().to(device=self.device, dtype=torch.float64)
+        self._alpha_host = alpha.detach().to(device=_HOST, dtype=torch.float64)
+        self._alpha = self._alpha_host.to(device=self.device)  # one copy per update
         self._cast = {}
 
     # ---------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from namex_ref.nash.bargain import BargainResult, nash_bargain
 from namex_ref.nash.gram import domain_vectors, gram_matrix
+from namex_ref.nash.newton import RESIDUAL_TOL, solve_newton
 from namex_ref.nash.problem import (
     check_gram,
     infeasibility_certificate,
@@ -15,7 +16,7 @@ from namex_ref.nash.result import (
     NashConvergenceError,
     NashSolution,
 )
-from namex_ref.nash.solvers import RESIDUAL_TOL, SOLVERS, solve_nash, solve_newton
+from namex_ref.nash.solvers import SOLVERS, solve_nash
 
 __all__ = [
     "RESIDUAL_TOL",

@@ -1,6 +1,6 @@
 """Fused CPU kernels for small bargains: Newton's whole iteration (S4–S5) in one compiled call.
 
-``solve_newton`` (:mod:`namex_ref.nash.solvers`) runs damped Newton as a sequence of batched
+``solve_newton`` (:mod:`namex_ref.nash.newton`) runs damped Newton as a sequence of batched
 torch operators. For the bargains the training loop solves — one N×N problem per layer, N ≤ 16,
 20 fixed steps — each step is ~300 flops but ~15 operator dispatches, so the eager loop costs
 ~1.5 ms of dispatch for ~2 µs of arithmetic. The kernels here run the *same* algorithm, step by
@@ -11,7 +11,7 @@ from numba's on-disk cache), on numpy views of CPU tensors:
   (adaptive: until the shared convergence rule holds, at most ``max_iter`` steps; fixed: the
   same, since a converged problem is frozen in the eager loop as well), returning α, the
   per-problem residuals, converged flags and steps.
-- :func:`bargain_kernel`: what ``merging.functional.bargain_alpha`` does after the Gram matrix
+- :func:`bargain_kernel`: what ``merging.plan.bargain_alpha`` does after the Gram matrix
   (zero-expert and finiteness masks, the fixed-budget solve, the singular-bargain policy), for
   one layer.
 
@@ -85,14 +85,19 @@ def _njit(fn: Any) -> Any:
     return numba.njit(cache=_CACHE, error_model="numpy")(fn)
 
 
+_HOST = torch.device("cpu")
+
+
 def fused_available(*tensors: Tensor | None) -> bool:
     """True when the fused kernels may serve these tensors: numba installed, every tensor on
     the CPU without autograd, and not inside ``torch.compile`` tracing. Reads no tensor
-    values (no synchronisation)."""
+    values (no synchronisation). "On the CPU" means the device ``cpu`` itself: the device
+    detector (:mod:`namex_ref.devicecheck`) stands in for a GPU with ``cpu:0``, and must see
+    the path a GPU takes."""
     if not NUMBA_AVAILABLE or torch.compiler.is_compiling():
         return False
     for t in tensors:
-        if t is not None and (t.device.type != "cpu" or t.requires_grad):
+        if t is not None and (t.device != _HOST or t.requires_grad):
             return False
     return True
 
@@ -140,16 +145,13 @@ def _converged(n: int, res: float, top: float, tol: float, factor: float,
 
 
 @_njit
-def _newton_one(K: Any, a0: Any, use_a0: bool, n_steps: int, tol: float, factor: float,
-                cap: float, frac: float, full_dec: float, alpha: Any, Kh: Any, d: Any,
-                a: Any, r: Any, M: Any, z: Any,
-                d2: Any) -> tuple[float, bool, int]:  # pragma: no cover - compiled
-    """Damped Newton on one problem K (N, N), as ``solve_newton`` (see its docstring).
+def _unit_start(K: Any, a0: Any, use_a0: bool, Kh: Any, d: Any,
+                a: Any) -> bool:  # pragma: no cover - compiled
+    """Unit-diagonal form and starting point of one problem K (N, N), as ``newton._start``.
 
-    Writes α (in K's units) into ``alpha``; returns (residual, converged, steps taken). A
-    problem that is no bargain (non-finite entry, diagonal ≤ 0) or whose step breaks (a
-    non-positive Cholesky pivot or a non-finite/non-positive iterate, i.e. an indefinite K)
-    gives α = 1, residual inf, not converged."""
+    Writes K̂ = DKD into ``Kh``, D's diagonal into ``d`` and the start α̂ into ``a``: 1 (S8), or
+    the warm start ``a0`` in K̂'s units scaled by the exact line search s = √(N / α̂ᵀK̂α̂) along
+    its ray. Returns whether K is a bargain at all (finite, diagonal > 0); if not, K̂ = I."""
     n = K.shape[0]
     valid = True
     for i in range(n):
@@ -183,50 +185,84 @@ def _newton_one(K: Any, a0: Any, use_a0: bool, n_steps: int, tol: float, factor:
         scale = math.sqrt(n / max(q, _TINY)) if q > 0.0 else 1.0
         for i in range(n):
             a[i] = a[i] * scale
+    return valid
+
+
+@_njit
+def _cholesky(a: Any, Kh: Any, M: Any, d2: Any) -> bool:  # pragma: no cover - compiled
+    """Cholesky of M = D K̂ D + I (eigenvalues ≥ 1), D = diag(α̂): the lower factor L is written
+    over M, the reciprocals of its diagonal into ``d2`` (one division per pivot). Returns False
+    on a pivot that is not finite and > 0 (an indefinite K)."""
+    n = a.shape[0]
+    for i in range(n):
+        for j in range(i + 1):
+            M[i, j] = a[i] * Kh[i, j] * a[j] + (1.0 if i == j else 0.0)
+    for j in range(n):
+        s = M[j, j]
+        for k in range(j):
+            s -= M[j, k] * M[j, k]
+        if not (s > 0.0 and s < np.inf):
+            return False
+        M[j, j] = math.sqrt(s)
+        inv = 1.0 / M[j, j]
+        d2[j] = inv
+        for i in range(j + 1, n):
+            t = M[i, j]
+            for k in range(j):
+                t -= M[i, k] * M[j, k]
+            M[i, j] = t * inv
+    return True
+
+
+@_njit
+def _direction(M: Any, d2: Any, r: Any, z: Any) -> float:  # pragma: no cover - compiled
+    """Newton direction z = −(LLᵀ)⁻¹r (two triangular solves on :func:`_cholesky`'s factor,
+    written into ``z``) and the Newton decrement λ = √(−rᵀz), returned (NaN propagates)."""
+    n = r.shape[0]
+    for i in range(n):  # L y = r
+        s = r[i]
+        for k in range(i):
+            s -= M[i, k] * z[k]
+        z[i] = s * d2[i]
+    for i in range(n - 1, -1, -1):  # Lᵀ w = y, z = −w
+        s = z[i]
+        for k in range(i + 1, n):
+            s -= M[k, i] * z[k]
+        z[i] = s * d2[i]
+    lam2 = 0.0
+    for i in range(n):
+        z[i] = -z[i]
+        lam2 -= r[i] * z[i]
+    return math.sqrt(lam2) if lam2 > 0.0 else (0.0 if lam2 == lam2 else lam2)
+
+
+@_njit
+def _newton_one(K: Any, a0: Any, use_a0: bool, n_steps: int, tol: float, factor: float,
+                cap: float, frac: float, full_dec: float, alpha: Any, Kh: Any, d: Any,
+                a: Any, r: Any, M: Any, z: Any,
+                d2: Any) -> tuple[float, bool, int]:  # pragma: no cover - compiled
+    """Damped Newton on one problem K (N, N), as ``solve_newton`` (see its docstring).
+
+    Writes α (in K's units) into ``alpha``; returns (residual, converged, steps taken). A
+    problem that is no bargain (non-finite entry, diagonal ≤ 0) or whose step breaks (a
+    non-positive Cholesky pivot or a non-finite/non-positive iterate, i.e. an indefinite K)
+    gives α = 1, residual inf, not converged."""
+    n = K.shape[0]
+    valid = _unit_start(K, a0, use_a0, Kh, d, a)
     res, top = _residual(Kh, a, r)
-    broken = False
+    broken = False  # a start rescaled to α̂ = 0 or inf (αᵀK̂α overflowed): no start at all
+    for i in range(n):
+        if not (np.isfinite(a[i]) and a[i] > 0.0):
+            broken = True
     steps = 0
     for it in range(1, n_steps + 1):
         if broken or _converged(n, res, top, tol, factor, cap):
             break
         steps = it
-        # Cholesky of M = D K̂ D + I (eigenvalues ≥ 1): lower factor L written over M, with
-        # the reciprocals of its diagonal in d2 (one division per pivot)
-        for i in range(n):
-            for j in range(i + 1):
-                M[i, j] = a[i] * Kh[i, j] * a[j] + (1.0 if i == j else 0.0)
-        for j in range(n):
-            s = M[j, j]
-            for k in range(j):
-                s -= M[j, k] * M[j, k]
-            if not (s > 0.0 and s < np.inf):
-                broken = True
-                break
-            M[j, j] = math.sqrt(s)
-            inv = 1.0 / M[j, j]
-            d2[j] = inv
-            for i in range(j + 1, n):
-                t = M[i, j]
-                for k in range(j):
-                    t -= M[i, k] * M[j, k]
-                M[i, j] = t * inv
-        if broken:
+        if not _cholesky(a, Kh, M, d2):
+            broken = True
             continue
-        for i in range(n):  # L y = r
-            s = r[i]
-            for k in range(i):
-                s -= M[i, k] * z[k]
-            z[i] = s * d2[i]
-        for i in range(n - 1, -1, -1):  # Lᵀ w = y, z = −w
-            s = z[i]
-            for k in range(i + 1, n):
-                s -= M[k, i] * z[k]
-            z[i] = s * d2[i]
-        lam2 = 0.0
-        for i in range(n):
-            z[i] = -z[i]
-            lam2 -= r[i] * z[i]
-        lam = math.sqrt(lam2) if lam2 > 0.0 else (0.0 if lam2 == lam2 else lam2)
+        lam = _direction(M, d2, r, z)
         t = 1.0 / (1.0 + lam) if lam > full_dec else 1.0
         for i in range(n):  # fraction to boundary on 1 + t z_i > 0
             if z[i] < 0.0:

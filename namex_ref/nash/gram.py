@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from namex_ref.checks import is_int
+from namex_ref.nash import gram_cuda
 from namex_ref.nash.result import BargainInputError
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "Granularity",
     "domain_vectors",
     "gram_matrix",
+    "off_diagonal_mean",
     "stack_domain_vectors",
 ]
 
@@ -136,11 +138,17 @@ def _half_gram(t: Tensor) -> Tensor:
 
 
 def _gram_of(t: Tensor) -> Tensor:
-    """t tᵀ over the last dim of t (..., N, d), accumulated in ``_accumulate_dtype``."""
-    if t.dtype in (torch.bfloat16, torch.float16):
-        return _half_gram(t)
-    t = t.to(_accumulate_dtype(t.dtype))
-    return t @ t.mT
+    """t tᵀ over the last dim of t (..., N, d), accumulated in ``_accumulate_dtype``, also
+    under autocast (which would otherwise round a float32 product's inputs to 8–11 bits). CUDA
+    tensors take :mod:`namex_ref.nash.gram_cuda` (split-K, half inputs straight into a GEMM
+    with a float32 output); the CPU path below is unchanged."""
+    with torch.autocast(t.device.type, enabled=False):
+        if t.device.type == "cuda":
+            return gram_cuda.split_k_gram(t) if t.ndim == 2 else gram_cuda.batched_gram(t)
+        if t.dtype in (torch.bfloat16, torch.float16):
+            return _half_gram(t)
+        t = t.to(_accumulate_dtype(t.dtype))
+        return t @ t.mT
 
 
 def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -181,6 +189,9 @@ def gram_matrix(
             "the weight matrix."
         )
     mats = stack_domain_vectors(taus)
+    if granularity == "expert" and mats[0].device.type == "cuda":
+        with torch.autocast("cuda", enabled=False):
+            return gram_cuda.expert_gram(mats)  # S2 in one pass over τ
     grams = []
     for t in mats:
         grams.append(_gram_of(t))
@@ -212,3 +223,16 @@ def _batched_gram(
     stack_domain_vectors([taus])  # the dtype and emptiness checks of every route
     lead = taus.shape[: batch_dims + 1]  # (*B, N)
     return _gram_of(taus.reshape(*lead, -1))  # (*B, N, d) → (*B, N, N)
+
+
+def off_diagonal_mean(m: Tensor) -> Tensor:
+    """Mean of the off-diagonal entries of a square matrix m (..., N, N) → (...).
+
+    A masked sum over a static shape, not boolean-mask indexing (``m[~eye]``), whose output
+    size is data-dependent: that would make the host wait for the device (a sync per call on
+    CUDA, and no CUDA-graph capture). NaN for N = 1 (no off-diagonal entry), as the mean of
+    nothing; a NaN off the diagonal propagates, one on the diagonal does not.
+    """
+    n = m.shape[-1]
+    off = ~torch.eye(n, dtype=torch.bool, device=m.device)
+    return torch.where(off, m, torch.zeros_like(m)).sum((-2, -1)) / (n * (n - 1))

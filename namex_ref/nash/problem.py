@@ -95,6 +95,20 @@ def check_gram(K: Tensor) -> Tensor:
             (naming the entry), or not positive semi-definite (naming the eigenvalue).
         DegenerateExpertError: some K_ii = 0, i.e. τ_i = 0 (certificate e_i, S6).
     """
+    _check_shape(K)
+    rtol = _dtype_eps(K.dtype) ** 0.5
+    K64 = K.to(torch.float64)
+    _check_finite(K64)
+    diag = K64.diagonal(dim1=-2, dim2=-1)  # (..., N)
+    _check_symmetric(K64, diag, rtol, K.dtype)
+    K64 = 0.5 * (K64 + K64.transpose(-1, -2))
+    _check_diagonal(diag)
+    _check_psd(K64, rtol, K.dtype)
+    return K64
+
+
+def _check_shape(K: Tensor) -> None:
+    """(..., N, N), not empty, N ≥ 2; else :class:`BargainInputError` saying what was passed."""
     if K.ndim < 2 or K.shape[-1] != K.shape[-2]:
         raise BargainInputError(
             f"K must have shape [..., N, N] (a Gram matrix per problem); got {tuple(K.shape)}. "
@@ -102,14 +116,15 @@ def check_gram(K: Tensor) -> Tensor:
         )
     if K.numel() == 0:
         raise BargainInputError(f"K is empty (shape {tuple(K.shape)}); nothing to bargain over.")
-    n = K.shape[-1]
-    if n < 2:
+    if K.shape[-1] < 2:
         raise BargainInputError(
             "A bargain needs at least 2 experts; got N = 1. (With one expert the answer is "
             "trivially α = 1/‖τ_1‖; N = 1 usually means τ was passed as [d] or [1, d] by mistake.)"
         )
-    rtol = _dtype_eps(K.dtype) ** 0.5
-    K64 = K.to(torch.float64)
+
+
+def _check_finite(K64: Tensor) -> None:
+    """No NaN/Inf in K64 (..., N, N) float64; the error names the expert (or the entry)."""
     finite = torch.isfinite(K64)
     diag_finite = torch.isfinite(K64.diagonal(dim1=-2, dim2=-1))
     if not bool(diag_finite.all()):  # K_ii = ‖τ_i‖²: the expert itself is named
@@ -129,7 +144,10 @@ def check_gram(K: Tensor) -> Tensor:
             f"vector of expert {i} or {j} contains NaN/Inf. Check that expert's parameters "
             "(and the base expert) before bargaining."
         )
-    diag = K64.diagonal(dim1=-2, dim2=-1)  # (..., N)
+
+
+def _check_symmetric(K64: Tensor, diag: Tensor, rtol: float, dtype: torch.dtype) -> None:
+    """|K_ij − K_ji| ≤ rtol·max_i K_ii per problem; the error names the worst entry."""
     scale = diag.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
     asym = (K64 - K64.transpose(-1, -2)).abs() / scale[..., None]
     if bool((asym > rtol).any()):
@@ -139,10 +157,14 @@ def check_gram(K: Tensor) -> Tensor:
         raise BargainInputError(
             f"K is not symmetric{where}: K[{i},{j}] = {K64[tuple(bad)].item():.6g} but "
             f"K[{j},{i}] = {K64[(*batch, j, i)].item():.6g} (relative gap "
-            f"{asym[tuple(bad)].item():.3g} > {rtol:.3g} for {K.dtype}). Pass the Gram matrix "
+            f"{asym[tuple(bad)].item():.3g} > {rtol:.3g} for {dtype}). Pass the Gram matrix "
             "GᵀG of the domain vectors, not G itself."
         )
-    K64 = 0.5 * (K64 + K64.transpose(-1, -2))
+
+
+def _check_diagonal(diag: Tensor) -> None:
+    """K_ii = ‖τ_i‖² > 0: a negative one is no Gram matrix (:class:`BargainInputError`), a zero
+    one a zero expert (:class:`DegenerateExpertError` with certificate e_i, S6)."""
     if bool((diag < 0).any()):
         bad = (diag < 0).nonzero()[0].tolist()
         *batch, i = bad
@@ -155,7 +177,7 @@ def check_gram(K: Tensor) -> Tensor:
     if bool(zero.any()):
         bad = zero.nonzero()[0].tolist()
         *batch, i = bad
-        cert = torch.zeros(n, dtype=torch.float64)
+        cert = torch.zeros(diag.shape[-1], dtype=torch.float64)
         cert[i] = 1.0
         raise DegenerateExpertError(
             f"Expert {i} has a zero domain vector (‖τ_{i}‖ = 0: it equals the base expert"
@@ -165,6 +187,10 @@ def check_gram(K: Tensor) -> Tensor:
             certificate=cert,
             batch_index=tuple(batch),
         )
+
+
+def _check_psd(K64: Tensor, rtol: float, dtype: torch.dtype) -> None:
+    """λ_min(K̂) ≥ −rtol·max(1, λ_max(K̂)) for the unit-diagonal K̂ (K64 symmetric, diagonal > 0)."""
     Kh = normalise_gram(K64)[0]
     eig = torch.linalg.eigvalsh(Kh)  # (..., N) ascending; λ_max(K̂) ≤ N
     lam_min = eig[..., 0]
@@ -176,10 +202,9 @@ def check_gram(K: Tensor) -> Tensor:
             f"K is not positive semi-definite"
             f"{' in problem ' + str(tuple(int(b) for b in batch_idx)) if batch_idx else ''}: "
             f"the unit-diagonal K̂ = DKD has eigenvalue {lam_min.flatten()[idx].item():.6g} "
-            f"(tolerance {bound.flatten()[idx].item():.3g} for {K.dtype}); some |K_ij| "
+            f"(tolerance {bound.flatten()[idx].item():.3g} for {dtype}); some |K_ij| "
             "exceeds ‖τ_i‖‖τ_j‖. Form K as GᵀG from the domain vectors."
         )
-    return K64
 
 
 def normalise_gram(K: Tensor) -> tuple[Tensor, Tensor]:
@@ -197,7 +222,7 @@ def scaled_gradient(K: Tensor, alpha: Tensor) -> Tensor:
 
     Zero exactly at the bargain (S4: Kα = 1/α), and the S7 identity α_i u_i = 1 in residual
     form. Scale-free (S9): under τ_i → c_i τ_i, α_i → α_i/c_i it does not change. Newton's
-    step (``solvers.solve_newton``) and :func:`scaled_residual` are both built on it.
+    step (``newton.solve_newton``) and :func:`scaled_residual` are both built on it.
     """
     return alpha * (K @ alpha[..., None])[..., 0] - 1.0
 

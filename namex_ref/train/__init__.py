@@ -1,10 +1,12 @@
 """Training workflow for the MoE GPT (:mod:`namex_ref.models.gpt`).
 
 * :class:`TrainConfig` — one frozen dataclass; ``namex train`` flags are derived from it.
-* :func:`train` — one run -> :class:`TrainResult` (metrics.jsonl, checkpoints, plots, result.json).
+* :func:`train` — one run -> :class:`TrainResult` (metrics.jsonl, checkpoints, plots, result.json);
+  its model comes from a :class:`ModelBuilder` (:data:`GPT_BUILDER` by default).
 * :func:`compare` — methods × seeds -> :class:`CompareResult` (mean ± 95% CI table, plot, JSON).
 """
 
+from namex_ref.train.builder import GPT_BUILDER, ModelBuilder
 from namex_ref.train.checkpoint import (
     Checkpoint,
     CheckpointWriteError,
@@ -26,11 +28,13 @@ from namex_ref.train.loop import (
 from namex_ref.train.plots import plot_run
 
 __all__ = [
+    "GPT_BUILDER",
     "Checkpoint",
     "CheckpointWriteError",
     "CompareResult",
     "CorruptCheckpointError",
     "MethodSummary",
+    "ModelBuilder",
     "NonFiniteLossError",
     "TokenData",
     "TrainConfig",

@@ -29,7 +29,8 @@ import json
 import os
 import random
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,8 @@ class Checkpoint:
     counters: dict[str, Any]
     verified: bool = True
     """Whether a checksum was stored and matched (``False`` only for legacy v1 files)."""
+    rng_device: list[Tensor] = field(default_factory=list)
+    """Each DDP rank's own device generator, indexed by rank (CUDA runs; empty on CPU)."""
 
 
 def _model_tensors(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -169,12 +172,16 @@ def save_checkpoint(
     config: dict[str, Any],
     counters: dict[str, Any] | None = None,
     previous: str | os.PathLike[str] | None = None,
+    device_rng: Sequence[Tensor] = (),
 ) -> Path:
     """Write a checkpoint to ``path`` atomically: a reader sees the old file or the new one,
     never a partial one; no temporary file is left behind, even on error.
 
     previous: where the existing checkpoint at ``path`` (if any) is moved before the new one
         takes its place (the loop keeps the last two checkpoints this way).
+    device_rng: every rank's device generator state, by rank
+        (:meth:`~namex_ref.train.distributed.Distributed.device_rng_states`); rank r resumes
+        from entry r (:func:`restore_rng`).
 
     Raises:
         ValueError: a model or optimizer tensor is not finite (nothing is written).
@@ -191,6 +198,8 @@ def save_checkpoint(
     if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = state
+    for r, state in enumerate(device_rng):
+        tensors[f"rng.device.{r}"] = state.cpu()
     metadata = {
         "format": CHECKPOINT_FORMAT,
         "step": str(step),
@@ -251,6 +260,7 @@ def _load(target: Path) -> Checkpoint:
     model_state: dict[str, Tensor] = {}
     optim_tensors: dict[str, dict[str, Tensor]] = {}
     rng_cuda: dict[int, Tensor] = {}
+    rng_device: dict[int, Tensor] = {}
     rng_torch: Tensor | None = None
     every: dict[str, Tensor] = {}
     with safe_open(str(target), framework="pt") as f:
@@ -272,6 +282,8 @@ def _load(target: Path) -> Checkpoint:
                 rng_torch = t
             elif key.startswith("rng.cuda."):
                 rng_cuda[int(key.rsplit(".", 1)[1])] = t
+            elif key.startswith("rng.device."):
+                rng_device[int(key.rsplit(".", 1)[1])] = t
     verified = fmt == CHECKPOINT_FORMAT
     if verified:
         stored = meta.get("checksum", "")
@@ -303,16 +315,25 @@ def _load(target: Path) -> Checkpoint:
         optim_state={"state": state, "param_groups": groups},
         rng_torch=rng_torch,
         rng_cuda=[rng_cuda[i] for i in sorted(rng_cuda)],
+        rng_device=[rng_device[i] for i in sorted(rng_device)],
         python_rng=_tuplify(json.loads(meta["python_rng"])),
         counters=json.loads(meta["counters"]),
         verified=verified,
     )
 
 
-def restore_rng(ckpt: Checkpoint) -> None:
-    """Set the torch (CPU and, when saved and present, CUDA) and Python RNG states."""
+def restore_rng(ckpt: Checkpoint, device: torch.device | None = None, rank: int = 0) -> None:
+    """Set the torch (CPU and, when saved and present, CUDA) and Python RNG states.
+
+    With ``device`` a CUDA device and per-rank states saved (``rng_device``), this rank's
+    device generator gets entry ``rank``: the state that rank itself had. Checkpoints from
+    before per-rank states restore ``rng_cuda[i]`` into GPU i, as written by rank 0; exact for
+    one process, not for ranks ≥ 1 of a multi-GPU run (rank 0 never advanced their GPUs).
+    """
     torch.set_rng_state(ckpt.rng_torch)
-    if ckpt.rng_cuda and torch.cuda.is_available():
+    if device is not None and device.type == "cuda" and len(ckpt.rng_device) > rank:
+        torch.cuda.set_rng_state(ckpt.rng_device[rank], device)
+    elif ckpt.rng_cuda and torch.cuda.is_available():
         n = min(len(ckpt.rng_cuda), torch.cuda.device_count())
         for i in range(n):
             torch.cuda.set_rng_state(ckpt.rng_cuda[i], i)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any, Literal
 
 from namex_ref.merging.config import METHODS
-from namex_ref.train.config import add_config_arguments, config_from_args
+from namex_ref.train.builder import GPT_BUILDER, ModelBuilder
+from namex_ref.train.config import TrainConfig, add_config_arguments, config_from_args
+from namex_ref.train.interrupt import TrainingInterrupted
 
 __all__ = ["parse_methods", "parse_seeds", "register"]
 
@@ -49,10 +52,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "if-present" if args.resume_if_present else bool(args.resume)
     )
     try:
-        res = train(config, resume=resume)
+        res = train(config, resume=resume, builder=args.builder_for(config) or GPT_BUILDER)
     except NonFiniteLossError as exc:
         print(f"namex train: error: {exc}", file=sys.stderr)
         return 3
+    except TrainingInterrupted as exc:  # the loop has said where it stopped
+        return exc.exit_status
     if res.world_size > 1 and _rank() != 0:
         return 0
     print(
@@ -76,18 +81,33 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     base = config_from_args(args, out=str(args.out))
     try:
         res = compare(
-            base, parse_methods(args.methods), parse_seeds(args.seeds), args.out, jobs=args.jobs
+            base, parse_methods(args.methods), parse_seeds(args.seeds), args.out, jobs=args.jobs,
+            builder=args.builder_for(base),
         )
     except NonFiniteLossError as exc:
         print(f"namex compare: error: {exc}", file=sys.stderr)
         return 3
+    except TrainingInterrupted as exc:
+        print("namex compare: interrupted; run the same command again to continue (finished "
+              "runs are reused, the interrupted one resumes from its checkpoint)",
+              file=sys.stderr)
+        return exc.exit_status
     print(res.table)
     print(f"wrote {res.out}/results.md, summary.json, compare.png")
     return 0
 
 
-def register(sub: argparse._SubParsersAction[Any]) -> None:
-    """Add this package's sub-commands to the ``namex`` parser."""
+def _default_builder(config: TrainConfig) -> ModelBuilder | None:
+    return None
+
+
+def register(sub: argparse._SubParsersAction[Any], *,
+             builder_for: Callable[[TrainConfig], ModelBuilder | None] = _default_builder
+             ) -> None:
+    """Add this package's sub-commands to the ``namex`` parser. ``builder_for`` picks the model
+    builder of a ``namex train`` / ``compare`` run (``None``: the GPT presets);
+    :mod:`namex_ref.cli` passes one that knows Hugging Face models, which this package does
+    not import."""
     t = sub.add_parser(
         "train", help="train the MoE GPT with one merging method (flags = TrainConfig fields)",
     )
@@ -98,7 +118,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                      "if that is corrupt); an error when OUT holds none; --steps may grow")
     how.add_argument("--resume-if-present", action="store_true",
                      help="like --resume, but start a fresh run when OUT holds no checkpoint")
-    t.set_defaults(func=_cmd_train)
+    t.set_defaults(func=_cmd_train, builder_for=builder_for)
     c = sub.add_parser(
         "compare", help="train methods x seeds; validation perplexity mean ± 95%% CI table",
     )
@@ -110,6 +130,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    "s/step is then labelled as measured under --jobs N")
     add_config_arguments(c, exclude=frozenset({"method", "seed", "out"}))
     c.add_argument("--out", default="runs/compare", help="root folder of the runs")
-    c.set_defaults(func=_cmd_compare)
+    c.set_defaults(func=_cmd_compare, builder_for=builder_for)
 
 

@@ -3,7 +3,8 @@ flags derived from its fields (so ``namex train`` and :func:`namex_ref.train.tra
 
 Every field becomes a flag ``--field-name`` (``--field_name`` is accepted too) whose type is the
 field's annotation: ``int``, ``float``, ``str``, ``bool`` (``--flag`` / ``--no-flag``), a
-``Literal`` (choices) or ``X | None`` (``none`` on the command line gives ``None``).
+``Literal`` (choices) or ``X | None``: ``preset`` gives ``None`` for a MergeConfig override
+(:data:`PRESET_VALUE`, the preset's value), ``none`` for the other optional fields.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from typing import Any, Literal, Union, get_args, get_origin
 from namex_ref.checks import require_int, require_real
 from namex_ref.merging.config import CAMEX_PAPER, METHODS
 from namex_ref.models.gpt import PRESETS, ModelConfig, preset
+from namex_ref.train.distributed import DEVICE_HELP, check_device_name
 
 __all__ = [
     "MERGE_OVERRIDES",
     "MERGE_PRESETS",
+    "PRESET_VALUE",
     "RUN_CONTROL_FIELDS",
     "TrainConfig",
     "add_config_arguments",
@@ -32,7 +35,7 @@ __all__ = [
 
 DataSource = Literal["builtin", "wikitext"]
 BaseRule = Literal["perturbed-mean", "mean", "zero"]
-Device = Literal["cpu", "cuda", "auto"]
+PrecisionName = Literal["fp32", "bf16", "fp16"]
 
 MERGE_OVERRIDES: tuple[str, ...] = (
     "beta_abs",
@@ -101,9 +104,15 @@ MERGE_PRESETS: dict[str, dict[str, object]] = {"camex-paper": CAMEX_PAPER}
 """Named bundles of MergeConfig overrides (``--merge-preset``); explicit overrides win."""
 
 RUN_CONTROL_FIELDS: frozenset[str] = frozenset(
-    {"out", "device", "progress", "cache_dir", "threads"}
+    {"out", "device", "progress", "cache_dir", "threads", "log_every", "eval_every",
+     "ckpt_every"}
 )
-"""Fields that do not change the training trajectory; a resumed run may change them."""
+"""Fields that do not change the training trajectory (where the run writes, how it reports,
+evaluates and checkpoints, on which device and how many threads); a resumed run may change
+them, and the change is announced. Every other field is a trajectory field: a resume that
+changes one is refused (except ``steps``, which may grow). Note: another device or thread count
+reorders floating-point reductions, so the continued run is then equal to an uninterrupted one
+only to rounding."""
 
 
 def flag_name(field: str) -> str:
@@ -114,18 +123,25 @@ def flag_name(field: str) -> str:
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run depends on. Defaults: the tiny preset on the built-in corpus,
-    sized so one run takes well under a minute on 2 CPU cores (README).
+    sized so one run takes well under a minute on 2 CPU cores (docs/guide.md).
 
     preset / method: the model (:data:`namex_ref.models.gpt.PRESETS`) and merging method
         (:data:`namex_ref.merging.config.METHODS`).
     seed: model initialisation and batch sampling; batch ``k`` is a pure function of
         ``(seed, k)`` (resume is exact).
+    grad_accum: micro-batches per step (K): each step draws K·``batch_size`` windows, runs them
+        ``batch_size`` at a time and adds the gradients (losses divided by K), so the update is
+        that of ``batch_size`` = K·``batch_size`` without accumulation, to float rounding
+        (exactly the same windows; SMoE's balance loss and the noisy gate are per micro-batch).
     steps, batch_size (global, split evenly over DDP ranks), lr (peak), warmup (linear, steps;
     clamped to the schedule's length, with a printed note), min_lr_ratio (cosine decays to
     ``lr * min_lr_ratio`` at the schedule's last step), schedule_steps (length of the lr
     schedule; 0 = ``steps``; steps beyond it run at the floor lr; a resumed run that asks for
     more steps keeps its checkpoint's schedule this way), weight_decay (AdamW, on matrices
     only), grad_clip (global norm; 0 = no clipping, the norm is still logged).
+    precision: "fp32" (default), "bf16" or "fp16": the forward under autocast to that dtype
+        (fp16 with a gradient scaler); parameters, AdamW state and the merge plan stay float32
+        (the bargain float64). :mod:`namex_ref.train.precision`.
     eval_every (steps; 0 = only the final evaluation), eval_batches (batches of validation
         windows per periodic evaluation), final_eval_batches (0 = the whole validation split).
     log_every (steps between metric lines and host synchronisations), ckpt_every (steps between
@@ -164,18 +180,20 @@ class TrainConfig:
     seed: int = 0
     steps: int = 400
     batch_size: int = 16
+    grad_accum: int = 1
     lr: float = 3e-3
     warmup: int = 40
     min_lr_ratio: float = 0.1
     schedule_steps: int = 0
     weight_decay: float = 0.1
     grad_clip: float = 1.0
+    precision: PrecisionName = "fp32"
     eval_every: int = 50
     eval_batches: int = 4
     final_eval_batches: int = 0
     log_every: int = 10
     ckpt_every: int = 100
-    device: Device = "auto"
+    device: str = "auto"
     threads: int = 1
     progress: bool = True
     out: str = "runs/train"
@@ -226,6 +244,7 @@ class TrainConfig:
                             ("threads", self.threads), ("schedule_steps", self.schedule_steps)):
             require_int(flag_name(name), value, low=0)
         for name, value in (("steps", self.steps), ("batch_size", self.batch_size),
+                            ("grad_accum", self.grad_accum),
                             ("eval_batches", self.eval_batches), ("log_every", self.log_every)):
             require_int(flag_name(name), value, low=1)
         require_real(flag_name("lr"), self.lr, low=0, low_open=True)
@@ -235,8 +254,12 @@ class TrainConfig:
         for name in ("val_frac", "test_frac"):
             require_real(flag_name(name), getattr(self, name), low=0, high=0.5, low_open=True,
                          high_open=True)
-        if self.device not in get_args(Device):
-            raise ValueError(f"--device must be one of {get_args(Device)}, got {self.device!r}")
+        check_device_name(self.device)
+        if self.precision not in get_args(PrecisionName):
+            raise ValueError(
+                f"--precision must be one of {', '.join(get_args(PrecisionName))}, got "
+                f"{self.precision!r}"
+            )
         if self.data not in get_args(DataSource):
             raise ValueError(f"--data must be 'builtin' or 'wikitext', got {self.data!r}")
         if self.data == "wikitext" and not self.wikitext_dir:
@@ -362,12 +385,29 @@ def _scalar_parser(tp: Any) -> tuple[Any, list[str] | None]:
     raise TypeError(f"no command-line parser for annotation {tp!r}")
 
 
-def _optional(parse: Any, choices: list[str] | None) -> Any:
+PRESET_VALUE = "preset"
+"""The command-line value of a MergeConfig override flag (``--gate``, ``--beta-abs``, ...) that
+keeps the preset's value, i.e. the field's ``None``. Not ``none``: ``--sign-mask none`` is a
+real choice (no mask), and ``--gate none`` read as "no gate" while it kept the preset's gate."""
+
+
+def _optional(parse: Any, choices: list[str] | None, flag: str, *, override: bool) -> Any:
+    """Parser of an ``X | None`` field's flag: ``preset`` (a merge override) or ``none`` (any
+    other optional field) gives ``None``; for a numeric or boolean override ``none`` is read
+    as ``preset`` too (it has no other meaning there)."""
+    keep = PRESET_VALUE if override else "none"
+
     def convert(text: str) -> Any:
-        if text.strip().lower() == "none":
+        low = text.strip().lower()
+        if low == keep or (low == "none" and choices is None):
             return None
         if choices is not None and text not in choices:
-            raise argparse.ArgumentTypeError(f"choose one of {choices} or none, got {text!r}")
+            hint = ""
+            if low == "none":
+                hint = f"; {flag} has no 'none' ({keep} keeps the preset's value)"
+            raise argparse.ArgumentTypeError(
+                f"choose one of {', '.join(choices)} or {keep}, got {text!r}{hint}"
+            )
         return parse(text)
 
     convert.__name__ = getattr(parse, "__name__", "value")
@@ -378,20 +418,24 @@ _HELP: dict[str, str] = {
     "preset": "model preset: " + ", ".join(PRESETS),
     "method": "merging method: " + ", ".join(METHODS),
     "seed": "model initialisation and batch order; batch k is a function of (seed, k)",
-    "steps": "training steps; a finished run resumed with more steps continues (see README)",
-    "batch_size": "global batch (split over DDP ranks)",
+    "steps": "training steps; a finished run resumed with more steps continues (docs/guide.md)",
+    "batch_size": "global batch (split over DDP ranks); per micro-batch with --grad-accum",
+    "grad_accum": "micro-batches of --batch-size per step, gradients summed: the update of a "
+    "K-times larger batch with the memory of one",
     "lr": "peak learning rate (AdamW)",
     "warmup": "linear warmup steps, clamped to the schedule length (a note is printed)",
     "min_lr_ratio": "the cosine decays to lr * this at the schedule's end",
     "schedule_steps": "length of the lr schedule; 0 = --steps; later steps use the floor lr",
     "weight_decay": "AdamW weight decay on matrices and embeddings",
     "grad_clip": "global gradient-norm clip; 0 = no clipping",
+    "precision": "fp32, or autocast to bf16 (recommended on CUDA) or fp16 (with a gradient "
+    "scaler); weights, optimizer state and the bargain stay fp32/fp64 (docs/training.md)",
     "eval_every": "steps between validation evaluations; 0 = only the final one",
     "eval_batches": "validation batches per periodic evaluation",
     "final_eval_batches": "0 = the whole validation split",
     "log_every": "steps between metrics lines (and progress lines when stdout is no TTY)",
     "ckpt_every": "steps between checkpoints; the last step is always saved; 0 = last only",
-    "device": "cpu, cuda or auto (cuda when available)",
+    "device": DEVICE_HELP,
     "threads": "torch CPU threads; 0 = torch's default",
     "progress": "tqdm bar on a terminal, progress lines otherwise (train.log is always written)",
     "out": "run folder: metrics.jsonl, train.log, checkpoints, plots, result.json",
@@ -411,6 +455,27 @@ _HELP: dict[str, str] = {
     "newton_iterations": "fixed Newton budget per bargain solve (namex methods)",
     "balance_coef": "weight of the load-balancing loss (smoe; for a --hf-model run, of the "
     "model's own router loss)",
+    "kronecker_terms": "Kronecker curvature terms per expert and weight matrix, M_i = "
+    "Σ_j (A_ij⊗B_ij) τ_i (C_ij⊗D_ij)ᵀ (CAMEx's rank_c; methods with curvature: camex, ep-camex, "
+    "namex*; docs/math.md §6)",
+    "term_dropout": "in training, drop each (segment, expert) merge term with this probability "
+    "and scale the kept ones by 1/(1 − p) (CAMEx's Dropout2d); 0 = off",
+    "sign_mask": "mask on the merge terms: none (no mask), ties (keep the entries of τ_i whose "
+    "sign agrees with Σ_j τ_j) or dare (a Bernoulli(--dare-keep) mask, training only)",
+    "dare_keep": "keep probability of --sign-mask dare, in (0, 1] (the preset's: 0.9)",
+    "gate": "router of the merging methods: softmax (the plain router softmax) or noisy-top-k "
+    "(Shazeer et al.'s noisy gate over the --gate-top-k best experts, with a --balance-coef "
+    "loss)",
+    "gate_top_k": "k of --gate noisy-top-k (the preset's: all experts)",
+    "router_per_matrix": "one router per expert weight matrix, the second reading the hidden "
+    "activations (CAMEx's c_proj router); true/false",
+    "base_init": "initial base expert: independent (its own N(0, 0.02²) draw) or expert0 (a "
+    "copy of expert 0, CAMEx's init_res)",
+    "expert_bias": "give the experts and the base expert biases, merged like the weights "
+    "(CAMEx's bias terms); true/false",
+    "merge_preset": "a bundle of the CAMEx options above: camex-paper = the CAMEx language-model "
+    "script's (8 Kronecker terms, ties, noisy-top-k, one router per matrix, expert0, biases); "
+    "explicit flags win; none = no bundle",
     "segment_len": "tokens per causal routing segment (merging methods; 32 for --hf-model)",
     "seq_len": "tokens per training window; 0 = the preset's (128 for --hf-model)",
     "hf_model": "fine-tune this local Hugging Face MoE model folder (Qwen2-MoE, Mixtral, "
@@ -449,11 +514,14 @@ def add_config_arguments(
             inner = [a for a in args if a is not type(None)]
             inner_tp = inner[0] if len(inner) == 1 else Union[tuple(inner)]  # noqa: UP007
             parse, choices = _scalar_parser(inner_tp)
+            override = f.name in MERGE_OVERRIDES
+            keep = PRESET_VALUE if override else "none"
+            what = " = the preset's value" if override else ""
             parser.add_argument(
-                *names, dest=f.name, type=_optional(parse, choices), default=f.default,
-                metavar=(f"{{{','.join(choices)},none}}" if choices else None),
-                help=f"{_HELP.get(f.name, '')} (overrides the preset's MergeConfig value; "
-                f"default: none = the preset's)".strip(),
+                *names, dest=f.name, default=f.default,
+                type=_optional(parse, choices, flag_name(f.name), override=override),
+                metavar=f"{{{','.join([*(choices or []), keep])}}}" if choices else None,
+                help=f"{_HELP.get(f.name, '')} (default: {keep}{what})".strip(),
             )
         else:
             parse, choices = _scalar_parser(tp)

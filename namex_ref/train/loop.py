@@ -1,18 +1,20 @@
 """The training loop: :func:`train` (one run of :class:`TrainConfig`) -> :class:`TrainResult`.
 
-AdamW (weight decay on matrices only), linear warmup then cosine decay, global-norm gradient
-clipping, metrics as JSONL (:mod:`namex_ref.train.metrics`), periodic evaluation on the
-validation split, atomic checksummed safetensors checkpoints (the previous one kept), exact
-resume, plots at the end, and progress lines (a tqdm bar on a terminal; otherwise a line every
-``log_every`` steps on stdout; always appended to ``train.log`` in the run folder).
+AdamW (weight decay on matrices only), linear warmup then cosine decay
+(:mod:`namex_ref.train.schedule`), global-norm gradient clipping, metrics as JSONL
+(:mod:`namex_ref.train.metrics`), periodic evaluation on the validation split, atomic
+checksummed safetensors checkpoints (the previous one kept), exact resume
+(:mod:`namex_ref.train.resume`), plots at the end, and progress lines (a tqdm bar on a terminal;
+otherwise a line every ``log_every`` steps on stdout; always appended to ``train.log`` in the
+run folder).
+
+The model comes from the :class:`~namex_ref.train.builder.ModelBuilder` the caller hands in
+(the GPT presets by default; ``namex_ref.hf.training`` provides one for Hugging Face models).
 
 Resume (``train(config, resume=True)``) loads ``checkpoint.safetensors``; when it is missing,
 corrupt or torn it falls back to ``checkpoint.prev.safetensors`` and says so. Without any
 checkpoint ``resume=True`` is an error and ``resume="if-present"`` starts afresh. A run may be
-resumed with more ``steps`` than it was started with: the lr schedule keeps the checkpoint's
-length (``schedule_steps``), and the steps beyond it run at the floor lr, so the extended run
-equals, bit for bit on CPU, a fresh run with ``steps`` = the new total and ``schedule_steps`` =
-the old one. Every other field that changes the trajectory is refused, naming the flag.
+resumed with more ``steps`` than it was started with (:mod:`namex_ref.train.resume`).
 
 Host synchronisation happens only at log / eval / checkpoint steps: per-step observables are
 accumulated in device tensors (sums, running maxima, a cumulative fallback count and the first
@@ -30,13 +32,11 @@ the global batch; merging methods have no such term.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
 import math
-import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,19 +44,43 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from namex_ref.data import eval_windows
-from namex_ref.models.gpt import ModelConfig, ModelOutput, MoEGPT
-from namex_ref.train.checkpoint import (
-    Checkpoint,
-    CorruptCheckpointError,
-    load_checkpoint,
-    restore_rng,
-    save_checkpoint,
-)
-from namex_ref.train.config import RUN_CONTROL_FIELDS, TrainConfig, flag_name
-from namex_ref.train.data import batch_for_step, load_token_data, unigram_perplexity
+from namex_ref.models.gpt import ModelConfig, ModelOutput
+from namex_ref.train.builder import GPT_BUILDER, ModelBuilder, build_gpt, model_config_of
+from namex_ref.train.checkpoint import restore_rng, save_checkpoint
+from namex_ref.train.config import TrainConfig, flag_name
+from namex_ref.train.data import TokenData, batch_for_step, load_token_data, unigram_perplexity
 from namex_ref.train.distributed import Distributed, resolve_device, setup_distributed
-from namex_ref.train.metrics import append_jsonl, clean_json, read_jsonl, truncate_after
+from namex_ref.train.evaluation import evaluate
+from namex_ref.train.health import (
+    NonFiniteLossError,
+    check_finite,
+    nonfinite_error,
+    state_is_finite,
+)
+from namex_ref.train.interrupt import (
+    Interrupts,
+    TrainingInterrupted,
+    catch_interrupts,
+    interrupted_message,
+)
+from namex_ref.train.interval import Interval, mean_output, nested_list
+from namex_ref.train.metrics import append_jsonl, read_jsonl, truncate_after
+from namex_ref.train.precision import Precision
+from namex_ref.train.reporter import Reporter, clock
+from namex_ref.train.resume import ResumePoint, announce_resume, plan_resume
+from namex_ref.train.run import (
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    LOG_NAME,
+    METRICS_NAME,
+    PREVIOUS_NAME,
+    RESULT_NAME,
+    TrainResult,
+    read_result,
+    require_out_folder,
+    write_result,
+)
+from namex_ref.train.schedule import lr_at, make_optimizer, set_lr
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -66,7 +90,7 @@ __all__ = [
     "RESULT_NAME",
     "NonFiniteLossError",
     "TrainResult",
-    "build_model",
+    "build_gpt",
     "evaluate",
     "lr_at",
     "model_config_of",
@@ -76,336 +100,9 @@ __all__ = [
     "train",
 ]
 
-CHECKPOINT_NAME = "checkpoint.safetensors"
-"""The latest checkpoint of a run folder."""
-PREVIOUS_NAME = "checkpoint.prev.safetensors"
-"""The checkpoint before the latest (the fallback when the latest is corrupt or missing)."""
-LOG_NAME = "train.log"
-"""The progress log of a run folder (announcements, a line per log step, evaluations)."""
-METRICS_NAME = "metrics.jsonl"
-RESULT_NAME = "result.json"
-CONFIG_NAME = "config.json"
 
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """Summary of a finished run (also written as ``result.json`` in the run folder).
-
-    valid_loss / valid_ppl: mean next-token cross-entropy (nats) / its exponential over the
-    deterministic validation windows (:func:`namex_ref.data.eval_windows`).
-    unigram_ppl: the validation perplexity of the training split's unigram distribution.
-    seconds_per_step: mean wall time of a training step (evaluation and checkpoints excluded),
-        over all the processes that trained this run (resumes included).
-    fallbacks: singular-bargain fallbacks summed over layers and all steps.
-    """
-
-    config: TrainConfig
-    out: str
-    steps: int
-    valid_loss: float
-    valid_ppl: float
-    unigram_ppl: float
-    train_loss: float
-    seconds_per_step: float
-    train_seconds: float
-    fallbacks: int
-    n_params: int
-    device: str
-    world_size: int
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["config"] = self.config.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainResult:
-        values = dict(d)
-        values["config"] = TrainConfig.from_dict(values["config"])
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
-
-
-def read_result(out: str | os.PathLike[str]) -> TrainResult | None:
-    """The :class:`TrainResult` of a finished run folder, or ``None`` if it has not finished."""
-    path = Path(out) / RESULT_NAME
-    if not path.is_file():
-        return None
-    return TrainResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
-
-
-def lr_at(step: int, config: TrainConfig) -> float:
-    """Learning rate of ``step`` (1-based): linear warmup to ``lr`` over W steps, then cosine
-    decay to ``lr * min_lr_ratio`` at step H, and ``lr * min_lr_ratio`` after H.
-
-    H = ``config.schedule_length`` (``schedule_steps``, or ``steps`` when that is 0) and
-    W = ``config.effective_warmup`` = min(``warmup``, H).
-    """
-    horizon, warmup = config.schedule_length, config.effective_warmup
-    if warmup and step <= warmup:
-        return config.lr * step / warmup
-    span = max(horizon - warmup, 1)
-    progress = min(max(step - warmup, 0) / span, 1.0)
-    floor = config.lr * config.min_lr_ratio
-    return floor + 0.5 * (config.lr - floor) * (1.0 + math.cos(math.pi * progress))
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on tensors with ≥ 2 dims (matrices, embeddings), none on the rest."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": rest, "weight_decay": 0.0},
-    ]
-
-
-def build_model(config: TrainConfig) -> nn.Module:
-    """The model of a run, on the CPU, initialised from the current torch seed:
-    :class:`~namex_ref.models.gpt.MoEGPT` of ``config.model_config()``, or for a ``hf_model``
-    run the converted Hugging Face model (:func:`namex_ref.hf.training.build_model`). Both
-    take ``(idx, targets, collect_stats=...)`` and return a
-    :class:`~namex_ref.models.gpt.ModelOutput`; ``model.config`` is a
-    :class:`~namex_ref.models.gpt.ModelConfig` (:func:`model_config_of`)."""
-    if config.hf_model:
-        from namex_ref.hf.training import build_model as build_hf
-
-        return build_hf(config)
-    return MoEGPT(config.model_config())
-
-
-def model_config_of(model: nn.Module) -> ModelConfig:
-    """The :class:`~namex_ref.models.gpt.ModelConfig` of a model from :func:`build_model`."""
-    cfg = model.__dict__.get("config")
-    if not isinstance(cfg, ModelConfig):
-        raise TypeError(f"{type(model).__name__} has no ModelConfig 'config'")
-    return cfg
-
-
-def _model_name(config: TrainConfig) -> str:
-    return f"model {config.hf_model!r}" if config.hf_model else f"preset {config.preset}"
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    ids: Tensor,
-    *,
-    batch_size: int,
-    max_batches: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-) -> tuple[float, Tensor]:
-    """Mean next-token cross-entropy over the deterministic windows of ``ids`` (N,), and the
-    per-layer expert cosine similarity (L,).
-
-    Windows: :func:`namex_ref.data.eval_windows` with T = the model's seq_len (full windows
-    only), stacked ``batch_size`` at a time; the first ``max_batches`` stacks (0 = all). Rank r
-    of W evaluates stacks r, r+W, …; the token-weighted sum is all-reduced.
-    """
-    was_training = model.training
-    model.eval()
-    mcfg = model_config_of(model)
-    T = mcfg.seq_len
-    device = next(model.parameters()).device
-    total = torch.zeros(2, dtype=torch.float64, device=device)  # [Σ ce·tokens, tokens]
-    cosine = torch.full((mcfg.n_layer,), math.nan)
-    for k, batch in enumerate(eval_windows(ids, T, batch_size, drop_last=True)):
-        if max_batches and k >= max_batches:
-            break
-        if k == 0:
-            out = model(batch.x[:1].to(device), collect_stats=True)
-            cosine = out.stats.cosine.detach().double().cpu()
-        if k % world_size != rank:
-            continue
-        x, y = batch.x.to(device), batch.y.to(device)
-        out = model(x, y)
-        assert out.ce is not None
-        total[0] += out.ce.double() * y.numel()
-        total[1] += y.numel()
-    if world_size > 1:
-        dist.all_reduce(total)
-    model.train(was_training)
-    n = float(total[1])
-    if n == 0:
-        raise ValueError("the validation split holds no full window of seq_len tokens")
-    return float(total[0]) / n, cosine
-
-
-def _to_device(t: Tensor, device: torch.device) -> Tensor:
-    """Host -> device copy that does not wait for the device (pinned memory, non_blocking)."""
-    if device.type == "cpu":
-        return t
-    return t.pin_memory().to(device, non_blocking=True)
-
-
-def _nested(t: Tensor) -> Any:
-    return clean_json(t.detach().double().cpu().tolist())
-
-
-def _nonfinite_hint(what: str, step: int, config: TrainConfig,
-                    last_ckpt: tuple[Path, int] | None) -> NonFiniteLossError:
-    """The error for a non-finite loss or state first seen at ``step``; the checkpoint named is
-    the last one written, always at a step before ``step`` (checkpoints are written only after
-    every loss up to their step was checked finite and the state is finite)."""
-    if last_ckpt is not None and last_ckpt[1] < step:
-        where = (f"the last checkpoint, {str(last_ckpt[0])!r} (step {last_ckpt[1]}), was "
-                 f"written before it and can be resumed with --resume (same configuration)")
-    else:
-        where = "no checkpoint was written before it"
-    return NonFiniteLossError(
-        f"{what} at step {step} (method {config.method!r}, preset {config.preset!r}, lr "
-        f"{lr_at(step, config):.3g}). Hint: start a new run (another {flag_name('out')}) with "
-        f"a lower {flag_name('lr')}, {flag_name('grad_clip')} > 0, or "
-        f"{flag_name('singular_policy')} ridge; {where}."
-    )
-
-
-def _check_finite(first_bad: Tensor, config: TrainConfig,
-                  last_ckpt: tuple[Path, int] | None = None) -> None:
-    bad = int(first_bad)
-    if bad >= 0:
-        raise _nonfinite_hint("non-finite training loss", bad, config, last_ckpt)
-
-
-def _state_is_finite(model: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
-    """Whether every parameter and every floating optimizer-state tensor is finite.
-
-    The flags are reduced per device and never moved: optimizer state need not live with the
-    parameters (AdamW keeps its ``step`` counters on the CPU when the parameters are on CUDA,
-    and a user's optimizer may offload its moments). One host sync per device; called at
-    checkpoint steps only.
-    """
-    by_device: dict[torch.device, list[Tensor]] = {}
-    tensors = list(model.parameters())
-    for state in optimizer.state.values():
-        tensors += [v for v in state.values() if isinstance(v, Tensor) and v.is_floating_point()]
-    for t in tensors:
-        by_device.setdefault(t.device, []).append(torch.isfinite(t).all())
-    return all(bool(torch.stack(flags).all()) for flags in by_device.values())
-
-
-def _comparable(values: dict[str, Any]) -> dict[str, Any]:
-    """Trajectory fields of a config dict, with ``steps`` replaced by the schedule length (a
-    run may be extended; what must not change is the schedule it was trained under)."""
-    full = {**TrainConfig().to_dict(), **values}  # fields added since the checkpoint: defaults
-    horizon = full["schedule_steps"] or full["steps"]
-    out = {k: v for k, v in full.items() if k not in RUN_CONTROL_FIELDS and k != "steps"}
-    out["schedule_steps"] = horizon
-    return out
-
-
-def _config_mismatch(saved: dict[str, Any], config: TrainConfig) -> list[str]:
-    old, new = _comparable(saved), _comparable(config.to_dict())
-    return [
-        f"{flag_name(k)}: checkpoint {old.get(k)!r} != requested {new.get(k)!r}"
-        for k in sorted(set(old) | set(new))
-        if old.get(k) != new.get(k)
-    ]
-
-
-def require_out_folder(path: str | os.PathLike[str], flag: str = "--out") -> Path:
-    """``path`` as a folder that exists or can be created.
-
-    Raises:
-        ValueError: ``path``, or a parent of it, is an existing file (names ``flag``).
-    """
-    target = Path(path)
-    if target.exists() and not target.is_dir():
-        raise ValueError(
-            f"{flag}: {str(target)!r} is an existing file, not a folder; choose a folder path "
-            f"(it is created when missing)"
-        )
-    for parent in target.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(
-                    f"{flag}: {str(parent)!r} (part of {str(target)!r}) is a file, not a "
-                    f"folder; choose another folder path"
-                )
-            break
-    return target
-
-
-class _Reporter:
-    """Progress and announcements: appended to ``train.log`` (rank 0) and echoed to stdout
-    (``echo``; through tqdm while a bar is shown); notes and warnings also go to stderr."""
-
-    def __init__(self, log: Path | None, echo: bool, prefix: str, main: bool = True) -> None:
-        self.log, self.echo, self.prefix, self.main = log, echo, prefix, main
-        self.bar: Any = None
-
-    def _line(self, text: str) -> str:
-        return f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{self.prefix}] {text}"
-
-    def _file(self, line: str) -> None:
-        if self.log is not None:
-            with open(self.log, "a", encoding="utf-8") as handle:
-                handle.write(line + "\n")
-
-    def __call__(self, text: str, *, screen: bool = True) -> None:
-        line = self._line(text)
-        self._file(line)
-        if not (self.echo and screen):
-            return
-        if self.bar is not None:
-            self.bar.write(line)
-        else:
-            print(line, flush=True)
-
-    def note(self, text: str) -> None:
-        """A note the user must see even without progress output (stderr and the log)."""
-        if not self.main:  # one copy per run, not one per DDP rank
-            return
-        line = self._line(text)
-        self._file(line)
-        print(line, file=sys.stderr, flush=True)
-
-
-def _clock(seconds: float) -> str:
-    s = round(seconds) if math.isfinite(seconds) else 0
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-def _load_resume_point(
-    out: Path, main: bool, say: _Reporter
-) -> tuple[Checkpoint | None, Path | None]:
-    """The checkpoint to resume from: the latest, or (when it is missing, corrupt or torn) the
-    previous one, with a message; ``(None, None)`` when the folder holds neither."""
-    latest, previous = out / CHECKPOINT_NAME, out / PREVIOUS_NAME
-    problem = ""
-    if latest.is_file():
-        try:
-            return load_checkpoint(latest), latest
-        except CorruptCheckpointError as exc:
-            problem = str(exc)
-    elif previous.is_file():
-        problem = f"{str(latest)!r} is missing (the run was stopped while replacing it)"
-    if not previous.is_file():
-        if problem:
-            raise CorruptCheckpointError(
-                f"{problem}; there is no previous checkpoint to fall back to, so this run "
-                f"cannot be resumed: start it again in another --out folder"
-            )
-        return None, None
-    try:
-        ckpt = load_checkpoint(previous)
-    except CorruptCheckpointError as exc:
-        raise CorruptCheckpointError(
-            f"{problem}; the previous checkpoint is unusable too: {exc}"
-        ) from exc
-    if main and latest.is_file():
-        latest.replace(latest.with_name(latest.name + ".corrupt"))  # kept for inspection
-    say.note(f"warning: {problem}; resuming from the previous checkpoint {str(previous)!r} "
-             f"(step {ckpt.step}) instead")
-    return ckpt, previous
-
-
-def train(config: TrainConfig, *, resume: bool | Literal["if-present"] = False) -> TrainResult:
+def train(config: TrainConfig, *, resume: bool | Literal["if-present"] = False,
+          builder: ModelBuilder = GPT_BUILDER) -> TrainResult:
     """Train one model as ``config`` says; write metrics, checkpoints, plots, train.log and
     result.json to ``config.out``; return the :class:`TrainResult`.
 
@@ -414,10 +111,20 @@ def train(config: TrainConfig, *, resume: bool | Literal["if-present"] = False) 
     there is neither; ``"if-present"`` starts afresh instead. On CPU the continued run is
     bit-identical to an uninterrupted one. ``steps`` may grow (see the module docstring); a
     checkpoint of a different configuration otherwise (any trajectory field: all but
-    out/device/progress/cache_dir/threads) is refused with ``ValueError`` naming the flags.
+    :data:`~namex_ref.train.config.RUN_CONTROL_FIELDS`, the folders, device, threads, progress
+    and the log / eval / checkpoint intervals, which may change and are announced) is refused
+    with ``ValueError`` naming the flags.
     Without ``resume``, a folder that already holds a checkpoint is refused.
+    builder: where the model comes from (:class:`~namex_ref.train.builder.ModelBuilder`); the
+    GPT presets by default. A ``hf_model`` run needs ``namex_ref.hf.training.HF_BUILDER``
+    (or call ``namex_ref.hf.training.train``).
+
+    Signals: SIGINT or SIGTERM stops the run after the current step with a checkpoint
+    (:mod:`namex_ref.train.interrupt`); a second one exits at once.
 
     Raises:
+        TrainingInterrupted: the run stopped on SIGINT/SIGTERM; the checkpoint of the step it
+            reached is written (``exit_status`` 130 / 143 for the CLI).
         NonFiniteLossError: the loss or the state became NaN/inf (checked at log and
             checkpoint steps); the message names the last checkpoint written before it.
         CorruptCheckpointError: no usable checkpoint to resume (names the files).
@@ -430,24 +137,33 @@ def train(config: TrainConfig, *, resume: bool | Literal["if-present"] = False) 
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        return _train(config, resume, ctx)
+        with catch_interrupts() as interrupts:
+            return _train(config, resume, ctx, builder, interrupts)
     finally:
         torch.set_num_threads(threads)
         if ctx.owns_group:
             dist.destroy_process_group()
 
 
-def _train(config: TrainConfig, resume: bool | Literal["if-present"],
-           ctx: Distributed) -> TrainResult:
-    config.require_used_overrides()
-    device = resolve_device(config.device, ctx.local_rank)
-    out = require_out_folder(config.out)
-    ckpt_path = out / CHECKPOINT_NAME
-    prev_path = out / PREVIOUS_NAME
-    metrics_path = out / METRICS_NAME
-    interactive = sys.stdout.isatty() and sys.stderr.isatty()
-    say = _Reporter(out / LOG_NAME if ctx.main else None, config.progress and ctx.main,
-                    f"{config.method} s{config.seed}", main=ctx.main)
+def _train(config: TrainConfig, resume: bool | Literal["if-present"], ctx: Distributed,
+           builder: ModelBuilder, interrupts: Interrupts) -> TrainResult:
+    """Check the request, open the run, train its remaining steps, finish; on a signal, stop
+    after the current step with a checkpoint."""
+    run = _Run.open(config, resume, ctx, builder)
+    for step in range(run.start + 1, run.config.steps + 1):
+        run.step(step)
+        log_now, eval_now, ckpt_now = run.due(step)
+        if log_now or ckpt_now:
+            run.close_interval(step, log_now=log_now, eval_now=eval_now, ckpt_now=ckpt_now)
+        signum = run.signalled(interrupts, log_now)
+        if signum:
+            run.interrupt(step, signum, checkpointed=ckpt_now)
+    return run.finish()
+
+
+def _check_request(config: TrainConfig, ctx: Distributed) -> None:
+    """Refuse what no run can do: ignored merge overrides, intervals that are not multiples of
+    ``log_every``, a batch that does not split over the processes."""
     for name, every in (("ckpt_every", config.ckpt_every), ("eval_every", config.eval_every)):
         if every % config.log_every:
             raise ValueError(
@@ -460,48 +176,10 @@ def _train(config: TrainConfig, resume: bool | Literal["if-present"],
             f"({ctx.world})"
         )
 
-    ckpt: Checkpoint | None = None
-    ckpt_source: Path | None = None
-    if not resume:
-        if ckpt_path.is_file() or prev_path.is_file():
-            raise ValueError(
-                f"{str(out)!r} already holds a checkpoint; pass resume=True (CLI: --resume) to "
-                f"continue it, or choose another out folder (CLI: --out)"
-            )
-    else:
-        ckpt, ckpt_source = _load_resume_point(out, ctx.main, say)
-        if ckpt is None and resume != "if-present":
-            raise ValueError(
-                f"--resume: {str(out)!r} holds no checkpoint ({CHECKPOINT_NAME} or "
-                f"{PREVIOUS_NAME}) to resume; drop --resume to start a fresh run there, or "
-                f"pass --resume-if-present to resume only when there is one"
-            )
-    extended_from = 0
-    if ckpt is not None:
-        saved = {**TrainConfig().to_dict(), **ckpt.config}
-        horizon = saved["schedule_steps"] or saved["steps"]
-        if saved["steps"] != config.steps:
-            extended_from = int(saved["steps"])
-            # --schedule-steps left at 0 on a run of another length: keep the saved schedule
-            if config.schedule_steps == 0 and horizon != config.steps:
-                config = dataclasses.replace(config, schedule_steps=horizon)
-        problems = _config_mismatch(ckpt.config, config)
-        if problems:
-            raise ValueError(
-                "refusing to resume with a different configuration: " + "; ".join(problems)
-            )
-        if ckpt.step > config.steps:
-            raise ValueError(
-                f"--steps: the checkpoint is at step {ckpt.step}, beyond the requested "
-                f"--steps {config.steps}; ask for at least {ckpt.step} steps"
-            )
 
-    # The model first (a Hugging Face model fixes the vocabulary and the window), then the
-    # data: rank 0 builds the cache first, the others then read it.
-    torch.manual_seed(config.seed)
-    model = build_model(config)
-    mcfg = model_config_of(model)
-    T = mcfg.seq_len
+def _load_data(config: TrainConfig, mcfg: ModelConfig, ctx: Distributed) -> TokenData:
+    """The token splits for ``mcfg``'s vocabulary and window: rank 0 builds the cache first,
+    the others then read it."""
     if ctx.main:
         data = load_token_data(config, spec=mcfg)
     ctx.barrier()
@@ -511,244 +189,307 @@ def _train(config: TrainConfig, resume: bool | Literal["if-present"],
         raise ValueError(
             f"tokenizer vocabulary {data.vocab_size} exceeds the model's {mcfg.vocab_size}"
         )
-    train_ids = data.train  # batches are gathered on the CPU, then copied without a sync
-    valid_ids = data.valid
-    unigram = unigram_perplexity(data.train, data.valid, mcfg.vocab_size)
+    return data
 
-    model = model.to(device)
-    n_params = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.AdamW(
-        _param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.95), eps=1e-8
-    )
-    start = 0
-    fallbacks_done = 0
-    step_time = 0.0  # wall seconds of training steps (evaluation excluded), over all resumes
-    steps_run = 0
-    if ckpt is not None:
-        model.load_state_dict(ckpt.model_state)
-        optimizer.load_state_dict(ckpt.optim_state)
-        restore_rng(ckpt)
-        start = ckpt.step
-        fallbacks_done = int(ckpt.counters.get("fallbacks", 0))
-        step_time = float(ckpt.counters.get("step_seconds", 0.0))
-        steps_run = int(ckpt.counters.get("steps_timed", 0))
-    if ctx.main:
+
+_HOST = torch.device("cpu")
+
+
+def _to_device(t: Tensor, device: torch.device) -> Tensor:
+    """Host -> device copy that does not wait for the device (pinned memory, non_blocking)."""
+    if device == _HOST:  # the host itself (the device detector's stand-in GPU is cpu:0)
+        return t
+    if torch.cuda.is_available():
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
+class _Run:
+    """One training run between its steps: the model (and its DDP wrapper), the optimizer,
+    the data, the device accumulators and the cumulative counters that checkpoints carry."""
+
+    def __init__(self, point: ResumePoint, ctx: Distributed, device: torch.device, out: Path,
+                 say: Reporter, builder: ModelBuilder) -> None:
+        config = self.config = point.config
+        self.ctx, self.device, self.out, self.say, self.builder = ctx, device, out, say, builder
+        # The model first (a Hugging Face model fixes the vocabulary and the window), then data.
+        torch.manual_seed(config.seed)
+        model = builder.build(config)
+        self.mcfg = model_config_of(model)
+        self.data = _load_data(config, self.mcfg, ctx)  # batches gathered on the CPU
+        self.unigram = unigram_perplexity(self.data.train, self.data.valid, self.mcfg.vocab_size)
+        self.model = model.to(device)
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        self.optimizer = make_optimizer(self.model, config)
+        self.precision = Precision(config.precision, device)
+        ckpt, self.start = point.ckpt, point.step
+        counters = {} if ckpt is None else ckpt.counters
+        if ckpt is not None:
+            self.model.load_state_dict(ckpt.model_state)
+            self.optimizer.load_state_dict(ckpt.optim_state)
+            self.precision.load_state_dict(counters.get("grad_scaler", {}))
+            restore_rng(ckpt, device=device, rank=ctx.rank)  # rank r: its own device generator
+        self.step_time = float(counters.get("step_seconds", 0.0))  # over all resumes
+        self.steps_run = int(counters.get("steps_timed", 0))
+        if ctx.main:
+            self._prepare_folder(point)
+        self.net = self._wrap(self.model)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.clip = config.grad_clip if config.grad_clip > 0 else math.inf
+        if config.progress and ctx.main and sys.stdout.isatty() and sys.stderr.isatty():
+            say.open_bar(config.steps, self.start, f"{config.method} s{config.seed}")
+        self.last_ckpt: tuple[Path, int] | None = (
+            None if point.source is None else (point.source, self.start)
+        )
+        self.acc = Interval(device, int(counters.get("fallbacks", 0)))
+        self.acc.load_state(counters.get("interval", {}), ctx.main)
+        self.lr = 0.0
+        self.t_run = self.t_interval = time.perf_counter()
+        self.model.train()
+
+    @classmethod
+    def open(cls, config: TrainConfig, resume: bool | Literal["if-present"], ctx: Distributed,
+             builder: ModelBuilder) -> _Run:
+        """Check ``config``, decide where to start (:func:`~namex_ref.train.resume.
+        plan_resume`), build everything."""
+        config.require_used_overrides()
+        device = resolve_device(config.device, ctx.local_rank)
+        out = require_out_folder(config.out)
+        say = Reporter(out / LOG_NAME if ctx.main else None, config.progress and ctx.main,
+                       f"{config.method} s{config.seed}", main=ctx.main)
+        _check_request(config, ctx)
+        point = plan_resume(config, resume, out, ctx.main, say)
+        return cls(point, ctx, device, out, say, builder)
+
+    def _prepare_folder(self, point: ResumePoint) -> None:
+        """Rank 0: write config.json, drop a stale result and temporary files, start the log
+        and metrics afresh (a fresh run) or cut them back to the checkpoint (a resumed one)."""
+        config, out, say = self.config, self.out, self.say
         out.mkdir(parents=True, exist_ok=True)
         (out / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         (out / RESULT_NAME).unlink(missing_ok=True)
         for stale in out.glob(".*.tmp"):  # left by a process killed while writing
             stale.unlink(missing_ok=True)
-        if ckpt is None:
-            metrics_path.unlink(missing_ok=True)
+        accum = f" x {config.grad_accum} accumulated" if config.grad_accum > 1 else ""
+        if point.ckpt is None:
+            (out / METRICS_NAME).unlink(missing_ok=True)
             (out / LOG_NAME).unlink(missing_ok=True)
             say(f"fresh start: {config.steps} steps, method {config.method}, "
-                f"{_model_name(config)} ({n_params / 1e6:.2f}M parameters), batch "
-                f"{config.batch_size}, device {device}, {ctx.world} process(es); writing to "
-                f"{str(out)!r}")
+                f"{self.builder.describe(config)} ({self.n_params / 1e6:.2f}M parameters), "
+                f"batch {config.batch_size}{accum}, device {self.device}, {self.ctx.world} "
+                f"process(es); writing to {str(out)!r}")
         else:
-            truncate_after(metrics_path, start)
-            say(f"resuming from step {start} of {config.steps} (checkpoint "
-                f"{str(ckpt_source)!r})")
-            present = {int(r["step"]) for r in read_jsonl(metrics_path)}
-            lost = [k for k in range(config.log_every, start + 1, config.log_every)
-                    if k not in present]
-            if lost:
-                say.note(f"warning: {METRICS_NAME} lacks the lines of steps "
-                         f"{', '.join(map(str, lost))} (at or before the checkpoint, so they are "
-                         f"not trained again); the run continues from step {start}")
-            if not ckpt.verified:
-                say.note(f"note: {str(ckpt_source)!r} predates checkpoint checksums; loaded "
-                         f"without verification")
-            if extended_from:
-                say(f"extending a run of {extended_from} steps to {config.steps}; the lr "
-                    f"schedule keeps its length of {config.schedule_length} steps, later steps "
-                    f"run at the floor lr {config.lr * config.min_lr_ratio:.3g}")
+            truncate_after(out / METRICS_NAME, self.start)
+            announce_resume(point, out / METRICS_NAME, say)
         if config.warmup > config.schedule_length:
             say.note(f"note: {flag_name('warmup')} {config.warmup} is longer than the "
                      f"{config.schedule_length}-step lr schedule; warmup clamped to "
                      f"{config.effective_warmup} steps")
-    if ctx.world > 1:
-        find_unused = mcfg.merge.spec.kind == "topk"  # idle experts get no gradient
-        net: nn.Module = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        """``model`` itself, or under several processes its DDP wrapper."""
+        if self.ctx.world == 1:
+            return model
+        find_unused = self.mcfg.merge.spec.kind == "topk"  # idle experts get no gradient
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
             find_unused_parameters=find_unused,
         )
-    else:
-        net = model
-    params = [p for p in model.parameters() if p.requires_grad]
-    clip = config.grad_clip if config.grad_clip > 0 else math.inf
 
-    show = config.progress and ctx.main and interactive
-    bar: Any = None
-    if show:
-        from tqdm import tqdm
-
-        bar = tqdm(total=config.steps, initial=start, desc=f"{config.method} s{config.seed}",
-                   dynamic_ncols=True)
-        say.bar = bar
-    last_ckpt: tuple[Path, int] | None = (
-        None if ckpt is None or ckpt_source is None else (ckpt_source, start)
-    )
-
-    # Device accumulators (read at log steps only).
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, ce, aux
-    res_max = torch.full((), -math.inf, dtype=torch.float64, device=device)  # no bargain: -inf
-    fallbacks = torch.full((), fallbacks_done, dtype=torch.int64, device=device)
-    first_bad = torch.full((), -1, dtype=torch.int64, device=device)
-    grad_norm = torch.zeros((), device=device)
-    alphas = torch.zeros(0)
-    n_in_interval = 0
-    t_run = time.perf_counter()
-    t_interval = t_run
-    model.train()
-    for step in range(start + 1, config.steps + 1):
-        lr = lr_at(step, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    def step(self, step: int) -> None:
+        """One AdamW update on the batch of ``step`` (:func:`~namex_ref.train.data.
+        batch_for_step`), at the lr of :func:`~namex_ref.train.schedule.lr_at`, the forward
+        under the run's :class:`~namex_ref.train.precision.Precision`; no host sync (except
+        fp16's scaler). With ``grad_accum`` K the batch of K·``batch_size`` windows is run as
+        K micro-batches whose gradients add up (each loss divided by K): the update of one
+        K-times larger batch, to float rounding."""
+        config, k = self.config, self.config.grad_accum
+        self.lr = lr_at(step, config)
+        set_lr(self.optimizer, self.lr)
         batch = batch_for_step(
-            train_ids, seed=config.seed, step=step, batch_size=config.batch_size, seq_len=T,
-            rank=ctx.rank, world_size=ctx.world,
+            self.data.train, seed=config.seed, step=step, batch_size=config.batch_size * k,
+            seq_len=self.mcfg.seq_len, rank=self.ctx.rank, world_size=self.ctx.world,
         )
-        x, y = _to_device(batch.x, device), _to_device(batch.y, device)
-        out_: ModelOutput = net(x, y)
-        loss, ce = out_.loss, out_.ce
-        assert loss is not None and ce is not None  # targets were given
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-        optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        micro = batch.x.shape[0] // k
+        outs: list[ModelOutput] = []
+        for j in range(k):
+            rows = slice(j * micro, (j + 1) * micro)
+            x = _to_device(batch.x[rows], self.device)
+            y = _to_device(batch.y[rows], self.device)
+            with self._gradient_sync(last=j == k - 1):
+                with self.precision.autocast():
+                    out: ModelOutput = self.net(x, y)
+                assert out.loss is not None and out.ce is not None  # targets were given
+                self.precision.backward(out.loss if k == 1 else out.loss / k)
+            outs.append(out)
+        self.precision.unscale(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.precision.step(self.optimizer)
+        self.acc.add(step, outs[0] if k == 1 else mean_output(outs), grad_norm)
+        if self.say.bar is not None:
+            self.say.bar.update(1)
 
-        d_loss = loss.detach()
-        sums += torch.stack([d_loss, ce.detach(), out_.aux_loss.detach()]).double()
-        stats = out_.stats
-        r = stats.residuals.detach().double()
-        res_max = torch.maximum(res_max, torch.where(r.isnan(), -math.inf, r).max())
-        fallbacks += stats.fallbacks.sum()
-        first_bad = torch.where(
-            (~torch.isfinite(d_loss)) & (first_bad < 0), torch.full_like(first_bad, step),
-            first_bad,
-        )
-        alphas = stats.alphas.detach()
-        n_in_interval += 1
-        if bar is not None:
-            bar.update(1)
+    def _gradient_sync(self, *, last: bool) -> contextlib.AbstractContextManager[Any]:
+        """DDP all-reduces gradients on the last micro-batch of a step only (``no_sync``)."""
+        if last or not isinstance(self.net, nn.parallel.DistributedDataParallel):
+            return contextlib.nullcontext()
+        return self.net.no_sync()
 
-        log_now = step % config.log_every == 0 or step == config.steps
+    def due(self, step: int) -> tuple[bool, bool, bool]:
+        """Whether ``step`` writes a metrics line, evaluates, checkpoints (the last step always
+        logs and checkpoints)."""
+        config, last = self.config, step == self.config.steps
+        log_now = step % config.log_every == 0 or last
         eval_now = config.eval_every > 0 and step % config.eval_every == 0
-        ckpt_now = (config.ckpt_every > 0 and step % config.ckpt_every == 0) or (
-            step == config.steps
-        )
-        if not (log_now or ckpt_now):
-            continue
-        if ctx.world > 1:
-            dist.all_reduce(sums)
-            sums /= ctx.world
-            dist.all_reduce(first_bad, op=dist.ReduceOp.MAX)
-        _check_finite(first_bad, config, last_ckpt)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        now = time.perf_counter()
-        interval = now - t_interval
-        step_time += interval
-        steps_run += n_in_interval
-        record: dict[str, Any] = {}
-        if log_now:
-            mean = (sums / n_in_interval).tolist()
-            rm = float(res_max)
-            record = {
-                "step": step,
-                "loss": mean[0],
-                "ce": mean[1],
-                "aux": mean[2],
-                "lr": lr,
-                "grad_norm": float(grad_norm),
-                "tokens_per_s": n_in_interval * config.batch_size * T / interval,
-                "step_s": interval / n_in_interval,
-                "elapsed_s": now - t_run,
-                "alpha": _nested(alphas) if alphas.numel() else None,
-                "residual_max": rm if math.isfinite(rm) else None,
-                "fallbacks": int(fallbacks),
-            }
-            if bar is not None:
-                bar.set_postfix(loss=f"{mean[0]:.3f}", lr=f"{lr:.2e}")
-            run_s = now - t_run
-            eta = run_s / (step - start) * (config.steps - step)
-            say(f"step {step}/{config.steps} loss {mean[0]:.4f} lr {lr:.3g} tokens/s "
-                f"{record['tokens_per_s']:.0f} elapsed {_clock(run_s)} eta {_clock(eta)}",
-                screen=bar is None)
-        if eval_now:
-            vloss, cos = evaluate(
-                model, valid_ids, batch_size=config.batch_size,
-                max_batches=config.eval_batches, rank=ctx.rank, world_size=ctx.world,
-            )
-            record.update(valid_loss=vloss, valid_ppl=math.exp(vloss), cosine=_nested(cos))
-            say(f"step {step}/{config.steps} evaluation: valid loss {vloss:.4f} perplexity "
-                f"{math.exp(vloss):.2f}")
-        if ctx.main and record:
-            append_jsonl(metrics_path, record)
-        if ckpt_now and not _state_is_finite(model, optimizer):
-            raise _nonfinite_hint("non-finite parameters or optimizer state", step, config,
-                                  last_ckpt)
-        if ckpt_now and ctx.main:
-            save_checkpoint(
-                ckpt_path, model=model, optimizer=optimizer, step=step,
-                config=config.to_dict(),
-                counters={"fallbacks": int(fallbacks), "step_seconds": step_time,
-                          "steps_timed": steps_run},
-                previous=prev_path,
-            )
-        if ckpt_now:
-            last_ckpt = (ckpt_path, step)
-        sums.zero_()
-        res_max.fill_(-math.inf)
-        n_in_interval = 0
-        t_interval = time.perf_counter()
-    train_seconds = time.perf_counter() - t_run
-    if bar is not None:
-        bar.close()
+        ckpt_now = (config.ckpt_every > 0 and step % config.ckpt_every == 0) or last
+        return log_now, eval_now, ckpt_now
 
-    span = ("the whole validation split" if config.final_eval_batches == 0
-            else f"{config.final_eval_batches} validation batches")
-    say(f"final evaluation on {span}")
-    vloss, _ = evaluate(
-        model, valid_ids, batch_size=config.batch_size, max_batches=config.final_eval_batches,
-        rank=ctx.rank, world_size=ctx.world,
-    )
-    say(f"final: valid loss {vloss:.4f} perplexity {math.exp(vloss):.2f} (unigram perplexity "
-        f"{unigram:.1f})")
-    records = read_jsonl(metrics_path) if ctx.main else []
-    last_loss = next((float(r["loss"]) for r in reversed(records) if r.get("loss") is not None),
-                     math.nan)
-    result = TrainResult(
-        config=config,
-        out=str(out),
-        steps=config.steps,
-        valid_loss=vloss,
-        valid_ppl=math.exp(vloss),
-        unigram_ppl=unigram,
-        train_loss=last_loss,
-        seconds_per_step=step_time / steps_run if steps_run else math.nan,
-        train_seconds=train_seconds,
-        fallbacks=int(fallbacks),
-        n_params=n_params,
-        device=str(device),
-        world_size=ctx.world,
-    )
-    if ctx.main:
+    def close_interval(self, step: int, *, log_now: bool, eval_now: bool,
+                       ckpt_now: bool) -> None:
+        """The host sync of a log or checkpoint step: check the losses, time the interval,
+        write the metrics line (with the evaluation), checkpoint, start the next interval."""
+        self.acc.all_reduce(self.ctx.world)
+        check_finite(self.acc.first_bad, self.config, self.last_ckpt)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        seconds = now - self.t_interval
+        self.step_time += seconds
+        self.steps_run += self.acc.timed
+        record = self.report(step, seconds, now) if log_now else {}
+        if eval_now:
+            record.update(self.evaluate(step))
+        if self.ctx.main and record:
+            append_jsonl(self.out / METRICS_NAME, record)
+        self.acc.reset()  # before the checkpoint: this interval is written, not carried over
+        if ckpt_now:
+            self.checkpoint(step)
+        self.t_interval = time.perf_counter()
+
+    def report(self, step: int, seconds: float, now: float) -> dict[str, Any]:
+        """The metrics line of ``step``, shown on the bar or as a progress line."""
+        config = self.config
+        record = self.acc.record(step, self.lr, seconds, now - self.t_run,
+                                 config.batch_size * config.grad_accum * self.mcfg.seq_len)
+        bar = self.say.bar
+        if bar is not None:
+            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{self.lr:.2e}")
+        run_s = now - self.t_run
+        eta = run_s / (step - self.start) * (config.steps - step)
+        self.say(f"step {step}/{config.steps} loss {record['loss']:.4f} lr {self.lr:.3g} "
+                 f"tokens/s {record['tokens_per_s']:.0f} elapsed {clock(run_s)} eta "
+                 f"{clock(eta)}", screen=bar is None)
+        return record
+
+    def evaluate(self, step: int) -> dict[str, Any]:
+        """The periodic evaluation's fields (:data:`~namex_ref.train.metrics.EVAL_FIELDS`)."""
+        with self.precision.autocast():
+            vloss, cos = evaluate(
+                self.model, self.data.valid, batch_size=self.config.batch_size,
+                max_batches=self.config.eval_batches, rank=self.ctx.rank,
+                world_size=self.ctx.world,
+            )
+        self.say(f"step {step}/{self.config.steps} evaluation: valid loss {vloss:.4f} "
+                 f"perplexity {math.exp(vloss):.2f}")
+        return {"valid_loss": vloss, "valid_ppl": math.exp(vloss), "cosine": nested_list(cos)}
+
+    def checkpoint(self, step: int) -> None:
+        """Check the whole state finite, then (rank 0) write the checkpoint of ``step``."""
+        if not state_is_finite(self.model, self.optimizer):
+            raise nonfinite_error("non-finite parameters or optimizer state", step,
+                                  self.config, self.last_ckpt)
+        path = self.out / CHECKPOINT_NAME
+        counters = self._counters()  # on every rank: a partial interval is all-reduced
+        device_rng = self.ctx.device_rng_states(self.device)  # every rank: a collective
+        if self.ctx.main:
+            save_checkpoint(
+                path, model=self.model, optimizer=self.optimizer, step=step,
+                config=self.config.to_dict(), counters=counters,
+                previous=self.out / PREVIOUS_NAME, device_rng=device_rng,
+            )
+        self.last_ckpt = (path, step)
+
+    def _counters(self) -> dict[str, Any]:
+        """What a checkpoint carries beside the tensors: cumulative counters, (fp16) the
+        gradient scaler's state and (a run stopped between log steps) the partial interval."""
+        counters: dict[str, Any] = {"fallbacks": int(self.acc.fallbacks),
+                                    "step_seconds": self.step_time,
+                                    "steps_timed": self.steps_run}
+        extra = {"grad_scaler": self.precision.state_dict(),
+                 "interval": self.acc.state(self.ctx.world)}
+        return counters | {k: v for k, v in extra.items() if v}
+
+    def signalled(self, interrupts: Interrupts, log_now: bool) -> int:
+        """The signal that stops the run after this step, or 0. One process: the handler's
+        flag after every step (no sync). Several: the ranks agree at log steps (an all-reduce
+        of the flag, beside the log step's other reductions), so all stop at the same step."""
+        if self.ctx.world == 1:
+            return interrupts.signum
+        if not log_now:
+            return 0
+        flag = torch.full((), interrupts.signum, dtype=torch.int64, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag)
+
+    def interrupt(self, step: int, signum: int, *, checkpointed: bool) -> None:
+        """Stop on ``signum`` after ``step``: checkpoint it (unless this step just did, with
+        the partial interval's sums), say so on the terminal and in train.log, and raise
+        :class:`~namex_ref.train.interrupt.TrainingInterrupted`."""
+        if not checkpointed:
+            if self.ctx.world > 1:
+                dist.all_reduce(self.acc.first_bad, op=dist.ReduceOp.MAX)
+            check_finite(self.acc.first_bad, self.config, self.last_ckpt)
+            now = time.perf_counter()
+            self.step_time += now - self.t_interval
+            self.steps_run += self.acc.timed
+            self.acc.timed, self.t_interval = 0, now
+            self.checkpoint(step)
+        self.say.close_bar()
+        self.say.note(interrupted_message(step, self.config.steps))
+        raise TrainingInterrupted(signum, step, self.config.steps,
+                                  str(self.out / CHECKPOINT_NAME))
+
+    def finish(self) -> TrainResult:
+        """The final evaluation, the :class:`TrainResult`, and (rank 0) the plots, the
+        builder's export and ``result.json``."""
+        config, ctx, say = self.config, self.ctx, self.say
+        train_seconds = time.perf_counter() - self.t_run
+        say.close_bar()
+        span = ("the whole validation split" if config.final_eval_batches == 0
+                else f"{config.final_eval_batches} validation batches")
+        say(f"final evaluation on {span}")
+        with self.precision.autocast():
+            vloss, _ = evaluate(
+                self.model, self.data.valid, batch_size=config.batch_size,
+                max_batches=config.final_eval_batches, rank=ctx.rank, world_size=ctx.world,
+            )
+        say(f"final: valid loss {vloss:.4f} perplexity {math.exp(vloss):.2f} (unigram "
+            f"perplexity {self.unigram:.1f})")
+        records = read_jsonl(self.out / METRICS_NAME) if ctx.main else []
+        last_loss = next((float(r["loss"]) for r in reversed(records)
+                          if r.get("loss") is not None), math.nan)
+        result = TrainResult(
+            config=config, out=str(self.out), steps=config.steps, valid_loss=vloss,
+            valid_ppl=math.exp(vloss), unigram_ppl=self.unigram, train_loss=last_loss,
+            seconds_per_step=self.step_time / self.steps_run if self.steps_run else math.nan,
+            train_seconds=train_seconds, fallbacks=int(self.acc.fallbacks),
+            n_params=self.n_params, device=str(self.device), world_size=ctx.world,
+        )
+        if ctx.main:
+            self._write_outputs(result, records)
+        ctx.barrier()
+        return result
+
+    def _write_outputs(self, result: TrainResult, records: list[dict[str, Any]]) -> None:
         from namex_ref.train.plots import plot_run
 
+        config, out = self.config, self.out
         plot_run(records, out, title=f"{config.method} (seed {config.seed})")
         exported = ""
-        if config.hf_model:
-            from namex_ref.hf.training import MODEL_DIR, HFCausalLM, export
-
-            assert isinstance(model, HFCausalLM)
-            export(model, config, out / MODEL_DIR)
-            exported = f", {MODEL_DIR}/ (namex_ref.hf.load)"
-        tmp = out / f".{RESULT_NAME}.tmp"
-        tmp.write_text(json.dumps(clean_json(result.to_dict()), indent=2) + "\n")
-        os.replace(tmp, out / RESULT_NAME)
-        say(f"wrote {str(out)!r}: {RESULT_NAME}, {METRICS_NAME}, {LOG_NAME}, {CHECKPOINT_NAME}, "
-            f"loss.png, alpha.png, cosine.png{exported}")
-    ctx.barrier()
-    return result
+        if self.builder.export is not None:
+            note = self.builder.export(self.model, config, out)
+            exported = f", {note}" if note else ""
+        write_result(out, result)
+        self.say(f"wrote {str(out)!r}: {RESULT_NAME}, {METRICS_NAME}, {LOG_NAME}, "
+                 f"{CHECKPOINT_NAME}, loss.png, alpha.png, cosine.png{exported}")
