@@ -160,7 +160,7 @@ def test_bf16_fine_tuning_runs_the_forward_under_autocast(
     assert all(abs(x - y) <= 2.0**-8 * x for x, y in zip(a, b, strict=True)), (a, b)
     from safetensors import safe_open
 
-    with safe_open(str(tmp_path / "bf16" / "model" / "namex_model.safetensors"), "pt") as f:
+    with safe_open(str(tmp_path / "bf16" / "model" / "model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
 
 
