@@ -41,6 +41,14 @@ lint: $(STAMP)
 
 check: lint test
 
+# Regenerate the committed reports in results/ (README there). Every command writes under runs/
+# by default; only these explicit `--out results` overwrite the committed files. Long: tens of
+# minutes on 2 cores.
+.PHONY: results
+results: $(STAMP)
+	$(VENV)/bin/namex bench all --out results --threads 1
+	$(VENV)/bin/namex mtl --out results
+
 # Mutation testing of the core (tools/mutation.py; long: tens of minutes on 2 cores, not in CI).
 # Writes results/mutation.md and results/mutation.json.
 mutation: $(STAMP)

@@ -251,7 +251,7 @@ def test_wikitext_source(cache: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow  # the full default tiny run: about a minute on 2 CPU cores
 def test_default_tiny_run_beats_the_unigram_model(tmp_path: Path) -> None:
-    """The README's unit of work: default TrainConfig (tiny preset, whole built-in corpus).
+    """The quick start's unit of work: default TrainConfig (tiny preset, whole built-in corpus).
     Measured: valid ppl ≈ 180 against a unigram perplexity of ≈ 509 (namex-full-mom, seed 0)."""
     res = train(TrainConfig(out=str(tmp_path / "run"), device="cpu", progress=False, threads=1,
                             cache_dir=str(tmp_path / "cache")))

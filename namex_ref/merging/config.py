@@ -28,6 +28,7 @@ __all__ = [
     "MethodSpec",
     "SignMask",
     "SingularPolicy",
+    "describe_method",
 ]
 
 MethodName = Literal[
@@ -93,6 +94,31 @@ METHOD_TABLE: dict[str, MethodSpec] = {
     # swaps the complex buffer for the quaternion one (S18).
     "namex-q": MethodSpec("merge", "first-layer", True, "nash", "interval", "quaternion"),
 }
+
+
+def describe_method(name: str) -> str:
+    """One line saying what method ``name`` does, composed from its :data:`METHOD_TABLE` row
+    (so the text cannot drift from what the layer runs), ending with its equation tag.
+
+    Example: ``describe_method("smear")`` -> ``"merged experts; no base expert (S13)"``.
+    """
+    try:
+        spec = METHOD_TABLE[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
+    if spec.kind == "topk":
+        return "token top-k over the experts' outputs, load-balancing loss (S12)"
+    merge = "merged experts" + (" + curvature M_i" if spec.curvature else "")
+    if spec.base == "none":
+        return f"{merge}; no base expert (S13)"
+    if spec.base == "per-layer":
+        return f"{merge}; base: learned in every layer (S14)"
+    if spec.propagation == "ep":
+        return f"{merge}; base: first layer, propagated by (γ/N) Σ M_i τ_i (S15)"
+    alpha = "α once" if spec.resolve == "once" else "α every Δl layers"
+    momentum = "" if spec.momentum == "none" else f", {spec.momentum} momentum"
+    tag = {"none": "S16", "complex": "S17", "quaternion": "S18"}[spec.momentum]
+    return f"{merge}; base: first layer, Nash bargain, {alpha}{momentum} ({tag})"
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,9 @@ def _newton(K, a0, USE_A0: tl.constexpr, idx, mask, n, n_steps, tol, factor, cap
         a = tl.where(mask, d * 0.0 + 1.0, 0.0)  # α̂ = 1 (float64, as d)
     r, res, top = _residual(Kh, a, mask)
     conv = _converged(n, res, top, tol, factor, cap, eps)
-    broken = n < 0
+    # a warm start whose ray search overflowed (α̂ = 0 or not finite) is no start at all
+    good_a = tl.where(mask, ((tl.abs(a) <= maxf) & (a > 0.0)).to(tl.int32), 1)
+    broken = tl.reduce(good_a, 0, _MIN) == 0
     steps = tl.full((), 0, tl.int32)
     while (steps < n_steps) & (~conv) & (~broken):
         steps += 1

@@ -128,8 +128,10 @@ def solve_newton(
 
     Guarantees on any input, validated or not: α is finite and > 0. A problem that is no
     bargain at all (a non-finite entry or a non-positive diagonal, only reachable with
-    ``solve_nash(validate=False)`` or by calling this function directly), or whose Newton step
-    becomes non-finite (an indefinite K), is returned as α = 1, residual = inf,
+    ``solve_nash(validate=False)`` or by calling this function directly), whose Newton matrix
+    has a pivot ≤ 0 or whose step becomes non-finite (an indefinite K; every backend tests the
+    same two conditions), or whose warm start rescales to a zero or non-finite α̂ (αᵀK̂α
+    overflowed, e.g. ``alpha0`` = 1e154) is returned as α = 1, residual = inf,
     converged = False, without affecting the rest of the batch. An invalid ``alpha0`` (wrong
     shape; in adaptive mode also non-finite or ≤ 0) raises :class:`BargainInputError`; in
     fixed-iteration mode, where values are not read back, a problem with an invalid warm start
@@ -161,20 +163,22 @@ def solve_newton(
     n_steps = max_iter if fixed_iterations is None else fixed_iterations
     history: list[Tensor] = []
     a, Kh = p.a, p.Kh
-    batch = Kh.shape[:-1]
     r = scaled_gradient(Kh, a)
     res = r.abs().amax(-1)
-    broken = torch.zeros(batch[:-1], dtype=torch.bool, device=Kh.device)
+    # a warm start whose ray search overflowed (α̂ = 0 or not finite) is no start at all
+    broken = ~(torch.isfinite(a) & (a > 0)).all(-1)
     it = 0
     for it in range(1, n_steps + 1):
         done = converged_mask(Kh, a, res, tol) | broken
         if fixed_iterations is None and bool(done.all()):
             it -= 1
             break
-        a_new = a * (1.0 + _newton_step(Kh, a, r, p.eye))
-        # A non-finite step (only for an indefinite K, i.e. unvalidated bad input) freezes the
-        # problem at its last finite iterate; it is reported as not converged below.
-        broken = broken | ~(torch.isfinite(a_new) & (a_new > 0)).all(-1)
+        step, factored = _newton_step(Kh, a, r, p.eye)
+        a_new = a * (1.0 + step)
+        # A failed factorisation or a non-finite step (only for an indefinite K, i.e.
+        # unvalidated bad input) freezes the problem; it is reported as α = 1, residual inf
+        # below, as the fused kernels do (their pivot test is the same condition).
+        broken = broken | ~factored | ~(torch.isfinite(a_new) & (a_new > 0)).all(-1)
         a = torch.where((done | broken)[..., None], a, a_new)
         r = scaled_gradient(Kh, a)
         res = r.abs().amax(-1)
@@ -257,14 +261,15 @@ def _start(K: Tensor, alpha0: Tensor | None, *, check_values: bool) -> _Start:
     return _Start(Kh, d, (a * scale).clone(), valid, eye)
 
 
-def _newton_step(Kh: Tensor, a: Tensor, r: Tensor, eye: Tensor) -> Tensor:
-    """One damped Newton step in multiplicative form: returns t·z, so α̂_new = α̂∘(1 + t·z).
+def _newton_step(Kh: Tensor, a: Tensor, r: Tensor, eye: Tensor) -> tuple[Tensor, Tensor]:
+    """One damped Newton step in multiplicative form: returns (t·z, factorisation succeeded),
+    so α̂_new = α̂∘(1 + t·z); the flag (...,) is False where a pivot of DK̂D + I is ≤ 0.
 
     Kh (..., N, N), a = α̂ (..., N), r = α̂∘(K̂α̂) − 1 (..., N), all float64; z solves
     (DK̂D + I) z = −r, t = 1/(1 + λ) above ``FULL_STEP_DECREMENT`` and 1 below, capped by the
     fraction-to-boundary rule. No host synchronisation."""
     M = a[..., :, None] * Kh * a[..., None, :] + eye  # D K̂ D + I, eigenvalues ≥ 1
-    L, _ = torch.linalg.cholesky_ex(M)
+    L, info = torch.linalg.cholesky_ex(M)  # info > 0: a pivot ≤ 0, M (so K) indefinite
     # Two triangular solves instead of torch.cholesky_solve: on CPU the latter reads a
     # status scalar back (aten::_local_scalar_dense, one host sync per step; measured in
     # results/step.md); the triangular solves do not.
@@ -276,7 +281,7 @@ def _newton_step(Kh: Tensor, a: Tensor, r: Tensor, eye: Tensor) -> Tensor:
     neg = torch.where(z < 0, -FRACTION_TO_BOUNDARY / z, torch.full_like(z, math.inf))
     t = torch.minimum(t, neg.amin(-1))
     step: Tensor = t[..., None] * z
-    return step
+    return step, info == 0
 
 
 def _solve_newton_fused(
