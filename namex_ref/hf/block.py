@@ -284,7 +284,7 @@ class HFMergedMoE(nn.Module):
         S_len = cfg.segment_len if cfg.routing == "segment" else T
         # the random draws in training, in MoEFeedForward's order: "dare" masks, gate noise,
         # term-dropout mask (then the second router's, in _ffn)
-        deltas = self._deltas()
+        deltas = self._deltas((B, -(-T // S_len)))
         scores, aux = self._route(x)  # (B, S, N)
         S = scores.shape[1]
         xs = F.pad(x, (0, 0, 0, S * S_len - T)).reshape(B, S, S_len, H)
@@ -349,11 +349,12 @@ class HFMergedMoE(nn.Module):
             )
         return terms
 
-    def _deltas(self) -> list[Tensor]:
+    def _deltas(self, units: tuple[int, int] | None = None) -> list[Tensor]:
         """The merge terms of the three matrices after ``sign_mask`` (:func:`masked_deltas`:
-        "ties" masks from τ on this layer's base, "dare" masks in training only)."""
+        "ties" masks from τ on this layer's base, "dare" masks in training only; per routing
+        unit of ``units`` = (B, S) with ``dare_granularity="segment"``)."""
         return masked_deltas(self._terms(), self.experts_list(), self.config,
-                             training=self.training)
+                             training=self.training, units=units)
 
     def _ffn(
         self, xs: Tensor, scores: Tensor, deltas: list[Tensor], T: int | None = None

@@ -50,6 +50,7 @@ MergeMemory = Literal["eager", "keep-deltas", "recompute"]
 BaseSource = Literal["none", "per-layer", "first-layer"]
 Propagation = Literal["none", "ep", "nash"]
 SignMask = Literal["none", "ties", "dare"]
+DareGranularity = Literal["expert", "segment"]
 """Mask on the CAMEx merge terms: none, TIES sign agreement, or a DARE-style Bernoulli mask."""
 Gate = Literal["softmax", "noisy-top-k"]
 """Router of the merging methods: the plain softmax, or Shazeer et al.'s noisy top-k gate."""
@@ -167,6 +168,10 @@ class MergeConfig:
         eval) or "dare" (term i times an element-wise Bernoulli(dare_keep) mask, no rescaling,
         training only; identity in eval mode).
     dare_keep: keep probability of the "dare" mask, in (0, 1]; CAMEx's 0.9.
+    dare_granularity: "expert" (one "dare" mask per (expert, entry) per forward, shared by
+        every routing unit) or "segment" (one per (routing unit, expert, entry), as the CAMEx
+        code's live DARE mask, ``layers.py::Conv1D_MEO``; materialises the (B, S, N, *P)
+        masked terms, so the merge runs eagerly whatever ``merge_memory`` says).
     gate: "softmax" (the router softmax) or "noisy-top-k" (Shazeer et al.: logits
         x̄W_g + ε·(softplus(x̄W_noise) + 1e-2), ε ~ N(0, 1) in training only, softmax over the
         gate_top_k largest, and the balance loss balance_coef·(cv²(importance) + cv²(load))).
@@ -207,6 +212,7 @@ class MergeConfig:
     term_dropout: float = 0.0
     sign_mask: SignMask = "none"
     dare_keep: float = 0.9
+    dare_granularity: DareGranularity = "expert"
     gate: Gate = "softmax"
     gate_top_k: int | None = None
     router_per_matrix: bool = False
@@ -273,6 +279,12 @@ class MergeConfig:
                 f"sign_mask must be one of {get_args(SignMask)}, got {self.sign_mask!r}"
             )
         require_real("dare_keep", self.dare_keep, low=0, high=1, low_open=True)
+        if self.dare_granularity not in get_args(DareGranularity):
+            raise ValueError(f"dare_granularity must be one of {get_args(DareGranularity)}, "
+                             f"got {self.dare_granularity!r}")
+        if self.dare_granularity != "expert" and self.sign_mask != "dare":
+            raise ValueError(f"dare_granularity={self.dare_granularity!r} is only used with "
+                             f"sign_mask='dare' (got sign_mask={self.sign_mask!r})")
         if self.dare_keep != 0.9 and self.sign_mask != "dare":
             raise ValueError(
                 f"dare_keep={self.dare_keep} is only used with sign_mask='dare' "
