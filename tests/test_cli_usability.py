@@ -191,7 +191,9 @@ def test_generate_on_a_run_folder_points_at_its_model(
     assert f"namex generate {tmp_path / 'run' / 'model'} --prompt" in err
 
 
-def test_hf_model_on_a_converted_folder_says_so(tmp_path: Path) -> None:
+def test_hf_model_on_a_converted_folder_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from namex_ref.hf.training import read_model_config
 
     (tmp_path / "namex_hf.json").write_text("{}")
@@ -199,6 +201,11 @@ def test_hf_model_on_a_converted_folder_says_so(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"already converted by namex .* original "
                                          "save_pretrained folder"):
         read_model_config(tmp_path)
+    pytest.importorskip("transformers")
+    assert main(["convert", str(tmp_path), str(tmp_path / "out")]) == 2  # the same check
+    assert capsys.readouterr().err.startswith(
+        f"namex: error: namex convert MODEL: {str(tmp_path)!r} holds a model already converted"
+    )
 
 
 def test_outputs_go_under_runs_unless_results_is_asked_for() -> None:

@@ -92,10 +92,13 @@ def test_figure_for_nine_methods(tmp_path: Path) -> None:
 
 
 def test_figure_without_curves_or_seeds() -> None:
-    """One seed: no band and a title that claims no CI; no curves: the loss panels say so."""
+    """One seed: no band and a title that claims no CI; empty curves: the loss panels say so;
+    no curves: one panel."""
     one = [_summary("smoe", (10.0,))]
     fig = compare_figure(one, {"smoe": validation_curve(RECORDS)})
     assert len(fig.axes[0].collections) == 0
     assert "no CI" in fig.axes[2].get_title()
-    bare = compare_figure(one)
-    assert "no periodic evaluations" in bare.axes[0].texts[0].get_text()
+    empty = compare_figure(one, {})  # compare's runs logged no evaluation: the panels say so
+    assert "no periodic evaluations" in empty.axes[0].texts[0].get_text()
+    alone = compare_figure(one)  # no curves at hand: the perplexities alone
+    assert len(alone.axes) == 1 and alone.axes[0].get_xlabel() == "validation perplexity"

@@ -26,7 +26,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
     transformers = require_transformers()
     src = Path(args.model)
-    read_model_config(src)  # a clear error when config.json is missing
+    read_model_config(src, "namex convert MODEL")  # clear errors: no config.json, converted
     model = transformers.AutoModelForCausalLM.from_pretrained(str(src), local_files_only=True)
     options: dict[str, Any] = {}
     if args.method != "smoe":

@@ -90,11 +90,11 @@ def _direction(Kh, a, r, idx, n, maxf):
 
 
 @triton.jit
-def _newton(K, a0, use_a0, idx, mask, n, n_steps, tol, factor, cap, frac, full_dec, eps,
-            tiny, maxf):
+def _newton(K, a0, USE_A0: tl.constexpr, idx, mask, n, n_steps, tol, factor, cap, frac,
+            full_dec, eps, tiny, maxf):
     """Damped Newton on one problem K (BLOCK, BLOCK) float64 (padding 0), as ``solve_newton``.
 
-    ``use_a0``: start from the warm start a0 (BLOCK,) (rescaled on its ray; an invalid one
+    ``USE_A0``: start from the warm start a0 (BLOCK,) (rescaled on its ray; an invalid one
     starts from α̂ = 1 and is then rescaled, as the eager path does). Returns (α in K's units,
     residual, converged, steps taken); a problem that is no bargain (non-finite entry,
     diagonal ≤ 0) or whose step breaks gives α = 1, residual inf, not converged."""
@@ -110,12 +110,15 @@ def _newton(K, a0, use_a0, idx, mask, n, n_steps, tol, factor, cap, frac, full_d
     d = tl.where(mask & valid, 1.0 / tl.sqrt(tl.where(diag > 0.0, diag, 1.0)), 1.0)
     Kh = tl.where(valid, d[:, None] * K * d[None, :], tl.where(eye, 1.0, 0.0))
     Kh = tl.where(mask2, Kh, 0.0)
-    good0 = tl.where(mask, ((tl.abs(a0) <= maxf) & (a0 > 0.0)).to(tl.int32), 1)
-    start_ok = use_a0 & (tl.reduce(good0, 0, _MIN) > 0)
-    a = tl.where(mask, tl.where(start_ok, a0 / d, 1.0), 0.0)
-    q = tl.reduce(a * tl.reduce(Kh * a[None, :], 1, _SUM), 0, _SUM)
-    scale = tl.where(q > 0.0, tl.sqrt(n / tl.maximum(q, tiny)), 1.0)
-    a = tl.where(use_a0, a * scale, a)  # exact line search along the start's ray
+    if USE_A0:  # a compile-time branch: the kernel without a warm start has none of this
+        good0 = tl.where(mask, ((tl.abs(a0) <= maxf) & (a0 > 0.0)).to(tl.int32), 1)
+        start_ok = tl.reduce(good0, 0, _MIN) > 0
+        a = tl.where(mask, tl.where(start_ok, a0 / d, 1.0), 0.0)
+        q = tl.reduce(a * tl.reduce(Kh * a[None, :], 1, _SUM), 0, _SUM)
+        scale = tl.where(q > 0.0, tl.sqrt(n / tl.maximum(q, tiny)), 1.0)
+        a = a * scale  # exact line search along the start's ray
+    else:
+        a = tl.where(mask, d * 0.0 + 1.0, 0.0)  # α̂ = 1 (float64, as d)
     r, res, top = _residual(Kh, a, mask)
     conv = _converged(n, res, top, tol, factor, cap, eps)
     # a warm start whose ray search overflowed (α̂ = 0 or not finite) is no start at all

@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from namex_ref.merging.config import METHODS
 from namex_ref.train.builder import GPT_BUILDER, ModelBuilder
 from namex_ref.train.config import TrainConfig, add_config_arguments, config_from_args
 from namex_ref.train.interrupt import TrainingInterrupted
+from namex_ref.train.resume import StartMode
 
 __all__ = ["parse_methods", "parse_seeds", "register"]
 
@@ -48,8 +49,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from namex_ref.train.loop import NonFiniteLossError, train
 
     config = config_from_args(args)
-    resume: bool | Literal["if-present"] = (
-        "if-present" if args.resume_if_present else bool(args.resume)
+    resume: StartMode = (
+        "if-present" if args.resume_if_present else "overwrite" if args.overwrite
+        else bool(args.resume)
     )
     try:
         res = train(config, resume=resume, builder=args.builder_for(config) or GPT_BUILDER)
@@ -118,6 +120,10 @@ def register(sub: argparse._SubParsersAction[Any], *,
                      "if that is corrupt); an error when OUT holds none; --steps may grow")
     how.add_argument("--resume-if-present", action="store_true",
                      help="like --resume, but start a fresh run when OUT holds no checkpoint")
+    how.add_argument("--overwrite", action="store_true",
+                     help="start a fresh run in an OUT that holds one; the old run is kept in "
+                     "OUT/.replaced until the new run's first checkpoint (moved back if the new "
+                     "run fails before)")
     t.set_defaults(func=_cmd_train, builder_for=builder_for)
     c = sub.add_parser(
         "compare", help="train methods x seeds; validation perplexity mean ± 95%% CI table",

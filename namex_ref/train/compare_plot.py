@@ -140,18 +140,23 @@ def compare_figure(
 ) -> Figure:
     """The figure of :func:`plot_compare`: three axes, validation loss against steps, against
     wall-clock seconds (one line per method of ``curves``, in that order, and a seed-range band
-    where a method has several seeds), and the final perplexities of ``summaries``. Colours: one
-    per method (tab10, so 9 methods stay apart), shared by the panels and the legend."""
+    where a method has several seeds), and the final perplexities of ``summaries``; with
+    ``curves=None`` only the perplexity axes. Colours: one per method (tab10, so 9 methods stay
+    apart), shared by the panels and the legend."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure  # no backend selection, no global pyplot state
 
-    curves = dict(curves or {})
     names = [s.method for s in summaries]
-    names += [m for m in curves if m not in names]
+    names += [m for m in curves or {} if m not in names]
     palette = colormaps["tab10"]
     colors = {m: palette(i % 10) for i, m in enumerate(names)}
+    height = max(4.5, 0.35 * len(summaries) + 2.5)
+    if curves is None:  # the perplexities alone (studies/report.py: no metrics at hand)
+        fig = Figure(figsize=(7, height), layout="constrained")
+        _draw_ppl(fig.subplots(), summaries, colors)
+        return fig
     n_seeds = {s.method: len(s.ppl) for s in summaries}
-    fig = Figure(figsize=(16, max(4.5, 0.35 * len(summaries) + 2.5)), layout="constrained")
+    fig = Figure(figsize=(16, height), layout="constrained")
     axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.2, 1.2, 1.0]})
     _draw_curves(axes, curves, colors, n_seeds)
     _draw_ppl(axes[2], summaries, colors)
@@ -166,8 +171,8 @@ def plot_compare(
     path: str | os.PathLike[str],
     curves: Mapping[str, Curve] | None = None,
 ) -> Path:
-    """Write ``compare.png`` (:func:`compare_figure`; without ``curves`` the two loss panels
-    say that there is nothing to draw). Returns ``path``."""
+    """Write ``compare.png`` (:func:`compare_figure`: with ``curves``, empty or not, the two loss
+    panels and the perplexities; without, the perplexities alone). Returns ``path``."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     compare_figure(summaries, curves).savefig(target, dpi=100)

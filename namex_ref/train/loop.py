@@ -38,17 +38,17 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from namex_ref.models.gpt import ModelConfig, ModelOutput
+from namex_ref.models.gpt import ModelOutput
 from namex_ref.train.builder import GPT_BUILDER, ModelBuilder, build_gpt, model_config_of
 from namex_ref.train.checkpoint import restore_rng, save_checkpoint
 from namex_ref.train.config import TrainConfig, flag_name
-from namex_ref.train.data import TokenData, batch_for_step, load_token_data, unigram_perplexity
+from namex_ref.train.data import batch_for_step, load_run_data, unigram_perplexity
 from namex_ref.train.distributed import Distributed, resolve_device, setup_distributed
 from namex_ref.train.evaluation import evaluate
 from namex_ref.train.health import (
@@ -67,7 +67,7 @@ from namex_ref.train.interval import Interval, mean_output, nested_list
 from namex_ref.train.metrics import append_jsonl, read_jsonl, truncate_after
 from namex_ref.train.precision import Precision
 from namex_ref.train.reporter import Reporter, clock
-from namex_ref.train.resume import ResumePoint, announce_resume, plan_resume
+from namex_ref.train.resume import ResumePoint, StartMode, announce_resume, plan_resume
 from namex_ref.train.run import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
@@ -75,6 +75,7 @@ from namex_ref.train.run import (
     METRICS_NAME,
     PREVIOUS_NAME,
     RESULT_NAME,
+    SetAside,
     TrainResult,
     read_result,
     require_out_folder,
@@ -101,7 +102,7 @@ __all__ = [
 ]
 
 
-def train(config: TrainConfig, *, resume: bool | Literal["if-present"] = False,
+def train(config: TrainConfig, *, resume: StartMode = False,
           builder: ModelBuilder = GPT_BUILDER) -> TrainResult:
     """Train one model as ``config`` says; write metrics, checkpoints, plots, train.log and
     result.json to ``config.out``; return the :class:`TrainResult`.
@@ -114,7 +115,9 @@ def train(config: TrainConfig, *, resume: bool | Literal["if-present"] = False,
     :data:`~namex_ref.train.config.RUN_CONTROL_FIELDS`, the folders, device, threads, progress
     and the log / eval / checkpoint intervals, which may change and are announced) is refused
     with ``ValueError`` naming the flags.
-    Without ``resume``, a folder that already holds a checkpoint is refused.
+    Without ``resume``, a folder that already holds a checkpoint is refused; ``"overwrite"``
+    starts afresh there, keeping the old run's files in ``out/.replaced`` until the new run's
+    first checkpoint is written (moved back if the new run fails before).
     builder: where the model comes from (:class:`~namex_ref.train.builder.ModelBuilder`); the
     GPT presets by default. A ``hf_model`` run needs ``namex_ref.hf.training.HF_BUILDER``
     (or call ``namex_ref.hf.training.train``).
@@ -145,19 +148,20 @@ def train(config: TrainConfig, *, resume: bool | Literal["if-present"] = False,
             dist.destroy_process_group()
 
 
-def _train(config: TrainConfig, resume: bool | Literal["if-present"], ctx: Distributed,
+def _train(config: TrainConfig, resume: StartMode, ctx: Distributed,
            builder: ModelBuilder, interrupts: Interrupts) -> TrainResult:
     """Check the request, open the run, train its remaining steps, finish; on a signal, stop
     after the current step with a checkpoint."""
     run = _Run.open(config, resume, ctx, builder)
-    for step in range(run.start + 1, run.config.steps + 1):
-        run.step(step)
-        log_now, eval_now, ckpt_now = run.due(step)
-        if log_now or ckpt_now:
-            run.close_interval(step, log_now=log_now, eval_now=eval_now, ckpt_now=ckpt_now)
-        signum = run.signalled(interrupts, log_now)
-        if signum:
-            run.interrupt(step, signum, checkpointed=ckpt_now)
+    with run.aside or contextlib.nullcontext():  # --overwrite: the old run back on failure
+        for step in range(run.start + 1, run.config.steps + 1):
+            run.step(step)
+            log_now, eval_now, ckpt_now = run.due(step)
+            if log_now or ckpt_now:
+                run.close_interval(step, log_now=log_now, eval_now=eval_now, ckpt_now=ckpt_now)
+            signum = run.signalled(interrupts, log_now)
+            if signum:
+                run.interrupt(step, signum, checkpointed=ckpt_now)
     return run.finish()
 
 
@@ -177,21 +181,6 @@ def _check_request(config: TrainConfig, ctx: Distributed) -> None:
         )
 
 
-def _load_data(config: TrainConfig, mcfg: ModelConfig, ctx: Distributed) -> TokenData:
-    """The token splits for ``mcfg``'s vocabulary and window: rank 0 builds the cache first,
-    the others then read it."""
-    if ctx.main:
-        data = load_token_data(config, spec=mcfg)
-    ctx.barrier()
-    if not ctx.main:
-        data = load_token_data(config, spec=mcfg)
-    if data.vocab_size > mcfg.vocab_size:
-        raise ValueError(
-            f"tokenizer vocabulary {data.vocab_size} exceeds the model's {mcfg.vocab_size}"
-        )
-    return data
-
-
 _HOST = torch.device("cpu")
 
 
@@ -209,14 +198,14 @@ class _Run:
     the data, the device accumulators and the cumulative counters that checkpoints carry."""
 
     def __init__(self, point: ResumePoint, ctx: Distributed, device: torch.device, out: Path,
-                 say: Reporter, builder: ModelBuilder) -> None:
+                 say: Reporter, builder: ModelBuilder, mode: StartMode = False) -> None:
         config = self.config = point.config
         self.ctx, self.device, self.out, self.say, self.builder = ctx, device, out, say, builder
         # The model first (a Hugging Face model fixes the vocabulary and the window), then data.
         torch.manual_seed(config.seed)
         model = builder.build(config)
         self.mcfg = model_config_of(model)
-        self.data = _load_data(config, self.mcfg, ctx)  # batches gathered on the CPU
+        self.data = load_run_data(config, self.mcfg, ctx)  # batches gathered on the CPU
         self.unigram = unigram_perplexity(self.data.train, self.data.valid, self.mcfg.vocab_size)
         self.model = model.to(device)
         self.n_params = sum(p.numel() for p in self.model.parameters())
@@ -231,7 +220,10 @@ class _Run:
             restore_rng(ckpt, device=device, rank=ctx.rank)  # rank r: its own device generator
         self.step_time = float(counters.get("step_seconds", 0.0))  # over all resumes
         self.steps_run = int(counters.get("steps_timed", 0))
+        self.aside: SetAside | None = None
         if ctx.main:
+            if mode == "overwrite":
+                self.aside = SetAside(out)
             self._prepare_folder(point)
         self.net = self._wrap(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -248,7 +240,7 @@ class _Run:
         self.model.train()
 
     @classmethod
-    def open(cls, config: TrainConfig, resume: bool | Literal["if-present"], ctx: Distributed,
+    def open(cls, config: TrainConfig, resume: StartMode, ctx: Distributed,
              builder: ModelBuilder) -> _Run:
         """Check ``config``, decide where to start (:func:`~namex_ref.train.resume.
         plan_resume`), build everything."""
@@ -259,7 +251,7 @@ class _Run:
                        f"{config.method} s{config.seed}", main=ctx.main)
         _check_request(config, ctx)
         point = plan_resume(config, resume, out, ctx.main, say)
-        return cls(point, ctx, device, out, say, builder)
+        return cls(point, ctx, device, out, say, builder, resume)
 
     def _prepare_folder(self, point: ResumePoint) -> None:
         """Rank 0: write config.json, drop a stale result and temporary files, start the log
@@ -409,6 +401,9 @@ class _Run:
                 previous=self.out / PREVIOUS_NAME, device_rng=device_rng,
             )
         self.last_ckpt = (path, step)
+        if self.aside is not None:  # --overwrite: the new run has a checkpoint now
+            self.aside.drop()
+            self.aside = None
 
     def _counters(self) -> dict[str, Any]:
         """What a checkpoint carries beside the tensors: cumulative counters, (fp16) the

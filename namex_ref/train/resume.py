@@ -23,7 +23,7 @@ from namex_ref.train.metrics import read_jsonl
 from namex_ref.train.reporter import Reporter
 from namex_ref.train.run import CHECKPOINT_NAME, METRICS_NAME, PREVIOUS_NAME
 
-__all__ = ["ResumePoint", "announce_resume", "config_mismatch", "load_resume_point",
+__all__ = ["ResumePoint", "StartMode", "announce_resume", "config_mismatch", "load_resume_point",
            "operational_changes", "plan_resume"]
 
 
@@ -108,7 +108,13 @@ def config_mismatch(saved: dict[str, Any], config: TrainConfig) -> list[str]:
     ]
 
 
-def plan_resume(config: TrainConfig, resume: bool | Literal["if-present"], out: Path,
+StartMode = bool | Literal["if-present", "overwrite"]
+"""How a run treats its folder: ``False`` fresh (refused when it holds a checkpoint), ``True``
+resume, ``"if-present"`` resume when there is a checkpoint, ``"overwrite"`` fresh, the old run
+set aside until the new one's first checkpoint (:class:`~namex_ref.train.run.SetAside`)."""
+
+
+def plan_resume(config: TrainConfig, resume: StartMode, out: Path,
                 main: bool, say: Reporter) -> ResumePoint:
     """The :class:`ResumePoint` of a run asked for with ``resume`` (see :func:`~namex_ref.train.
     train`).
@@ -118,11 +124,14 @@ def plan_resume(config: TrainConfig, resume: bool | Literal["if-present"], out: 
             one; a trajectory field changed; fewer steps than the checkpoint's.
         CorruptCheckpointError: no usable checkpoint (names the files).
     """
+    if resume == "overwrite":
+        return ResumePoint(config)
     if not resume:
         if (out / CHECKPOINT_NAME).is_file() or (out / PREVIOUS_NAME).is_file():
             raise ValueError(
                 f"{str(out)!r} already holds a checkpoint; pass resume=True (CLI: --resume) to "
-                f"continue it, or choose another out folder (CLI: --out)"
+                f"continue it, resume='overwrite' (CLI: --overwrite) to replace it, or choose "
+                f"another out folder (CLI: --out)"
             )
         return ResumePoint(config)
     ckpt, source = load_resume_point(out, main, say)
