@@ -386,7 +386,7 @@ def test_readme_example_runs(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from pathlib import Path
 
     from namex_ref.cli import build_parser
-    from namex_ref.train.config import config_from_args
+    from namex_ref.train.flags import config_from_args
 
     readme = (Path(__file__).resolve().parents[1] / "docs" / "guide.md").read_text(encoding="utf-8")
     section = readme.split("## Hugging Face MoE models", 1)[1].split("\n## ", 1)[0]

@@ -33,7 +33,9 @@ def test_overwrite_replaces_the_run_after_its_first_checkpoint(cache: Path,
     out = tmp_path / "run"
     train(quick(cache, out, steps=2, ckpt_every=2, eval_every=2))
     new = quick(cache, out, steps=2, ckpt_every=2, eval_every=2, seed=1)
-    with pytest.raises(ValueError, match="--overwrite"):
+    # the message a CLI user reads names the flags first (issue 26: it said "resume=True")
+    with pytest.raises(ValueError, match=r"already holds a checkpoint: continue it with --resume "
+                       r"\(API: resume=True\), replace it with --overwrite"):
         train(new)
     seen: dict[str, Any] = {}
     real = MoEGPT.forward

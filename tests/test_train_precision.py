@@ -153,7 +153,7 @@ def test_fp16_scaler_skips_an_overflowing_step() -> None:
 
 def test_precision_is_a_flag_and_refuses_other_values(tmp_path: Path) -> None:
     from namex_ref.cli import build_parser
-    from namex_ref.train.config import config_from_args
+    from namex_ref.train.flags import config_from_args
 
     args = build_parser().parse_args(["train", "--precision", "bf16"])
     assert config_from_args(args).precision == "bf16"

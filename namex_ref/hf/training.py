@@ -74,8 +74,8 @@ def read_model_config(folder: str | os.PathLike[str], what: str = "--hf-model") 
     src = Path(folder)
     if is_converted_folder(src):
         raise ValueError(
-            f"{what}: {str(src)!r} holds a model already converted by namex (namex_hf.json or a "
-            f"namex_* model_type); "
+            f"{what}: {str(src)!r} holds a model already converted by namex (namex_hf.json or "
+            f"a namex_* model_type); "
             f"pass the original save_pretrained folder it came from (a converted model is "
             f"reloaded with namex generate or namex_ref.hf.load)"
         )

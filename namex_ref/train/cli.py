@@ -14,7 +14,8 @@ from typing import Any
 
 from namex_ref.merging.config import METHODS
 from namex_ref.train.builder import GPT_BUILDER, ModelBuilder
-from namex_ref.train.config import TrainConfig, add_config_arguments, config_from_args
+from namex_ref.train.config import TrainConfig
+from namex_ref.train.flags import add_config_arguments, config_from_args
 from namex_ref.train.interrupt import TrainingInterrupted
 from namex_ref.train.resume import StartMode
 
