@@ -94,3 +94,18 @@ def test_the_first_save_format_still_loads(tmp_path: Path) -> None:
     meta = {"options": model.namex_options, "dtype": "float32", "format": 1}
     (tmp_path / "namex_hf.json").write_text(json.dumps(meta))
     assert torch.equal(logits(load(tmp_path), x), logits(model, x))
+
+
+def test_a_saved_folder_is_recognised_as_converted(tmp_path: Path) -> None:
+    """--hf-model / namex convert refuse a folder save() wrote (model_type namex_*), and accept
+    the original save_pretrained folder."""
+    from namex_ref.hf.convert import is_converted_folder
+    from namex_ref.hf.training import read_model_config
+
+    tiny_model("glm4_moe").save_pretrained(tmp_path / "orig")
+    assert not is_converted_folder(tmp_path / "orig")
+    read_model_config(tmp_path / "orig")
+    save(convert(tiny_model("glm4_moe"), "smear", segment_len=8), tmp_path / "conv")
+    assert is_converted_folder(tmp_path / "conv")
+    with pytest.raises(ValueError, match=r"already converted by namex .* original"):
+        read_model_config(tmp_path / "conv")

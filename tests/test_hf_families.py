@@ -247,7 +247,6 @@ def test_first_bargain_converges_with_the_default_base(family: str) -> None:
 # ---- fine-tuning ------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("family", NEW)
 def test_twenty_steps_of_fine_tuning_lower_the_loss(family: str) -> None:
     from namex_ref.data.corpus import load_builtin_corpus
