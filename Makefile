@@ -27,8 +27,8 @@ demo: $(STAMP)
 solvers-demo: $(STAMP)
 	$(VENV)/bin/namex demo
 
-# The docs and hf extras too, so that tests/test_docs.py (the API walk, docstrings) and
-# tests/test_hf.py (Hugging Face models) run, not skip.
+# The docs, hf and eval extras too, so that tests/test_docs.py (the API walk, docstrings),
+# tests/test_hf*.py (Hugging Face models) and tests/test_hf_eval.py (lm-eval) run, not skip.
 test: $(DOCS_STAMP)
 	$(PYTEST) -m "not slow"
 
@@ -40,6 +40,14 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy --strict namex_ref
 
 check: lint test
+
+# Regenerate the committed reports in results/ (README there). Every command writes under runs/
+# by default; only these explicit `--out results` overwrite the committed files. Long: tens of
+# minutes on 2 cores.
+.PHONY: results
+results: $(STAMP)
+	$(VENV)/bin/namex bench all --out results --threads 1
+	$(VENV)/bin/namex mtl --out results
 
 # Reproduction II (issue 29; studies/study2, results/reproduction2.md): training length and
 # fine-tuning from one pre-trained SMoE, two runs at a time under nice. Resumable: finished runs
@@ -68,7 +76,7 @@ mutation: $(STAMP)
 .PHONY: docs docs-check
 
 $(DOCS_STAMP): $(STAMP) pyproject.toml
-	$(PY) -m pip install -q -e '.[dev,docs,hf]' --config-settings editable_mode=strict
+	$(PY) -m pip install -q -e '.[dev,docs,hf,eval]' --config-settings editable_mode=strict
 	touch $(DOCS_STAMP)
 
 docs: $(DOCS_STAMP)

@@ -74,7 +74,8 @@ def compare_solvers(K: Tensor, methods: tuple[SolverName, ...] = SOLVERS) -> lis
 
 
 def run_demo(seed: int = 0) -> str:
-    """The README's main job: bargain the built-in experts, cross-check every solver."""
+    """``namex demo`` (``make solvers-demo``): bargain the built-in experts, cross-check every
+    solver."""
     taus, names = builtin_experts(seed)
     K = gram_matrix(taus)
     rows = compare_solvers(K)

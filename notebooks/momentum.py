@@ -13,7 +13,7 @@
 # %% [markdown]
 # # Momentum on linear dynamics: spectral radius, simulated rates, quaternion ≡ complex
 #
-# The README's "Momentum and its convergence theorem" (S17–S19), checked numerically with the
+# docs/implementation.md's "Momentum and its convergence theorem" (S17–S19), checked numerically with the
 # public functions of `namex_ref.spectral` and `namex_ref.momentum`. For ΔE = −H(E − E*) and real
 # γ one step of complex momentum is the matrix R (`momentum_matrix`), and ρ(R) is the largest
 # root modulus of the per-eigenvalue cubic (`spectral_radius_from_cubic`, batched in `rho_grid`).
@@ -108,7 +108,7 @@ print(f"worst matrix-vs-cubic gap: {worst:.2e}")
 # `simulate` iterates the real step functions (`complex_momentum_step`) from μ = 0 and a random
 # e₀; `fitted_rate` fits the log-linear tail. We use the norm of the whole state (no zero
 # crossings when the dominant eigenvalues form a complex pair). Theorem S19: the rate is ρ(R);
-# we require |fitted − ρ| / ρ ≤ 1e-2 (the README's tolerance).
+# we require |fitted − ρ| / ρ ≤ 1e-2 (the tolerance of docs/implementation.md).
 
 # %%
 A = rng.standard_normal((4, 4))

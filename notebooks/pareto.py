@@ -156,7 +156,7 @@ assert nash_mean < np.log(u_star).sum()
 # ## (f) Scale invariance (S9)
 #
 # Rescaling τ₀ → 10·τ₀ must map α₀ → α₀/10, leave the other α_i and ΔE* unchanged. Tolerance
-# rtol = 1e-9: both solves have Newton residual ≤ 1e-10, and the README rule bounds the
+# rtol = 1e-9: both solves have Newton residual ≤ 1e-10, and the rule of docs/implementation.md bounds the
 # relative α disagreement by 2·√N·(r₁ + r₂) ≤ 2·√3·2e-10 ≈ 7e-10 < 1e-9; ΔE* = Gα inherits it.
 
 # %%

@@ -14,7 +14,7 @@
 # # Cross-checking the five Nash solvers
 #
 # Every solver of `solve_nash` (`newton`, `closed_form` for N = 2, `cvxpy`, `primal`, `ccp`)
-# on the same problems. The agreement rule is the one from the README: two solutions with
+# on the same problems. The agreement rule is the one of docs/implementation.md (Conventions): two solutions with
 # scale-free residuals r₁, r₂ agree in relative α to within
 # `rtol = 2·√N·(r₁ + r₂) + 1e-12`. Each section ends in `assert`s, so executing this notebook
 # (as `tests/test_notebooks.py` does) is a test.
@@ -43,7 +43,7 @@ def rel_diff(a, b):
 
 
 def rule(n, r1, r2):
-    """README tolerance for relative α agreement of two solutions with residuals r1, r2."""
+    """The tolerance of docs/implementation.md for relative α agreement of two solutions with residuals r1, r2."""
     return 2.0 * math.sqrt(n) * (float(r1) + float(r2)) + 1e-12
 
 

@@ -10,7 +10,8 @@ and report.
 The S19 analysis (:mod:`namex_ref.spectral`) freezes α and the experts, so the bargained update
 is ΔE = c (Ē_α − E_m) with c = Σ_i α_i, i.e. ΔE = −H(E_m − E*) with H = cI and E* = Ē_α
 (docs/math.md §4). With real β that linear chain is optimal only for γc ≥ 1; for γc < 1 a
-non-real β has a smaller ρ(R) (README, S19). In a real network neither premise holds: the experts
+non-real β has a smaller ρ(R) (docs/implementation.md, S19). In a real network neither
+premise holds: the experts
 E_i^(l) change from layer to layer, so the fixed point Ē_α^(l) moves, and NAMEx-Full re-solves α
 at every layer, so c and Ē_α change too. The study measures what the propagation actually used
 (:func:`namex_ref.merging.plan.propagate`) does on such chains.

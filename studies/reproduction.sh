@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduction study (README "Reproduction study"): six methods x 5 seeds on the tiny preset,
+# Reproduction study (docs/implementation.md "Reproduction study"): six methods x 5 seeds on the tiny preset,
 # then the momentum phase ablation of NAMEx-Full-Mom. Resumable: finished runs are skipped.
 # About 45 minutes on 2 CPU cores. Then: python studies/report.py > results/reproduction.md
 set -euo pipefail

@@ -1,8 +1,10 @@
 """Fault injectors shared by the training tests: patch ``MoEGPT.forward`` so that the n-th
-training forward (a call with targets in training mode) crashes or returns a NaN loss."""
+training forward (a call with targets in training mode) crashes, returns a NaN loss, or sends
+this process a real signal."""
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import pytest
@@ -11,7 +13,8 @@ import torch
 from namex_ref.models.gpt import MoEGPT
 
 
-def _on_training_forward(monkeypatch: pytest.MonkeyPatch, n: int, fault: str) -> None:
+def _on_training_forward(monkeypatch: pytest.MonkeyPatch, n: int, fault: str,
+                         signals: tuple[signal.Signals, ...] = ()) -> None:
     real = MoEGPT.forward
     calls = {"n": 0}
 
@@ -22,8 +25,11 @@ def _on_training_forward(monkeypatch: pytest.MonkeyPatch, n: int, fault: str) ->
             hit = calls["n"] == n
         if hit and fault == "crash":
             raise KeyboardInterrupt
+        if hit and fault == "signal":
+            for sig in signals:
+                signal.raise_signal(sig)  # delivered to this (the main) thread's handler
         out = real(self, idx, targets, **k)
-        return out._replace(loss=out.loss * float("nan")) if hit else out
+        return out._replace(loss=out.loss * float("nan")) if hit and fault == "nan" else out
 
     monkeypatch.setattr(MoEGPT, "forward", forward)
 
@@ -36,3 +42,9 @@ def die_at(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
 def nan_loss_at(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
     """The n-th training forward returns a NaN loss (its outputs otherwise unchanged)."""
     _on_training_forward(monkeypatch, n, "nan")
+
+
+def signal_at(monkeypatch: pytest.MonkeyPatch, n: int, *signals: signal.Signals) -> None:
+    """The n-th training forward sends this process ``signals``, in order, before computing
+    (the step then completes unless a handler raises)."""
+    _on_training_forward(monkeypatch, n, "signal", signals)

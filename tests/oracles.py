@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import root
 
-__all__ = ["fallback_alpha", "positive_root"]
+__all__ = ["ccp_step", "fallback_alpha", "positive_root"]
 
 
 def positive_root(K: np.ndarray) -> np.ndarray:
@@ -43,3 +43,31 @@ def fallback_alpha(K: np.ndarray, policy: str, zero: int, ridge: float = 1e-3) -
     if policy == "uniform":
         return np.full(n, np.sqrt(n / max(K.sum(), 1e-6 * np.trace(K))))
     raise ValueError(policy)
+
+
+def ccp_step(K: np.ndarray, prev: np.ndarray) -> np.ndarray:
+    """One step of Navon et al.'s sequential convex iteration (Nash-MTL, ICML 2022, §3.2),
+    written out from the paper for the tests.
+
+    With c = ‖K‖_F and K̃ = K/c, the concave part φ(α) = Σ_i log α_i + log (K̃α)_i of the
+    objective is replaced by its tangent at ``prev``, whose gradient is
+    w = 1/prev + K̃ᵀ(1/(K̃ prev)), and the next iterate minimises the linear function
+    (1ᵀK̃ + w/c)·α over the convex set {α ≥ 0 : α_i (Kα)_i ≥ 1}. Each constraint is written
+    as the second-order cone √(α_i (Kα)_i) ≥ 1 (a geometric mean) and solved by Clarabel,
+    where the code under test writes it as −log(α_i c) − log(K̃α)_i ≤ 0 (exponential cones)
+    and solves it by ECOS: a different formulation and a different interior-point solver.
+    Returns |α| (the authors keep the absolute value of the solver's point).
+    """
+    import cvxpy as cp
+
+    n = K.shape[0]
+    c = np.linalg.norm(K)
+    Kt = K / c
+    w = 1.0 / prev + (1.0 / (Kt @ prev)) @ Kt
+    x = cp.Variable(n, nonneg=True)
+    Kx = K @ x
+    cons = [cp.geo_mean(cp.hstack([x[i], Kx[i]])) >= 1 for i in range(n)]
+    prob = cp.Problem(cp.Minimize((Kt.sum(0) + w / c) @ x), cons)
+    prob.solve(solver=cp.CLARABEL)
+    assert prob.status == "optimal", f"oracle sub-problem: {prob.status}"
+    return np.abs(np.asarray(x.value))

@@ -5,7 +5,8 @@ says, computed here, for the paths the main tests do not reach.
 * orthogonal experts (zero off-diagonal K) are a bargain (S8), not a zero expert;
 * per-matrix granularity names the weight matrix and the expert of a zero τ;
 * the transpose hint appears only when N > d;
-* the primal oracle receives the real τ (README: "pass the real τ through nash_bargain");
+* the primal oracle receives the real τ (docs/implementation.md: "pass the real τ through
+  nash_bargain");
 * error records keep their message and a zero expert's distance is exactly 0 (S6).
 """
 

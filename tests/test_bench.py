@@ -182,7 +182,8 @@ def test_cli_bench_solvers_quick(tmp_path: Path) -> None:
     check_header(md)
     check_png(tmp_path / "solvers.png")
     assert "## Target" in md
-    (h, rows), (h2, sweep), (h3, latency) = tables(md)
+    (h, rows), (h2, sweep), (h3, latency), (h4, gpu_rows) = tables(md)
+    assert h4[1] == "target" and len(gpu_rows) == 7  # issue 25's target table, every row
     col = {c: i for i, c in enumerate(h)}
     ccp_us = {r[col["N"]]: float(r[col["µs / problem"]]) for r in rows if r[0] == "ccp"}
     assert set(ccp_us) == {"2", "8"}

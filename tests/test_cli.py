@@ -58,8 +58,8 @@ def test_docstring_names_every_command() -> None:
     assert sub.choices is not None
     commands = set(sub.choices)
     assert commands == {
-        "train", "compare", "bench", "demo", "solve", "momentum-grid", "mtl", "convert",
-        "generate",
+        "train", "compare", "methods", "bench", "demo", "solve", "momentum-grid", "mtl", "convert",
+        "generate", "eval",
     }
     doc = namex_ref.cli.__doc__ or ""
     first = doc.split("\n\n", 1)[0].replace("\n", " ")  # the first paragraph

@@ -168,6 +168,21 @@ def test_parallel_jobs_give_the_sequential_results(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--jobs"):
         compare(base, ["smear"], [0], tmp_path / "bad", jobs=0)
 
+    # A second invocation (make demo run twice) reuses both runs and keeps the caveat and the
+    # timing_jobs of the invocation that measured them, even when it asks for --jobs 1.
+    first_table = (tmp_path / "par" / "results.md").read_text()
+    assert "measured under --jobs 2" in first_table
+    again = compare(base, ["smear", "namex"], [0], tmp_path / "par", jobs=1, log=None)
+    assert again.table == first_table
+    summary = json.loads((tmp_path / "par" / "summary.json").read_text())
+    assert summary["timing_jobs"] == 2
+    assert [r["timing_jobs"] for r in summary["runs"]] == [2, 2]
+    # A folder written before the per-run timing files: the old summary's timing_jobs is kept.
+    for r in res.runs:
+        (Path(r.out) / compare_mod.TIMING_NAME).unlink()
+    compare(base, ["smear", "namex"], [0], tmp_path / "par", jobs=1, log=None)
+    assert "measured under --jobs 2" in (tmp_path / "par" / "results.md").read_text()
+
 
 def test_plot_title_says_what_was_drawn() -> None:
     """n = 1 everywhere: no CI is drawn, and the title does not claim one."""
@@ -200,7 +215,8 @@ def test_compare_drops_overrides_a_method_ignores(
     def fake_train(cfg: TrainConfig, *, resume: Any = False) -> TrainResult:
         cfg.require_used_overrides()  # what the real train() does first
         seen[cfg.method] = cfg
-        return dataclasses.replace(_fake(cfg.method, cfg.seed, 10.0), config=cfg)
+        Path(cfg.out).mkdir(parents=True)  # train() makes its run folder
+        return dataclasses.replace(_fake(cfg.method, cfg.seed, 10.0), config=cfg, out=cfg.out)
 
     monkeypatch.setattr(compare_mod, "train", fake_train)
     notes: list[str] = []

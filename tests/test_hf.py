@@ -377,7 +377,8 @@ def test_perturbed_mean_gives_the_documented_gram() -> None:
 
 
 def test_readme_example_runs(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """The README's Python example, on a tiny saved model (3 steps instead of 200, a short
+    """The user guide's Python example (docs/guide.md), on a tiny saved model (3 steps instead
+    of 200, a short
     corpus, a small window); its training command parses to the same configuration, and its
     reload command (namex generate) runs on the example's output."""
     import re
@@ -385,9 +386,9 @@ def test_readme_example_runs(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from pathlib import Path
 
     from namex_ref.cli import build_parser
-    from namex_ref.train.config import config_from_args
+    from namex_ref.train.flags import config_from_args
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "guide.md").read_text(encoding="utf-8")
     section = readme.split("## Hugging Face MoE models", 1)[1].split("\n## ", 1)[0]
     code = re.search(r"```python\n(.*?)```", section, re.S)
     shell = re.search(r"\n(namex train --hf-model .*)\n", section)
@@ -399,12 +400,12 @@ def test_readme_example_runs(tmp_path) -> None:  # type: ignore[no-untyped-def]
         "steps=200,", f"steps=3, seq_len=32, corpus_chars=60_000, eval_every=0, "
         f"final_eval_batches=1, device='cpu', progress=False, cache_dir={str(tmp_path)!r},")
     scope: dict[str, object] = {}
-    exec(text, scope)  # the README's own snippet
+    exec(text, scope)  # the user guide's own snippet
     model = scope["model"]
     assert converted_blocks(model)[0].config.method == "namex-full-mom"  # type: ignore[arg-type]
     cfg = config_from_args(build_parser().parse_args(shlex.split(shell.group(1))[1:]))
     assert (cfg.hf_model, cfg.method, cfg.steps) == ("path/to/model", "namex-full-mom", 200)
-    # the README's reload command, run on the snippet's output folder
+    # the user guide's reload command, run on the snippet's output folder
     from namex_ref.cli import main
 
     gen = re.search(r"\n(namex generate .*)\n", section)
@@ -440,7 +441,24 @@ def test_router_logits_only_for_token_routing() -> None:
     model.config.output_router_logits = True
     x = ids()
     smoe = convert(copy.deepcopy(model), "smoe")
-    assert torch.isfinite(smoe(x, labels=x).aux_loss)
+    out = smoe(x, labels=x)
+    ref = model(x, labels=x)  # transformers' own block: the same router logits, to rounding
+    for a, b in zip(out.router_logits, ref.router_logits, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # the balance loss of Switch Transformer eqs. (4)-(6) with top-k, written out from the
+    # returned router logits (L layers × (B·T, E)): E · Σ_e f_e P_e, f_e the fraction of the
+    # top-k slots routed to e and P_e the mean router probability; and the total loss is the
+    # shifted next-token cross-entropy + router_aux_loss_coef × that (to float32 rounding)
+    E, k = model.config.num_experts, model.config.num_experts_per_tok
+    probs = torch.cat(list(out.router_logits)).double().softmax(-1)  # (L·B·T, E)
+    chosen = F.one_hot(probs.topk(k, -1).indices, E).double()  # (L·B·T, k, E)
+    balance = E * (chosen.mean(0) * probs.mean(0)).sum()
+    assert float(balance) > 1.0  # k = 2 for balanced routing (measured 2.01), never 0
+    torch.testing.assert_close(out.aux_loss.double(), balance, rtol=1e-6, atol=0)
+    lm = F.cross_entropy(out.logits[:, :-1].flatten(0, 1).double(),
+                                     x[:, 1:].flatten())
+    torch.testing.assert_close(out.loss.double(), lm + model.config.router_aux_loss_coef * balance,
+                               rtol=1e-6, atol=0)
     merged = convert(copy.deepcopy(model), "namex", segment_len=SEG)
     assert merged.config.output_router_logits is False
     assert torch.isfinite(merged(x, labels=x).loss)

@@ -120,7 +120,8 @@ def test_smoe_balance_coef_adds_the_models_router_loss(
 def test_twenty_steps_of_namex_full_mom_lower_the_loss(
     family: str, folders: dict[str, Path], cache: Path, tmp_path: Path
 ) -> None:
-    """The README's fine-tuning, on each family: mean loss of steps 16-20 below that of steps
+    """The user guide's fine-tuning (docs/guide.md), on each family: mean loss of steps 16-20
+    below that of steps
     1-5 by a clear margin (measured drops ~0.7-1.0 nats; 0.2 is far above step noise)."""
     res = train(_config(folders[family], tmp_path / "run", cache, method="namex-full-mom"))
     losses = _losses(tmp_path / "run")
@@ -131,7 +132,7 @@ def test_twenty_steps_of_namex_full_mom_lower_the_loss(
     assert rec[-1]["residual_max"] is not None and rec[-1]["residual_max"] < 1e-8
     assert len(rec[-1]["alpha"]) == 2 and len(rec[-1]["alpha"][0]) == 4  # (L, N)
     for name in ("loss.png", "alpha.png", "cosine.png", "train.log", "result.json",
-                 "checkpoint.safetensors", "model/namex_model.safetensors"):
+                 "checkpoint.safetensors", "model/model.safetensors"):
         assert (tmp_path / "run" / name).is_file(), name
 
 
@@ -159,7 +160,7 @@ def test_bf16_fine_tuning_runs_the_forward_under_autocast(
     assert all(abs(x - y) <= 2.0**-8 * x for x, y in zip(a, b, strict=True)), (a, b)
     from safetensors import safe_open
 
-    with safe_open(str(tmp_path / "bf16" / "model" / "namex_model.safetensors"), "pt") as f:
+    with safe_open(str(tmp_path / "bf16" / "model" / "model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
 
 
@@ -357,7 +358,7 @@ def test_two_process_ddp_matches_one_process(
     res1, res2 = read_result(one), read_result(two)
     assert res1 is not None and res2 is not None and res2.world_size == 2
     assert math.isclose(res2.valid_loss, res1.valid_loss, rel_tol=DDP_RTOL)
-    assert (two / "model" / "namex_model.safetensors").is_file()
+    assert (two / "model" / "model.safetensors").is_file()
 
 
 def test_wikitext_files_feed_a_hf_run(
@@ -401,7 +402,7 @@ def test_the_namex_variants_differ_from_three_layers_on(cache: Path, tmp_path: P
     makes the first momentum step the plain step (S17, S18) and the α of layer 0 is the only
     one used (S16), so namex, namex-full, namex-mom and namex-full-mom train bit for bit alike.
     With four layers momentum and re-solving act, and the trajectories part (this is why the
-    README's loss table uses four layers)."""
+    the user guide's loss table uses four layers)."""
     finals: dict[tuple[int, str], float] = {}
     for layers in (2, 4):
         src = tmp_path / f"qwen{layers}"

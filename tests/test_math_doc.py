@@ -52,6 +52,11 @@ def _sections(text: str) -> list[int]:
     return [int(m.group(1)) for m in SECTION.finditer(text)]
 
 
+# The README and the documentation pages that left it (user guide, implementation notes,
+# development) cite tags and sections like the code does.
+USER_DOCS = ("README.md", "docs/guide.md", "docs/implementation.md", "docs/development.md")
+
+
 def _citing_files(dirs: tuple[str, ...], extra: tuple[str, ...] = ()) -> Iterator[Path]:
     for d in dirs:
         for p in sorted((ROOT / d).rglob("*.py")):
@@ -143,7 +148,7 @@ def test_sections_unique_and_in_order() -> None:
 def test_every_cited_tag_has_a_section() -> None:
     """(a) Every tag cited in the code, tests, proofs, notebooks or README has a section."""
     secs = set(_sections(_doc()))
-    where = _citations(("namex_ref", "tests", "proofs", "notebooks"), ("README.md",))
+    where = _citations(("namex_ref", "tests", "proofs", "notebooks"), USER_DOCS)
     missing = {f"S{t}": files[:3] for t, files in sorted(where.items()) if t not in secs}
     assert not missing, f"tags cited but without a section in docs/math.md: {missing}"
 
@@ -236,7 +241,7 @@ def test_part_references_resolve() -> None:
     ``## §n — <title>`` of the document."""
     parts = {int(n) for n in re.findall(r"^## §(\d+) — ", _doc(), re.MULTILINE)}
     bad = []
-    for p in _citing_files(("namex_ref", "tests", "proofs"), ("README.md",)):
+    for p in _citing_files(("namex_ref", "tests", "proofs"), USER_DOCS):
         text = " ".join(p.read_text(encoding="utf-8").split())  # references may wrap lines
         for n in re.findall(r"docs/math\.md §(\d+)", text):
             if int(n) not in parts:
@@ -259,3 +264,46 @@ def test_readme_links_the_document() -> None:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "(docs/math.md)" in text, "README has no link to docs/math.md"
     assert "SPEC.md" not in text, "README refers to SPEC.md, which is not in the repository"
+
+
+#: The upstream files the "Differences from the CAMEx code" table may cite (kpup1710/CAMEx at
+#: 11ba81d, under transformers/models/), with their line counts at that commit, so a cited
+#: line number that cannot exist is caught without network access.
+CAMEX_FILES = {"curve_layer_high_rank.py": 451, "layers.py": 390, "curve_layers_2.py": 211}
+UPSTREAM_REF = re.compile(r"`([\w]+\.py)?:(\d+)`")
+
+
+def _differences_rows() -> list[list[str]]:
+    text = _doc()
+    head = "### Differences from the CAMEx code"
+    assert head in text, f"docs/math.md lacks the section {head!r}"
+    body = text.split(head, 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    assert "11ba81d" in body, "the table must name the upstream commit"
+    lines = [ln for ln in body.splitlines() if ln.startswith("| `")]
+    return [[c.strip() for c in re.split(r"(?<!\\)\|", ln)[1:-1]] for ln in lines]
+
+
+def test_camex_differences_table_rows_are_complete() -> None:
+    """(c) Every row of §6's "Differences from the CAMEx code" table has an upstream
+    ``file:line`` (a file of CAMEX_FILES, every line within it; a bare ``:line`` continues the
+    row's last file), upstream's behaviour, a namex-ref code reference that resolves, and a
+    reason; the DARE, segment-0, balance-loss, double-noise and Dropout2d rows are present."""
+    rows = _differences_rows()
+    assert len(rows) >= 7, f"expected the 7 differences of issue 27, found {len(rows)} rows"
+    for upstream, behaviour, ours, reason in rows:
+        refs = UPSTREAM_REF.findall(upstream)
+        assert refs and refs[0][0], f"row without an upstream file:line: {upstream}"
+        current = None
+        for name, n in refs:
+            current = name or current
+            line = int(n)
+            assert current in CAMEX_FILES, f"unknown upstream file in {upstream!r}"
+            assert 1 <= line <= CAMEX_FILES[current], f"{current}:{line} out of range"
+        code = CODE_REF.findall(ours)
+        assert code, f"row without a namex-ref reference: {ours}"
+        assert all(resolves(ROOT / p, n) for p, n in code), ours
+        assert len(behaviour) > 20 and len(reason) > 20, (behaviour, reason)
+    joined = " ".join(" ".join(r) for r in rows)
+    for needle in ("mask_type='dare'", "Conv1D_MEO", "ties_merging = True", "segment 0",
+                   "balance loss", "twice", "Dropout2d"):
+        assert needle in joined, f"no row on {needle!r}"

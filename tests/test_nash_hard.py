@@ -14,7 +14,8 @@ Property, for every problem: ``solve_nash(K)`` either
   v ≥ 0, Σv = 1 and ‖Σ_i v̂_i τ_i/‖τ_i‖‖² ≤ CERTIFICATE_TOL with v̂ ∝ v_i‖τ_i‖ on the simplex
   (the S6 certificate in unit-norm units), and ``.distance`` is that same number; or
 * returns converged = False (the S6 LP found no certificate but float64 cannot certify the
-  bargain either; README "Near-infeasible bargains"), visibly: the residual is honest and above
+  bargain either; docs/implementation.md "Near-infeasible bargains"), visibly: the residual is
+  honest and above
   the rule's threshold.
 
 With ``validate=False`` and ``fixed_iterations`` no solver path returns NaN, and the converged
@@ -52,7 +53,8 @@ from tests.nash_strategies import (
 )
 
 EPS = float(np.finfo(np.float64).eps)
-#: The documented certificate threshold (README "Near-infeasible bargains"), used as a literal so
+#: The documented certificate threshold (docs/implementation.md "Near-infeasible bargains"),
+#: used as a literal so
 #: that the oracles do not move with the code (pinned in test_documented_constants).
 CERT_TOL = 1e-9
 
@@ -64,7 +66,8 @@ HARD_SWEEP = settings(max_examples=1500, deadline=None,
 
 
 def test_documented_constants() -> None:
-    """The rule checked here is the documented one (README "Near-infeasible bargains"): 1e-10,
+    """The rule checked here is the documented one (docs/implementation.md "Near-infeasible
+    bargains"): 1e-10,
     8× the floor, capped at 1e-6; certificates at ‖Σ v̂_i τ̂_i‖² ≤ 1e-9. The oracles below use
     these literal values; a change of a constant must be a deliberate change of this test."""
     assert (RESIDUAL_TOL, ROUNDING_FACTOR, ROUNDING_CAP, CERTIFICATE_TOL) == (
@@ -205,7 +208,8 @@ def _label_and_target(G: torch.Tensor, K: torch.Tensor) -> str:
     label = outcome(G, K)
     event(label)
     # The issue's property has two outcomes. A visible "unconverged" return is documented
-    # (README) but never seen in these families (0 of ~3000 examples): if a random run finds
+    # (docs/implementation.md) but never seen in these families (0 of ~3000 examples): if a
+    # random run finds
     # one, float64 can neither certify the bargain nor its absence there — worth a look.
     assert label != "unconverged", "neither converged nor certified infeasible"
     Kh = K / torch.sqrt(torch.outer(torch.diagonal(K), torch.diagonal(K)))
@@ -371,7 +375,8 @@ def test_closed_form_infeasible_distance_is_certificate_quality() -> None:
 
 
 def test_converged_verdict_is_certified_when_capped() -> None:
-    """S4, README "beyond that float64 cannot certify the bargain at all": a converged verdict
+    """S4, docs/implementation.md "beyond that float64 cannot certify the bargain at all": a
+    converged verdict
     must hold for the exact residual, within 2× the threshold (as it provably does where the
     threshold is not capped, see ``outcome``). Deep in the capped region (1 + ρ ≤ 1e-12,
     floor ~1e-3) the float64 residual is noise, so such problems must go to the S6 LP instead.

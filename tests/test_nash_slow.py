@@ -19,7 +19,8 @@ from namex_ref.nash.oracles import ORACLE_RESIDUAL_TOL
 def test_newton_matches_oracle_sweep(n: int) -> None:
     """S4 by two independent solvers on 40 problems per N.
 
-    Tolerance (residual rule, README "Conventions"): two solutions with residuals r₁, r₂ agree
+    Tolerance (residual rule, docs/implementation.md "Conventions"): two solutions with
+    residuals r₁, r₂ agree
     in relative α to ≈ √N (r₁ + r₂) to first order; factor 2 for second-order terms. The rule is
     applied with the residual each solver REPORTS, so it holds even where Clarabel falls short
     of ORACLE_RESIDUAL_TOL (measured: 1 of these 200 problems, 5.2e-5 at N = 4); such a

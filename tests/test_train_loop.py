@@ -28,11 +28,6 @@ from tests.faults import die_at, nan_loss_at
 from tests.train_runs import QUICK_CHARS, quick
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("namex-cache")
-
-
 def test_loss_decreases_on_a_short_tiny_run(cache: Path, tmp_path: Path) -> None:
     cfg = quick(cache, tmp_path / "run", steps=30, batch_size=4, warmup=5, log_every=5,
                 eval_every=30, ckpt_every=30)
@@ -251,7 +246,7 @@ def test_wikitext_source(cache: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow  # the full default tiny run: about a minute on 2 CPU cores
 def test_default_tiny_run_beats_the_unigram_model(tmp_path: Path) -> None:
-    """The README's unit of work: default TrainConfig (tiny preset, whole built-in corpus).
+    """The quick start's unit of work: default TrainConfig (tiny preset, whole built-in corpus).
     Measured: valid ppl ≈ 180 against a unigram perplexity of ≈ 509 (namex-full-mom, seed 0)."""
     res = train(TrainConfig(out=str(tmp_path / "run"), device="cpu", progress=False, threads=1,
                             cache_dir=str(tmp_path / "cache")))

@@ -10,7 +10,14 @@ library). For each page it waits for the load event, saves a screenshot under
 - no element of Sphinx's error output (``system-message``, ``problematic``);
 - on the notebook page: at least as many images as the notebook draws figures, each one an
   ``<img>`` whose PNG file exists in the site, is non-empty and has a PNG header with a
-  positive size, and which the browser decoded (``complete`` and ``naturalWidth > 0``).
+  positive size, and which the browser decoded (``complete`` and ``naturalWidth > 0``);
+- every page loads its scripts and stylesheets from the site itself (no ``http(s)://`` URL:
+  the site works offline, MathJax included);
+- on the math page: the equations typeset, as MathJax's rendered markup (``mjx-container``
+  elements, at least ``min_math``; no ``$$`` or ``\\operatorname`` left in the visible text), and
+  no table wider than its box (``scrollWidth`` within ``clientWidth``) or past the text column;
+- on the notebook page: no code or output line cut at the cell's edge (every ``pre`` in a cell
+  as wide as its box).
 
 Usage: ``python tools/docs_check.py [--site DIR] [--out DIR] [--chromium PATH]`` (``make
 docs-check`` runs it after ``make docs``). Exit code 0 when every check passes, 1 otherwise,
@@ -49,6 +56,7 @@ FLAGS = [
     "--remote-debugging-pipe",
 ]
 WIDTH, HEIGHT = 1280, 1600
+SLACK_PX = 8  # a table's border and its wrapper's padding may pass the text column by this
 
 
 @dataclass
@@ -61,36 +69,63 @@ class Page:
     phrases: list[str] = field(default_factory=list)
     min_images: int = 0
     figure_screenshot: bool = False
+    min_math: int = 0  # rendered equations (mjx-container) the page must show
+    tables_fit: bool = False  # every table within its box and the text column
+    code_fits: bool = False  # every notebook <pre> within its box (long lines wrap)
 
 
 PAGES = [
     Page("front", "docs/index.html", "namex-ref",
          ["The mathematics", "API reference", "Momentum on linear dynamics", "Solver benchmark"]),
     Page("math", "docs/math.html", "The mathematics of namex-ref",
-         ["S19 — Step matrix and spectral radius", "§7 — Tolerances", "Map of the tags"]),
+         ["S19 — Step matrix and spectral radius", "§7 — Tolerances", "Map of the tags"],
+         min_math=10, tables_fit=True),
     Page("notebook", "notebooks/training.html", "Training: the tiny-preset comparison",
          ["α per layer", "Expert cosine similarity", "notebook ran in"], min_images=2,
-         figure_screenshot=True),
+         figure_screenshot=True, code_fits=True),
     Page("api", "docs/api/namex_ref.nash.solvers.html", "namex_ref.nash.solvers",
          ["solve_nash", "Solve Kα = 1/α", "NashSolution"]),
 ]
 
 # Collected in the page: headings, text, Sphinx error markers and every image with its state.
-PROBE = """(() => {
+PROBE = r"""(() => {
   const main = document.querySelector('article') || document.body;
   const imgs = Array.from(main.querySelectorAll('img')).map(im => ({
     src: im.getAttribute('src'), url: im.src, complete: im.complete,
     naturalWidth: im.naturalWidth, naturalHeight: im.naturalHeight,
     width: im.getBoundingClientRect().width, height: im.getBoundingClientRect().height,
     top: im.getBoundingClientRect().top + window.scrollY}));
+  const box = el => ({scroll: el.scrollWidth, client: el.clientWidth,
+                      right: el.getBoundingClientRect().right});
+  const remote = Array.from(document.querySelectorAll('script[src], link[href]'))
+    .map(el => el.getAttribute('src') || el.getAttribute('href'))
+    .filter(u => /^(https?:)?\/\//.test(u) && !/^https?:\/\/(localhost|127\.)/.test(u));
   return {
     title: document.title,
+    math: main.querySelectorAll('mjx-container').length,
+    remote: remote,
+    column: box(main),
+    tables: Array.from(main.querySelectorAll('table')).map(box),
+    pres: Array.from(main.querySelectorAll('div.cell pre')).map(box),
     h1: Array.from(document.querySelectorAll('h1')).map(h => h.textContent),
     text: main.innerText,
     errors: document.querySelectorAll('.system-message, .problematic').length,
     height: document.documentElement.scrollHeight,
     images: imgs,
   };
+})()"""
+
+
+# Resolves once MathJax (when the page loads it) has typeset the page.
+MATH_READY = """(async () => {
+  for (let i = 0; i < 100 && !(window.MathJax && MathJax.startup && MathJax.startup.promise)
+       && document.querySelector('script[src*="mathjax"]'); i++) {
+    await new Promise(r => setTimeout(r, 100));
+  }
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+    await MathJax.startup.promise;
+  }
+  return true;
 })()"""
 
 
@@ -195,6 +230,8 @@ def open_page(chrome: Chromium, url: str) -> tuple[str, dict[str, Any]]:
                 session=session)
     chrome.send("Page.navigate", {"url": url}, session=session)
     chrome.wait_event("Page.loadEventFired", session)
+    chrome.send("Runtime.evaluate", {"expression": MATH_READY, "awaitPromise": True},
+                session=session, timeout=120)
     probe = chrome.send("Runtime.evaluate", {"expression": PROBE, "returnByValue": True},
                         session=session)["result"]["value"]
     return session, dict(probe)
@@ -251,11 +288,40 @@ def check_page(chrome: Chromium, site: Path, out: Path, page: Page) -> list[str]
             failures.append(f"{page.name}: the browser did not decode image {im['src']}")
         if im["width"] <= 0 or im["height"] <= 0:
             failures.append(f"{page.name}: image {im['src']} is not laid out (zero size)")
+    failures += layout_failures(page, probe)
     if page.figure_screenshot and images:
         top = float(images[0]["top"]) - 120.0
         fig_shot = out / f"{page.name}-figure.png"
         fig_size = screenshot(chrome, session, fig_shot, top=top)
         print(f"          screenshot at the first figure: {fig_shot} ({fig_size} bytes)")
+    return failures
+
+
+def layout_failures(page: Page, probe: dict[str, Any]) -> list[str]:
+    """Offline assets, typeset math, tables and code that fit (see the module docstring)."""
+    failures = [f"{page.name}: loads {url} from the network (the site must work offline)"
+                for url in probe["remote"]]
+    if page.min_math:
+        print(f"          {probe['math']} typeset equations (mjx-container)")
+        if probe["math"] < page.min_math:
+            failures.append(f"{page.name}: {probe['math']} typeset equations (mjx-container), "
+                            f"expected at least {page.min_math}")
+        for raw in ("$$", "\\operatorname"):
+            if raw in probe["text"]:
+                failures.append(f"{page.name}: untypeset TeX {raw!r} in the visible text")
+    column_right = float(probe["column"]["right"])
+    if page.tables_fit:
+        for k, t in enumerate(probe["tables"]):
+            if t["scroll"] > t["client"] + 1 or t["right"] > column_right + SLACK_PX:
+                failures.append(f"{page.name}: table {k} overflows ({t['scroll']} px of content "
+                                f"in {t['client']} px, right edge {t['right']:.0f} px, text "
+                                f"column ends at {column_right:.0f} px)")
+        print(f"          {len(probe['tables'])} tables checked for overflow")
+    if page.code_fits:
+        cut = [k for k, pre in enumerate(probe["pres"]) if pre["scroll"] > pre["client"] + 1]
+        if cut:
+            failures.append(f"{page.name}: {len(cut)} of {len(probe['pres'])} code blocks wider "
+                            f"than their box (blocks {cut[:5]})")
     return failures
 
 

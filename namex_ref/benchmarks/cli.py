@@ -1,9 +1,10 @@
 """Sub-commands of ``namex`` contributed by this package (wired in :mod:`namex_ref.cli`):
 
-``namex bench solvers|gram|step|scaling|memory|all [--out results] [--quick]
+``namex bench solvers|gram|step|scaling|memory|all [--out runs/bench] [--quick]
 [--device auto|cpu|cuda] [--threads T] [--repeats R]`` — each target writes ``<target>.md`` and
-``<target>.png`` in ``--out``. From Python: :func:`run_target`; without the ``namex`` script:
-``python -m namex_ref.benchmarks.cli <target> ...``.
+``<target>.png`` in ``--out`` (``runs/bench`` by default; the committed reports are regenerated
+with ``--out results``, ``make results``). From Python: :func:`run_target`; without the
+``namex`` script: ``python -m namex_ref.benchmarks.cli <target> ...``.
 """
 
 from __future__ import annotations
@@ -56,13 +57,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``bench`` options (shared by ``namex bench`` and :func:`main`)."""
     p.add_argument("target", choices=[*TARGETS, "all"], help="which benchmark to run")
-    p.add_argument("--out", type=Path, default=Path("results"), help="results folder")
+    p.add_argument("--out", type=Path, default=Path("runs/bench"),
+                   help="folder of <target>.md and .png; --out results regenerates the "
+                   "committed reports")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (tests)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="auto: CPU, plus CUDA when present")
+                   help="auto: CPU, plus CUDA when present; cuda: GPU 0 only (pick the GPU with "
+                   "CUDA_VISIBLE_DEVICES)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats per candidate")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed repeats per candidate (default: each target's own)")
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -75,7 +80,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Stand-alone entry point (``python -m namex_ref.benchmarks.cli solvers ...``)."""
-    p = argparse.ArgumentParser(prog="namex bench")
+    from namex_ref.cliparse import Parser
+
+    p = Parser(prog="namex bench")
     add_arguments(p)
     return _cmd_bench(p.parse_args(argv))
 

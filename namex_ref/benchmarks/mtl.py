@@ -1,6 +1,6 @@
 """A real three-task example on the built-in corpus: equal weighting vs Nash-MTL (CCP, Newton).
 
-``namex mtl [--steps N] [--out results] [--quick]`` (or
+``namex mtl [--steps N] [--out runs/mtl] [--quick]`` (or
 ``python -m namex_ref.benchmarks.mtl_report``) writes ``<out>/mtl.md`` and ``<out>/mtl.png``;
 the report and the command are in :mod:`namex_ref.benchmarks.mtl_report`. The weighting itself
 is :class:`namex_ref.mtl.NashMTL`.

@@ -1,6 +1,6 @@
 """Report and command of the three-task Nash-MTL benchmark (:mod:`namex_ref.benchmarks.mtl`).
 
-``namex mtl [--steps N] [--seed S] [--out results] [--threads T] [--quick]`` (or
+``namex mtl [--steps N] [--seed S] [--out runs/mtl] [--threads T] [--quick]`` (or
 ``python -m namex_ref.benchmarks.mtl_report``) runs :func:`~namex_ref.benchmarks.mtl.run_example`
 and writes ``<out>/mtl.md`` (per-step overhead with paired ratios from the same run, each task's
 validation loss, Newton against the CCP on the same Grams) and ``<out>/mtl.png``.
@@ -200,7 +200,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``mtl`` options (shared by ``namex mtl`` and :func:`main`)."""
     p.add_argument("--steps", type=int, default=ExampleConfig.steps, help="steps per method")
     p.add_argument("--seed", type=int, default=0, help="seed of the model and the batches")
-    p.add_argument("--out", type=Path, default=Path("results"), help="folder for mtl.md/.png")
+    p.add_argument("--out", type=Path, default=Path("runs/mtl"),
+                   help="folder for mtl.md/.png; --out results regenerates the committed report")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (tests)")
 
@@ -214,7 +215,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Stand-alone entry point (``python -m namex_ref.benchmarks.mtl_report``)."""
-    p = argparse.ArgumentParser(prog="namex mtl")
+    from namex_ref.cliparse import Parser
+
+    p = Parser(prog="namex mtl")
     add_arguments(p)
     return _cmd_mtl(p.parse_args(argv))
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from namex_ref.benchmarks import gpu_targets
 from namex_ref.benchmarks.common import (
     NOT_MEASURED_GPU,
     environment,
@@ -254,8 +255,10 @@ def _us(s: float) -> str:
 def solver_report(out: str | Path, rows: Sequence[SolverTiming], *, quick: bool = False,
                   repeats: int = 3, fixed_iterations: int = FIXED_ITERATIONS,
                   plot: bool = True, max_batch: dict[int, int] | None = None,
-                  latency: Sequence[LatencyRow] = ()) -> tuple[Path, str]:
-    """Write ``solvers.md`` (and ``solvers.png``) in ``out``; return (path, main table)."""
+                  latency: Sequence[LatencyRow] = (),
+                  gpu_measured: dict[str, str] | None = None) -> tuple[Path, str]:
+    """Write ``solvers.md`` (and ``solvers.png``) in ``out``; return (path, main table).
+    ``gpu_measured``: the rows of :func:`namex_ref.benchmarks.gpu_targets.measure`."""
     out = Path(out)
     env = environment()
     ccp = _ccp_time(rows)
@@ -315,7 +318,8 @@ def solver_report(out: str | Path, rows: Sequence[SolverTiming], *, quick: bool 
         f"`newton`: adaptive (one host sync per step on CUDA). `newton-fixed`: "
         f"{fixed_iterations} steps, no host sync (the training loop's mode). On CPU both run "
         "through the fused kernel (namex_ref.nash.fused, solve_newton's default backend there, "
-        "compiled before timing); on CUDA through the eager torch loop. "
+        "compiled before timing); on CUDA through the fused Triton kernel "
+        "(namex_ref.nash.fused_gpu, one launch per solve) where triton is installed. "
         "`cvxpy`/`ccp` loop over the problems on CPU, "
         "so their batch is the number of problems timed. Residual = max over the batch of "
         "max_i |α_i(Kα)_i − 1|.",
@@ -327,6 +331,7 @@ def solver_report(out: str | Path, rows: Sequence[SolverTiming], *, quick: bool 
         ("Time per problem at batch 1 and the largest batch", table),
         ("Time per problem (µs) against batch size", sweep),
         *sections_extra,
+        gpu_targets.targets_section(gpu_measured or {}),
     ])
     path = write_text_atomic(out / "solvers.md", doc)
     if plot:
@@ -402,6 +407,9 @@ def run(out: str | Path, *, quick: bool = False, device: str = "auto",
         oracle_problems=1 if quick else 3, repeats=reps, device=device,
         max_batch=None if quick else DEFAULT_MAX_BATCH,
     )
+    cuda = [d for d in resolve_devices(device) if d.type == "cuda"]
+    measured = gpu_targets.measure(cuda[0], repeats=3 if quick else 20) if cuda else {}
     return solver_report(out, rows, quick=quick, repeats=reps,
-                         max_batch=None if quick else DEFAULT_MAX_BATCH, latency=latency)
+                         max_batch=None if quick else DEFAULT_MAX_BATCH, latency=latency,
+                         gpu_measured=measured)
 

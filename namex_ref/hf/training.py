@@ -31,19 +31,21 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from namex_ref.hf.convert import converted_blocks, require_transformers, save
+from namex_ref.hf.convert import converted_blocks, is_converted_folder, save
+from namex_ref.hf.extra import require_transformers
 from namex_ref.merging.functional import MergePlan, cosine_matrix
 from namex_ref.models.gpt import LayerStats, ModelConfig, ModelOutput
 from namex_ref.nash.gram import domain_vectors, off_diagonal_mean
 from namex_ref.train.builder import GPT_BUILDER, ModelBuilder
 from namex_ref.train.config import TrainConfig, flag_name
 from namex_ref.train.loop import train as train_loop
+from namex_ref.train.resume import StartMode
 from namex_ref.train.run import TrainResult
 
 __all__ = ["DEFAULT_SEGMENT_LEN", "DEFAULT_SEQ_LEN", "HF_BUILDER", "MODEL_DIR", "HFCausalLM",
@@ -60,17 +62,26 @@ DEFAULT_SEGMENT_LEN = 32
 _HF_FIELDS = ("hf_model", "base_rule", "merge_top_k")
 
 
-def read_model_config(folder: str | os.PathLike[str]) -> Any:
-    """The transformers config of a local model folder (``config.json``), offline.
+def read_model_config(folder: str | os.PathLike[str], what: str = "--hf-model") -> Any:
+    """The transformers config of a local model folder (``config.json``), offline; ``what``
+    names the folder in errors (the flag or argument it came from).
 
     Raises:
-        FileNotFoundError: the folder has no ``config.json`` (names ``--hf-model``).
+        FileNotFoundError: the folder has no ``config.json`` (names ``what``).
+        ValueError: the folder was written by :func:`namex_ref.hf.save` (already converted).
         MissingExtraError: transformers is not installed.
     """
     src = Path(folder)
+    if is_converted_folder(src):
+        raise ValueError(
+            f"{what}: {str(src)!r} holds a model already converted by namex (namex_hf.json or "
+            f"a namex_* model_type); "
+            f"pass the original save_pretrained folder it came from (a converted model is "
+            f"reloaded with namex generate or namex_ref.hf.load)"
+        )
     if not (src / "config.json").is_file():
         raise FileNotFoundError(
-            f"--hf-model: {str(src / 'config.json')!r} not found; pass a folder written by "
+            f"{what}: {str(src / 'config.json')!r} not found; pass a folder written by "
             f"save_pretrained (config.json and *.safetensors)"
         )
     transformers = require_transformers()
@@ -264,7 +275,7 @@ HF_BUILDER = ModelBuilder(build=build_model, describe=_describe, export=_export_
 """The model builder of ``hf_model`` runs for :func:`namex_ref.train.train` (``builder=``)."""
 
 
-def train(config: TrainConfig, *, resume: bool | Literal["if-present"] = False) -> TrainResult:
+def train(config: TrainConfig, *, resume: StartMode = False) -> TrainResult:
     """:func:`namex_ref.train.train` with :data:`HF_BUILDER` for a ``hf_model`` run (the GPT
     builder otherwise); same arguments, result and errors."""
     builder = HF_BUILDER if config.hf_model else GPT_BUILDER

@@ -109,12 +109,15 @@ def masked_deltas(
     config: MergeConfig,
     *,
     training: bool,
+    units: tuple[int, int] | None = None,
 ) -> list[Tensor]:
     """The merge terms of S14 after ``config.sign_mask``; ``terms.deltas`` itself when unmasked.
 
     "ties": deltas_i × [sign τ_i = sign Σ_j τ_j] element-wise (τ_i = E_i − E_m from S1 on the
     layer's base ``terms.base``, no grad), train and eval. "dare": deltas_i × Bernoulli(dare_keep)
     element-wise (``bernoulli_``, one draw per matrix in order, no rescaling), training only.
+    With ``dare_granularity="segment"`` each routing unit gets its own masks: the terms come back
+    per unit, (B, S, N, *P) for ``units`` = (B, S), one ``bernoulli_`` draw per matrix.
     The τ of the bargain (S16) are not touched: they are formed in :func:`propagate`.
     """
     if config.sign_mask == "none" or terms.base is None:
@@ -126,4 +129,10 @@ def masked_deltas(
         return [d * m for d, m in zip(terms.deltas, masks, strict=True)]
     if not training:
         return terms.deltas
+    if config.dare_granularity == "segment":
+        if units is None:
+            raise ValueError("dare_granularity='segment' needs the routing units (B, S) of "
+                             "this forward; cached decoding in training mode has none")
+        return [d * torch.empty((*units, *d.shape), dtype=d.dtype, device=d.device)
+                .bernoulli_(config.dare_keep) for d in terms.deltas]
     return [d * torch.empty_like(d).bernoulli_(config.dare_keep) for d in terms.deltas]

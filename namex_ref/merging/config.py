@@ -28,6 +28,7 @@ __all__ = [
     "MethodSpec",
     "SignMask",
     "SingularPolicy",
+    "describe_method",
 ]
 
 MethodName = Literal[
@@ -50,6 +51,9 @@ BaseSource = Literal["none", "per-layer", "first-layer"]
 Propagation = Literal["none", "ep", "nash"]
 SignMask = Literal["none", "ties", "dare"]
 """Mask on the CAMEx merge terms: none, TIES sign agreement, or a DARE-style Bernoulli mask."""
+DareGranularity = Literal["expert", "segment"]
+"""One DARE mask per (expert, entry) shared by every routing unit ("expert"), or one per (routing
+unit, expert, entry), as the CAMEx code's live Conv1D_MEO ("segment")."""
 Gate = Literal["softmax", "noisy-top-k"]
 """Router of the merging methods: the plain softmax, or Shazeer et al.'s noisy top-k gate."""
 BaseInit = Literal["independent", "expert0"]
@@ -93,6 +97,31 @@ METHOD_TABLE: dict[str, MethodSpec] = {
     # swaps the complex buffer for the quaternion one (S18).
     "namex-q": MethodSpec("merge", "first-layer", True, "nash", "interval", "quaternion"),
 }
+
+
+def describe_method(name: str) -> str:
+    """One line saying what method ``name`` does, composed from its :data:`METHOD_TABLE` row
+    (so the text cannot drift from what the layer runs), ending with its equation tag.
+
+    Example: ``describe_method("smear")`` -> ``"merged experts; no base expert (S13)"``.
+    """
+    try:
+        spec = METHOD_TABLE[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
+    if spec.kind == "topk":
+        return "token top-k over the experts' outputs, load-balancing loss (S12)"
+    merge = "merged experts" + (" + curvature M_i" if spec.curvature else "")
+    if spec.base == "none":
+        return f"{merge}; no base expert (S13)"
+    if spec.base == "per-layer":
+        return f"{merge}; base: learned in every layer (S14)"
+    if spec.propagation == "ep":
+        return f"{merge}; base: first layer, propagated by (γ/N) Σ M_i τ_i (S15)"
+    alpha = "α once" if spec.resolve == "once" else "α every Δl layers"
+    momentum = "" if spec.momentum == "none" else f", {spec.momentum} momentum"
+    tag = {"none": "S16", "complex": "S17", "quaternion": "S18"}[spec.momentum]
+    return f"{merge}; base: first layer, Nash bargain, {alpha}{momentum} ({tag})"
 
 
 @dataclass(frozen=True)
@@ -141,6 +170,10 @@ class MergeConfig:
         eval) or "dare" (term i times an element-wise Bernoulli(dare_keep) mask, no rescaling,
         training only; identity in eval mode).
     dare_keep: keep probability of the "dare" mask, in (0, 1]; CAMEx's 0.9.
+    dare_granularity: "expert" (one "dare" mask per (expert, entry) per forward, shared by
+        every routing unit) or "segment" (one per (routing unit, expert, entry), as the CAMEx
+        code's live DARE mask, ``layers.py::Conv1D_MEO``; materialises the (B, S, N, *P)
+        masked terms, so the merge runs eagerly whatever ``merge_memory`` says).
     gate: "softmax" (the router softmax) or "noisy-top-k" (Shazeer et al.: logits
         x̄W_g + ε·(softplus(x̄W_noise) + 1e-2), ε ~ N(0, 1) in training only, softmax over the
         gate_top_k largest, and the balance loss balance_coef·(cv²(importance) + cv²(load))).
@@ -181,6 +214,7 @@ class MergeConfig:
     term_dropout: float = 0.0
     sign_mask: SignMask = "none"
     dare_keep: float = 0.9
+    dare_granularity: DareGranularity = "expert"
     gate: Gate = "softmax"
     gate_top_k: int | None = None
     router_per_matrix: bool = False
@@ -247,6 +281,12 @@ class MergeConfig:
                 f"sign_mask must be one of {get_args(SignMask)}, got {self.sign_mask!r}"
             )
         require_real("dare_keep", self.dare_keep, low=0, high=1, low_open=True)
+        if self.dare_granularity not in get_args(DareGranularity):
+            raise ValueError(f"dare_granularity must be one of {get_args(DareGranularity)}, "
+                             f"got {self.dare_granularity!r}")
+        if self.dare_granularity != "expert" and self.sign_mask != "dare":
+            raise ValueError(f"dare_granularity={self.dare_granularity!r} is only used with "
+                             f"sign_mask='dare' (got sign_mask={self.sign_mask!r})")
         if self.dare_keep != 0.9 and self.sign_mask != "dare":
             raise ValueError(
                 f"dare_keep={self.dare_keep} is only used with sign_mask='dare' "

@@ -240,9 +240,12 @@ class MoEFeedForward(nn.Module):
         aux = self.config.balance_coef * load_balancing_loss(route.probs, route.experts, n)
         return LayerOutput(out.reshape(B, T, C), aux, route.probs.reshape(B, T, n))
 
-    def _masked_deltas(self, terms: LayerTerms) -> list[Tensor]:
-        """This layer's merge terms after ``sign_mask`` (:func:`masked_deltas`)."""
-        return masked_deltas(terms, self.experts(), self.config, training=self.training)
+    def _masked_deltas(self, terms: LayerTerms,
+                       units: tuple[int, int] | None = None) -> list[Tensor]:
+        """This layer's merge terms after ``sign_mask`` (:func:`masked_deltas`); ``units`` =
+        (B, S) routing units, for ``dare_granularity="segment"``."""
+        return masked_deltas(terms, self.experts(), self.config, training=self.training,
+                             units=units)
 
     def _merged(self, x: Tensor, terms: LayerTerms) -> LayerOutput:
         """S13–S18: merge per segment (or sequence), then one expert forward per segment.
@@ -257,7 +260,7 @@ class MoEFeedForward(nn.Module):
         B, T, C = x.shape
         S_len = cfg.segment_len if cfg.routing == "segment" else T
         train, p = self.training, cfg.term_dropout
-        deltas = self._masked_deltas(terms)
+        deltas = self._masked_deltas(terms, (B, -(-T // S_len)))
         scores, aux = gated_scores(x, self.router, self.noise_router, cfg, training=train)
         s1 = term_dropout(scores, p, training=train)  # (B, S, N)
         S = scores.shape[1]

@@ -179,17 +179,24 @@ class _KroneckerApply(torch.autograd.Function):
 def merge_weights(base: Tensor | None, deltas: Tensor, scores: Tensor, eta: float) -> Tensor:
     """S14: Ê = E_m + η Σ_i s_i D_i, with D_i = M_i(τ_i) (CAMEx family) or D_i = E_i (S13).
 
-    base: (*P) or None (= 0; SMEAR, S13, uses η = 1); deltas: (N, *P); scores: (..., N).
+    base: (*P) or None (= 0; SMEAR, S13, uses η = 1); deltas: (N, *P), or per score row
+    (..., N, *P) (``dare_granularity="segment"``; needs a base); scores: (..., N).
     Returns (..., *P) — one merged weight matrix per score row (segment or sequence).
 
     Note: with η = 1, D_i = τ_i = E_i − E_m (M = I) and Σ s_i = 1, S14 is S13 for every E_m
     (``proofs/s13_s16_merging.py``); router scores sum to 1 only to float32 rounding, so the two
     agree to ~1e-7·‖E_m‖.
     """
-    n = deltas.shape[0]
-    merged = (scores.reshape(-1, n) @ deltas.reshape(n, -1)).reshape(
-        *scores.shape[:-1], *deltas.shape[1:]
-    )
+    if base is not None and deltas.ndim == scores.ndim + base.ndim:  # per-row terms
+        n = scores.shape[-1]
+        per = deltas.reshape(-1, n, base.numel())  # (rows, N, P)
+        merged = (scores.reshape(-1, 1, n).to(per.dtype) @ per).reshape(
+            *scores.shape[:-1], *base.shape)
+    else:
+        n = deltas.shape[0]
+        merged = (scores.reshape(-1, n) @ deltas.reshape(n, -1)).reshape(
+            *scores.shape[:-1], *deltas.shape[1:]
+        )
     merged = merged if eta == 1.0 else eta * merged
     return merged if base is None else base + merged
 
@@ -208,8 +215,9 @@ def merged_linear(
     y[b,s,l] = Ŵ[b,s] x[b,s,l], Ŵ[b,s] = base + η Σ_i scores[b,s,i] deltas_i
     (:func:`merge_weights`; ``base`` None is S13).
 
-    x: (B, S, L, in); base: (out, in) or None; deltas: (N, out, in); scores: (B, S, N).
-    Returns (B, S, L, out).
+    x: (B, S, L, in); base: (out, in) or None; deltas: (N, out, in), or per segment
+    (B, S, N, out, in) (``dare_granularity="segment"``: then always the eager path);
+    scores: (B, S, N). Returns (B, S, L, out).
 
     recompute: True (default) keeps the (B, S, out, in) merged weights out of the saved tensors
     (:class:`_MergedLinear` saves x, base, deltas, scores and forms Ŵ again in backward);
@@ -222,8 +230,8 @@ def merged_linear(
     ∂x[b,s,l] = Ŵ[b,s]ᵀ g[b,s,l]; ∂base = Σ_{b,s} G[b,s]; ∂deltas_i = η Σ_{b,s} s[b,s,i] G[b,s];
     ∂s[b,s,i] = η ⟨G[b,s], deltas_i⟩.
     """
-    if not recompute:
-        w = merge_weights(base, deltas, scores, eta)
+    if not recompute or (base is not None and deltas.ndim == scores.ndim + base.ndim):
+        w = merge_weights(base, deltas, scores, eta)  # per-unit terms: always eager
         return torch.einsum("bslc,bsfc->bslf", x, w)
     out: Tensor = _MergedLinear.apply(  # type: ignore[no-untyped-call]
         x, base, deltas, scores, eta, recompute_deltas

@@ -22,7 +22,7 @@ from torch import Tensor
 from namex_ref.merging.config import MergeConfig
 from namex_ref.merging.operators import recomputable_taus
 from namex_ref.momentum import momentum_step, zero_buffer
-from namex_ref.nash import fused
+from namex_ref.nash import fused, fused_gpu
 from namex_ref.nash.gram import domain_vectors, gram_matrix
 from namex_ref.nash.newton import (
     FRACTION_TO_BOUNDARY,
@@ -105,8 +105,10 @@ def bargain_alpha(
 
     ``backend``: "auto" (default) runs everything after the Gram matrix in one fused CPU kernel
     (:func:`namex_ref.nash.fused.bargain_kernel`, the same steps as the code below, tested
-    against it) where :func:`~namex_ref.nash.fused.fused_available` allows, and the eager torch
-    code below otherwise (CUDA, numba missing); "eager" forces the torch code, Newton included
+    against it) where :func:`~namex_ref.nash.fused.fused_available` allows, in one Triton
+    launch for CUDA tensors (:func:`namex_ref.nash.fused_gpu.bargain_kernel`) where
+    :func:`~namex_ref.nash.fused_gpu.gpu_fused_available` allows, and the eager torch code
+    below otherwise (numba/triton missing, N > 64); "eager" forces the torch code, Newton included
     (``solve_newton(backend="eager")``); "fused" is "auto" that refuses to fall back for the
     Newton solves. The "raise" policy's slow path (a bargain that failed) is ``solve_nash``.
     """
@@ -119,14 +121,9 @@ def bargain_alpha(
     mats = [t.detach().reshape(t.shape[0], -1) for t in taus]
     n = mats[0].shape[0]
     K_acc = gram_matrix(mats)  # (N, N) float32 or float64: the precision it was formed in
-    if backend != "eager" and n <= fused.FUSED_MAX_N and fused.fused_available(K_acc):
-        alpha_f, residual_f, fallback_f, ok_f = fused.bargain_kernel(
-            K_acc, singular_policy, ridge, newton_iterations, tol=RESIDUAL_TOL,
-            factor=ROUNDING_FACTOR, cap=ROUNDING_CAP, frac=FRACTION_TO_BOUNDARY,
-            full_dec=FULL_STEP_DECREMENT, zero_rtol=ZERO_EXPERT_RTOL,
-            cancel_rtol=UNIFORM_CANCEL_RTOL)
-        if singular_policy != "raise" or ok_f:
-            return AlphaSolve(alpha_f, residual_f, fallback_f)
+    fast = _fused_alpha(K_acc, singular_policy, ridge, newton_iterations, backend)
+    if fast is not None:
+        return fast
     K = K_acc.to(torch.float64)
     finite = torch.isfinite(K).all()
     K0 = torch.nan_to_num(K, nan=0.0, posinf=0.0, neginf=0.0)
@@ -188,6 +185,32 @@ def bargain_alpha(
     alpha = torch.where(all_zero, torch.ones_like(alpha), alpha)
     alpha = torch.nan_to_num(alpha, nan=1.0, posinf=1.0, neginf=1.0)
     return AlphaSolve(alpha, residual, ~ok)
+
+def _fused_alpha(K_acc: Tensor, singular_policy: str, ridge: float, newton_iterations: int,
+                 backend: str) -> AlphaSolve | None:
+    """``bargain_alpha`` after the Gram K_acc (N, N) in one fused kernel — numba's on CPU,
+    Triton's on CUDA (one launch) — or None where neither serves it, or for a failed bargain
+    under "raise" (whose validated slow path is ``bargain_alpha``'s own). Reading the "raise"
+    verdict back is that policy's documented synchronisation."""
+    n = K_acc.shape[-1]
+    if backend == "eager" or n > fused.FUSED_MAX_N:
+        return None
+    consts = {"tol": RESIDUAL_TOL, "factor": ROUNDING_FACTOR, "cap": ROUNDING_CAP,
+              "frac": FRACTION_TO_BOUNDARY, "full_dec": FULL_STEP_DECREMENT,
+              "zero_rtol": ZERO_EXPERT_RTOL, "cancel_rtol": UNIFORM_CANCEL_RTOL}
+    if fused.fused_available(K_acc):
+        alpha, residual, fallback, ok = fused.bargain_kernel(
+            K_acc, singular_policy, ridge, newton_iterations, **consts)
+    elif fused_gpu.gpu_fused_available(K_acc):
+        alpha, residual, fallback, ok_t = fused_gpu.bargain_kernel(
+            K_acc, singular_policy, ridge, newton_iterations, **consts)
+        ok = singular_policy != "raise" or bool(ok_t)
+    else:
+        return None
+    if singular_policy != "raise" or ok:
+        return AlphaSolve(alpha, residual, fallback)
+    return None
+
 
 
 def cosine_matrix(mats: Sequence[Tensor]) -> Tensor:

@@ -250,7 +250,10 @@ def _newton_one(K: Any, a0: Any, use_a0: bool, n_steps: int, tol: float, factor:
     n = K.shape[0]
     valid = _unit_start(K, a0, use_a0, Kh, d, a)
     res, top = _residual(Kh, a, r)
-    broken = False
+    broken = False  # a start rescaled to α̂ = 0 or inf (αᵀK̂α overflowed): no start at all
+    for i in range(n):
+        if not (np.isfinite(a[i]) and a[i] > 0.0):
+            broken = True
     steps = 0
     for it in range(1, n_steps + 1):
         if broken or _converged(n, res, top, tol, factor, cap):

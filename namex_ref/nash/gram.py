@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from namex_ref.checks import is_int
+from namex_ref.nash import gram_cuda
 from namex_ref.nash.result import BargainInputError
 
 __all__ = [
@@ -138,8 +139,12 @@ def _half_gram(t: Tensor) -> Tensor:
 
 def _gram_of(t: Tensor) -> Tensor:
     """t tᵀ over the last dim of t (..., N, d), accumulated in ``_accumulate_dtype``, also
-    under autocast (which would otherwise round a float32 product's inputs to 8–11 bits)."""
+    under autocast (which would otherwise round a float32 product's inputs to 8–11 bits). CUDA
+    tensors take :mod:`namex_ref.nash.gram_cuda` (split-K, half inputs straight into a GEMM
+    with a float32 output); the CPU path below is unchanged."""
     with torch.autocast(t.device.type, enabled=False):
+        if t.device.type == "cuda":
+            return gram_cuda.split_k_gram(t) if t.ndim == 2 else gram_cuda.batched_gram(t)
         if t.dtype in (torch.bfloat16, torch.float16):
             return _half_gram(t)
         t = t.to(_accumulate_dtype(t.dtype))
@@ -184,6 +189,9 @@ def gram_matrix(
             "the weight matrix."
         )
     mats = stack_domain_vectors(taus)
+    if granularity == "expert" and mats[0].device.type == "cuda":
+        with torch.autocast("cuda", enabled=False):
+            return gram_cuda.expert_gram(mats)  # S2 in one pass over τ
     grams = []
     for t in mats:
         grams.append(_gram_of(t))

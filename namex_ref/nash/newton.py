@@ -2,14 +2,17 @@
 
 :func:`solve_newton` minimises f(α) = ½αᵀKα − Σ log α_i in float64, batched, on any device.
 Two backends run the same algorithm: "eager" (batched torch operators, this module) and
-"fused" (one compiled CPU kernel per batch, :mod:`namex_ref.nash.fused`); "auto" picks the
-fused kernel wherever :func:`~namex_ref.nash.fused.fused_available` allows it. The tuning
+"fused" (one compiled kernel per batch: numba on CPU, :mod:`namex_ref.nash.fused`; Triton on
+CUDA, :mod:`namex_ref.nash.fused_gpu`); "auto" picks a fused kernel wherever
+:func:`~namex_ref.nash.fused.fused_available` or
+:func:`~namex_ref.nash.fused_gpu.gpu_fused_available` allows it. The tuning
 constants live here and are passed to the kernel, so both backends share one definition.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from namex_ref.nash import fused
+from namex_ref.nash import fused, fused_gpu
 from namex_ref.nash.problem import (
     ROUNDING_CAP,
     ROUNDING_FACTOR,
@@ -40,6 +43,9 @@ __all__ = [
 #: How ``solve_newton`` runs its loop: batched torch operators, the fused CPU kernel, or the
 #: fused kernel wherever it applies.
 NewtonBackend = Literal["auto", "eager", "fused"]
+#: A fused kernel's signature (``fused.newton_kernel``, ``fused_gpu.newton_kernel``):
+#: (K, alpha0, n_steps, *, tol, factor, cap, frac, full_dec) → (α, residual, converged, steps).
+Kernel = Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]
 
 #: Newton's stopping tolerance on max_i |α_i(Kα)_i − 1|. Rounding of α_i(Kα)_i in float64 is
 #: ~N·eps·max_i α_i Σ_j |K_ij| α_j ≈ 1e-14 for well-conditioned K; 1e-10 leaves four orders for
@@ -122,8 +128,10 @@ def solve_newton(
 
     Guarantees on any input, validated or not: α is finite and > 0. A problem that is no
     bargain at all (a non-finite entry or a non-positive diagonal, only reachable with
-    ``solve_nash(validate=False)`` or by calling this function directly), or whose Newton step
-    becomes non-finite (an indefinite K), is returned as α = 1, residual = inf,
+    ``solve_nash(validate=False)`` or by calling this function directly), whose Newton matrix
+    has a pivot ≤ 0 or whose step becomes non-finite (an indefinite K; every backend tests the
+    same two conditions), or whose warm start rescales to a zero or non-finite α̂ (αᵀK̂α
+    overflowed, e.g. ``alpha0`` = 1e154) is returned as α = 1, residual = inf,
     converged = False, without affecting the rest of the batch. An invalid ``alpha0`` (wrong
     shape; in adaptive mode also non-finite or ≤ 0) raises :class:`BargainInputError`; in
     fixed-iteration mode, where values are not read back, a problem with an invalid warm start
@@ -138,33 +146,39 @@ def solve_newton(
 
     Backends (``backend``): "eager" runs the loop below as batched torch operators (any device,
     autograd, ``record_history``); "fused" runs the same algorithm per problem in one compiled
-    CPU kernel (:mod:`namex_ref.nash.fused`; ~100× less dispatch at batch 1, tested against
-    "eager" as its oracle to the residual rule); "auto" (default) takes "fused" whenever
-    :func:`~namex_ref.nash.fused.fused_available` allows it (CPU tensors without autograd,
-    numba installed, N ≤ ``FUSED_MAX_N``, no ``record_history``) and "eager" otherwise.
+    kernel: numba's on CPU tensors (:mod:`namex_ref.nash.fused`; ~100× less dispatch at batch
+    1), Triton's on CUDA tensors (:mod:`namex_ref.nash.fused_gpu`; one launch, capturable in a
+    CUDA graph with ``fixed_iterations``, one read-back per adaptive solve), both tested
+    against "eager" as their oracle to the residual rule; "auto" (default) takes "fused"
+    whenever :func:`~namex_ref.nash.fused.fused_available` or
+    :func:`~namex_ref.nash.fused_gpu.gpu_fused_available` allows it (no autograd, numba or
+    triton installed, N ≤ ``FUSED_MAX_N``, no ``record_history``) and "eager" otherwise.
 
     Returns a :class:`NashSolution` with ``alpha`` (..., N) float64 in K's units.
     """
-    if _takes_fused(K, alpha0, record_history, backend):
-        return _solve_newton_fused(K, tol, max_iter, alpha0, fixed_iterations)
+    kernel = _takes_fused(K, alpha0, record_history, backend)
+    if kernel is not None:
+        return _solve_newton_fused(K, tol, max_iter, alpha0, fixed_iterations, kernel)
     p = _start(K, alpha0, check_values=fixed_iterations is None)
     n_steps = max_iter if fixed_iterations is None else fixed_iterations
     history: list[Tensor] = []
     a, Kh = p.a, p.Kh
-    batch = Kh.shape[:-1]
     r = scaled_gradient(Kh, a)
     res = r.abs().amax(-1)
-    broken = torch.zeros(batch[:-1], dtype=torch.bool, device=Kh.device)
+    # a warm start whose ray search overflowed (α̂ = 0 or not finite) is no start at all
+    broken = ~(torch.isfinite(a) & (a > 0)).all(-1)
     it = 0
     for it in range(1, n_steps + 1):
         done = converged_mask(Kh, a, res, tol) | broken
         if fixed_iterations is None and bool(done.all()):
             it -= 1
             break
-        a_new = a * (1.0 + _newton_step(Kh, a, r, p.eye))
-        # A non-finite step (only for an indefinite K, i.e. unvalidated bad input) freezes the
-        # problem at its last finite iterate; it is reported as not converged below.
-        broken = broken | ~(torch.isfinite(a_new) & (a_new > 0)).all(-1)
+        step, factored = _newton_step(Kh, a, r, p.eye)
+        a_new = a * (1.0 + step)
+        # A failed factorisation or a non-finite step (only for an indefinite K, i.e.
+        # unvalidated bad input) freezes the problem; it is reported as α = 1, residual inf
+        # below, as the fused kernels do (their pivot test is the same condition).
+        broken = broken | ~factored | ~(torch.isfinite(a_new) & (a_new > 0)).all(-1)
         a = torch.where((done | broken)[..., None], a, a_new)
         r = scaled_gradient(Kh, a)
         res = r.abs().amax(-1)
@@ -182,27 +196,30 @@ def solve_newton(
     return NashSolution(alpha, res, converged, it, "newton", status, hist)
 
 
-def _takes_fused(K: Tensor, alpha0: Any, record_history: bool, backend: str) -> bool:
-    """Whether ``solve_newton`` runs the fused kernel for this call (reads no tensor values).
+def _takes_fused(K: Tensor, alpha0: Any, record_history: bool, backend: str) -> Kernel | None:
+    """The fused kernel that runs this call — numba's on CPU tensors, Triton's on CUDA
+    tensors (:mod:`namex_ref.nash.fused_gpu`) — or None for the eager loop (reads no tensor
+    values).
 
-    Raises ValueError for an unknown ``backend``, or for "fused" where the kernel cannot serve
+    Raises ValueError for an unknown ``backend``, or for "fused" where no kernel can serve
     the call (the message names the conditions and the "auto" fallback)."""
     if backend not in ("auto", "eager", "fused"):
         raise ValueError(f"backend must be 'auto', 'eager' or 'fused'; got {backend!r}")
     a0t = alpha0 if alpha0 is None or isinstance(alpha0, Tensor) else None
-    use_fused = (
-        not record_history
-        and K.shape[-1] <= fused.FUSED_MAX_N
-        and (alpha0 is None or a0t is not None)
-        and fused.fused_available(K, a0t)
-    )
-    if backend == "fused" and not use_fused:
+    eligible = (not record_history and K.shape[-1] <= fused.FUSED_MAX_N
+                and (alpha0 is None or a0t is not None))
+    kernel: Kernel | None = None
+    if eligible and fused.fused_available(K, a0t):
+        kernel = fused.newton_kernel
+    elif eligible and fused_gpu.gpu_fused_available(K, a0t):
+        kernel = fused_gpu.newton_kernel
+    if backend == "fused" and kernel is None:
         raise ValueError(
-            "backend='fused' needs CPU tensors without autograd, numba installed, "
-            f"N ≤ {fused.FUSED_MAX_N} and record_history=False; use backend='auto' to fall "
-            "back to the eager path."
+            "backend='fused' needs CPU tensors without autograd and numba installed (or CUDA "
+            f"tensors and triton installed), N ≤ {fused.FUSED_MAX_N} and record_history=False; "
+            "use backend='auto' to fall back to the eager path."
         )
-    return use_fused and backend != "eager"
+    return None if backend == "eager" else kernel
 
 
 @dataclass(frozen=True)
@@ -244,14 +261,15 @@ def _start(K: Tensor, alpha0: Tensor | None, *, check_values: bool) -> _Start:
     return _Start(Kh, d, (a * scale).clone(), valid, eye)
 
 
-def _newton_step(Kh: Tensor, a: Tensor, r: Tensor, eye: Tensor) -> Tensor:
-    """One damped Newton step in multiplicative form: returns t·z, so α̂_new = α̂∘(1 + t·z).
+def _newton_step(Kh: Tensor, a: Tensor, r: Tensor, eye: Tensor) -> tuple[Tensor, Tensor]:
+    """One damped Newton step in multiplicative form: returns (t·z, factorisation succeeded),
+    so α̂_new = α̂∘(1 + t·z); the flag (...,) is False where a pivot of DK̂D + I is ≤ 0.
 
     Kh (..., N, N), a = α̂ (..., N), r = α̂∘(K̂α̂) − 1 (..., N), all float64; z solves
     (DK̂D + I) z = −r, t = 1/(1 + λ) above ``FULL_STEP_DECREMENT`` and 1 below, capped by the
     fraction-to-boundary rule. No host synchronisation."""
     M = a[..., :, None] * Kh * a[..., None, :] + eye  # D K̂ D + I, eigenvalues ≥ 1
-    L, _ = torch.linalg.cholesky_ex(M)
+    L, info = torch.linalg.cholesky_ex(M)  # info > 0: a pivot ≤ 0, M (so K) indefinite
     # Two triangular solves instead of torch.cholesky_solve: on CPU the latter reads a
     # status scalar back (aten::_local_scalar_dense, one host sync per step; measured in
     # results/step.md); the triangular solves do not.
@@ -263,23 +281,30 @@ def _newton_step(Kh: Tensor, a: Tensor, r: Tensor, eye: Tensor) -> Tensor:
     neg = torch.where(z < 0, -FRACTION_TO_BOUNDARY / z, torch.full_like(z, math.inf))
     t = torch.minimum(t, neg.amin(-1))
     step: Tensor = t[..., None] * z
-    return step
+    return step, info == 0
 
 
 def _solve_newton_fused(
-    K: Tensor, tol: float, max_iter: int, alpha0: Tensor | None, fixed_iterations: int | None
+    K: Tensor, tol: float, max_iter: int, alpha0: Tensor | None, fixed_iterations: int | None,
+    kernel: Kernel,
 ) -> NashSolution:
-    """``solve_newton`` through :func:`namex_ref.nash.fused.newton_kernel` (same contract)."""
+    """``solve_newton`` through a fused kernel (:func:`namex_ref.nash.fused.newton_kernel` or
+    :func:`namex_ref.nash.fused_gpu.newton_kernel`; same contract). Fixed budget: nothing is
+    read back. Adaptive: the largest step count and the all-converged flag, in one read-back
+    (on CUDA, the solve's one synchronisation)."""
     batch = K.shape[:-1]
     if alpha0 is not None:
         alpha0 = check_alpha0(alpha0, batch, check_values=fixed_iterations is None)
     n_steps = max_iter if fixed_iterations is None else fixed_iterations
-    alpha, res, converged, steps = fused.newton_kernel(
+    alpha, res, converged, steps = kernel(
         K, alpha0, n_steps, tol=tol, factor=ROUNDING_FACTOR, cap=ROUNDING_CAP,
         frac=FRACTION_TO_BOUNDARY, full_dec=FULL_STEP_DECREMENT)
     if fixed_iterations is not None:
         return NashSolution(alpha, res, converged, fixed_iterations, "newton",
                             "fixed_iterations")
-    it = int(steps.max()) if steps.numel() else 0
-    status = "converged" if bool(converged.all()) else "max_iter"
-    return NashSolution(alpha, res, converged, it, "newton", status)
+    it, all_converged = 0, True
+    if steps.numel():
+        it, done = torch.stack((steps.max(), converged.all().to(steps.dtype))).tolist()
+        all_converged = bool(done)
+    status = "converged" if all_converged else "max_iter"
+    return NashSolution(alpha, res, converged, int(it), "newton", status)

@@ -15,8 +15,9 @@ from namex_ref.train.checkpoint import (
     save_checkpoint,
 )
 from namex_ref.train.comparison import CompareResult, MethodSummary, compare, mean_ci
-from namex_ref.train.config import TrainConfig, add_config_arguments, config_from_args
+from namex_ref.train.config import TrainConfig
 from namex_ref.train.data import TokenData, batch_for_step, load_token_data
+from namex_ref.train.flags import add_config_arguments, config_from_args
 from namex_ref.train.loop import (
     NonFiniteLossError,
     TrainResult,

@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from namex_ref.merging.config import METHODS
 from namex_ref.train.builder import GPT_BUILDER, ModelBuilder
-from namex_ref.train.config import TrainConfig, add_config_arguments, config_from_args
+from namex_ref.train.config import TrainConfig
+from namex_ref.train.flags import add_config_arguments, config_from_args
+from namex_ref.train.interrupt import TrainingInterrupted
+from namex_ref.train.resume import StartMode
 
 __all__ = ["parse_methods", "parse_seeds", "register"]
 
@@ -47,14 +50,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from namex_ref.train.loop import NonFiniteLossError, train
 
     config = config_from_args(args)
-    resume: bool | Literal["if-present"] = (
-        "if-present" if args.resume_if_present else bool(args.resume)
+    resume: StartMode = (
+        "if-present" if args.resume_if_present else "overwrite" if args.overwrite
+        else bool(args.resume)
     )
     try:
         res = train(config, resume=resume, builder=args.builder_for(config) or GPT_BUILDER)
     except NonFiniteLossError as exc:
         print(f"namex train: error: {exc}", file=sys.stderr)
         return 3
+    except TrainingInterrupted as exc:  # the loop has said where it stopped
+        return exc.exit_status
     if res.world_size > 1 and _rank() != 0:
         return 0
     print(
@@ -84,6 +90,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     except NonFiniteLossError as exc:
         print(f"namex compare: error: {exc}", file=sys.stderr)
         return 3
+    except TrainingInterrupted as exc:
+        print("namex compare: interrupted; run the same command again to continue (finished "
+              "runs are reused, the interrupted one resumes from its checkpoint)",
+              file=sys.stderr)
+        return exc.exit_status
     print(res.table)
     print(f"wrote {res.out}/results.md, summary.json, compare.png")
     return 0
@@ -110,6 +121,10 @@ def register(sub: argparse._SubParsersAction[Any], *,
                      "if that is corrupt); an error when OUT holds none; --steps may grow")
     how.add_argument("--resume-if-present", action="store_true",
                      help="like --resume, but start a fresh run when OUT holds no checkpoint")
+    how.add_argument("--overwrite", action="store_true",
+                     help="start a fresh run in an OUT that holds one; the old run is kept in "
+                     "OUT/.replaced until the new run's first checkpoint (moved back if the new "
+                     "run fails before)")
     t.set_defaults(func=_cmd_train, builder_for=builder_for)
     c = sub.add_parser(
         "compare", help="train methods x seeds; validation perplexity mean ± 95%% CI table",

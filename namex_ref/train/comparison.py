@@ -3,7 +3,8 @@
 Runs live in ``out/<method>/seed<seed>``; a run whose ``result.json`` exists with the same
 configuration is not trained again, and an interrupted one is resumed from its checkpoint, so
 ``compare`` itself is resumable. Outputs: ``results.md`` (the table), ``summary.json`` and
-``compare.png`` (per-seed points and the CI bar per method).
+``compare.png`` (validation loss against steps and wall-clock time, and the final perplexities
+with their intervals; :mod:`namex_ref.train.compare_plot`).
 
 CI: for n seeds with mean m and sample standard deviation s (ddof 1), the two-sided 95% Student
 t interval is m ± t_{0.975, n−1} · s / √n (undefined for n = 1, reported as NaN).
@@ -11,6 +12,8 @@ t interval is m ± t_{0.975, n−1} · s / √n (undefined for n = 1, reported a
 Timing: s/step is measured inside each run. With ``jobs > 1`` the runs share the cores, so
 their s/step depends on what ran beside them; the table's column then says "measured under
 --jobs N" and ``summary.json`` records ``timing_jobs`` (use ``jobs=1`` for comparable timings).
+A reused run keeps the jobs it was measured under (:data:`TIMING_NAME`), so re-running a
+comparison does not drop the caveat.
 A merge override that a method ignores (for example ``singular_policy`` for smoe) is dropped
 for that method with a printed note, since :class:`TrainConfig` refuses it.
 """
@@ -30,22 +33,41 @@ from namex_ref.checks import require_int
 from namex_ref.merging.config import METHODS
 from namex_ref.tables import format_table
 from namex_ref.train.builder import ModelBuilder
+from namex_ref.train.compare_plot import (
+    Curve,
+    mean_curve,
+    plot_compare,
+    plot_title,
+    validation_curve,
+)
 from namex_ref.train.config import TrainConfig, ignored_overrides
-from namex_ref.train.loop import TrainResult, read_result, require_out_folder, train
-from namex_ref.train.metrics import clean_json
+from namex_ref.train.distributed import resolve_device
+from namex_ref.train.loop import (
+    METRICS_NAME,
+    TrainResult,
+    read_result,
+    require_out_folder,
+    train,
+)
+from namex_ref.train.metrics import clean_json, read_jsonl
 
 __all__ = [
+    "TIMING_NAME",
     "CompareResult",
     "MethodSummary",
     "compare",
     "markdown_table",
     "mean_ci",
+    "method_curves",
     "plot_compare",
     "plot_title",
     "summarize",
 ]
 
 CONFIDENCE = 0.95
+TIMING_NAME = "compare_timing.json"
+"""Written by ``compare`` in each run folder it trained: ``{"timing_jobs": N}``, the ``--jobs``
+under which the run's s/step was measured (read back when a later ``compare`` reuses the run)."""
 
 
 @dataclass(frozen=True)
@@ -141,39 +163,6 @@ def markdown_table(
     return text
 
 
-def plot_title(summaries: Sequence[MethodSummary]) -> str:
-    """The title of :func:`plot_compare`: it names what is drawn (no CI claim for n = 1)."""
-    ns = sorted({len(s.ppl) for s in summaries})
-    if ns == [1]:
-        return "validation perplexity, one seed per method (no CI)"
-    if len(ns) == 1:
-        return f"validation perplexity: {ns[0]} seeds (points), mean ± 95% CI (Student t)"
-    return ("validation perplexity: seeds (points), mean ± 95% CI (Student t) where n ≥ 2, "
-            "n per method = " + ", ".join(str(len(s.ppl)) for s in summaries))
-
-
-def plot_compare(summaries: Sequence[MethodSummary], path: str | os.PathLike[str]) -> Path:
-    """Per-seed perplexities (points) and mean ± 95% CI (bars where n ≥ 2) per method, as a
-    PNG titled by :func:`plot_title`."""
-    from matplotlib.figure import Figure  # no backend selection, no global pyplot state
-
-    fig = Figure(figsize=(1.2 * max(len(summaries), 3) + 1, 4))
-    ax = fig.subplots()
-    for i, s in enumerate(summaries):
-        ax.scatter([i] * len(s.ppl), s.ppl, color="tab:gray", s=14, zorder=2)
-        err = s.ci if math.isfinite(s.ci) else 0.0
-        ax.errorbar([i], [s.mean], yerr=[err], fmt="o", color="tab:blue", capsize=6, zorder=3)
-    ax.set_xticks(range(len(summaries)))
-    ax.set_xticklabels([s.method for s in summaries], rotation=30, ha="right")
-    ax.set_ylabel("validation perplexity")
-    ax.set_title(plot_title(summaries), fontsize=9)
-    fig.tight_layout()
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, dpi=100)
-    return target
-
-
 def _train_resumed(cfg: TrainConfig, builder: ModelBuilder | None) -> TrainResult:
     """Worker of ``compare(jobs > 1)`` (module level, so it pickles)."""
     return train(cfg, resume="if-present", **_builder_kw(builder))
@@ -188,6 +177,138 @@ def _run_dir(out: Path, method: str, seed: int) -> Path:
     return out / method / f"seed{seed}"
 
 
+
+def _write_atomic(path: Path, data: str | bytes) -> None:
+    """Write ``path`` whole or not at all (a temporary file beside it, then a rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    if isinstance(data, str):
+        tmp.write_text(data, encoding="utf-8")
+    else:
+        tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _measured_jobs(folder: Path, fallback: int) -> int:
+    """The ``--jobs`` under which the finished run in ``folder`` was timed: its
+    :data:`TIMING_NAME`, else ``fallback`` (a folder from before these files existed)."""
+    try:
+        return int(json.loads((folder / TIMING_NAME).read_text(encoding="utf-8"))["timing_jobs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return fallback
+
+
+def _plan(
+    base: TrainConfig, methods: Sequence[str], seeds: Sequence[int], root: Path,
+    log: Callable[[str], None] | None,
+) -> tuple[list[tuple[TrainResult, int] | None], list[tuple[int, TrainConfig]]]:
+    """One slot per (method, seed): (finished run, jobs it was timed under) when reusable,
+    else ``None`` with an entry (slot, config) in the to-do list."""
+    try:  # a comparison folder from before TIMING_NAME: its summary says how runs were timed
+        legacy = int(json.loads((root / "summary.json").read_text())["timing_jobs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        legacy = 1
+    slots: list[tuple[TrainResult, int] | None] = []
+    todo: list[tuple[int, TrainConfig]] = []
+    for method in methods:
+        dropped = ignored_overrides(method, base.merge_overrides())
+        if dropped and log:
+            log(f"[compare] {method}: ignoring "
+                + ", ".join(f"--{k.replace('_', '-')} ({method} {why})"
+                            for k, why in dropped.items()))
+        unset: dict[str, Any] = dict.fromkeys(dropped)
+        for seed in seeds:
+            folder = _run_dir(root, method, seed)
+            cfg = dataclasses.replace(base, method=method, seed=seed, out=str(folder), **unset)
+            done = read_result(folder)
+            if done is not None and done.config.trajectory_dict() == cfg.trajectory_dict():
+                if log:
+                    log(f"[compare] {method} seed {seed}: finished, ppl {done.valid_ppl:.2f}")
+                slots.append((done, _measured_jobs(folder, legacy)))
+                continue
+            todo.append((len(slots), cfg))
+            slots.append(None)
+    return slots, todo
+
+
+def _train_all(todo: Sequence[tuple[int, TrainConfig]], jobs: int,
+               log: Callable[[str], None] | None, builder: ModelBuilder | None
+               ) -> dict[int, tuple[TrainResult, int]]:
+    """Train the to-do runs with ``builder`` (``jobs`` at a time in spawned processes when more
+    than one); slot -> (result, jobs it was timed under), also written to the run's
+    :data:`TIMING_NAME`."""
+    timed = jobs if jobs > 1 and len(todo) > 1 else 1
+    done: dict[int, tuple[TrainResult, int]] = {}
+
+    def finish(index: int, res: TrainResult) -> None:
+        done[index] = (res, timed)
+        _write_atomic(Path(res.out) / TIMING_NAME, json.dumps({"timing_jobs": timed}) + "\n")
+        if log:
+            log(f"[compare] {res.config.method} seed {res.config.seed}: valid ppl "
+                f"{res.valid_ppl:.2f} ({res.seconds_per_step * 1e3:.0f} ms/step)")
+
+    if timed == 1:
+        for index, cfg in todo:
+            if log:
+                log(f"[compare] {cfg.method} seed {cfg.seed}: training -> {cfg.out}")
+            finish(index, train(cfg, resume="if-present", **_builder_kw(builder)))
+        return done
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    if log:
+        log(f"[compare] training {len(todo)} runs, {jobs} at a time")
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        futures = {
+            pool.submit(_train_resumed, dataclasses.replace(cfg, progress=False),
+                        builder): index
+            for index, cfg in todo
+        }
+        for fut in as_completed(futures):
+            finish(futures[fut], fut.result())
+    return done
+
+
+def method_curves(runs: Sequence[TrainResult]) -> dict[str, Curve]:
+    """Each method's validation-loss curve (:func:`mean_curve` over its seeds' ``metrics.jsonl``);
+    methods whose runs hold no periodic evaluation are left out."""
+    by_method: dict[str, list[Curve]] = {}
+    for r in runs:
+        curve = validation_curve(read_jsonl(Path(r.out) / METRICS_NAME))
+        by_method.setdefault(r.config.method, []).append(curve)
+    out = {m: mean_curve(cs) for m, cs in by_method.items() if all(c.steps for c in cs)}
+    return {m: c for m, c in out.items() if c.steps}
+
+
+def _write_outputs(root: Path, base: TrainConfig, timed: Sequence[tuple[TrainResult, int]]
+                   ) -> CompareResult:
+    """results.md, compare.png and summary.json of the finished runs (each with its timing
+    jobs); the table's timing caveat is that of the most parallel measurement."""
+    runs = [r for r, _ in timed]
+    timing_jobs = max((j for _, j in timed), default=1)
+    summaries = summarize(runs)
+    unigram = runs[0].unigram_ppl if runs else None
+    table = markdown_table(summaries, unigram_ppl=unigram, jobs=timing_jobs)
+    root.mkdir(parents=True, exist_ok=True)
+    _write_atomic(root / "results.md", table)
+    plot_compare(summaries, root / "compare.png", method_curves(runs))
+    summary: dict[str, Any] = {
+        "confidence": CONFIDENCE,
+        "timing_jobs": timing_jobs,
+        "base_config": base.to_dict(),
+        "methods": [dataclasses.asdict(s) for s in summaries],
+        "runs": [
+            {"method": r.config.method, "seed": r.config.seed, "out": r.out,
+             "valid_ppl": r.valid_ppl, "valid_loss": r.valid_loss,
+             "seconds_per_step": r.seconds_per_step, "timing_jobs": j, "fallbacks": r.fallbacks}
+            for r, j in timed
+        ],
+        "unigram_ppl": unigram,
+    }
+    _write_atomic(root / "summary.json", json.dumps(clean_json(summary), indent=2) + "\n")
+    return CompareResult(str(root), tuple(runs), summaries, table)
+
+
 def compare(
     base: TrainConfig,
     methods: Sequence[str],
@@ -200,8 +321,9 @@ def compare(
 ) -> CompareResult:
     """Train every (method, seed) with ``base``'s other settings; summarise and write outputs.
 
-    A finished run with the same configuration is reused; an unfinished one is resumed.
-    jobs: runs trained at the same time, each in its own process (spawned) with
+    A finished run with the same configuration is reused, keeping the ``--jobs`` it was timed
+    under (its :data:`TIMING_NAME`), so a re-run keeps the table's timing caveat; an unfinished
+    run is resumed. jobs: runs trained at the same time, each in its own process (spawned) with
     ``base.threads`` threads; ``jobs=2`` with one thread each uses both cores of a 2-core
     machine. ``jobs=1`` trains in this process. builder: the runs' model builder
     (:func:`namex_ref.train.train`; ``None`` = the GPT presets; pickled for ``jobs > 1``).
@@ -213,78 +335,13 @@ def compare(
         raise ValueError("--seeds must name at least one seed")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
+        raise ValueError(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)} "
+                         f"(namex methods describes them)")
     if len(set(methods)) != len(methods) or len(set(seeds)) != len(seeds):
         raise ValueError("--methods and --seeds must not repeat values")
+    resolve_device(base.device)  # a missing GPU is one error here, not one per run
     root = require_out_folder(out)
-    slots: list[TrainResult | None] = []
-    todo: list[tuple[int, TrainConfig]] = []
-    for method in methods:
-        for seed in seeds:
-            folder = _run_dir(root, method, seed)
-            dropped = ignored_overrides(method, base.merge_overrides())
-            if dropped and log and seed == seeds[0]:
-                log(f"[compare] {method}: ignoring "
-                    + ", ".join(f"--{k.replace('_', '-')} ({method} {why})"
-                                for k, why in dropped.items()))
-            unset: dict[str, Any] = dict.fromkeys(dropped)
-            cfg = dataclasses.replace(base, method=method, seed=seed, out=str(folder), **unset)
-            done = read_result(folder)
-            if done is not None and done.config.trajectory_dict() == cfg.trajectory_dict():
-                if log:
-                    log(f"[compare] {method} seed {seed}: finished, ppl {done.valid_ppl:.2f}")
-                slots.append(done)
-                continue
-            todo.append((len(slots), cfg))
-            slots.append(None)
-
-    def report(res: TrainResult) -> None:
-        if log:
-            log(f"[compare] {res.config.method} seed {res.config.seed}: valid ppl "
-                f"{res.valid_ppl:.2f} ({res.seconds_per_step * 1e3:.0f} ms/step)")
-
-    if jobs == 1 or len(todo) <= 1:
-        for index, cfg in todo:
-            if log:
-                log(f"[compare] {cfg.method} seed {cfg.seed}: training -> {cfg.out}")
-            slots[index] = train(cfg, resume="if-present", **_builder_kw(builder))
-            report(slots[index])  # type: ignore[arg-type]
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        if log:
-            log(f"[compare] training {len(todo)} runs, {jobs} at a time")
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = {
-                pool.submit(_train_resumed, dataclasses.replace(cfg, progress=False),
-                            builder): index
-                for index, cfg in todo
-            }
-            for fut in as_completed(futures):
-                slots[futures[fut]] = fut.result()
-                report(slots[futures[fut]])  # type: ignore[arg-type]
-    runs = [r for r in slots if r is not None]
-    summaries = summarize(runs)
-    unigram = runs[0].unigram_ppl if runs else None
-    timed_jobs = jobs if jobs > 1 and len(todo) > 1 else 1
-    table = markdown_table(summaries, unigram_ppl=unigram, jobs=timed_jobs)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "results.md").write_text(table, encoding="utf-8")
-    plot_compare(summaries, root / "compare.png")
-    summary: dict[str, Any] = {
-        "confidence": CONFIDENCE,
-        "timing_jobs": timed_jobs,
-        "base_config": base.to_dict(),
-        "methods": [dataclasses.asdict(s) for s in summaries],
-        "runs": [
-            {"method": r.config.method, "seed": r.config.seed, "out": r.out,
-             "valid_ppl": r.valid_ppl, "valid_loss": r.valid_loss,
-             "seconds_per_step": r.seconds_per_step, "fallbacks": r.fallbacks}
-            for r in runs
-        ],
-        "unigram_ppl": unigram,
-    }
-    (root / "summary.json").write_text(json.dumps(clean_json(summary), indent=2) + "\n")
-    return CompareResult(str(root), tuple(runs), summaries, table)
+    slots, todo = _plan(base, methods, seeds, root, log)
+    for index, finished in _train_all(todo, jobs, log, builder).items():
+        slots[index] = finished
+    return _write_outputs(root, base, [s for s in slots if s is not None])

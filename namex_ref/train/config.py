@@ -1,38 +1,30 @@
-"""Training configuration: one frozen dataclass, validated on construction, and the command-line
-flags derived from its fields (so ``namex train`` and :func:`namex_ref.train.train` agree).
-
-Every field becomes a flag ``--field-name`` (``--field_name`` is accepted too) whose type is the
-field's annotation: ``int``, ``float``, ``str``, ``bool`` (``--flag`` / ``--no-flag``), a
-``Literal`` (choices) or ``X | None`` (``none`` on the command line gives ``None``).
+"""Training configuration: one frozen dataclass, validated on construction. The command-line
+flags are derived from its fields in :mod:`namex_ref.train.flags` (so ``namex train`` and
+:func:`namex_ref.train.train` agree).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, get_args
 
 from namex_ref.checks import require_int, require_real
 from namex_ref.merging.config import CAMEX_PAPER, METHODS
 from namex_ref.models.gpt import PRESETS, ModelConfig, preset
+from namex_ref.train.distributed import check_device_name
 
 __all__ = [
     "MERGE_OVERRIDES",
     "MERGE_PRESETS",
     "RUN_CONTROL_FIELDS",
     "TrainConfig",
-    "add_config_arguments",
-    "config_from_args",
     "flag_name",
     "ignored_overrides",
 ]
 
 DataSource = Literal["builtin", "wikitext"]
 BaseRule = Literal["perturbed-mean", "mean", "zero"]
-Device = Literal["cpu", "cuda", "auto"]
 PrecisionName = Literal["fp32", "bf16", "fp16"]
 
 MERGE_OVERRIDES: tuple[str, ...] = (
@@ -102,9 +94,15 @@ MERGE_PRESETS: dict[str, dict[str, object]] = {"camex-paper": CAMEX_PAPER}
 """Named bundles of MergeConfig overrides (``--merge-preset``); explicit overrides win."""
 
 RUN_CONTROL_FIELDS: frozenset[str] = frozenset(
-    {"out", "device", "progress", "cache_dir", "threads"}
+    {"out", "device", "progress", "cache_dir", "threads", "log_every", "eval_every",
+     "ckpt_every"}
 )
-"""Fields that do not change the training trajectory; a resumed run may change them."""
+"""Fields that do not change the training trajectory (where the run writes, how it reports,
+evaluates and checkpoints, on which device and how many threads); a resumed run may change
+them, and the change is announced. Every other field is a trajectory field: a resume that
+changes one is refused (except ``steps``, which may grow). Note: another device or thread count
+reorders floating-point reductions, so the continued run is then equal to an uninterrupted one
+only to rounding."""
 
 
 def flag_name(field: str) -> str:
@@ -115,12 +113,16 @@ def flag_name(field: str) -> str:
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run depends on. Defaults: the tiny preset on the built-in corpus,
-    sized so one run takes well under a minute on 2 CPU cores (README).
+    sized so one run takes well under a minute on 2 CPU cores (docs/guide.md).
 
     preset / method: the model (:data:`namex_ref.models.gpt.PRESETS`) and merging method
         (:data:`namex_ref.merging.config.METHODS`).
     seed: model initialisation and batch sampling; batch ``k`` is a pure function of
         ``(seed, k)`` (resume is exact).
+    grad_accum: micro-batches per step (K): each step draws K·``batch_size`` windows, runs them
+        ``batch_size`` at a time and adds the gradients (losses divided by K), so the update is
+        that of ``batch_size`` = K·``batch_size`` without accumulation, to float rounding
+        (exactly the same windows; SMoE's balance loss and the noisy gate are per micro-batch).
     steps, batch_size (global, split evenly over DDP ranks), lr (peak), warmup (linear, steps;
     clamped to the schedule's length, with a printed note), min_lr_ratio (cosine decays to
     ``lr * min_lr_ratio`` at the schedule's last step), schedule_steps (length of the lr
@@ -168,6 +170,7 @@ class TrainConfig:
     seed: int = 0
     steps: int = 400
     batch_size: int = 16
+    grad_accum: int = 1
     lr: float = 3e-3
     warmup: int = 40
     min_lr_ratio: float = 0.1
@@ -180,7 +183,7 @@ class TrainConfig:
     final_eval_batches: int = 0
     log_every: int = 10
     ckpt_every: int = 100
-    device: Device = "auto"
+    device: str = "auto"
     threads: int = 1
     progress: bool = True
     out: str = "runs/train"
@@ -231,6 +234,7 @@ class TrainConfig:
                             ("threads", self.threads), ("schedule_steps", self.schedule_steps)):
             require_int(flag_name(name), value, low=0)
         for name, value in (("steps", self.steps), ("batch_size", self.batch_size),
+                            ("grad_accum", self.grad_accum),
                             ("eval_batches", self.eval_batches), ("log_every", self.log_every)):
             require_int(flag_name(name), value, low=1)
         require_real(flag_name("lr"), self.lr, low=0, low_open=True)
@@ -240,8 +244,7 @@ class TrainConfig:
         for name in ("val_frac", "test_frac"):
             require_real(flag_name(name), getattr(self, name), low=0, high=0.5, low_open=True,
                          high_open=True)
-        if self.device not in get_args(Device):
-            raise ValueError(f"--device must be one of {get_args(Device)}, got {self.device!r}")
+        check_device_name(self.device)
         if self.precision not in get_args(PrecisionName):
             raise ValueError(
                 f"--precision must be one of {', '.join(get_args(PrecisionName))}, got "
@@ -346,141 +349,3 @@ class TrainConfig:
 
 
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def _parse_bool(text: str) -> bool:
-    low = text.strip().lower()
-    if low in {"1", "true", "yes", "on"}:
-        return True
-    if low in {"0", "false", "no", "off"}:
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
-
-
-def _scalar_parser(tp: Any) -> tuple[Any, list[str] | None]:
-    """(argparse type, choices) for a non-optional annotation."""
-    if get_origin(tp) is Literal:
-        choices = [str(c) for c in get_args(tp)]
-        return str, choices
-    if tp is bool:
-        return _parse_bool, None
-    if tp in (int, float, str):
-        return tp, None
-    raise TypeError(f"no command-line parser for annotation {tp!r}")
-
-
-def _optional(parse: Any, choices: list[str] | None) -> Any:
-    def convert(text: str) -> Any:
-        if text.strip().lower() == "none":
-            return None
-        if choices is not None and text not in choices:
-            raise argparse.ArgumentTypeError(f"choose one of {choices} or none, got {text!r}")
-        return parse(text)
-
-    convert.__name__ = getattr(parse, "__name__", "value")
-    return convert
-
-
-_HELP: dict[str, str] = {
-    "preset": "model preset: " + ", ".join(PRESETS),
-    "method": "merging method: " + ", ".join(METHODS),
-    "seed": "model initialisation and batch order; batch k is a function of (seed, k)",
-    "steps": "training steps; a finished run resumed with more steps continues (see README)",
-    "batch_size": "global batch (split over DDP ranks)",
-    "lr": "peak learning rate (AdamW)",
-    "warmup": "linear warmup steps, clamped to the schedule length (a note is printed)",
-    "min_lr_ratio": "the cosine decays to lr * this at the schedule's end",
-    "schedule_steps": "length of the lr schedule; 0 = --steps; later steps use the floor lr",
-    "weight_decay": "AdamW weight decay on matrices and embeddings",
-    "grad_clip": "global gradient-norm clip; 0 = no clipping",
-    "precision": "fp32, or autocast to bf16 (recommended on CUDA) or fp16 (with a gradient "
-    "scaler); weights, optimizer state and the bargain stay fp32/fp64 (docs/training.md)",
-    "eval_every": "steps between validation evaluations; 0 = only the final one",
-    "eval_batches": "validation batches per periodic evaluation",
-    "final_eval_batches": "0 = the whole validation split",
-    "log_every": "steps between metrics lines (and progress lines when stdout is no TTY)",
-    "ckpt_every": "steps between checkpoints; the last step is always saved; 0 = last only",
-    "device": "cpu, cuda or auto (cuda when available)",
-    "threads": "torch CPU threads; 0 = torch's default",
-    "progress": "tqdm bar on a terminal, progress lines otherwise (train.log is always written)",
-    "out": "run folder: metrics.jsonl, train.log, checkpoints, plots, result.json",
-    "data": "builtin (World English Bible) or wikitext (raw files in --wikitext-dir)",
-    "wikitext_dir": "folder holding the WikiText-103 raw files (with --data wikitext)",
-    "max_chars": "read at most this many characters per WikiText file; 0 = all",
-    "corpus_chars": "use only the first characters of the built-in corpus; 0 = all",
-    "val_frac": "fraction of the built-in corpus held out for validation",
-    "test_frac": "fraction of the built-in corpus held out for testing",
-    "cache_dir": "tokenizer / token-id cache; '' = $NAMEX_CACHE or ~/.cache/namex-ref",
-    "beta_abs": "|beta| of the complex momentum (namex-mom, namex-full-mom; S17)",
-    "beta_phase": "phase of the complex momentum in radians (S17)",
-    "alpha_interval": "re-solve alpha every this many MoE layers (the -full methods)",
-    "singular_policy": "what a layer does when its bargain has no solution (namex methods)",
-    "gamma": "propagation step gamma (S15-S18; methods that propagate a base expert)",
-    "eta": "merge step eta (S14; methods with a base expert)",
-    "newton_iterations": "fixed Newton budget per bargain solve (namex methods)",
-    "balance_coef": "weight of the load-balancing loss (smoe; for a --hf-model run, of the "
-    "model's own router loss)",
-    "segment_len": "tokens per causal routing segment (merging methods; 32 for --hf-model)",
-    "seq_len": "tokens per training window; 0 = the preset's (128 for --hf-model)",
-    "hf_model": "fine-tune this local Hugging Face MoE model folder (Qwen2-MoE, Mixtral, "
-    "OLMoE; save_pretrained output) instead of the GPT preset; needs the hf extra",
-    "base_rule": "initial base expert of a --hf-model conversion (docs/math.md, section 6)",
-    "merge_top_k": "merge only the k highest-scored experts per segment; 0 = all (--hf-model)",
-}
-
-
-def add_config_arguments(
-    parser: argparse.ArgumentParser, *, exclude: frozenset[str] = frozenset()
-) -> None:
-    """Add one flag per :class:`TrainConfig` field (except ``exclude``), default = field default.
-
-    Flags left unset parse to the field default, so ``TrainConfig(**parsed)`` equals the API
-    default. Types come from the annotations (see module docstring).
-    """
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in exclude:
-            continue
-        tp = hints[f.name]
-        names = [flag_name(f.name)]
-        if "_" in f.name:
-            names.append("--" + f.name)
-        help_default = f"{_HELP.get(f.name, '')} (default: {f.default!r})".strip()
-        if tp is bool:
-            parser.add_argument(
-                *names, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
-                help=help_default,
-            )
-            continue
-        args = get_args(tp)
-        optional = (get_origin(tp) in (Union, types.UnionType)) and type(None) in args
-        if optional:
-            inner = [a for a in args if a is not type(None)]
-            inner_tp = inner[0] if len(inner) == 1 else Union[tuple(inner)]  # noqa: UP007
-            parse, choices = _scalar_parser(inner_tp)
-            parser.add_argument(
-                *names, dest=f.name, type=_optional(parse, choices), default=f.default,
-                metavar=(f"{{{','.join(choices)},none}}" if choices else None),
-                help=f"{_HELP.get(f.name, '')} (overrides the preset's MergeConfig value; "
-                f"default: none = the preset's)".strip(),
-            )
-        else:
-            parse, choices = _scalar_parser(tp)
-            parser.add_argument(
-                *names, dest=f.name, type=parse, choices=choices, default=f.default,
-                help=help_default,
-            )
-
-
-def config_from_args(args: argparse.Namespace, **fixed: Any) -> TrainConfig:
-    """A :class:`TrainConfig` from parsed flags (``fixed`` values take precedence)."""
-    values = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(TrainConfig)
-        if hasattr(args, f.name)
-    }
-    values.update(fixed)
-    return TrainConfig(**values)

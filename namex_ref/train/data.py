@@ -36,6 +36,7 @@ from namex_ref.data.tokenizer import BPETokenizer
 from namex_ref.data.wikitext import WIKITEXT_FILES, resolve_wikitext_dir
 from namex_ref.models.gpt import ModelConfig
 from namex_ref.train.config import TrainConfig
+from namex_ref.train.distributed import Distributed
 
 __all__ = [
     "BPE_VOCAB_CAP",
@@ -44,6 +45,7 @@ __all__ = [
     "bpe_vocab_size",
     "data_tokenizer",
     "default_cache_dir",
+    "load_run_data",
     "load_token_data",
     "model_tokenizer_file",
     "step_seed",
@@ -280,3 +282,18 @@ def unigram_perplexity(train: Tensor, valid: Tensor, vocab_size: int) -> float:
     logp = torch.log(counts / counts.sum())
     nll = -logp[valid].mean()
     return float(torch.exp(nll))
+
+
+def load_run_data(config: TrainConfig, mcfg: ModelConfig, ctx: Distributed) -> TokenData:
+    """The token splits for ``mcfg``'s vocabulary and window: rank 0 builds the cache first,
+    the others then read it."""
+    if ctx.main:
+        data = load_token_data(config, spec=mcfg)
+    ctx.barrier()
+    if not ctx.main:
+        data = load_token_data(config, spec=mcfg)
+    if data.vocab_size > mcfg.vocab_size:
+        raise ValueError(
+            f"tokenizer vocabulary {data.vocab_size} exceeds the model's {mcfg.vocab_size}"
+        )
+    return data

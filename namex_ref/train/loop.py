@@ -32,22 +32,23 @@ the global batch; merging methods have no such term.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from namex_ref.models.gpt import ModelConfig, ModelOutput
+from namex_ref.models.gpt import ModelOutput
 from namex_ref.train.builder import GPT_BUILDER, ModelBuilder, build_gpt, model_config_of
 from namex_ref.train.checkpoint import restore_rng, save_checkpoint
 from namex_ref.train.config import TrainConfig, flag_name
-from namex_ref.train.data import TokenData, batch_for_step, load_token_data, unigram_perplexity
+from namex_ref.train.data import batch_for_step, load_run_data, unigram_perplexity
 from namex_ref.train.distributed import Distributed, resolve_device, setup_distributed
 from namex_ref.train.evaluation import evaluate
 from namex_ref.train.health import (
@@ -56,10 +57,17 @@ from namex_ref.train.health import (
     nonfinite_error,
     state_is_finite,
 )
-from namex_ref.train.metrics import append_jsonl, clean_json, read_jsonl, truncate_after
+from namex_ref.train.interrupt import (
+    Interrupts,
+    TrainingInterrupted,
+    catch_interrupts,
+    interrupted_message,
+)
+from namex_ref.train.interval import Interval, mean_output, nested_list
+from namex_ref.train.metrics import append_jsonl, read_jsonl, truncate_after
 from namex_ref.train.precision import Precision
 from namex_ref.train.reporter import Reporter, clock
-from namex_ref.train.resume import ResumePoint, announce_resume, plan_resume
+from namex_ref.train.resume import ResumePoint, StartMode, announce_resume, plan_resume
 from namex_ref.train.run import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
@@ -67,6 +75,7 @@ from namex_ref.train.run import (
     METRICS_NAME,
     PREVIOUS_NAME,
     RESULT_NAME,
+    SetAside,
     TrainResult,
     read_result,
     require_out_folder,
@@ -93,7 +102,7 @@ __all__ = [
 ]
 
 
-def train(config: TrainConfig, *, resume: bool | Literal["if-present"] = False,
+def train(config: TrainConfig, *, resume: StartMode = False,
           builder: ModelBuilder = GPT_BUILDER) -> TrainResult:
     """Train one model as ``config`` says; write metrics, checkpoints, plots, train.log and
     result.json to ``config.out``; return the :class:`TrainResult`.
@@ -103,13 +112,22 @@ def train(config: TrainConfig, *, resume: bool | Literal["if-present"] = False,
     there is neither; ``"if-present"`` starts afresh instead. On CPU the continued run is
     bit-identical to an uninterrupted one. ``steps`` may grow (see the module docstring); a
     checkpoint of a different configuration otherwise (any trajectory field: all but
-    out/device/progress/cache_dir/threads) is refused with ``ValueError`` naming the flags.
-    Without ``resume``, a folder that already holds a checkpoint is refused.
+    :data:`~namex_ref.train.config.RUN_CONTROL_FIELDS`, the folders, device, threads, progress
+    and the log / eval / checkpoint intervals, which may change and are announced) is refused
+    with ``ValueError`` naming the flags.
+    Without ``resume``, a folder that already holds a checkpoint is refused; ``"overwrite"``
+    starts afresh there, keeping the old run's files in ``out/.replaced`` until the new run's
+    first checkpoint is written (moved back if the new run fails before).
     builder: where the model comes from (:class:`~namex_ref.train.builder.ModelBuilder`); the
     GPT presets by default. A ``hf_model`` run needs ``namex_ref.hf.training.HF_BUILDER``
     (or call ``namex_ref.hf.training.train``).
 
+    Signals: SIGINT or SIGTERM stops the run after the current step with a checkpoint
+    (:mod:`namex_ref.train.interrupt`); a second one exits at once.
+
     Raises:
+        TrainingInterrupted: the run stopped on SIGINT/SIGTERM; the checkpoint of the step it
+            reached is written (``exit_status`` 130 / 143 for the CLI).
         NonFiniteLossError: the loss or the state became NaN/inf (checked at log and
             checkpoint steps); the message names the last checkpoint written before it.
         CorruptCheckpointError: no usable checkpoint to resume (names the files).
@@ -122,22 +140,28 @@ def train(config: TrainConfig, *, resume: bool | Literal["if-present"] = False,
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        return _train(config, resume, ctx, builder)
+        with catch_interrupts() as interrupts:
+            return _train(config, resume, ctx, builder, interrupts)
     finally:
         torch.set_num_threads(threads)
         if ctx.owns_group:
             dist.destroy_process_group()
 
 
-def _train(config: TrainConfig, resume: bool | Literal["if-present"], ctx: Distributed,
-           builder: ModelBuilder) -> TrainResult:
-    """Check the request, open the run, train its remaining steps, finish."""
+def _train(config: TrainConfig, resume: StartMode, ctx: Distributed,
+           builder: ModelBuilder, interrupts: Interrupts) -> TrainResult:
+    """Check the request, open the run, train its remaining steps, finish; on a signal, stop
+    after the current step with a checkpoint."""
     run = _Run.open(config, resume, ctx, builder)
-    for step in range(run.start + 1, run.config.steps + 1):
-        run.step(step)
-        log_now, eval_now, ckpt_now = run.due(step)
-        if log_now or ckpt_now:
-            run.close_interval(step, log_now=log_now, eval_now=eval_now, ckpt_now=ckpt_now)
+    with run.aside or contextlib.nullcontext():  # --overwrite: the old run back on failure
+        for step in range(run.start + 1, run.config.steps + 1):
+            run.step(step)
+            log_now, eval_now, ckpt_now = run.due(step)
+            if log_now or ckpt_now:
+                run.close_interval(step, log_now=log_now, eval_now=eval_now, ckpt_now=ckpt_now)
+            signum = run.signalled(interrupts, log_now)
+            if signum:
+                run.interrupt(step, signum, checkpointed=ckpt_now)
     return run.finish()
 
 
@@ -157,21 +181,6 @@ def _check_request(config: TrainConfig, ctx: Distributed) -> None:
         )
 
 
-def _load_data(config: TrainConfig, mcfg: ModelConfig, ctx: Distributed) -> TokenData:
-    """The token splits for ``mcfg``'s vocabulary and window: rank 0 builds the cache first,
-    the others then read it."""
-    if ctx.main:
-        data = load_token_data(config, spec=mcfg)
-    ctx.barrier()
-    if not ctx.main:
-        data = load_token_data(config, spec=mcfg)
-    if data.vocab_size > mcfg.vocab_size:
-        raise ValueError(
-            f"tokenizer vocabulary {data.vocab_size} exceeds the model's {mcfg.vocab_size}"
-        )
-    return data
-
-
 _HOST = torch.device("cpu")
 
 
@@ -184,86 +193,19 @@ def _to_device(t: Tensor, device: torch.device) -> Tensor:
     return t.to(device, non_blocking=True)
 
 
-def _nested(t: Tensor) -> Any:
-    return clean_json(t.detach().double().cpu().tolist())
-
-
-class _Interval:
-    """Device accumulators of the steps since the last log step (read there only)."""
-
-    def __init__(self, device: torch.device, fallbacks_done: int) -> None:
-        self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, ce, aux
-        self.res_max = torch.full((), -math.inf, dtype=torch.float64, device=device)
-        self.fallbacks = torch.full((), fallbacks_done, dtype=torch.int64, device=device)
-        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
-        self.grad_norm = torch.zeros((), device=device)
-        self.alphas = torch.zeros(0)
-        self.n = 0
-
-    def add(self, step: int, out: ModelOutput, grad_norm: Tensor) -> None:
-        """Accumulate one step's loss terms, largest residual (NaN = no bargain: ignored),
-        fallbacks, first non-finite loss; keep its α and gradient norm."""
-        assert out.loss is not None and out.ce is not None
-        d_loss = out.loss.detach()
-        self.sums += torch.stack([d_loss, out.ce.detach(), out.aux_loss.detach()]).double()
-        r = out.stats.residuals.detach().double()
-        self.res_max = torch.maximum(self.res_max, torch.where(r.isnan(), -math.inf, r).max())
-        self.fallbacks += out.stats.fallbacks.sum()
-        self.first_bad = torch.where(
-            (~torch.isfinite(d_loss)) & (self.first_bad < 0),
-            torch.full_like(self.first_bad, step), self.first_bad,
-        )
-        self.alphas = out.stats.alphas.detach()
-        self.grad_norm = grad_norm
-        self.n += 1
-
-    def all_reduce(self, world: int) -> None:
-        """Mean loss sums and the earliest bad step over the ranks."""
-        if world > 1:
-            dist.all_reduce(self.sums)
-            self.sums /= world
-            dist.all_reduce(self.first_bad, op=dist.ReduceOp.MAX)
-
-    def record(self, step: int, lr: float, seconds: float, elapsed: float,
-               tokens_per_step: int) -> dict[str, Any]:
-        """The metrics line of ``step`` (:data:`~namex_ref.train.metrics.LOG_FIELDS`); the
-        interval took ``seconds``, the run so far ``elapsed``."""
-        mean = (self.sums / self.n).tolist()
-        rm = float(self.res_max)
-        return {
-            "step": step,
-            "loss": mean[0],
-            "ce": mean[1],
-            "aux": mean[2],
-            "lr": lr,
-            "grad_norm": float(self.grad_norm),
-            "tokens_per_s": self.n * tokens_per_step / seconds,
-            "step_s": seconds / self.n,
-            "elapsed_s": elapsed,
-            "alpha": _nested(self.alphas) if self.alphas.numel() else None,
-            "residual_max": rm if math.isfinite(rm) else None,
-            "fallbacks": int(self.fallbacks),
-        }
-
-    def reset(self) -> None:
-        self.sums.zero_()
-        self.res_max.fill_(-math.inf)
-        self.n = 0
-
-
 class _Run:
     """One training run between its steps: the model (and its DDP wrapper), the optimizer,
     the data, the device accumulators and the cumulative counters that checkpoints carry."""
 
     def __init__(self, point: ResumePoint, ctx: Distributed, device: torch.device, out: Path,
-                 say: Reporter, builder: ModelBuilder) -> None:
+                 say: Reporter, builder: ModelBuilder, mode: StartMode = False) -> None:
         config = self.config = point.config
         self.ctx, self.device, self.out, self.say, self.builder = ctx, device, out, say, builder
         # The model first (a Hugging Face model fixes the vocabulary and the window), then data.
         torch.manual_seed(config.seed)
         model = builder.build(config)
         self.mcfg = model_config_of(model)
-        self.data = _load_data(config, self.mcfg, ctx)  # batches gathered on the CPU
+        self.data = load_run_data(config, self.mcfg, ctx)  # batches gathered on the CPU
         self.unigram = unigram_perplexity(self.data.train, self.data.valid, self.mcfg.vocab_size)
         self.model = model.to(device)
         self.n_params = sum(p.numel() for p in self.model.parameters())
@@ -278,7 +220,10 @@ class _Run:
             restore_rng(ckpt, device=device, rank=ctx.rank)  # rank r: its own device generator
         self.step_time = float(counters.get("step_seconds", 0.0))  # over all resumes
         self.steps_run = int(counters.get("steps_timed", 0))
+        self.aside: SetAside | None = None
         if ctx.main:
+            if mode == "overwrite":
+                self.aside = SetAside(out)
             self._prepare_folder(point)
         self.net = self._wrap(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -288,13 +233,14 @@ class _Run:
         self.last_ckpt: tuple[Path, int] | None = (
             None if point.source is None else (point.source, self.start)
         )
-        self.acc = _Interval(device, int(counters.get("fallbacks", 0)))
+        self.acc = Interval(device, int(counters.get("fallbacks", 0)))
+        self.acc.load_state(counters.get("interval", {}), ctx.main)
         self.lr = 0.0
         self.t_run = self.t_interval = time.perf_counter()
         self.model.train()
 
     @classmethod
-    def open(cls, config: TrainConfig, resume: bool | Literal["if-present"], ctx: Distributed,
+    def open(cls, config: TrainConfig, resume: StartMode, ctx: Distributed,
              builder: ModelBuilder) -> _Run:
         """Check ``config``, decide where to start (:func:`~namex_ref.train.resume.
         plan_resume`), build everything."""
@@ -305,7 +251,7 @@ class _Run:
                        f"{config.method} s{config.seed}", main=ctx.main)
         _check_request(config, ctx)
         point = plan_resume(config, resume, out, ctx.main, say)
-        return cls(point, ctx, device, out, say, builder)
+        return cls(point, ctx, device, out, say, builder, resume)
 
     def _prepare_folder(self, point: ResumePoint) -> None:
         """Rank 0: write config.json, drop a stale result and temporary files, start the log
@@ -316,12 +262,13 @@ class _Run:
         (out / RESULT_NAME).unlink(missing_ok=True)
         for stale in out.glob(".*.tmp"):  # left by a process killed while writing
             stale.unlink(missing_ok=True)
+        accum = f" x {config.grad_accum} accumulated" if config.grad_accum > 1 else ""
         if point.ckpt is None:
             (out / METRICS_NAME).unlink(missing_ok=True)
             (out / LOG_NAME).unlink(missing_ok=True)
             say(f"fresh start: {config.steps} steps, method {config.method}, "
                 f"{self.builder.describe(config)} ({self.n_params / 1e6:.2f}M parameters), "
-                f"batch {config.batch_size}, device {self.device}, {self.ctx.world} "
+                f"batch {config.batch_size}{accum}, device {self.device}, {self.ctx.world} "
                 f"process(es); writing to {str(out)!r}")
         else:
             truncate_after(out / METRICS_NAME, self.start)
@@ -345,26 +292,41 @@ class _Run:
         """One AdamW update on the batch of ``step`` (:func:`~namex_ref.train.data.
         batch_for_step`), at the lr of :func:`~namex_ref.train.schedule.lr_at`, the forward
         under the run's :class:`~namex_ref.train.precision.Precision`; no host sync (except
-        fp16's scaler)."""
-        config = self.config
+        fp16's scaler). With ``grad_accum`` K the batch of K·``batch_size`` windows is run as
+        K micro-batches whose gradients add up (each loss divided by K): the update of one
+        K-times larger batch, to float rounding."""
+        config, k = self.config, self.config.grad_accum
         self.lr = lr_at(step, config)
         set_lr(self.optimizer, self.lr)
         batch = batch_for_step(
-            self.data.train, seed=config.seed, step=step, batch_size=config.batch_size,
+            self.data.train, seed=config.seed, step=step, batch_size=config.batch_size * k,
             seq_len=self.mcfg.seq_len, rank=self.ctx.rank, world_size=self.ctx.world,
         )
-        x, y = _to_device(batch.x, self.device), _to_device(batch.y, self.device)
-        with self.precision.autocast():
-            out: ModelOutput = self.net(x, y)
-        assert out.loss is not None and out.ce is not None  # targets were given
         self.optimizer.zero_grad(set_to_none=True)
-        self.precision.backward(out.loss)
+        micro = batch.x.shape[0] // k
+        outs: list[ModelOutput] = []
+        for j in range(k):
+            rows = slice(j * micro, (j + 1) * micro)
+            x = _to_device(batch.x[rows], self.device)
+            y = _to_device(batch.y[rows], self.device)
+            with self._gradient_sync(last=j == k - 1):
+                with self.precision.autocast():
+                    out: ModelOutput = self.net(x, y)
+                assert out.loss is not None and out.ce is not None  # targets were given
+                self.precision.backward(out.loss if k == 1 else out.loss / k)
+            outs.append(out)
         self.precision.unscale(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
         self.precision.step(self.optimizer)
-        self.acc.add(step, out, grad_norm)
+        self.acc.add(step, outs[0] if k == 1 else mean_output(outs), grad_norm)
         if self.say.bar is not None:
             self.say.bar.update(1)
+
+    def _gradient_sync(self, *, last: bool) -> contextlib.AbstractContextManager[Any]:
+        """DDP all-reduces gradients on the last micro-batch of a step only (``no_sync``)."""
+        if last or not isinstance(self.net, nn.parallel.DistributedDataParallel):
+            return contextlib.nullcontext()
+        return self.net.no_sync()
 
     def due(self, step: int) -> tuple[bool, bool, bool]:
         """Whether ``step`` writes a metrics line, evaluates, checkpoints (the last step always
@@ -386,22 +348,22 @@ class _Run:
         now = time.perf_counter()
         seconds = now - self.t_interval
         self.step_time += seconds
-        self.steps_run += self.acc.n
+        self.steps_run += self.acc.timed
         record = self.report(step, seconds, now) if log_now else {}
         if eval_now:
             record.update(self.evaluate(step))
         if self.ctx.main and record:
             append_jsonl(self.out / METRICS_NAME, record)
+        self.acc.reset()  # before the checkpoint: this interval is written, not carried over
         if ckpt_now:
             self.checkpoint(step)
-        self.acc.reset()
         self.t_interval = time.perf_counter()
 
     def report(self, step: int, seconds: float, now: float) -> dict[str, Any]:
         """The metrics line of ``step``, shown on the bar or as a progress line."""
         config = self.config
         record = self.acc.record(step, self.lr, seconds, now - self.t_run,
-                                 config.batch_size * self.mcfg.seq_len)
+                                 config.batch_size * config.grad_accum * self.mcfg.seq_len)
         bar = self.say.bar
         if bar is not None:
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{self.lr:.2e}")
@@ -422,7 +384,7 @@ class _Run:
             )
         self.say(f"step {step}/{self.config.steps} evaluation: valid loss {vloss:.4f} "
                  f"perplexity {math.exp(vloss):.2f}")
-        return {"valid_loss": vloss, "valid_ppl": math.exp(vloss), "cosine": _nested(cos)}
+        return {"valid_loss": vloss, "valid_ppl": math.exp(vloss), "cosine": nested_list(cos)}
 
     def checkpoint(self, step: int) -> None:
         """Check the whole state finite, then (rank 0) write the checkpoint of ``step``."""
@@ -430,26 +392,58 @@ class _Run:
             raise nonfinite_error("non-finite parameters or optimizer state", step,
                                   self.config, self.last_ckpt)
         path = self.out / CHECKPOINT_NAME
+        counters = self._counters()  # on every rank: a partial interval is all-reduced
         device_rng = self.ctx.device_rng_states(self.device)  # every rank: a collective
         if self.ctx.main:
             save_checkpoint(
                 path, model=self.model, optimizer=self.optimizer, step=step,
-                config=self.config.to_dict(),
-                counters=self._counters(),
+                config=self.config.to_dict(), counters=counters,
                 previous=self.out / PREVIOUS_NAME, device_rng=device_rng,
             )
         self.last_ckpt = (path, step)
+        if self.aside is not None:  # --overwrite: the new run has a checkpoint now
+            self.aside.drop()
+            self.aside = None
 
     def _counters(self) -> dict[str, Any]:
-        """What a checkpoint carries beside the tensors: cumulative counters and (fp16) the
-        gradient scaler's state."""
+        """What a checkpoint carries beside the tensors: cumulative counters, (fp16) the
+        gradient scaler's state and (a run stopped between log steps) the partial interval."""
         counters: dict[str, Any] = {"fallbacks": int(self.acc.fallbacks),
                                     "step_seconds": self.step_time,
                                     "steps_timed": self.steps_run}
-        scaler = self.precision.state_dict()
-        if scaler:
-            counters["grad_scaler"] = scaler
-        return counters
+        extra = {"grad_scaler": self.precision.state_dict(),
+                 "interval": self.acc.state(self.ctx.world)}
+        return counters | {k: v for k, v in extra.items() if v}
+
+    def signalled(self, interrupts: Interrupts, log_now: bool) -> int:
+        """The signal that stops the run after this step, or 0. One process: the handler's
+        flag after every step (no sync). Several: the ranks agree at log steps (an all-reduce
+        of the flag, beside the log step's other reductions), so all stop at the same step."""
+        if self.ctx.world == 1:
+            return interrupts.signum
+        if not log_now:
+            return 0
+        flag = torch.full((), interrupts.signum, dtype=torch.int64, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag)
+
+    def interrupt(self, step: int, signum: int, *, checkpointed: bool) -> None:
+        """Stop on ``signum`` after ``step``: checkpoint it (unless this step just did, with
+        the partial interval's sums), say so on the terminal and in train.log, and raise
+        :class:`~namex_ref.train.interrupt.TrainingInterrupted`."""
+        if not checkpointed:
+            if self.ctx.world > 1:
+                dist.all_reduce(self.acc.first_bad, op=dist.ReduceOp.MAX)
+            check_finite(self.acc.first_bad, self.config, self.last_ckpt)
+            now = time.perf_counter()
+            self.step_time += now - self.t_interval
+            self.steps_run += self.acc.timed
+            self.acc.timed, self.t_interval = 0, now
+            self.checkpoint(step)
+        self.say.close_bar()
+        self.say.note(interrupted_message(step, self.config.steps))
+        raise TrainingInterrupted(signum, step, self.config.steps,
+                                  str(self.out / CHECKPOINT_NAME))
 
     def finish(self) -> TrainResult:
         """The final evaluation, the :class:`TrainResult`, and (rank 0) the plots, the

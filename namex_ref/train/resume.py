@@ -5,7 +5,9 @@ A run may be resumed with more ``steps`` than it was started with: the lr schedu
 checkpoint's length (``schedule_steps``), and the steps beyond it run at the floor lr, so the
 extended run equals, bit for bit on CPU, a fresh run with ``steps`` = the new total and
 ``schedule_steps`` = the old one. Every other field that changes the trajectory is refused,
-naming the flag.
+naming the flag. The run-control fields (:data:`~namex_ref.train.config.RUN_CONTROL_FIELDS`:
+intervals of logging, evaluation and checkpoints, threads, progress, device, folders) may change;
+the changes are announced.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from namex_ref.train.metrics import read_jsonl
 from namex_ref.train.reporter import Reporter
 from namex_ref.train.run import CHECKPOINT_NAME, METRICS_NAME, PREVIOUS_NAME
 
-__all__ = ["ResumePoint", "announce_resume", "config_mismatch", "load_resume_point",
-           "plan_resume"]
+__all__ = ["ResumePoint", "StartMode", "announce_resume", "config_mismatch", "load_resume_point",
+           "operational_changes", "plan_resume"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class ResumePoint:
     ckpt: Checkpoint | None = None
     source: Path | None = None
     extended_from: int = 0
+    changed: tuple[str, ...] = ()
+    """Run-control fields changed since the checkpoint, as "--flag old -> new"."""
 
     @property
     def step(self) -> int:
@@ -86,6 +90,14 @@ def _comparable(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def operational_changes(saved: dict[str, Any], config: TrainConfig) -> list[str]:
+    """"--flag old -> new" for each :data:`~namex_ref.train.config.RUN_CONTROL_FIELDS` field
+    where ``config`` differs from the checkpoint's (allowed on resume, and announced)."""
+    old, new = {**TrainConfig().to_dict(), **saved}, config.to_dict()
+    return [f"{flag_name(k)} {old[k]!r} -> {new[k]!r}"
+            for k in sorted(RUN_CONTROL_FIELDS) if old[k] != new[k]]
+
+
 def config_mismatch(saved: dict[str, Any], config: TrainConfig) -> list[str]:
     """One line per trajectory field where ``config`` differs from the checkpoint's."""
     old, new = _comparable(saved), _comparable(config.to_dict())
@@ -96,7 +108,13 @@ def config_mismatch(saved: dict[str, Any], config: TrainConfig) -> list[str]:
     ]
 
 
-def plan_resume(config: TrainConfig, resume: bool | Literal["if-present"], out: Path,
+StartMode = bool | Literal["if-present", "overwrite"]
+"""How a run treats its folder: ``False`` fresh (refused when it holds a checkpoint), ``True``
+resume, ``"if-present"`` resume when there is a checkpoint, ``"overwrite"`` fresh, the old run
+set aside until the new one's first checkpoint (:class:`~namex_ref.train.run.SetAside`)."""
+
+
+def plan_resume(config: TrainConfig, resume: StartMode, out: Path,
                 main: bool, say: Reporter) -> ResumePoint:
     """The :class:`ResumePoint` of a run asked for with ``resume`` (see :func:`~namex_ref.train.
     train`).
@@ -106,11 +124,14 @@ def plan_resume(config: TrainConfig, resume: bool | Literal["if-present"], out: 
             one; a trajectory field changed; fewer steps than the checkpoint's.
         CorruptCheckpointError: no usable checkpoint (names the files).
     """
+    if resume == "overwrite":
+        return ResumePoint(config)
     if not resume:
         if (out / CHECKPOINT_NAME).is_file() or (out / PREVIOUS_NAME).is_file():
             raise ValueError(
-                f"{str(out)!r} already holds a checkpoint; pass resume=True (CLI: --resume) to "
-                f"continue it, or choose another out folder (CLI: --out)"
+                f"{str(out)!r} already holds a checkpoint: continue it with --resume "
+                f"(API: resume=True), replace it with --overwrite (resume='overwrite'), or "
+                f"choose another --out folder"
             )
         return ResumePoint(config)
     ckpt, source = load_resume_point(out, main, say)
@@ -140,7 +161,8 @@ def plan_resume(config: TrainConfig, resume: bool | Literal["if-present"], out: 
             f"--steps: the checkpoint is at step {ckpt.step}, beyond the requested "
             f"--steps {config.steps}; ask for at least {ckpt.step} steps"
         )
-    return ResumePoint(config, ckpt, source, extended_from)
+    return ResumePoint(config, ckpt, source, extended_from,
+                       tuple(operational_changes(ckpt.config, config)))
 
 
 def announce_resume(point: ResumePoint, metrics_path: Path, say: Reporter) -> None:
@@ -149,8 +171,12 @@ def announce_resume(point: ResumePoint, metrics_path: Path, say: Reporter) -> No
     config, ckpt, start = point.config, point.ckpt, point.step
     assert ckpt is not None
     say(f"resuming from step {start} of {config.steps} (checkpoint {str(point.source)!r})")
+    if point.changed:
+        say(f"run settings changed since the checkpoint (they do not change the trajectory): "
+            f"{', '.join(point.changed)}")
+    every = int({**TrainConfig().to_dict(), **ckpt.config}["log_every"])  # the lines written
     present = {int(r["step"]) for r in read_jsonl(metrics_path)}
-    lost = [k for k in range(config.log_every, start + 1, config.log_every) if k not in present]
+    lost = [k for k in range(every, start + 1, every) if k not in present]
     if lost:
         say.note(f"warning: {METRICS_NAME} lacks the lines of steps "
                  f"{', '.join(map(str, lost))} (at or before the checkpoint, so they are "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,14 @@ from namex_ref.train.config import TrainConfig
 from namex_ref.train.metrics import clean_json
 
 __all__ = [
+    "ASIDE_NAME",
     "CHECKPOINT_NAME",
     "CONFIG_NAME",
     "LOG_NAME",
     "METRICS_NAME",
     "PREVIOUS_NAME",
     "RESULT_NAME",
+    "SetAside",
     "TrainResult",
     "read_result",
     "require_out_folder",
@@ -43,6 +46,10 @@ RESULT_NAME = "result.json"
 """The :class:`TrainResult` of a finished run (written last, atomically)."""
 CONFIG_NAME = "config.json"
 """The :class:`~namex_ref.train.config.TrainConfig` of the run's latest start."""
+ASIDE_NAME = ".replaced"
+"""Where ``--overwrite`` keeps the old run's files until the new run's first checkpoint."""
+_RUN_FILES = (CHECKPOINT_NAME, PREVIOUS_NAME, f"{CHECKPOINT_NAME}.corrupt", METRICS_NAME,
+              LOG_NAME, CONFIG_NAME, RESULT_NAME, "loss.png", "alpha.png", "cosine.png", "model")
 
 
 @dataclass(frozen=True)
@@ -120,3 +127,48 @@ def require_out_folder(path: str | os.PathLike[str], flag: str = "--out") -> Pat
                 )
             break
     return target
+
+
+class SetAside:
+    """``--overwrite``: move the run files of ``out`` (checkpoints, metrics, log, config,
+    result, plots, an exported ``model/``; nothing else) into ``out/.replaced``.
+
+    :meth:`drop` deletes them (called once the new run's first checkpoint is written). Used as
+    a context manager around the new run: when the block raises before :meth:`drop`, the new
+    run's files are removed and the old ones moved back, so a failed start loses nothing.
+    ``main=False`` (DDP ranks other than 0) does nothing.
+    """
+
+    def __init__(self, out: Path, main: bool = True) -> None:
+        self.out, self.aside = out, out / ASIDE_NAME
+        self.moved: list[str] = []
+        if not main:
+            return
+        shutil.rmtree(self.aside, ignore_errors=True)  # left by an earlier failed restore
+        self.aside.mkdir(parents=True)
+        for name in _RUN_FILES:
+            if (out / name).exists():
+                os.replace(out / name, self.aside / name)
+                self.moved.append(name)
+
+    def drop(self) -> None:
+        """The new run has a checkpoint: delete the old run."""
+        if self.moved or self.aside.exists():
+            shutil.rmtree(self.aside, ignore_errors=True)
+        self.moved = []
+
+    def __enter__(self) -> SetAside:
+        return self
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        if kind is None or not self.aside.exists():
+            return
+        for name in _RUN_FILES:  # the failed new run's files
+            target = self.out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+        for name in self.moved:
+            os.replace(self.aside / name, self.out / name)
+        shutil.rmtree(self.aside, ignore_errors=True)
