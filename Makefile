@@ -27,8 +27,8 @@ demo: $(STAMP)
 solvers-demo: $(STAMP)
 	$(VENV)/bin/namex demo
 
-# The docs and hf extras too, so that tests/test_docs.py (the API walk, docstrings) and
-# tests/test_hf.py (Hugging Face models) run, not skip.
+# The docs, hf and eval extras too, so that tests/test_docs.py (the API walk, docstrings),
+# tests/test_hf*.py (Hugging Face models) and tests/test_hf_eval.py (lm-eval) run, not skip.
 test: $(DOCS_STAMP)
 	$(PYTEST) -m "not slow"
 
@@ -60,7 +60,7 @@ mutation: $(STAMP)
 .PHONY: docs docs-check
 
 $(DOCS_STAMP): $(STAMP) pyproject.toml
-	$(PY) -m pip install -q -e '.[dev,docs,hf]' --config-settings editable_mode=strict
+	$(PY) -m pip install -q -e '.[dev,docs,hf,eval]' --config-settings editable_mode=strict
 	touch $(DOCS_STAMP)
 
 docs: $(DOCS_STAMP)

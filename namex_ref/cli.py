@@ -1,12 +1,13 @@
 """Command line: ``namex train | compare | methods | bench | demo | solve | momentum-grid | mtl |
-convert | generate``.
+convert | generate | eval``.
 
 ``train`` and ``compare`` come from :mod:`namex_ref.train.cli`, ``bench`` from
 :mod:`namex_ref.benchmarks.cli`; the rest are defined here. Each command calls the public API
 functions; nothing is computed here. Every parser is a :class:`namex_ref.cliparse.Parser`
 (defaults in ``--help``, one-line errors). ``mtl`` comes from
 :mod:`namex_ref.benchmarks.mtl_report`,
-``convert`` and ``generate`` (Hugging Face models, the ``hf`` extra) from :mod:`namex_ref.hf.cli`.
+``convert``, ``generate`` and ``eval`` (Hugging Face models, the ``hf`` extra) from
+:mod:`namex_ref.hf.cli`.
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_mtl(sub)  # mtl (Nash-MTL example)
     from namex_ref.hf.cli import register as register_hf
 
-    register_hf(sub)  # convert, generate (Hugging Face MoE models)
+    register_hf(sub)  # convert, generate, eval (Hugging Face MoE models)
     return p
 
 

@@ -36,6 +36,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 # dev box, a 4×4 Cholesky (Newton's inner step) then took 16 ms instead of 1.3 µs. Tests that
 # start subprocesses (DDP, resume) set their own thread counts.
 from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -65,3 +66,16 @@ def newton_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
     assert defaults is not None and "backend" in defaults
     monkeypatch.setitem(defaults, "backend", request.param)
     return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The token cache of the quick training runs (``tests/train_runs.py``), built once per
+    test module (a module may define its own ``cache`` for other data)."""
+    from namex_ref.train import TrainConfig
+    from namex_ref.train.data import load_token_data
+    from tests.train_runs import QUICK_CHARS
+
+    path = tmp_path_factory.mktemp("namex-cache")
+    load_token_data(TrainConfig(corpus_chars=QUICK_CHARS, cache_dir=str(path)))
+    return path

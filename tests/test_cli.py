@@ -59,7 +59,7 @@ def test_docstring_names_every_command() -> None:
     commands = set(sub.choices)
     assert commands == {
         "train", "compare", "methods", "bench", "demo", "solve", "momentum-grid", "mtl", "convert",
-        "generate",
+        "generate", "eval",
     }
     doc = namex_ref.cli.__doc__ or ""
     first = doc.split("\n\n", 1)[0].replace("\n", " ")  # the first paragraph

@@ -132,7 +132,7 @@ def test_twenty_steps_of_namex_full_mom_lower_the_loss(
     assert rec[-1]["residual_max"] is not None and rec[-1]["residual_max"] < 1e-8
     assert len(rec[-1]["alpha"]) == 2 and len(rec[-1]["alpha"][0]) == 4  # (L, N)
     for name in ("loss.png", "alpha.png", "cosine.png", "train.log", "result.json",
-                 "checkpoint.safetensors", "model/namex_model.safetensors"):
+                 "checkpoint.safetensors", "model/model.safetensors"):
         assert (tmp_path / "run" / name).is_file(), name
 
 
@@ -160,7 +160,7 @@ def test_bf16_fine_tuning_runs_the_forward_under_autocast(
     assert all(abs(x - y) <= 2.0**-8 * x for x, y in zip(a, b, strict=True)), (a, b)
     from safetensors import safe_open
 
-    with safe_open(str(tmp_path / "bf16" / "model" / "namex_model.safetensors"), "pt") as f:
+    with safe_open(str(tmp_path / "bf16" / "model" / "model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
 
 
@@ -358,7 +358,7 @@ def test_two_process_ddp_matches_one_process(
     res1, res2 = read_result(one), read_result(two)
     assert res1 is not None and res2 is not None and res2.world_size == 2
     assert math.isclose(res2.valid_loss, res1.valid_loss, rel_tol=DDP_RTOL)
-    assert (two / "model" / "namex_model.safetensors").is_file()
+    assert (two / "model" / "model.safetensors").is_file()
 
 
 def test_wikitext_files_feed_a_hf_run(

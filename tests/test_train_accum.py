@@ -17,19 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from namex_ref.train import TrainConfig, read_result, train
-from namex_ref.train.data import load_token_data
+from namex_ref.train import read_result, train
 from namex_ref.train.metrics import read_jsonl
-from tests.train_runs import QUICK_CHARS, quick
+from tests.train_runs import quick
 
 ACCUM_RTOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("namex-cache")
-    load_token_data(TrainConfig(corpus_chars=QUICK_CHARS, cache_dir=str(path)))
-    return path
 
 
 def _run(cache: Path, out: Path, batch: int, accum: int) -> list[dict[str, object]]:

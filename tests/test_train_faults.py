@@ -40,20 +40,12 @@ from namex_ref.train import (
     save_checkpoint,
     train,
 )
-from namex_ref.train.data import load_token_data
 from namex_ref.train.metrics import read_jsonl
 from tests import train_runs
 from tests.faults import die_at, nan_loss_at
 from tests.train_runs import QUICK_CHARS
 
 STEPS = 8
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("namex-cache")
-    load_token_data(TrainConfig(corpus_chars=QUICK_CHARS, cache_dir=str(path)))
-    return path
 
 
 quick = functools.partial(train_runs.quick, steps=STEPS, ckpt_every=2)

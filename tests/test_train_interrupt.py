@@ -20,8 +20,7 @@ from typing import Any
 import pytest
 import torch
 
-from namex_ref.train import TrainConfig, load_checkpoint, read_result, train
-from namex_ref.train.data import load_token_data
+from namex_ref.train import load_checkpoint, read_result, train
 from namex_ref.train.interrupt import TrainingInterrupted
 from namex_ref.train.metrics import read_jsonl
 from tests.faults import signal_at
@@ -30,13 +29,6 @@ from tests.train_runs import QUICK_CHARS, quick
 STEPS = 8
 MESSAGE = "interrupted at step {} of {}; checkpoint written; continue with --resume"
 CHILD_DEADLINE_S = 180.0  # generous: the machine is shared
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("namex-cache")
-    load_token_data(TrainConfig(corpus_chars=QUICK_CHARS, cache_dir=str(path)))
-    return path
 
 
 def _observables(out: Path) -> list[tuple[Any, ...]]:

@@ -28,11 +28,6 @@ from tests.faults import die_at, nan_loss_at
 from tests.train_runs import QUICK_CHARS, quick
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("namex-cache")
-
-
 def test_loss_decreases_on_a_short_tiny_run(cache: Path, tmp_path: Path) -> None:
     cfg = quick(cache, tmp_path / "run", steps=30, batch_size=4, warmup=5, log_every=5,
                 eval_every=30, ckpt_every=30)

@@ -10,18 +10,10 @@ from typing import Any
 import pytest
 
 from namex_ref.models.gpt import MoEGPT
-from namex_ref.train import NonFiniteLossError, TrainConfig, load_checkpoint, read_result, train
-from namex_ref.train.data import load_token_data
+from namex_ref.train import NonFiniteLossError, load_checkpoint, read_result, train
 from namex_ref.train.run import ASIDE_NAME
 from tests.faults import nan_loss_at
-from tests.train_runs import QUICK_CHARS, quick
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("namex-cache")
-    load_token_data(TrainConfig(corpus_chars=QUICK_CHARS, cache_dir=str(path)))
-    return path
+from tests.train_runs import quick
 
 
 def _files(out: Path) -> dict[str, bytes]:
@@ -33,7 +25,9 @@ def test_overwrite_replaces_the_run_after_its_first_checkpoint(cache: Path,
     out = tmp_path / "run"
     train(quick(cache, out, steps=2, ckpt_every=2, eval_every=2))
     new = quick(cache, out, steps=2, ckpt_every=2, eval_every=2, seed=1)
-    with pytest.raises(ValueError, match="--overwrite"):
+    # the message a CLI user reads names the flags first (issue 26: it said "resume=True")
+    with pytest.raises(ValueError, match=r"already holds a checkpoint: continue it with --resume "
+                       r"\(API: resume=True\), replace it with --overwrite"):
         train(new)
     seen: dict[str, Any] = {}
     real = MoEGPT.forward

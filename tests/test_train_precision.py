@@ -33,23 +33,15 @@ import torch
 from namex_ref.models.gpt import MoEGPT, preset
 from namex_ref.nash.gram import gram_matrix
 from namex_ref.train import TrainConfig, load_checkpoint, train
-from namex_ref.train.data import load_token_data
 from namex_ref.train.metrics import read_jsonl
 from namex_ref.train.precision import Precision
 from tests.faults import die_at
-from tests.train_runs import QUICK_CHARS, quick
+from tests.train_runs import quick
 
 U = {"bf16": 2.0**-8, "fp16": 2.0**-11}
 """Unit roundoff of the autocast dtypes (half the spacing of numbers in [1, 2))."""
 RATIO_SLACK = 4.0
 """How far the ratio of the deviations may scatter about u_bf16 / u_fp16 = 8 (docstring)."""
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("namex-cache")
-    load_token_data(TrainConfig(corpus_chars=QUICK_CHARS, cache_dir=str(path)))
-    return path
 
 
 def _losses(out: Path) -> list[float]:

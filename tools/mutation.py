@@ -140,6 +140,18 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
         "namex_ref/hf/convert.py",
         ("tests/test_hf*.py", "tests/test_mutants_hf*.py"),
     ),
+    "hf/block": (
+        "namex_ref/hf/block.py",
+        ("tests/test_hf*.py", "tests/test_mutants_hf*.py"),
+    ),
+    "hf/decode": (
+        "namex_ref/hf/decode.py",
+        ("tests/test_hf*.py", "tests/test_mutants_hf*.py"),
+    ),
+    "hf/base": (
+        "namex_ref/hf/base.py",
+        ("tests/test_hf*.py", "tests/test_mutants_hf*.py"),
+    ),
     "hf/training": (
         "namex_ref/hf/training.py",
         ("tests/test_hf*.py", "tests/test_mutants_hf*.py"),

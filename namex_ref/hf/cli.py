@@ -3,6 +3,7 @@ output: config and safetensors) to a merging method and save it for :func:`namex
 ``namex generate``: reload a converted model (``OUT/model`` of ``namex train --hf-model``, or a
 ``namex convert`` folder) and continue a prompt greedily. Call :func:`namex_ref.hf.convert`,
 :func:`namex_ref.hf.save`, :func:`namex_ref.hf.load` and :func:`namex_ref.hf.generate_text`;
+``namex eval``: lm-evaluation-harness tasks and perplexity (:mod:`namex_ref.hf.evaluate`);
 nothing is computed here. Fine-tuning is ``namex train --hf-model DIR``.
 """
 
@@ -19,7 +20,8 @@ __all__ = ["register"]
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from namex_ref.hf.convert import convert, require_transformers, save
+    from namex_ref.hf.convert import convert, save
+    from namex_ref.hf.extra import require_transformers
     from namex_ref.hf.training import read_model_config
 
     transformers = require_transformers()
@@ -39,12 +41,11 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from namex_ref.hf.convert import load
+    from namex_ref.hf.convert import is_converted_folder, load
     from namex_ref.hf.training import generate_text
 
     run_model = Path(args.model) / "model"  # OUT/model of namex train --hf-model
-    meta = "namex_hf.json"  # hf.convert's _META_FILE
-    if not (Path(args.model) / meta).is_file() and (run_model / meta).is_file():
+    if not is_converted_folder(args.model) and is_converted_folder(run_model):
         raise ValueError(
             f"{str(args.model)!r} is a training run folder; its model is in {str(run_model)!r}: "
             f"namex generate {run_model} --prompt ..."
@@ -53,6 +54,54 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     print(generate_text(model, args.model, args.prompt, max_new_tokens=args.max_new_tokens,
                         use_cache=args.cache))
     return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from namex_ref.hf.evaluate import load_model, perplexity, run_lm_eval
+
+    if not args.tasks and args.perplexity is None:
+        raise ValueError("namex eval: give --tasks TASK[,TASK] and/or --perplexity FILE")
+    out: dict[str, Any] = {"model": str(args.model)}
+    if args.perplexity is not None:
+        out["perplexity"] = _file_perplexity(args, load_model, perplexity)
+    if args.tasks:
+        out["results"] = run_lm_eval(
+            args.model, [t for t in args.tasks.split(",") if t], include_path=args.include_path,
+            limit=args.limit, batch_size=args.batch_size, device=args.device,
+        )
+    print(json.dumps(out))
+    return 0
+
+
+def _file_perplexity(args: argparse.Namespace, load_model: Any, perplexity: Any) -> float:
+    """Perplexity of ``args.perplexity`` in the folder's tokens (its tokenizer.json, the one
+    training used), windows of ``--seq-len`` (default: the run's window from namex_run.json,
+    else min(128, max_position_embeddings))."""
+    import torch
+    from tokenizers import Tokenizer
+
+    from namex_ref.data.tokenizer import BPETokenizer
+
+    path = Path(args.perplexity)
+    if not path.is_file():
+        raise FileNotFoundError(f"--perplexity: {str(path)!r} is not a file")
+    tok_file = Path(args.model) / "tokenizer.json"
+    if not tok_file.is_file():
+        raise FileNotFoundError(
+            f"{str(tok_file)!r} not found: perplexity is measured in the tokens the model was "
+            "trained with (namex convert and namex train --hf-model write tokenizer.json)")
+    ids = BPETokenizer(Tokenizer.from_file(str(tok_file))).encode(
+        path.read_text(encoding="utf-8"))
+    if len(ids) < 2:
+        raise ValueError(f"--perplexity: {str(path)!r} has fewer than 2 tokens")
+    model = load_model(args.model).to(args.device)
+    seq_len = args.seq_len
+    if seq_len is None:
+        run = Path(args.model) / "namex_run.json"
+        max_pos = int(getattr(model.config, "max_position_embeddings", 128) or 128)
+        seq_len = (int(json.loads(run.read_text(encoding="utf-8"))["seq_len"]) if run.is_file()
+                   else min(128, max_pos))
+    return float(perplexity(model, torch.tensor(ids), seq_len))
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -90,3 +139,23 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    help="decode with the KV cache (exact for every method, docs/math.md §6); "
                    "--no-cache runs a full forward per token (default: cache)")
     g.set_defaults(func=_cmd_generate)
+    e = sub.add_parser(
+        "eval",
+        help="evaluate a converted (or original) model folder: lm-evaluation-harness tasks "
+        "(needs the eval extra; namex_verse_cloze is built in and offline) and/or perplexity "
+        "on a local text file",
+    )
+    e.add_argument("model", type=Path, help="model folder with config.json and tokenizer.json")
+    e.add_argument("--tasks", default=None,
+                   help="comma-separated lm-eval task names, e.g. namex_verse_cloze or "
+                   "arc_easy,piqa (those download their data)")
+    e.add_argument("--perplexity", type=Path, default=None, metavar="FILE",
+                   help="a local text file: perplexity in the model folder's tokens")
+    e.add_argument("--seq-len", type=int, default=None,
+                   help="perplexity window (default: the run's window, else min(128, positions))")
+    e.add_argument("--include-path", type=Path, default=None,
+                   help="a folder of further lm-eval task YAML files")
+    e.add_argument("--limit", type=int, default=None, help="at most this many documents per task")
+    e.add_argument("--batch-size", type=int, default=1, help="lm-eval batch size (default: 1)")
+    e.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    e.set_defaults(func=_cmd_eval)

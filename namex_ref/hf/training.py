@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from namex_ref.hf.convert import converted_blocks, require_transformers, save
+from namex_ref.hf.convert import converted_blocks, is_converted_folder, save
+from namex_ref.hf.extra import require_transformers
 from namex_ref.merging.functional import MergePlan, cosine_matrix
 from namex_ref.models.gpt import LayerStats, ModelConfig, ModelOutput
 from namex_ref.nash.gram import domain_vectors, off_diagonal_mean
@@ -71,9 +72,10 @@ def read_model_config(folder: str | os.PathLike[str], what: str = "--hf-model") 
         MissingExtraError: transformers is not installed.
     """
     src = Path(folder)
-    if (src / "namex_hf.json").is_file():  # hf.convert's _META_FILE
+    if is_converted_folder(src):
         raise ValueError(
-            f"{what}: {str(src)!r} holds a model already converted by namex (namex_hf.json); "
+            f"{what}: {str(src)!r} holds a model already converted by namex (namex_hf.json or "
+            f"a namex_* model_type); "
             f"pass the original save_pretrained folder it came from (a converted model is "
             f"reloaded with namex generate or namex_ref.hf.load)"
         )

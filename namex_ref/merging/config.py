@@ -50,8 +50,10 @@ MergeMemory = Literal["eager", "keep-deltas", "recompute"]
 BaseSource = Literal["none", "per-layer", "first-layer"]
 Propagation = Literal["none", "ep", "nash"]
 SignMask = Literal["none", "ties", "dare"]
-DareGranularity = Literal["expert", "segment"]
 """Mask on the CAMEx merge terms: none, TIES sign agreement, or a DARE-style Bernoulli mask."""
+DareGranularity = Literal["expert", "segment"]
+"""One DARE mask per (expert, entry) shared by every routing unit ("expert"), or one per (routing
+unit, expert, entry), as the CAMEx code's live Conv1D_MEO ("segment")."""
 Gate = Literal["softmax", "noisy-top-k"]
 """Router of the merging methods: the plain softmax, or Shazeer et al.'s noisy top-k gate."""
 BaseInit = Literal["independent", "expert0"]

@@ -17,8 +17,10 @@ no value back and are therefore capturable in a CUDA graph. The caller (``solve_
 reads the step counts back in *adaptive* mode to report ``iterations``/``status`` (one sync per
 solve instead of one per step); fixed-budget mode reads nothing.
 
-Same constants, same rules: the caller passes the eager path's own constants, and the float64
-facts (eps, tiny, max) are those of :mod:`namex_ref.nash.fused`. Results agree with the eager
+No FMA contraction (``enable_fp_fusion=False``, Triton 3.9's default is on): every float64
+operation rounds as written, as in the numba kernel. Same constants, same rules: the caller
+passes the eager path's own constants, and the float64 facts (eps, tiny) are those of
+:mod:`namex_ref.nash.fused`. Results agree with the eager
 path to the residual rule of docs/math.md §7 (tests/test_nash_fused_gpu.py, through Triton's
 interpreter on CPU: set ``TRITON_INTERPRET=1`` before the first launch).
 """
@@ -126,7 +128,8 @@ def newton_kernel(
             Kf, a0, alpha, res, conv, steps, n, int(n_steps),
             Kf.stride(0), Kf.stride(1), Kf.stride(2), a0.stride(0), a0.stride(1),
             float(tol), float(factor), float(cap), float(frac), float(full_dec), _EPS, _TINY,
-            _MAXF, HAS_A0=alpha0 is not None, BLOCK=block, num_warps=warps)
+            _MAXF, HAS_A0=alpha0 is not None, BLOCK=block, num_warps=warps,
+            enable_fp_fusion=False)
     return (alpha.reshape(*batch, n), res.reshape(batch), conv.reshape(batch),
             steps.reshape(batch))
 
@@ -161,6 +164,6 @@ def bargain_kernel(
             Kf.stride(0), Kf.stride(1), Kf.stride(2), float(ridge), float(zero_rtol),
             float(cancel_rtol), float(tol), float(factor), float(cap), float(frac),
             float(full_dec), _EPS, _TINY, _MAXF, POLICY=_POLICY_CODES[policy], BLOCK=block,
-            num_warps=warps)
+            num_warps=warps, enable_fp_fusion=False)
     return (alpha.reshape(*batch, n), residual.reshape(batch), fallback.reshape(batch),
             ok.reshape(batch))

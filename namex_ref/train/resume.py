@@ -129,9 +129,9 @@ def plan_resume(config: TrainConfig, resume: StartMode, out: Path,
     if not resume:
         if (out / CHECKPOINT_NAME).is_file() or (out / PREVIOUS_NAME).is_file():
             raise ValueError(
-                f"{str(out)!r} already holds a checkpoint; pass resume=True (CLI: --resume) to "
-                f"continue it, resume='overwrite' (CLI: --overwrite) to replace it, or choose "
-                f"another out folder (CLI: --out)"
+                f"{str(out)!r} already holds a checkpoint: continue it with --resume "
+                f"(API: resume=True), replace it with --overwrite (resume='overwrite'), or "
+                f"choose another --out folder"
             )
         return ResumePoint(config)
     ckpt, source = load_resume_point(out, main, say)
