@@ -100,3 +100,37 @@ def test_nashmtl_ridge_treats_a_relatively_tiny_task_as_zero() -> None:
     assert extra["policy"] == "ridge" and extra["infeasible"] == 1
     want = [1 / math.sqrt(lam), 1 / math.sqrt(lam), 1 / math.sqrt(K[2, 2] + 100 + lam)]
     np.testing.assert_allclose(extra["weights"].numpy(), want, rtol=1e-9)
+
+
+def test_nashmtl_call_is_backward_and_clips_to_the_default_max_norm() -> None:
+    """``m(losses, params)`` is ``backward`` (the authors' ``__call__``): θ's gradient is
+    Gᵀα clipped to the default max_norm = 1 (torch's rule: ×1/(‖g‖ + 1e-6) above 1)."""
+    G = np.array([[3.0, 0.0, 1.0], [0.0, 2.0, 1.0]])
+    task = Linear(G)
+    _, extra = NashMTL(2, "cpu")(task.losses(), [task.theta])
+    full = G.T @ extra["weights"].numpy()
+    norm = np.linalg.norm(full)
+    assert norm > 1.0 and task.theta.grad is not None
+    np.testing.assert_allclose(task.theta.grad.numpy(), full / (norm + 1e-6), rtol=1e-12)
+
+
+def test_nashmtl_refuses_clipping_without_parameters_and_non_tensor_parameters() -> None:
+    """Between updates (update_weights_every = 2, step 1) no parameters are needed for the
+    weights, but max_norm > 0 clips them: ValueError naming max_norm; a non-tensor shared
+    parameter is named by its index."""
+    task = Linear(np.array([[1.0, 0.0], [0.0, 1.0]]))
+    m = NashMTL(2, "cpu", update_weights_every=2)
+    task.step(m)
+    with pytest.raises(ValueError, match="max_norm > 0 clips shared_parameters"):
+        m.backward(task.losses())
+    with pytest.raises(ValueError, match=r"shared_parameters\[1\] is int, not a tensor"):
+        NashMTL(2, "cpu").backward(task.losses(), [task.theta, 3])
+
+
+def test_nashmtl_newton_failure_message_names_the_tolerance() -> None:
+    """An infeasible task set with on_failure="keep": the warning names Newton's tolerance
+    (1e-10), not the CCP's stopping rule."""
+    G = np.array([[1.0, 0.5, 0.0], [0.0, 1.0, 2.0], [-2.0, -1.0, 0.0]])
+    with pytest.warns(NashMTLWarning, match=r"tolerance 1e-10\)") as rec:
+        Linear(G).step(NashMTL(3, "cpu", on_failure="keep", max_norm=0.0))
+    assert "the authors' stopping rule" not in str(rec[0].message)
