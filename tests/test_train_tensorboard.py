@@ -85,3 +85,19 @@ def test_missing_extra_is_one_line_naming_it(tmp_path: Path, monkeypatch: pytest
     code = main(["train", "--tensorboard", "--device", "cpu", "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and TENSORBOARD_EXTRA_HINT in err
+
+
+def test_resume_shows_each_step_once(tmp_path: Path) -> None:
+    """A run resumed from step 2 (its latest checkpoint removed, so the previous one is used)
+    after events up to step 4 were written: TensorBoard purges the old 3..4, so the loss curve
+    is steps 1..4 once each, equal to the (cut back and rewritten) JSONL."""
+    out = tmp_path / "run"
+    config = quick(tmp_path / "cache", out, steps=4, ckpt_every=2, tensorboard=True)
+    train(config)
+    (out / "checkpoint.safetensors").unlink()
+    train(config, resume=True)
+    assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    records = _jsonl(out)
+    events = [(e.step, e.value) for e in _events(out).Scalars("loss")]
+    assert events == [(r["step"], float(np.float32(r["loss"]))) for r in records]
+    assert [s for s, _ in events] == [1, 2, 3, 4]
