@@ -243,13 +243,20 @@ def test_conversion_keeps_the_pretrained_expert_storages() -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_twenty_steps_of_fine_tuning_lower_the_loss(family: str) -> None:
+    assert_twenty_steps_lower_the_loss(lambda vocab: tiny_model(family, vocab=vocab))
+
+
+def assert_twenty_steps_lower_the_loss(build: Callable[[int], torch.nn.Module]) -> None:
+    """20 AdamW steps of NAMEx-Full-Mom on the built-in corpus (byte tokens) lower the mean
+    loss of the last five steps by 0.2 nats below the first five (shared by every family's
+    test; ``build(vocab)`` makes the tiny source model)."""
     from namex_ref.data.corpus import load_builtin_corpus
     from namex_ref.data.tokenizer import ByteTokenizer
 
     tok = ByteTokenizer()
     text = load_builtin_corpus()[:20000]
     data = torch.tensor(tok.encode(text), dtype=torch.long)
-    model = convert(tiny_model(family, vocab=tok.vocab_size), "namex-full-mom", segment_len=SEG)
+    model = convert(build(tok.vocab_size), "namex-full-mom", segment_len=SEG)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)

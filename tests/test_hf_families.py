@@ -24,6 +24,7 @@ import torch
 from namex_ref.hf import UnsupportedFamilyError, convert, converted_blocks, family_of
 from namex_ref.hf.families import select_experts
 from namex_ref.nash.solvers import RESIDUAL_TOL
+from tests.test_hf import assert_twenty_steps_lower_the_loss
 from tests.test_hf import tiny_model as tiny_old
 
 transformers = pytest.importorskip("transformers")
@@ -249,26 +250,7 @@ def test_first_bargain_converges_with_the_default_base(family: str) -> None:
 
 @pytest.mark.parametrize("family", NEW)
 def test_twenty_steps_of_fine_tuning_lower_the_loss(family: str) -> None:
-    from namex_ref.data.corpus import load_builtin_corpus
-    from namex_ref.data.tokenizer import ByteTokenizer
-
-    tok = ByteTokenizer()
-    data = torch.tensor(tok.encode(load_builtin_corpus()[:20000]), dtype=torch.long)
-    model = convert(tiny_model(family, vocab=tok.vocab_size), "namex-full-mom", segment_len=SEG)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    losses = []
-    for _ in range(20):
-        start = torch.randint(0, data.numel() - 33, (4,), generator=gen)
-        batch = torch.stack([data[s : s + 32] for s in start.tolist()])
-        loss = model(batch, labels=batch).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        assert torch.isfinite(loss)
-        losses.append(float(loss.detach()))
-    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.2
+    assert_twenty_steps_lower_the_loss(lambda vocab: tiny_model(family, vocab=vocab))
 
 
 # ---- unsupported families ---------------------------------------------------------------------

@@ -1,0 +1,61 @@
+"""Part 3: the merge's own knobs, on NAMEx-Full-Mom, on the fine-tuning task (5 seeds) and on the
+1,600-step pre-training (3 seeds). Each knob moves one MergeConfig field away from the main
+runs' value; the main runs (parts 1 and 2) are the reference row, paired by seed.
+
+- γ (propagation step, the paper calls it sensitive): 0.25, 0.5, 2 against 1.
+- |β|: 0.25, 0.75 against 0.5; the phase φ: 0 (real β) and π/12 against π/6.
+- Newton budget: 5, 10 fixed steps against 20 (the paper's), and 50. The training path has no
+  uncapped solver (it never synchronises with the host); converged problems freeze inside the
+  budget, so 50 is "adaptive" in effect: it differs from 20 only where 20 steps did not converge.
+- singular policy: "uniform" against "ridge" (the default); both count their fallbacks, and the
+  report gives the count of every run, so a policy row with zero fallbacks is the same model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from studies.study2.finetune import FinetuneSpec, finetune_key, smoke_spec
+from studies.study2.jobs import Job
+from studies.study2.length import length_config
+
+METHOD = "namex-full-mom"
+KNOBS: tuple[tuple[str, str, Any], ...] = (
+    ("gamma-0.25", "gamma", 0.25),
+    ("gamma-0.5", "gamma", 0.5),
+    ("gamma-2", "gamma", 2.0),
+    ("beta-0.25", "beta_abs", 0.25),
+    ("beta-0.75", "beta_abs", 0.75),
+    ("phi-0", "beta_phase", 0.0),
+    ("phi-pi12", "beta_phase", math.pi / 12),
+    ("newton-5", "newton_iterations", 5),
+    ("newton-10", "newton_iterations", 10),
+    ("newton-50", "newton_iterations", 50),
+    ("uniform", "singular_policy", "uniform"),
+)
+"""(tag, TrainConfig override field, value): the config list of part 3."""
+SEEDS = {"full": ((0, 1, 2, 3, 4), (0, 1, 2)), "smoke": ((0,), (0,))}
+"""(fine-tuning seeds, pre-training seeds) per profile."""
+
+
+def knob_jobs(profile: str, pretrain: str) -> list[Job]:
+    """Fine-tuning knobs first (cheaper), seed-major; then the 1,600-step pre-training knobs."""
+    ft_seeds, lm_seeds = SEEDS[profile]
+    smoke = profile == "smoke"
+    steps = 8 if smoke else 1600
+    jobs: list[Job] = []
+    for seed in ft_seeds:
+        for tag, name, value in KNOBS:
+            base = smoke_spec(METHOD, seed) if smoke else FinetuneSpec(METHOD, seed)
+            spec = dataclasses.replace(base, overrides={name: value})
+            jobs.append(Job(finetune_key(METHOD, seed, f"knob-{tag}"), "finetune",
+                            spec.to_dict(), (pretrain,)))
+    for seed in lm_seeds:
+        for tag, name, value in KNOBS:
+            cfg = dataclasses.replace(length_config(METHOD, seed, steps, smoke=smoke),
+                                      **{name: value})
+            payload = {k: v for k, v in cfg.to_dict().items() if k != "out"}
+            jobs.append(Job(f"knobs/{steps}/{tag}/seed{seed}", "train", payload))
+    return jobs

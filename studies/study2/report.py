@@ -1,0 +1,270 @@
+"""The report of the study, from the run folders' own files only: ``result.json`` (final
+validation perplexity, fallbacks, seconds per step; fine-tuning scores) and ``metrics.jsonl``
+(progress of unfinished runs). No number is typed here; the plan says which runs to expect, so
+the report says how many of them finished and labels itself PARTIAL until all have.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from studies.study2.jobs import Job, job_done
+from studies.study2.stats import Cell, cell_estimate, markdown, paired, table_rows
+
+FINISH_COMMAND = "make study2"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished run: the job, the parsed key and the values the report uses."""
+
+    job: Job
+    group: str      # "length", "finetune", "finetune-knob-<tag>", "knobs"
+    setting: str    # steps (length, knobs), "" (finetune)
+    tag: str        # method, method-seg<L>, knob tag
+    seed: int
+    values: dict[str, float]
+
+
+def _parse(job: Job) -> tuple[str, str, str, int]:
+    parts = job.key.split("/")
+    seed = int(parts[-1].removeprefix("seed"))
+    if parts[0] in ("length", "knobs"):
+        return parts[0], parts[1], parts[2], seed
+    return parts[0], "", parts[1], seed
+
+
+def load_runs(plan: Sequence[Job], root: Path) -> tuple[list[Run], list[Job]]:
+    """(finished runs, unfinished jobs) of the plan."""
+    done, todo = [], []
+    for job in plan:
+        if not job_done(job, root):
+            todo.append(job)
+            continue
+        record = json.loads((root / job.key / "result.json").read_text(encoding="utf-8"))
+        if job.kind == "train":
+            values = {"ppl": float(record["valid_ppl"]), "fallbacks": float(record["fallbacks"]),
+                      "seconds": float(record["seconds_per_step"]) * int(record["steps"])}
+        else:
+            values = {"acc": 100 * float(record["accuracy"]),
+                      "f1": 100 * float(record["macro_f1"]),
+                      "fallbacks": float(record["fallbacks"]),
+                      "seconds": float(record["train_seconds"])}
+        group, setting, tag, seed = _parse(job)
+        done.append(Run(job, group, setting, tag, seed, values))
+    return done, todo
+
+
+def cells(runs: Sequence[Run], group: str, setting: str, metric: str,
+          order: Sequence[str] = ()) -> dict[str, Cell]:
+    """tag -> {seed: value} for one group and setting; tags in ``order`` first."""
+    out: dict[str, dict[int, float]] = {}
+    for r in runs:
+        if r.group == group and r.setting == setting:
+            out.setdefault(r.tag, {})[r.seed] = r.values[metric]
+    ranked = [t for t in order if t in out] + sorted(t for t in out if t not in order)
+    return {t: out[t] for t in ranked}
+
+
+def _fallback_column(runs: Sequence[Run], group: str, setting: str, tags: Sequence[str],
+                     ) -> list[str]:
+    col = []
+    for t in tags:
+        counts = [int(r.values["fallbacks"]) for r in runs
+                  if r.group == group and r.setting == setting and r.tag == t]
+        col.append(f"{sum(counts)} in {len(counts)} runs")
+    return col
+
+
+def _table(runs: Sequence[Run], group: str, setting: str, metric: str, refs: Sequence[str],
+           order: Sequence[str], digits: int = 2) -> str:
+    """The cells of ``order`` only (a length's segment-length points have their own table);
+    a method without a finished run gets a row with n = 0."""
+    found = cells(runs, group, setting, metric, order)
+    if not found:
+        return "_No finished run yet._\n"
+    cs = {t: found.get(t, {}) for t in order}
+    header, rows = table_rows(cs, refs, digits)
+    fb = _fallback_column(runs, group, setting, list(cs))
+    return markdown([*header, "fallbacks"], [[*row, f] for row, f in zip(rows, fb, strict=True)])
+
+
+def _status(plan: Sequence[Job], runs: Sequence[Run], todo: Sequence[Job], root: Path) -> str:
+    groups: dict[str, list[int]] = {}
+    finished = {r.job.key for r in runs}
+    for job in plan:
+        g = "knobs" if "knob" in job.key else job.key.split("/")[0]
+        groups.setdefault(g, [0, 0])
+        groups[g][1] += 1
+        groups[g][0] += job.key in finished
+    lines = [f"- {g}: {a} of {b} runs finished" for g, (a, b) in groups.items()]
+    running = []
+    for job in todo:
+        metrics = root / job.key / "metrics.jsonl"
+        if metrics.is_file():
+            rec = [json.loads(x) for x in metrics.read_text().splitlines() if x.endswith("}")]
+            if rec:
+                total = job.payload.get("steps", "?")
+                running.append(f"`{job.key}` (step {rec[-1]['step']} of {total})")
+    if running:
+        lines.append("- started, not finished: " + ", ".join(running))
+    return "\n".join(lines) + "\n"
+
+
+def _length_summary(runs: Sequence[Run], lengths: Sequence[str], methods: Sequence[str]) -> str:
+    header = ["steps"] + [f"{m} − smoe (paired)" for m in methods if m != "smoe"]
+    rows = []
+    for steps in lengths:
+        cs = cells(runs, "length", steps, "ppl")
+        if "smoe" not in cs:
+            continue
+        rows.append([steps] + [paired(cs[m], cs["smoe"]).text() if m in cs else "—"
+                               for m in methods if m != "smoe"])
+    return markdown(header, rows) if rows else "_No finished run yet._\n"
+
+
+def _segment_table(runs: Sequence[Run], steps: str, methods: Sequence[str], seg: int,
+                   segs: Sequence[int]) -> str:
+    header = ["method", "segment", "n", "mean", "95% interval", f"− segment {seg}, paired"]
+    rows = []
+    base = cells(runs, "length", steps, "ppl")
+    for m in methods:
+        for s in segs:
+            tag = m if s == seg else f"{m}-seg{s}"
+            cell = base.get(tag)
+            if not cell:
+                continue
+            e = cell_estimate(cell)
+            ref = paired(cell, base[m]).text() if m in base and s != seg else "reference"
+            rows.append([m, str(s), str(e.n), f"{e.mean:.2f}", e.interval(), ref])
+    return markdown(header, rows) if rows else "_No finished run yet._\n"
+
+
+def _compute(runs: Sequence[Run]) -> str:
+    total = sum(r.values["seconds"] for r in runs)
+    by: dict[str, float] = {}
+    for r in runs:
+        g = "knobs" if "knob" in r.group else r.group
+        by[g] = by.get(g, 0.0) + r.values["seconds"]
+    parts = ", ".join(f"{g} {s / 3600:.2f} h" for g, s in by.items())
+    return (f"Training time of the finished runs (seconds per step × steps, as each run "
+            f"measured it; evaluation, start-up and unfinished runs not included): "
+            f"{total / 3600:.2f} core-hours ({parts}). The runs shared 2 cores with other "
+            f"work under `nice -n 19`, so these are wall-clock seconds of a loaded core.\n")
+
+
+def write_report(plan: Sequence[Job], root: Path, out: Path, *, profile: str = "full") -> str:
+    """Write the markdown report to ``out`` and its plots beside it; return the markdown."""
+    from studies.study2.finetune import METHODS as FT_METHODS
+    from studies.study2.knobs import KNOBS
+    from studies.study2.length import METHODS, SEGMENT_METHODS, preset_segment_len
+    from studies.study2.plots import plot_curves, plot_finetune, plot_length
+
+    runs, todo = load_runs(plan, root)
+    lengths = sorted({r.setting for r in runs if r.group == "length"} | {
+        str(j.payload["steps"]) for j in plan if j.key.startswith("length/")}, key=int)
+    complete = not todo
+    label = "complete" if complete else "PARTIAL"
+    seg = preset_segment_len()
+    segs = sorted({seg, seg // 2, seg * 2})
+    refs = ["smoe", "ep-camex"]
+    stem = out.with_suffix("")
+    md: list[str] = [f"# Reproduction II (issue 29): training length, fine-tuning, knobs — "
+                     f"{label}\n"]
+    if not complete:
+        md.append(f"**PARTIAL RESULTS.** {len(runs)} of {len(plan)} planned runs have finished; "
+                  f"every table gives n per cell, and cells with n < 3 have no or a very wide "
+                  f"interval. Finish with `{FINISH_COMMAND}` (resumable: finished runs are "
+                  f"skipped, interrupted ones resume from their checkpoint), then regenerate "
+                  f"this file with `{FINISH_COMMAND}-report`.\n")
+    md.append(f"Produced by `python -m studies.study2 report` (profile `{profile}`) from the run "
+              f"folders under `{root}`; plan and settings in `studies/study2/` "
+              f"(module docstrings). Values: 95 % Student t intervals over seeds; paired "
+              f"columns are per-seed differences on the seeds both cells have.\n")
+    md.append("## Status\n\n" + _status(plan, runs, todo, root))
+    md.append("## 1. Training length (tiny preset, validation perplexity, lower is better)\n")
+    md.append("SMoE's lead, per length (method − SMoE, paired by seed; positive = SMoE "
+              "better):\n\n" + _length_summary(runs, lengths, METHODS))
+    for steps in lengths:
+        warm = sorted({j.payload["warmup"] for j in plan if j.key.startswith(f"length/{steps}/")})
+        md.append(f"### {steps} steps (warmup {', '.join(map(str, warm))})\n\n"
+                  + _table(runs, "length", steps, "ppl", refs, METHODS))
+    if lengths:
+        md.append(f"### Segment length at {lengths[-1]} steps (preset: {seg} tokens)\n\n"
+                  + _segment_table(runs, lengths[-1], SEGMENT_METHODS, seg, segs))
+    md.append(f"![length]({plot_length(runs, lengths, METHODS, stem.name + '_length.png', out)})\n")
+    curves = plot_curves(runs, root, lengths, METHODS, stem.name + "_curves.png", out)
+    md.append("Learning curves (periodic evaluation on 4 validation batches, from each run's "
+              f"`metrics.jsonl`):\n\n![curves]({curves})\n")
+    md.append("## 2. Fine-tuning from one pre-trained SMoE (held-out passages, higher is better)"
+              "\n\n" + _finetune_settings(plan))
+    for metric, name in (("acc", "accuracy (%)"), ("f1", "macro-F1 (%)")):
+        md.append(f"### {name}\n\n" + _table(runs, "finetune", "", metric, refs, FT_METHODS))
+    md.append(f"![finetune]({plot_finetune(runs, FT_METHODS, stem.name + '_finetune.png', out)})"
+              "\n")
+    md.append(_knob_section(runs, plan, [t for t, _, _ in KNOBS]))
+    md.append("## Compute\n\n" + _compute(runs))
+    text = "\n".join(md)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    return text
+
+
+def _finetune_settings(plan: Sequence[Job]) -> str:
+    """One sentence from the plan's fine-tuning spec (settings, not results)."""
+    from studies.study2.task import class_names
+
+    specs = [j.payload for j in plan if j.key.startswith("finetune/")]
+    if not specs:
+        return "Not in this report's plan.\n"
+    s = specs[0]
+    pre = next(j for j in plan if j.key.startswith("finetune/")).needs[0]
+    return (f"Task `{s['task']}`: which of {len(class_names(s['task']))} classes "
+            f"({', '.join(class_names(s['task']))}) a {s['window']}-token passage comes from; "
+            f"within each book every {s['test_every']}th chapter is held out (at most "
+            f"{s['test_per_chapter']} windows each are scored). Pre-trained model: `{pre}`. "
+            f"Fine-tuning: {s['steps']} steps of {s['batch_size']} class-balanced passages, "
+            f"lr {s['lr']} (warmup {s['warmup']}, cosine). Task in `studies/study2/task.py`, "
+            f"upcycling and protocol in `studies/study2/finetune.py`.\n")
+
+
+def _knob_section(runs: Sequence[Run], plan: Sequence[Job], tags: Sequence[str]) -> str:
+    planned = any("knob" in j.key for j in plan)
+    head = "## 3. Knobs of the merge (NAMEx-Full-Mom)\n\n"
+    if not planned:
+        return head + ("Not run in this report's plan (`--parts knobs`; config list in "
+                       "`studies/study2/knobs.py`).\n")
+    out = [head]
+    for metric, name in (("acc", "fine-tuning accuracy (%)"), ("f1", "fine-tuning macro-F1 (%)")):
+        main = cells(runs, "finetune", "", metric).get("namex-full-mom", {})
+        rows = [_knob_row("main (γ 1, \\|β\\| 0.5, φ π/6, Newton 20, ridge)", main, main, runs,
+                          "finetune", "", "namex-full-mom")]
+        for t in tags:
+            c = cells(runs, f"finetune-knob-{t}", "", metric).get("namex-full-mom", {})
+            rows.append(_knob_row(t, c, main, runs, f"finetune-knob-{t}", "", "namex-full-mom"))
+        out.append(f"### {name}\n\n" + markdown(_KNOB_HEADER, rows))
+    steps = sorted({r.setting for r in runs if r.group == "knobs"})
+    for s in steps:
+        main = cells(runs, "length", s, "ppl").get("namex-full-mom", {})
+        rows = [_knob_row("main", main, main, runs, "length", s, "namex-full-mom")]
+        knob = cells(runs, "knobs", s, "ppl")
+        rows += [_knob_row(t, knob.get(t, {}), main, runs, "knobs", s, t) for t in tags]
+        out.append(f"### pre-training, {s} steps, validation perplexity\n\n"
+                   + markdown(_KNOB_HEADER, rows))
+    return "\n".join(out)
+
+
+_KNOB_HEADER = ["setting", "n", "mean", "95% interval", "− main, paired", "fallbacks"]
+
+
+def _knob_row(label: str, cell: Mapping[int, float], main: Mapping[int, float],
+              runs: Sequence[Run], group: str, setting: str, tag: str) -> list[str]:
+    e = cell_estimate(cell)
+    diff = "reference" if cell is main else paired(cell, main).text()
+    fb = _fallback_column(runs, group, setting, [tag])[0]
+    mean = f"{e.mean:.2f}" if e.n else "—"
+    return [label, str(e.n), mean, e.interval(), diff, fb]
+

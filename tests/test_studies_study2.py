@@ -1,0 +1,108 @@
+"""studies/study2 end to end on its smoke profile (a few steps, one seed, a slice of the corpus):
+the plan's order, the driver (skips finished runs, refuses a second driver), and the report
+(its numbers are the runs' own result.json values, read back here independently).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # studies/ is a folder of scripts beside the package
+    sys.path.insert(0, str(ROOT))
+
+from studies.study2.jobs import LockedError, acquire_lock, job_done, run_jobs  # noqa: E402
+from studies.study2.plan import build_plan, pretrain_key  # noqa: E402
+from studies.study2.report import write_report  # noqa: E402
+
+
+def test_full_plan_is_seed_major_and_balanced() -> None:
+    plan = build_plan("full")
+    keys = [j.key for j in plan]
+    assert len(keys) == len(set(keys)) == 24 + 35 + 12 + 18
+    first_seed1 = keys.index("length/400/smoe/seed1")
+    assert all(k.endswith("seed0") for k in keys[:first_seed1])  # every seed-0 run first
+    assert keys.index("finetune/namex-q/seed4") < keys.index("length/1600/smoe/seed0")
+    assert keys.index("length/1600/camex/seed0") < keys.index("length/1600/smoe/seed1")
+    assert keys.index("finetune/smoe/seed0") > keys.index(pretrain_key("full"))
+    assert keys.index("length/6400/smoe/seed0") > keys.index("finetune/namex-q/seed4")
+    assert {j.needs for j in plan if j.kind == "finetune"} == {(pretrain_key("full"),)}
+    warm = {(j.payload["steps"], j.payload["warmup"]) for j in plan if j.kind == "train"}
+    assert warm == {(400, 40), (1600, 160), (6400, 640)}  # warmup scaled with the length
+    segs = {j.payload["segment_len"] for j in plan if j.kind == "train"}
+    assert segs == {None, 16, 64}
+    knobs = build_plan("full", ("knobs",))
+    assert keys[keys.index(pretrain_key("full"))] in {j.key for j in knobs}
+    with pytest.raises(ValueError, match="unknown parts"):
+        build_plan("full", ("lenght",))
+
+
+def test_knob_plan_is_valid() -> None:
+    from studies.study2.jobs import train_config
+
+    plan = build_plan("full", ("knobs",))
+    assert len(plan) == 1 + 11 * (5 + 3)  # the pre-training, 11 knobs x (5 + 3 seeds)
+    for job in plan:
+        if job.kind == "train":
+            cfg = train_config(job, Path("runs"))
+            cfg.require_used_overrides()  # every knob is used by namex-full-mom
+            assert cfg.steps in (400, 1600)
+        else:
+            assert job.payload["method"] == "namex-full-mom" and len(job.payload["overrides"]) == 1
+    newton = {j.payload["newton_iterations"] for j in plan if "newton" in j.key and
+              j.kind == "train"}
+    assert newton == {5, 10, 50}
+
+
+def test_lock_refuses_a_live_driver(tmp_path: Path) -> None:
+    (tmp_path / "driver.lock").write_text(f"{os.getppid()}\n")
+    with pytest.raises(LockedError, match=str(os.getppid())):
+        acquire_lock(tmp_path)
+    (tmp_path / "driver.lock").write_text("999999999\n")  # no such process: taken over
+    assert acquire_lock(tmp_path).read_text().strip() == str(os.getpid())
+
+
+def test_smoke_driver_and_report(tmp_path: Path) -> None:
+    plan = build_plan("smoke", ("length", "finetune", "knobs"))
+    wanted = {pretrain_key("smoke"), "finetune/smoe/seed0", "finetune/namex-full-mom/seed0",
+              "finetune-knob-uniform/namex-full-mom/seed0"}
+    jobs = [j for j in plan if j.key in wanted]
+    finished, failed = run_jobs(jobs, tmp_path, workers=1, log=lambda _: None)
+    assert failed == [] and set(finished) == wanted
+    stamp = {k: (tmp_path / k / "result.json").stat().st_mtime_ns for k in wanted}
+    lines: list[str] = []
+    run_jobs(jobs, tmp_path, workers=1, log=lines.append)  # resumable: nothing left to run
+    assert lines == ["[study2] 4 of 4 runs finished; 0 to run, 1 at a time"]
+    assert stamp == {k: (tmp_path / k / "result.json").stat().st_mtime_ns for k in wanted}
+    changed = next(j for j in jobs if j.kind == "train")
+    other = type(changed)(changed.key, changed.kind, {**changed.payload, "lr": 1e-3})
+    assert not job_done(other, tmp_path)  # another configuration is not "finished"
+
+    text = write_report(plan, tmp_path, tmp_path / "r.md", profile="smoke")
+    assert "PARTIAL" in text and f"4 of {len(plan)} planned runs" in text
+    ppl = json.loads((tmp_path / pretrain_key("smoke") / "result.json").read_text())
+    acc = json.loads((tmp_path / "finetune/namex-full-mom/seed0/result.json").read_text())
+    assert f"| smoe | 1 | {ppl['valid_ppl']:.2f} |" in text
+    assert f"| namex-full-mom | 1 | {100 * acc['accuracy']:.2f} |" in text
+    assert f"| namex-full-mom | 1 | {100 * acc['macro_f1']:.2f} |" in text
+    knob = json.loads(
+        (tmp_path / "finetune-knob-uniform/namex-full-mom/seed0/result.json").read_text())
+    assert knob["spec"]["overrides"] == {"singular_policy": "uniform"}
+    assert f"| uniform | 1 | {100 * knob['accuracy']:.2f} |" in text
+    assert (tmp_path / "r_length.png").is_file() and (tmp_path / "r_finetune.png").is_file()
+
+
+def test_eval_curve_counts_a_rewritten_step_once(tmp_path: Path) -> None:
+    from studies.study2.plots import eval_curve
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 10, "loss": 1.0}\n{"step": 50, "valid_ppl": 9.0}\n'
+                    '{"step": 50, "valid_ppl": 8.0}\n{"step": 100, "valid_ppl": 7.0}\n'
+                    '{"step": 150, "valid_p')  # a resumed run rewrote step 50; a torn last line
+    assert eval_curve(path) == ([50, 100], [8.0, 7.0])
+    assert eval_curve(tmp_path / "missing.jsonl") == ([], [])
