@@ -76,7 +76,7 @@ mutation: $(STAMP)
 .PHONY: docs docs-check
 
 $(DOCS_STAMP): $(STAMP) pyproject.toml
-	$(PY) -m pip install -q -e '.[dev,docs,hf,eval]' --config-settings editable_mode=strict
+	$(PY) -m pip install -q -e '.[dev,docs,hf,eval,tensorboard]' --config-settings editable_mode=strict
 	touch $(DOCS_STAMP)
 
 docs: $(DOCS_STAMP)

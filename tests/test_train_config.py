@@ -138,8 +138,9 @@ def test_brief_command_line_parses_to_the_api_config() -> None:
 
 def _non_default(name: str, tp: object) -> tuple[list[str], object]:
     """A flag list setting field ``name`` to a non-default value, and that value."""
-    if tp is bool:
-        return [flag_name("progress").replace("--", "--no-")], False
+    if tp is bool:  # --flag when the default is False, --no-flag when it is True
+        default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}[name]
+        return [flag_name(name).replace("--", "--no-" if default else "--")], not default
     samples: dict[str, object] = {
         "preset": "small", "method": "smoe", "device": "cpu", "data": "wikitext",
         "singular_policy": "raise", "out": "runs/y", "schedule_steps": 7,

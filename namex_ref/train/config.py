@@ -95,7 +95,7 @@ MERGE_PRESETS: dict[str, dict[str, object]] = {"camex-paper": CAMEX_PAPER}
 
 RUN_CONTROL_FIELDS: frozenset[str] = frozenset(
     {"out", "device", "progress", "cache_dir", "threads", "log_every", "eval_every",
-     "ckpt_every"}
+     "ckpt_every", "tensorboard"}
 )
 """Fields that do not change the training trajectory (where the run writes, how it reports,
 evaluates and checkpoints, on which device and how many threads); a resumed run may change
@@ -140,7 +140,9 @@ class TrainConfig:
         run; 0 = torch's default (all cores). Default 1: the tiny preset's kernels are so small
         that 2 threads gain only ~1.5x on an idle 2-core machine and lose 4-8x when other
         processes share the cores (OpenMP barriers); use 0 for the larger presets on a CPU.
-        progress: tqdm bar (only on a TTY).
+        progress: tqdm bar (only on a TTY). tensorboard: also write the metrics records as
+        TensorBoard scalars under ``out/tensorboard`` (the optional extra ``tensorboard``;
+        :mod:`namex_ref.train.tensorboard`).
     out: run folder (metrics.jsonl, checkpoint.safetensors, result.json, plots).
     data: "builtin" (World English Bible, split val_frac/test_frac) or "wikitext" (raw files in
         wikitext_dir; max_chars per file, 0 = all). corpus_chars: use only the first characters
@@ -186,6 +188,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 1
     progress: bool = True
+    tensorboard: bool = False
     out: str = "runs/train"
     data: DataSource = "builtin"
     wikitext_dir: str = ""

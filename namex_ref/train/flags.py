@@ -96,6 +96,8 @@ _HELP: dict[str, str] = {
     "device": DEVICE_HELP,
     "threads": "torch CPU threads; 0 = torch's default",
     "progress": "tqdm bar on a terminal, progress lines otherwise (train.log is always written)",
+    "tensorboard": "also write the metrics as TensorBoard scalars to OUT/tensorboard (needs "
+    "the extra: pip install 'namex-ref[tensorboard]')",
     "out": "run folder: metrics.jsonl, train.log, checkpoints, plots, result.json",
     "data": "builtin (World English Bible) or wikitext (raw files in --wikitext-dir)",
     "wikitext_dir": "folder holding the WikiText-103 raw files (with --data wikitext)",

@@ -82,6 +82,7 @@ from namex_ref.train.run import (
     write_result,
 )
 from namex_ref.train.schedule import lr_at, make_optimizer, set_lr
+from namex_ref.train.tensorboard import ScalarWriter, require_tensorboard
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -153,7 +154,8 @@ def _train(config: TrainConfig, resume: StartMode, ctx: Distributed,
     """Check the request, open the run, train its remaining steps, finish; on a signal, stop
     after the current step with a checkpoint."""
     run = _Run.open(config, resume, ctx, builder)
-    with run.aside or contextlib.nullcontext():  # --overwrite: the old run back on failure
+    tb = run.tb or contextlib.nullcontext()  # closed at the end, on a signal and on an error
+    with run.aside or contextlib.nullcontext(), tb:  # --overwrite: old run back on failure
         for step in range(run.start + 1, run.config.steps + 1):
             run.step(step)
             log_now, eval_now, ckpt_now = run.due(step)
@@ -225,6 +227,7 @@ class _Run:
             if mode == "overwrite":
                 self.aside = SetAside(out)
             self._prepare_folder(point)
+        self.tb = ScalarWriter(out, self.start) if ctx.main and config.tensorboard else None
         self.net = self._wrap(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.clip = config.grad_clip if config.grad_clip > 0 else math.inf
@@ -250,6 +253,8 @@ class _Run:
         say = Reporter(out / LOG_NAME if ctx.main else None, config.progress and ctx.main,
                        f"{config.method} s{config.seed}", main=ctx.main)
         _check_request(config, ctx)
+        if config.tensorboard:
+            require_tensorboard()  # fail before any work when the extra is missing
         point = plan_resume(config, resume, out, ctx.main, say)
         return cls(point, ctx, device, out, say, builder, resume)
 
@@ -354,6 +359,8 @@ class _Run:
             record.update(self.evaluate(step))
         if self.ctx.main and record:
             append_jsonl(self.out / METRICS_NAME, record)
+            if self.tb is not None:  # the same record, as TensorBoard scalars
+                self.tb.write(record)
         self.acc.reset()  # before the checkpoint: this interval is written, not carried over
         if ckpt_now:
             self.checkpoint(step)

@@ -6,8 +6,8 @@ checkpoint's length (``schedule_steps``), and the steps beyond it run at the flo
 extended run equals, bit for bit on CPU, a fresh run with ``steps`` = the new total and
 ``schedule_steps`` = the old one. Every other field that changes the trajectory is refused,
 naming the flag. The run-control fields (:data:`~namex_ref.train.config.RUN_CONTROL_FIELDS`:
-intervals of logging, evaluation and checkpoints, threads, progress, device, folders) may change;
-the changes are announced.
+intervals of logging, evaluation and checkpoints, threads, progress, tensorboard, device,
+folders) may change; the changes are announced.
 """
 
 from __future__ import annotations
