@@ -161,7 +161,14 @@ def test_segment_routing_is_causal_through_the_whole_model() -> None:
 def test_first_bargain_converges_with_the_default_base(family: str) -> None:
     """S4 at layer 0 of a converted model, checked against K formed here from the raw
     gate_up_proj / down_proj (S2: one Gram over all three matrices of an expert)."""
-    model = convert(tiny_model(family), "namex-full-mom", segment_len=SEG)
+    assert_first_bargain_converges(tiny_model(family), n_experts=4)
+
+
+def assert_first_bargain_converges(source: torch.nn.Module, n_experts: int) -> None:
+    """S4 at layer 0 of ``source`` converted to NAMEx-Full-Mom: no fallback, Newton's residual,
+    and α·(Kα) = 1 with K formed here from the raw gate_up_proj / down_proj stacks and the base
+    (S2: one Gram over all three matrices of an expert). Shared by every family's test."""
+    model = convert(source, "namex-full-mom", segment_len=SEG)
     logits(model, ids())
     plan = model.namex_plan
     assert not bool(plan.fallbacks[0])
@@ -175,7 +182,8 @@ def test_first_bargain_converges_with_the_default_base(family: str) -> None:
     tau = E - base.double()
     K = tau @ tau.T
     alpha = plan.alphas[0]
-    assert torch.allclose(alpha * (K @ alpha), torch.ones(4, dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(alpha * (K @ alpha), torch.ones(n_experts, dtype=torch.float64),
+                          atol=1e-5)
 
 
 def test_mean_base_has_no_bargain_and_the_default_rule_does() -> None:

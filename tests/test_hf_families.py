@@ -23,8 +23,7 @@ import torch
 
 from namex_ref.hf import UnsupportedFamilyError, convert, converted_blocks, family_of
 from namex_ref.hf.families import select_experts
-from namex_ref.nash.solvers import RESIDUAL_TOL
-from tests.test_hf import assert_twenty_steps_lower_the_loss
+from tests.test_hf import assert_first_bargain_converges, assert_twenty_steps_lower_the_loss
 from tests.test_hf import tiny_model as tiny_old
 
 transformers = pytest.importorskip("transformers")
@@ -228,21 +227,7 @@ def test_merge_top_k_keeps_the_chosen_experts_renormalised() -> None:
 def test_first_bargain_converges_with_the_default_base(family: str) -> None:
     """S4 at the first converted layer, checked against K formed here from the raw gate_up_proj
     and down_proj stacks and the base (S2: one Gram over the three matrices of an expert)."""
-    model = convert(tiny_model(family), "namex-full-mom", segment_len=SEG)
-    logits(model, ids())
-    plan = model.namex_plan
-    assert not bool(plan.fallbacks[0])
-    assert float(plan.residuals[0]) <= RESIDUAL_TOL
-    blk = converted_blocks(model)[0]
-    E = torch.cat(
-        [blk.experts.gate_up_proj.detach().flatten(1), blk.experts.down_proj.detach().flatten(1)],
-        1,
-    ).double()
-    base = torch.cat([blk.base_gate_up.detach().flatten(), blk.base_down.detach().flatten()])
-    tau = E - base.double()
-    K = tau @ tau.T
-    alpha = plan.alphas[0]
-    assert torch.allclose(alpha * (K @ alpha), torch.ones(N_NEW, dtype=torch.float64), atol=1e-5)
+    assert_first_bargain_converges(tiny_model(family), n_experts=N_NEW)
 
 
 # ---- fine-tuning ------------------------------------------------------------------------------
