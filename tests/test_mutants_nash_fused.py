@@ -377,3 +377,13 @@ def test_ridge_scale_is_floored_at_tiny() -> None:
     assert fallback and not ok
     np.testing.assert_allclose(alpha, [1 / math.sqrt(1e-310 + lam), 1 / math.sqrt(tiny + lam)],
                                rtol=1e-12)
+
+
+def test_uniform_floor_is_at_least_tiny() -> None:
+    """"uniform": α_i = √(N / max(1ᵀK1, max(ρ·tr K, tiny))) (bargain_alpha's floors). Two
+    cancelling experts of K_ii = 1e-303 (normal numbers): 1ᵀK1 = 0 and ρ·tr K = 2e-309 is
+    subnormal, so the floor is tiny and α_i = √(2/tiny) (√(2/2e-309) would be 3.3× larger)."""
+    tiny = float(np.finfo(np.float64).tiny)
+    alpha, _, fallback, ok = _bargain([[1e-303, -1e-303], [-1e-303, 1e-303]], "uniform")
+    assert fallback and not ok
+    np.testing.assert_allclose(alpha, [math.sqrt(2 / tiny)] * 2, rtol=1e-14)
