@@ -21,16 +21,27 @@ from studies.study2.plan import build_plan, pretrain_key  # noqa: E402
 from studies.study2.report import write_report  # noqa: E402
 
 
-def test_full_plan_is_seed_major_and_balanced() -> None:
+def test_full_plan_puts_cheap_cells_and_one_seed_of_each_question_first() -> None:
     plan = build_plan("full")
     keys = [j.key for j in plan]
-    assert len(keys) == len(set(keys)) == 24 + 35 + 12 + 18
+    n_knobs = 11 * (5 + 3)
+    assert len(keys) == len(set(keys)) == 24 + 35 + 12 + 18 + n_knobs
     first_seed1 = keys.index("length/400/smoe/seed1")
     assert all(k.endswith("seed0") for k in keys[:first_seed1])  # every seed-0 run first
     assert keys.index("finetune/namex-q/seed4") < keys.index("length/1600/smoe/seed0")
     assert keys.index("length/1600/camex/seed0") < keys.index("length/1600/smoe/seed1")
     assert keys.index("finetune/smoe/seed0") > keys.index(pretrain_key("full"))
-    assert keys.index("length/6400/smoe/seed0") > keys.index("finetune/namex-q/seed4")
+    # stage order: 1,600 steps at n = 3, then 6,400 seed 0, the knobs of the first seeds, the
+    # segment points of seed 0, the other knob seeds, the other 6,400-step seeds
+    order = ["length/1600/namex-full-mom/seed2", "length/6400/smoe/seed0",
+             "length/6400/namex-full-mom/seed0", "finetune-knob-gamma-0.25/namex-full-mom/seed0",
+             "finetune-knob-uniform/namex-full-mom/seed2", "knobs/1600/gamma-0.25/seed0",
+             "knobs/1600/uniform/seed0", "length/6400/ep-camex-seg16/seed0",
+             "length/6400/namex-full-mom-seg64/seed0",
+             "finetune-knob-gamma-0.25/namex-full-mom/seed3", "knobs/1600/uniform/seed2",
+             "length/6400/smoe/seed1", "length/6400/namex-full-mom-seg64/seed2"]
+    assert [keys.index(k) for k in order] == sorted(keys.index(k) for k in order)
+    assert keys[-1] == "length/6400/namex-full-mom-seg64/seed2"
     assert {j.needs for j in plan if j.kind == "finetune"} == {(pretrain_key("full"),)}
     warm = {(j.payload["steps"], j.payload["warmup"]) for j in plan if j.kind == "train"}
     assert warm == {(400, 40), (1600, 160), (6400, 640)}  # warmup scaled with the length
@@ -38,6 +49,8 @@ def test_full_plan_is_seed_major_and_balanced() -> None:
     assert segs == {None, 16, 64}
     knobs = build_plan("full", ("knobs",))
     assert keys[keys.index(pretrain_key("full"))] in {j.key for j in knobs}
+    no_knobs = [j.key for j in build_plan("full", ("length", "finetune"))]
+    assert no_knobs == [k for k in keys if "knob" not in k]  # the same order without part 3
     with pytest.raises(ValueError, match="unknown parts"):
         build_plan("full", ("lenght",))
 
