@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from namex_ref.benchmarks.common import NOT_MEASURED_GPU
 from studies.study2.stats import Cell, Estimate, markdown, paired
 
 PAPER_PPL = {"smoe": 35.55, "camex": 36.53, "namex-full-mom": 35.37}
@@ -113,6 +114,9 @@ def headline(cells: Cells, lengths: Sequence[str]) -> str:
     return ("Pre-training (tiny preset; validation perplexity, a − b paired by seed, 95 %; "
             "negative = a better):\n\n"
             + markdown(["claim (a − b)", "paper"] + [f"{s} steps" for s in lengths], pre)
+            + f"\nMedium preset, the paper's scale (GPU): {NOT_MEASURED_GPU}; "
+            "`GPU_CHECK_FULL=1 make gpu-check` runs SMoE, EP-CAMEx, CAMEx and NAMEx-Full-Mom "
+            "there for 2,000 bf16 steps.\n"
             + "\nFine-tuning (upcycled from one pre-trained SMoE, 6-class held-out passages; "
             "points, a − b paired by seed, 95 %; positive = a better):\n\n"
             + markdown(["claim (a − b)", "paper", "accuracy", "macro-F1"], ft))
