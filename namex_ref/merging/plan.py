@@ -34,6 +34,7 @@ from namex_ref.nash.newton import (
 from namex_ref.nash.problem import ROUNDING_CAP, ROUNDING_FACTOR, scaled_residual
 from namex_ref.nash.result import BargainInputError, InfeasibleBargainError, NashConvergenceError
 from namex_ref.nash.solvers import solve_nash
+from namex_ref.regions import BARGAIN, CURVATURE, GRAM, MOMENTUM, region
 
 __all__ = [
     "UNIFORM_CANCEL_RTOL",
@@ -120,7 +121,8 @@ def bargain_alpha(
         raise ValueError(f"backend must be 'auto', 'eager' or 'fused'; got {backend!r}")
     mats = [t.detach().reshape(t.shape[0], -1) for t in taus]
     n = mats[0].shape[0]
-    K_acc = gram_matrix(mats)  # (N, N) float32 or float64: the precision it was formed in
+    with region(GRAM):
+        K_acc = gram_matrix(mats)  # (N, N) float32 or float64: the precision it was formed in
     fast = _fused_alpha(K_acc, singular_policy, ridge, newton_iterations, backend)
     if fast is not None:
         return fast
@@ -306,7 +308,7 @@ def propagate(
             if base_l is None:
                 raise ValueError(f"method {config.method!r} needs a base expert at layer {l}")
             taus = domain_vectors(experts[l], base_l)
-            with _tau_scope(config, taus, experts[l], base_l):
+            with _tau_scope(config, taus, experts[l], base_l), region(CURVATURE):
                 terms.append(LayerTerms(list(base_l), curv[l](taus)))
             base_norms[l] = _norm(base_l)
         return MergePlan(terms, alphas, residuals, fallbacks, base_norms)
@@ -331,12 +333,13 @@ def propagate(
     alpha: Tensor | None = None
     for l in range(L):
         taus = domain_vectors(experts[l], base)  # S1 per matrix (N, *P_m)
-        with _tau_scope(config, taus, experts[l], base):
+        with _tau_scope(config, taus, experts[l], base), region(CURVATURE):
             curved = curv[l](taus)
         terms.append(LayerTerms(base, curved))
         base_norms[l] = _norm(base)
         if spec.propagation == "nash" and config.resolves_at(l):
-            res = solve_alpha(taus, l)
+            with region(BARGAIN):
+                res = solve_alpha(taus, l)
             alpha = res.alpha
             residuals[l] = res.residual
             fallbacks[l] = res.fallback
@@ -352,7 +355,8 @@ def propagate(
             for b, t, m in zip(base, taus, mu, strict=True):
                 a = alpha.to(t.dtype)
                 delta = scale * torch.tensordot(a, t, dims=1)  # Σ_i α_i τ_i, (*P_m)
-                m2, b2 = momentum_step(m, delta, b, config=mom)
+                with region(MOMENTUM):
+                    m2, b2 = momentum_step(m, delta, b, config=mom)
                 new_mu.append(m2)
                 new_base.append(b2)
             base, mu = new_base, new_mu
