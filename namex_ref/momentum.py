@@ -49,6 +49,7 @@ from namex_ref.quaternion import QUATERNION_DIM, hamilton, quaternion_entries
 
 __all__ = [
     "BUFFER_WIDTH",
+    "MomentumChain",
     "MomentumConfig",
     "MomentumKind",
     "QuaternionBeta",
@@ -282,3 +283,70 @@ def momentum_step(
         )
     _check_step_inputs(mu, delta, base, 0, "S16")
     return mu, base + config.gamma * delta
+
+
+class MomentumChain:
+    r"""The base expert's propagation across the MoE layers of one forward (S16–S18), one
+    :meth:`step` per layer transition, for every weight matrix of the base at once.
+
+    Same recurrences as :func:`momentum_step` from μ^(1) = 0 (:func:`zero_buffer`), with the
+    work that exact zeros and exact ones make unnecessary left out (results equal; tested
+    against a complex128 / quaternion oracle in tests/test_momentum.py):
+
+    - γ = 1: E_m' = E_m + ΔE (1·x = x exactly), no multiplication.
+    - "complex": the buffer is kept as Re μ, Im μ (no stack, no unbind), each ``None`` while it
+      is exactly 0: the first step is E_m' = E_m + γΔE, the second needs no Im μ term; on the
+      ``last`` step (no layer follows) the buffer is not formed, only Re μ' for the base.
+    - "quaternion": the first step (β ⊗ 0 = 0) is E_m' = E_m + γΔE with μ' = (ΔE, 0, 0, 0);
+      later steps are :func:`quaternion_momentum_step`.
+    """
+
+    def __init__(self, config: MomentumConfig) -> None:
+        self.config = config
+        self._re: list[Tensor] | None = None  # complex: Re μ per matrix; None = exactly 0
+        self._im: list[Tensor] | None = None  # complex: Im μ per matrix; None = exactly 0
+        self._mu: list[Tensor] | None = None  # quaternion: (..., 4) per matrix; None = 0
+
+    def step(self, deltas: Sequence[Tensor], base: Sequence[Tensor], *,
+             last: bool = False) -> list[Tensor]:
+        """E_m^(l+1) per matrix from ΔE^(l) (``deltas``) and E_m^(l) (``base``), matching
+        shapes; ``last``: no step follows, so the buffer need not be formed."""
+        kind, g = self.config.kind, float(self.config.gamma)  # γ is real (MomentumConfig)
+        if kind == "complex":
+            return self._complex(deltas, base, last)
+        if kind == "quaternion" and self._mu is not None:
+            out = [quaternion_momentum_step(m, d, b, beta=self.config.beta,  # type: ignore[arg-type]
+                                            gamma=g)
+                   for m, d, b in zip(self._mu, deltas, base, strict=True)]
+            self._mu = [m for m, _ in out]
+            return [b for _, b in out]
+        if kind == "quaternion" and not last:  # μ^(2) = ΔE in the real part (β ⊗ 0 = 0)
+            self._mu = [torch.cat((d.unsqueeze(-1), d.new_zeros((*d.shape, 3))), dim=-1)
+                        for d in deltas]
+        return [_add_scaled(b, d, g) for b, d in zip(base, deltas, strict=True)]
+
+    def _complex(self, deltas: Sequence[Tensor], base: Sequence[Tensor],
+                 last: bool) -> list[Tensor]:
+        """S17 on the split buffer: Re μ' = a·Re μ − b·Im μ + ΔE, Im μ' = b·Re μ + a·Im μ
+        (β = a + ib, the order of operations of :func:`complex_momentum_step`)."""
+        beta, g = complex(self.config.complex_beta), float(self.config.gamma)  # γ real (S17)
+        a, b = beta.real, beta.imag
+        n = len(deltas)
+        res = self._re if self._re is not None else [None] * n
+        ims = self._im if self._im is not None else [None] * n
+        new_re, new_im, out = [], [], []
+        for re, im, d, e in zip(res, ims, deltas, base, strict=True):
+            if re is None:  # μ = 0 (only at the first step: Im μ = 0 too)
+                new_re.append(d)
+            else:
+                new_re.append((a * re if im is None else a * re - b * im) + d)
+                if not last:
+                    new_im.append(b * re if im is None else b * re + a * im)
+            out.append(_add_scaled(e, new_re[-1], g))
+        self._re, self._im = new_re, (new_im or None)
+        return out
+
+
+def _add_scaled(base: Tensor, x: Tensor, gamma: float) -> Tensor:
+    """E + γx, the multiplication left out for γ = 1 (exact)."""
+    return base + x if gamma == 1.0 else base + gamma * x

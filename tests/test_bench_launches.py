@@ -122,15 +122,20 @@ def test_counts_are_deterministic_and_bargains_counted() -> None:
     assert full.fused == full.total - full.calls[regions.BARGAIN] + 4
 
 
-#: Launch targets of issue 25 part 3 on the tiny preset (non-bargain calls, each bargain one
-#: fused launch), as ratios to EP-CAMEx.
-TARGETS = {"namex-full": 1.10}
+#: Launch targets of issue 25 part 3 on the tiny preset (every ATen call, each bargain one
+#: fused launch), as ratios to EP-CAMEx's calls: the issue's step-time targets (NAMEx ≤ 1.03×,
+#: NAMEx-Full ≤ 1.10×; NAMEx-Full-Mom held to NAMEx-Full's) on the launch-bound proxy.
+TARGETS = {"namex": 1.03, "namex-full": 1.10, "namex-full-mom": 1.10}
+#: What the trims of the merge plan reached (1.010 / 1.021 / 1.034 at the time), with about
+#: half a percent of slack: a change that adds per-layer work to the plan shows here.
+GUARDS = {"namex": 1.015, "namex-full": 1.025, "namex-full-mom": 1.04}
 
 
 @pytest.mark.parametrize("method", sorted(TARGETS))
-def test_launch_targets(method: str) -> None:
+def test_launch_targets_and_guards(method: str) -> None:
     ratio = _count(method).fused / _count("ep-camex").fused
     assert ratio <= TARGETS[method], f"{method}: {ratio:.3f}× EP-CAMEx's calls"
+    assert ratio <= GUARDS[method], f"{method}: {ratio:.3f}× EP-CAMEx's calls (regression)"
 
 
 def test_launch_rows_ratios() -> None:
