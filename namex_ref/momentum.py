@@ -312,6 +312,7 @@ class MomentumChain:
         """E_m^(l+1) per matrix from ΔE^(l) (``deltas``) and E_m^(l) (``base``), matching
         shapes; ``last``: no step follows, so the buffer need not be formed."""
         kind, g = self.config.kind, float(self.config.gamma)  # γ is real (MomentumConfig)
+        deltas, base = list(deltas), list(base)
         if kind == "complex":
             return self._complex(deltas, base, last)
         if kind == "quaternion" and self._mu is not None:
@@ -323,30 +324,36 @@ class MomentumChain:
         if kind == "quaternion" and not last:  # μ^(2) = ΔE in the real part (β ⊗ 0 = 0)
             self._mu = [torch.cat((d.unsqueeze(-1), d.new_zeros((*d.shape, 3))), dim=-1)
                         for d in deltas]
-        return [_add_scaled(b, d, g) for b, d in zip(base, deltas, strict=True)]
+        return _add_scaled(base, deltas, g)
 
-    def _complex(self, deltas: Sequence[Tensor], base: Sequence[Tensor],
-                 last: bool) -> list[Tensor]:
+    def _complex(self, deltas: list[Tensor], base: list[Tensor], last: bool) -> list[Tensor]:
         """S17 on the split buffer: Re μ' = a·Re μ − b·Im μ + ΔE, Im μ' = b·Re μ + a·Im μ
-        (β = a + ib, the order of operations of :func:`complex_momentum_step`)."""
+        (β = a + ib, the order of operations of :func:`complex_momentum_step`), each operation
+        one ``torch._foreach_*`` call over the matrices (the same element-wise operation per
+        tensor, so the same values; one launch for all matrices on CUDA)."""
         beta, g = complex(self.config.complex_beta), float(self.config.gamma)  # γ real (S17)
         a, b = beta.real, beta.imag
-        n = len(deltas)
-        res = self._re if self._re is not None else [None] * n
-        ims = self._im if self._im is not None else [None] * n
-        new_re, new_im, out = [], [], []
-        for re, im, d, e in zip(res, ims, deltas, base, strict=True):
-            if re is None:  # μ = 0 (only at the first step: Im μ = 0 too)
-                new_re.append(d)
-            else:
-                new_re.append((a * re if im is None else a * re - b * im) + d)
-                if not last:
-                    new_im.append(b * re if im is None else b * re + a * im)
-            out.append(_add_scaled(e, new_re[-1], g))
-        self._re, self._im = new_re, (new_im or None)
-        return out
+        re, im = self._re, self._im
+        if re is None:  # μ = 0 (only at the first step: Im μ = 0 too)
+            new_re, new_im = deltas, None
+        else:
+            ar = torch._foreach_mul(re, a)
+            if im is not None:
+                ar = torch._foreach_sub(ar, torch._foreach_mul(im, b))
+            new_re = list(torch._foreach_add(ar, deltas))
+            new_im = None
+            if not last:
+                br = torch._foreach_mul(re, b)
+                if im is not None:
+                    br = torch._foreach_add(br, torch._foreach_mul(im, a))
+                new_im = list(br)
+        self._re, self._im = new_re, new_im
+        return _add_scaled(base, new_re, g)
 
 
-def _add_scaled(base: Tensor, x: Tensor, gamma: float) -> Tensor:
-    """E + γx, the multiplication left out for γ = 1 (exact)."""
-    return base + x if gamma == 1.0 else base + gamma * x
+def _add_scaled(base: list[Tensor], x: list[Tensor], gamma: float) -> list[Tensor]:
+    """E + γx per matrix, in one ``torch._foreach_*`` call each; the multiplication is left
+    out for γ = 1 (exact)."""
+    if gamma == 1.0:
+        return list(torch._foreach_add(base, x))
+    return list(torch._foreach_add(base, torch._foreach_mul(x, gamma)))
