@@ -297,15 +297,20 @@ class MomentumChain:
     - "complex": the buffer is kept as Re μ, Im μ (no stack, no unbind), each ``None`` while it
       is exactly 0: the first step is E_m' = E_m + γΔE, the second needs no Im μ term; on the
       ``last`` step (no layer follows) the buffer is not formed, only Re μ' for the base.
-    - "quaternion": the first step (β ⊗ 0 = 0) is E_m' = E_m + γΔE with μ' = (ΔE, 0, 0, 0);
-      later steps are :func:`quaternion_momentum_step`.
+    - "quaternion": μ kept as its four components, each ``None`` while exactly 0: the first
+      step (β ⊗ 0 = 0) is E_m' = E_m + γΔE, the second multiplies only μ_w; the ``last`` step
+      forms μ'_w only.
+
+    Every operation is one ``torch._foreach_*`` call over the matrices (one launch for all of
+    them on CUDA), in the order of operations of the per-tensor steps.
     """
 
     def __init__(self, config: MomentumConfig) -> None:
         self.config = config
         self._re: list[Tensor] | None = None  # complex: Re μ per matrix; None = exactly 0
         self._im: list[Tensor] | None = None  # complex: Im μ per matrix; None = exactly 0
-        self._mu: list[Tensor] | None = None  # quaternion: (..., 4) per matrix; None = 0
+        # quaternion: (w, x, y, z), each a per-matrix list or None while exactly 0
+        self._q: tuple[list[Tensor] | None, ...] | None = None
 
     def step(self, deltas: Sequence[Tensor], base: Sequence[Tensor], *,
              last: bool = False) -> list[Tensor]:
@@ -315,16 +320,29 @@ class MomentumChain:
         deltas, base = list(deltas), list(base)
         if kind == "complex":
             return self._complex(deltas, base, last)
-        if kind == "quaternion" and self._mu is not None:
-            out = [quaternion_momentum_step(m, d, b, beta=self.config.beta,  # type: ignore[arg-type]
-                                            gamma=g)
-                   for m, d, b in zip(self._mu, deltas, base, strict=True)]
-            self._mu = [m for m, _ in out]
-            return [b for _, b in out]
-        if kind == "quaternion" and not last:  # μ^(2) = ΔE in the real part (β ⊗ 0 = 0)
-            self._mu = [torch.cat((d.unsqueeze(-1), d.new_zeros((*d.shape, 3))), dim=-1)
-                        for d in deltas]
+        if kind == "quaternion":
+            return self._quaternion(deltas, base, last)
         return _add_scaled(base, deltas, g)
+
+    def _quaternion(self, deltas: list[Tensor], base: list[Tensor],
+                    last: bool) -> list[Tensor]:
+        """S18 on the split buffer: the terms of :func:`namex_ref.quaternion.hamilton` (β ⊗ μ,
+        β on the left) in its order, μ'_w = (β ⊗ μ)_w + ΔE, E_m' = E_m + γ μ'_w."""
+        pw, px, py, pz = self.config.beta  # type: ignore[misc]  # four floats (validated)
+        g = float(self.config.gamma)
+        rest: tuple[list[Tensor] | None, ...]
+        if self._q is None:  # μ = 0
+            w_new, rest = deltas, (None, None, None)
+        else:
+            qw, qx, qy, qz = self._q
+            w = _combine([(pw, qw), (-px, qx), (-py, qy), (-pz, qz)])
+            w_new = deltas if w is None else list(torch._foreach_add(w, deltas))
+            rest = (None, None, None) if last else (
+                _combine([(pw, qx), (px, qw), (py, qz), (-pz, qy)]),
+                _combine([(pw, qy), (-px, qz), (py, qw), (pz, qx)]),
+                _combine([(pw, qz), (px, qy), (-py, qx), (pz, qw)]))
+        self._q = (w_new, *rest)
+        return _add_scaled(base, w_new, g)
 
     def _complex(self, deltas: list[Tensor], base: list[Tensor], last: bool) -> list[Tensor]:
         """S17 on the split buffer: Re μ' = a·Re μ − b·Im μ + ΔE, Im μ' = b·Re μ + a·Im μ
@@ -357,3 +375,15 @@ def _add_scaled(base: list[Tensor], x: list[Tensor], gamma: float) -> list[Tenso
     if gamma == 1.0:
         return list(torch._foreach_add(base, x))
     return list(torch._foreach_add(base, torch._foreach_mul(x, gamma)))
+
+
+def _combine(terms: Sequence[tuple[float, list[Tensor] | None]]) -> list[Tensor] | None:
+    """Σ c·x over the terms, left to right, per matrix; a ``None`` x is exactly 0 and is left
+    out (y ± 0 = y); None when every x is. Adding (−c)·x is subtracting c·x exactly in IEEE
+    arithmetic, so a negative coefficient reproduces hamilton's subtractions."""
+    acc: list[Tensor] | tuple[Tensor, ...] | None = None
+    for c, x in terms:
+        if x is not None:
+            cx = torch._foreach_mul(x, c)
+            acc = cx if acc is None else torch._foreach_add(acc, cx)
+    return None if acc is None else list(acc)

@@ -8,6 +8,7 @@ on the tiny preset and the GPU code path.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -126,15 +127,15 @@ def test_counts_are_deterministic_and_bargains_counted() -> None:
 #: fused launch), as ratios to EP-CAMEx's calls: the issue's step-time targets (NAMEx ≤ 1.03×,
 #: NAMEx-Full ≤ 1.10×; NAMEx-Full-Mom held to NAMEx-Full's) on the launch-bound proxy.
 TARGETS = {"namex": 1.03, "namex-full": 1.10, "namex-full-mom": 1.10}
-#: What the trims of the merge plan reached (1.010 / 1.021 / 1.034 at the time), with about
-#: half a percent of slack: a change that adds per-layer work to the plan shows here.
-GUARDS = {"namex": 1.015, "namex-full": 1.025, "namex-full-mom": 1.04}
+#: What the trims of the merge plan reached (1.009 / 1.020 / 1.030 / 1.037 at the time), with
+#: about half a percent of slack: a change that adds per-layer work to the plan shows here.
+GUARDS = {"namex": 1.015, "namex-full": 1.025, "namex-full-mom": 1.035, "namex-q": 1.042}
 
 
-@pytest.mark.parametrize("method", sorted(TARGETS))
+@pytest.mark.parametrize("method", sorted(GUARDS))
 def test_launch_targets_and_guards(method: str) -> None:
     ratio = _count(method).fused / _count("ep-camex").fused
-    assert ratio <= TARGETS[method], f"{method}: {ratio:.3f}× EP-CAMEx's calls"
+    assert ratio <= TARGETS.get(method, math.inf), f"{method}: {ratio:.3f}× EP-CAMEx's calls"
     assert ratio <= GUARDS[method], f"{method}: {ratio:.3f}× EP-CAMEx's calls (regression)"
 
 
