@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+from torch.profiler import DeviceType
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from namex_ref import regions
@@ -162,6 +163,7 @@ class _Ev:
     thread: int = 1
     cpu_children: list[_Ev] = field(default_factory=list)
     cpu_parent: _Ev | None = None
+    device_type: DeviceType = DeviceType.CPU
 
 
 def _tree(ev: _Ev, children: Sequence[_Ev]) -> _Ev:
@@ -177,7 +179,8 @@ def test_region_device_times_attributes_own_time_to_the_innermost_range() -> Non
     outer = _tree(_Ev("namex::a", 4000.0), [mm, inner])
     loose = _Ev("aten::cat", 500.0)  # main thread, outside every range
     bwd = _tree(_Ev("autograd::engine", 2000.0, thread=2), [_Ev("aten::mul", 2000.0, thread=2)])
-    events = [outer, mm, inner, *inner.cpu_children, loose, bwd, *bwd.cpu_children]
+    annotation = _Ev("namex::a", 4000.0, device_type=DeviceType.CUDA)
+    events = [outer, mm, inner, *inner.cpu_children, loose, bwd, *bwd.cpu_children, annotation]
     got = launches.region_device_times(events)
     assert got == pytest.approx({"a": 3.0, "b": 1.0, regions.MODEL: 0.5,
                                  launches.BACKWARD: 2.0})

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import Tensor
+from torch.profiler import DeviceType
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from namex_ref import regions
@@ -190,12 +191,18 @@ class ProfilerEvent(Protocol):
     @property
     def cpu_parent(self) -> ProfilerEvent | None: ...
 
+    @property
+    def device_type(self) -> DeviceType: ...
+
 
 def region_device_times(events: Sequence[ProfilerEvent]) -> dict[str, float]:
     """Device time (ms) per region: each event's own device time (its total minus its
     children's) goes to the innermost ``namex::<region>`` range around it. Events on another
     thread than the ranges (the autograd engine's, on CUDA) go to :data:`BACKWARD`; events
-    outside every range on the ranges' thread go to :data:`regions.MODEL`."""
+    outside every range on the ranges' thread go to :data:`regions.MODEL`. Only host-side
+    events are walked (their device time includes their kernels'); the device-side copies of
+    the ranges (``gpu_user_annotation``) would count each range twice."""
+    events = [e for e in events if e.device_type == DeviceType.CPU]
     marked = [e for e in events if e.name.startswith(_PREFIX)]
     main = marked[0].thread if marked else None
     out: dict[str, float] = {}
