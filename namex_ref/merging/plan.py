@@ -361,31 +361,42 @@ def _observables(
     solves: Sequence[tuple[int, AlphaSolve]], layer_bases: Sequence[Sequence[Tensor] | None],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """:class:`MergePlan`'s observables, each made in one stack (no per-layer index write):
-    alphas (L, N) from the α row in force at each layer (``rows``, None: NaN), residuals (L,)
-    and fallbacks (L,) from the (layer, solve) pairs, base norms (L,) of each layer's base."""
+    alphas (L, N) float64 from the α row in force at each layer (``rows``, None: NaN),
+    residuals (L,) float64 and fallbacks (L,) bool from the (layer, solve) pairs, base norms
+    (L,) float64 of each layer's base (NaN without a base)."""
     f64 = torch.float64
-    if any(r is not None for r in rows):
-        nan_row = None if all(r is not None for r in rows) else torch.full(
-            (n,), math.nan, dtype=f64, device=dev)
-        alphas = torch.stack([nan_row if r is None else r for r in rows])  # type: ignore[misc]
+    at = dict(solves)
+
+    def nan(*shape: int) -> Tensor:
+        return torch.full(shape, math.nan, dtype=f64, device=dev)
+
+    if rows and any(r is not None for r in rows):
+        alphas = _stack_filled(rows, lambda: nan(n)).to(f64)
     else:
-        alphas = torch.full((L, n), math.nan, dtype=f64, device=dev)
-    if solves:
-        at = dict(solves)
-        nan = torch.full((), math.nan, dtype=f64, device=dev) if len(at) < L else None
-        no = torch.zeros((), dtype=torch.bool, device=dev) if len(at) < L else None
-        residuals = torch.stack([at[l].residual if l in at else nan  # type: ignore[misc]
-                                 for l in range(L)])
-        fallbacks = torch.stack([at[l].fallback if l in at else no  # type: ignore[misc]
-                                 for l in range(L)])
+        alphas = nan(L, n)
+    if at:
+        residuals = _stack_filled([at[l].residual if l in at else None for l in range(L)],
+                                  nan).to(f64)
+        fallbacks = _stack_filled([at[l].fallback if l in at else None for l in range(L)],
+                                  lambda: torch.zeros((), dtype=torch.bool, device=dev))
     else:
-        residuals = torch.full((L,), math.nan, dtype=f64, device=dev)
-        fallbacks = torch.zeros((L,), dtype=torch.bool, device=dev)
-    if layer_bases and all(b is not None for b in layer_bases):
-        base_norms = _norms(layer_bases)  # type: ignore[arg-type]
-    else:
-        base_norms = torch.full((L,), math.nan, dtype=f64, device=dev)
+        residuals, fallbacks = nan(L), torch.zeros((L,), dtype=torch.bool, device=dev)
+    known = [b for b in layer_bases if b is not None]
+    base_norms = _norms(known) if known and len(known) == L else nan(L)
     return alphas, residuals, fallbacks, base_norms
+
+
+def _stack_filled(values: Sequence[Tensor | None], fill: Callable[[], Tensor]) -> Tensor:
+    """``torch.stack`` of ``values`` with every None replaced by ``fill()`` (made once, and
+    only when a value is missing)."""
+    out: list[Tensor] = []
+    filler: Tensor | None = None
+    for v in values:
+        if v is None:
+            filler = fill() if filler is None else filler
+            v = filler
+        out.append(v)
+    return torch.stack(out)
 
 
 def _tau_scope(
