@@ -41,14 +41,23 @@ __all__ = [
     "tracking",
 ]
 
+#: The routers' scores, gates and balance losses (S12, S13).
 ROUTER = "router and gates"
+#: K = Σ_m τ_m τ_mᵀ of a bargain (S1–S2).
 GRAM = "Gram (S1-S2)"
+#: Everything ``bargain_alpha`` runs after the Gram (S4–S5): one fused launch on CUDA.
 BARGAIN = "bargain (S4-S5, after the Gram)"
+#: The Kronecker curvature operators M_i(τ_i) (S14).
 CURVATURE = "curvature M_i (S14)"
+#: The merge plan around the other regions: τ = E − E_m, ΔE, the base chain, observables.
 PROPAGATION = "propagation chain (S15-S16)"
+#: The base expert's update with its momentum buffer (S16–S18).
 MOMENTUM = "momentum step (S17-S18)"
+#: Forming the merged weights Ê = E_m + η Σ_i s_i D_i (S13–S14).
 MERGE = "merge of experts (S13-S14)"
+#: The MoE layer outside routing and merging: the merged (or top-k) expert MLP.
 FFN = "expert FFN"
+#: Outside every region: attention, embeddings, layer norms, the loss.
 MODEL = "attention, embeddings, norms, loss"
 #: Every region name, in the order the launch table lists them.
 REGIONS = (ROUTER, GRAM, BARGAIN, CURVATURE, PROPAGATION, MOMENTUM, MERGE, FFN, MODEL)

@@ -59,6 +59,7 @@ __all__ = [
 
 #: Methods of the launch table (SMoE and EP-CAMEx are the references).
 LAUNCH_METHODS = ("smoe", "ep-camex", "namex", "namex-full", "namex-full-mom", "namex-q")
+#: Region of the optimizer step in the harness.
 OPTIMIZER = "optimizer (AdamW, foreach)"
 #: How to read the launch tables (printed above them by ``namex bench step``).
 LAUNCH_NOTE = (
@@ -72,6 +73,7 @@ LAUNCH_NOTE = (
     "on its CPU path (on CUDA, namex_ref.nash.gram_cuda: one GEMM per matrix as here). Counts, "
     "not timings: deterministic, and tests/test_bench_launches.py holds the ratio targets. "
     "CUDA ms per region: measured only where a GPU is lent.")
+#: Region of ``loss.backward()`` in the harness; backward calls go to "backward: <region>".
 BACKWARD = "backward"
 ACCUMULATE = "backward: accumulate into .grad"
 _PREFIX = "namex::"

@@ -16,6 +16,10 @@ Memory, three measures, each saying what it is (:mod:`namex_ref.benchmarks.memor
 
 Host synchronisation: counted by :mod:`namex_ref.benchmarks.syncs` (the operators that make the
 host wait for a CUDA device, found by the profiler on any device).
+
+Where the step goes: ATen calls per region of one step on the GPU code path, the proxy of a
+launch-bound GPU step, and CUDA time per region where a GPU is present
+(:mod:`namex_ref.benchmarks.launches`).
 """
 
 from __future__ import annotations
