@@ -49,18 +49,15 @@ results: $(STAMP)
 	$(VENV)/bin/namex bench all --out results --threads 1
 	$(VENV)/bin/namex mtl --out results
 
-# Reproduction II (issue 29; studies/study2, results/reproduction2.md): training length and
-# fine-tuning from one pre-trained SMoE, two runs at a time under nice. Resumable: finished runs
-# are skipped, interrupted ones resume; about 14 core-hours on 2 idle cores, more when shared.
-# study2-knobs adds part 3 (the merge's knobs); study2-report rewrites the report and plots.
-.PHONY: study2 study2-knobs study2-report
+# Reproduction II (issue 29; studies/study2, results/reproduction2.md): training length,
+# fine-tuning from one pre-trained SMoE and the merge's knobs, two runs at a time under nice.
+# Resumable: finished runs are skipped, interrupted ones resume; about 12 core-hours on 2 idle
+# cores (studies/study2/plan.py orders it so that a partial run answers the most questions).
+# study2-report rewrites the report and plots from the run folders.
+.PHONY: study2 study2-report
 study2: $(STAMP)
 	nice -n 19 $(PY) -m studies.study2 run --jobs 2
 	$(PY) -m studies.study2 report
-
-study2-knobs: $(STAMP)
-	nice -n 19 $(PY) -m studies.study2 run --jobs 2 --parts length,finetune,knobs
-	$(PY) -m studies.study2 report --parts length,finetune,knobs
 
 study2-report: $(STAMP)
 	$(PY) -m studies.study2 report

@@ -221,7 +221,7 @@ class DeviceTracker(TorchFunctionMode):
                 if not keep:
                     continue
                 key = (torch.device(_MARKER) if side else dev, dtype)
-                sub = [[col[i] for i in keep] for col in tensors]
+                sub = [[col[i] for i in keep] if col else col for col in tensors]  # () unused
                 out[key] = (sub, [indices[i] for i in keep] if indices else indices)
         return out
 

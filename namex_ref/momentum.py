@@ -49,6 +49,7 @@ from namex_ref.quaternion import QUATERNION_DIM, hamilton, quaternion_entries
 
 __all__ = [
     "BUFFER_WIDTH",
+    "MomentumChain",
     "MomentumConfig",
     "MomentumKind",
     "QuaternionBeta",
@@ -282,3 +283,107 @@ def momentum_step(
         )
     _check_step_inputs(mu, delta, base, 0, "S16")
     return mu, base + config.gamma * delta
+
+
+class MomentumChain:
+    r"""The base expert's propagation across the MoE layers of one forward (S16–S18), one
+    :meth:`step` per layer transition, for every weight matrix of the base at once.
+
+    Same recurrences as :func:`momentum_step` from μ^(1) = 0 (:func:`zero_buffer`), with the
+    work that exact zeros and exact ones make unnecessary left out (results equal; tested
+    against a complex128 / quaternion oracle in tests/test_momentum.py):
+
+    - γ = 1: E_m' = E_m + ΔE (1·x = x exactly), no multiplication.
+    - "complex": the buffer is kept as Re μ, Im μ (no stack, no unbind), each ``None`` while it
+      is exactly 0: the first step is E_m' = E_m + γΔE, the second needs no Im μ term; on the
+      ``last`` step (no layer follows) the buffer is not formed, only Re μ' for the base.
+    - "quaternion": μ kept as its four components, each ``None`` while exactly 0: the first
+      step (β ⊗ 0 = 0) is E_m' = E_m + γΔE, the second multiplies only μ_w; the ``last`` step
+      forms μ'_w only.
+
+    Every operation is one ``torch._foreach_*`` call over the matrices (one launch for all of
+    them on CUDA), in the order of operations of the per-tensor steps.
+    """
+
+    def __init__(self, config: MomentumConfig) -> None:
+        self.config = config
+        self._re: list[Tensor] | None = None  # complex: Re μ per matrix; None = exactly 0
+        self._im: list[Tensor] | None = None  # complex: Im μ per matrix; None = exactly 0
+        # quaternion: (w, x, y, z), each a per-matrix list or None while exactly 0
+        self._q: tuple[list[Tensor] | None, ...] | None = None
+
+    def step(self, deltas: Sequence[Tensor], base: Sequence[Tensor], *,
+             last: bool = False) -> list[Tensor]:
+        """E_m^(l+1) per matrix from ΔE^(l) (``deltas``) and E_m^(l) (``base``), matching
+        shapes; ``last``: no step follows, so the buffer need not be formed."""
+        kind, g = self.config.kind, float(self.config.gamma)  # γ is real (MomentumConfig)
+        deltas, base = list(deltas), list(base)
+        if kind == "complex":
+            return self._complex(deltas, base, last)
+        if kind == "quaternion":
+            return self._quaternion(deltas, base, last)
+        return _add_scaled(base, deltas, g)
+
+    def _quaternion(self, deltas: list[Tensor], base: list[Tensor],
+                    last: bool) -> list[Tensor]:
+        """S18 on the split buffer: the terms of :func:`namex_ref.quaternion.hamilton` (β ⊗ μ,
+        β on the left) in its order, μ'_w = (β ⊗ μ)_w + ΔE, E_m' = E_m + γ μ'_w."""
+        pw, px, py, pz = self.config.beta  # type: ignore[misc]  # four floats (validated)
+        g = float(self.config.gamma)
+        rest: tuple[list[Tensor] | None, ...]
+        if self._q is None:  # μ = 0
+            w_new, rest = deltas, (None, None, None)
+        else:
+            qw, qx, qy, qz = self._q
+            w = _combine([(pw, qw), (-px, qx), (-py, qy), (-pz, qz)])
+            w_new = deltas if w is None else list(torch._foreach_add(w, deltas))
+            rest = (None, None, None) if last else (
+                _combine([(pw, qx), (px, qw), (py, qz), (-pz, qy)]),
+                _combine([(pw, qy), (-px, qz), (py, qw), (pz, qx)]),
+                _combine([(pw, qz), (px, qy), (-py, qx), (pz, qw)]))
+        self._q = (w_new, *rest)
+        return _add_scaled(base, w_new, g)
+
+    def _complex(self, deltas: list[Tensor], base: list[Tensor], last: bool) -> list[Tensor]:
+        """S17 on the split buffer: Re μ' = a·Re μ − b·Im μ + ΔE, Im μ' = b·Re μ + a·Im μ
+        (β = a + ib, the order of operations of :func:`complex_momentum_step`), each operation
+        one ``torch._foreach_*`` call over the matrices (the same element-wise operation per
+        tensor, so the same values; one launch for all matrices on CUDA)."""
+        beta, g = complex(self.config.complex_beta), float(self.config.gamma)  # γ real (S17)
+        a, b = beta.real, beta.imag
+        re, im = self._re, self._im
+        if re is None:  # μ = 0 (only at the first step: Im μ = 0 too)
+            new_re, new_im = deltas, None
+        else:
+            ar = torch._foreach_mul(re, a)
+            if im is not None:
+                ar = torch._foreach_sub(ar, torch._foreach_mul(im, b))
+            new_re = list(torch._foreach_add(ar, deltas))
+            new_im = None
+            if not last:
+                br = torch._foreach_mul(re, b)
+                if im is not None:
+                    br = torch._foreach_add(br, torch._foreach_mul(im, a))
+                new_im = list(br)
+        self._re, self._im = new_re, new_im
+        return _add_scaled(base, new_re, g)
+
+
+def _add_scaled(base: list[Tensor], x: list[Tensor], gamma: float) -> list[Tensor]:
+    """E + γx per matrix, in one ``torch._foreach_*`` call each; the multiplication is left
+    out for γ = 1 (exact)."""
+    if gamma == 1.0:
+        return list(torch._foreach_add(base, x))
+    return list(torch._foreach_add(base, torch._foreach_mul(x, gamma)))
+
+
+def _combine(terms: Sequence[tuple[float, list[Tensor] | None]]) -> list[Tensor] | None:
+    """Σ c·x over the terms, left to right, per matrix; a ``None`` x is exactly 0 and is left
+    out (y ± 0 = y); None when every x is. Adding (−c)·x is subtracting c·x exactly in IEEE
+    arithmetic, so a negative coefficient reproduces hamilton's subtractions."""
+    acc: list[Tensor] | tuple[Tensor, ...] | None = None
+    for c, x in terms:
+        if x is not None:
+            cx = torch._foreach_mul(x, c)
+            acc = cx if acc is None else torch._foreach_add(acc, cx)
+    return None if acc is None else list(acc)

@@ -35,12 +35,23 @@ def paired(a: dict[int, float], b: dict[int, float]) -> str:
     return fmt([a[s] - b[s] for s in seeds]) + f" (n = {len(seeds)})"
 
 
+def kept_summary(path: Path) -> str:
+    """The study2 summary block of the current report (studies/study2/summary.py writes it), so
+    that regenerating this report keeps it; the bare markers when there is none yet."""
+    start, end = "<!-- study2-summary:start -->", "<!-- study2-summary:end -->"
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    i, j = text.find(start), text.find(end)
+    return text[i:j + len(end)] + "\n" if 0 <= i < j else f"{start}\n{end}\n"
+
+
 def main() -> None:
     main_runs = load("repro")
     main_runs.update(load("repro-extra"))
     main_runs["namex-full"] = load("abl-nomom")["namex-full"]
     cfg = json.loads((RUNS / "repro" / "summary.json").read_text())["base_config"]
     print("# Reproduction study (tiny preset, built-in corpus)\n")
+    print(kept_summary(Path("results") / "reproduction.md"))
+    print("## Study 1: nine methods, 400 steps\n")
     print(
         f"Produced by `studies/reproduction.sh` + `studies/report.py`. Preset `{cfg['preset']}`, "
         f"{cfg['steps']} steps, batch {cfg['batch_size']}, lr {cfg['lr']}, one CPU thread per "

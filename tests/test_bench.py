@@ -380,6 +380,7 @@ def test_cli_bench_step_quick(tmp_path: Path) -> None:
     md = (tmp_path / "step.md").read_text(encoding="utf-8")
     assert "Host-sync sources (cpu)" in md and "top operators by self time" in md
     assert "the bargains' share of a NAMEx-Full step" in md
+    assert "Where the step goes" in md and "tiny: ATen calls per training step" in md
     assert len(tables(md)[0][1]) >= 9
 
 

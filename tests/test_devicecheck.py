@@ -156,6 +156,21 @@ def test_finiteness_check_with_optimizer_state_on_the_host() -> None:
     check_placement(run, expect=[("sync", "<genexpr>")])
 
 
+def test_foreach_adamw_groups_with_unused_state_lists() -> None:
+    """AdamW(foreach=True), CUDA's default, hands the grouping lists that are empty (no
+    ``max_exp_avg_sqs`` without amsgrad): the tracker's split by placement keeps them empty
+    (it raised IndexError before), and the step stays on the device."""
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+
+    def run(tr: DeviceTracker) -> None:
+        for _ in range(2):
+            model(torch.randn(2, 4, device=tr.device())).sum().backward()
+            opt.step()
+
+    check_placement(run)
+
+
 @pytest.mark.parametrize("where", ["exp_avg", "exp_avg_sq", "param"])
 def test_finiteness_check_sees_a_bad_moment_on_another_device(where: str) -> None:
     """Fault injection: one non-finite entry in a moment that lives on the host (a CPU

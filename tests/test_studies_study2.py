@@ -19,18 +19,30 @@ if str(ROOT) not in sys.path:  # studies/ is a folder of scripts beside the pack
 from studies.study2.jobs import LockedError, acquire_lock, job_done, run_jobs  # noqa: E402
 from studies.study2.plan import build_plan, pretrain_key  # noqa: E402
 from studies.study2.report import write_report  # noqa: E402
+from studies.study2.summary import END, START  # noqa: E402
 
 
-def test_full_plan_is_seed_major_and_balanced() -> None:
+def test_full_plan_puts_cheap_cells_and_one_seed_of_each_question_first() -> None:
     plan = build_plan("full")
     keys = [j.key for j in plan]
-    assert len(keys) == len(set(keys)) == 24 + 35 + 12 + 18
+    n_knobs = 11 * (5 + 3)
+    assert len(keys) == len(set(keys)) == 24 + 35 + 12 + 18 + n_knobs
     first_seed1 = keys.index("length/400/smoe/seed1")
     assert all(k.endswith("seed0") for k in keys[:first_seed1])  # every seed-0 run first
     assert keys.index("finetune/namex-q/seed4") < keys.index("length/1600/smoe/seed0")
     assert keys.index("length/1600/camex/seed0") < keys.index("length/1600/smoe/seed1")
     assert keys.index("finetune/smoe/seed0") > keys.index(pretrain_key("full"))
-    assert keys.index("length/6400/smoe/seed0") > keys.index("finetune/namex-q/seed4")
+    # stage order: 1,600 steps at n = 3, then 6,400 seed 0, the knobs of the first seeds, the
+    # segment points of seed 0, the other knob seeds, the other 6,400-step seeds
+    order = ["length/1600/namex-full-mom/seed2", "length/6400/smoe/seed0",
+             "length/6400/namex-full-mom/seed0", "finetune-knob-gamma-0.25/namex-full-mom/seed0",
+             "finetune-knob-uniform/namex-full-mom/seed2", "knobs/1600/gamma-0.25/seed0",
+             "knobs/1600/uniform/seed0", "length/6400/ep-camex-seg16/seed0",
+             "length/6400/namex-full-mom-seg64/seed0",
+             "finetune-knob-gamma-0.25/namex-full-mom/seed3", "knobs/1600/uniform/seed2",
+             "length/6400/smoe/seed1", "length/6400/namex-full-mom-seg64/seed2"]
+    assert [keys.index(k) for k in order] == sorted(keys.index(k) for k in order)
+    assert keys[-1] == "length/6400/namex-full-mom-seg64/seed2"
     assert {j.needs for j in plan if j.kind == "finetune"} == {(pretrain_key("full"),)}
     warm = {(j.payload["steps"], j.payload["warmup"]) for j in plan if j.kind == "train"}
     assert warm == {(400, 40), (1600, 160), (6400, 640)}  # warmup scaled with the length
@@ -38,6 +50,8 @@ def test_full_plan_is_seed_major_and_balanced() -> None:
     assert segs == {None, 16, 64}
     knobs = build_plan("full", ("knobs",))
     assert keys[keys.index(pretrain_key("full"))] in {j.key for j in knobs}
+    no_knobs = [j.key for j in build_plan("full", ("length", "finetune"))]
+    assert no_knobs == [k for k in keys if "knob" not in k]  # the same order without part 3
     with pytest.raises(ValueError, match="unknown parts"):
         build_plan("full", ("lenght",))
 
@@ -83,7 +97,22 @@ def test_smoke_driver_and_report(tmp_path: Path) -> None:
     other = type(changed)(changed.key, changed.kind, {**changed.payload, "lr": 1e-3})
     assert not job_done(other, tmp_path)  # another configuration is not "finished"
 
-    text = write_report(plan, tmp_path, tmp_path / "r.md", profile="smoke")
+    repro, readme = tmp_path / "reproduction.md", tmp_path / "README.md"
+    for f in (repro, readme):
+        f.write_text(f"before\n{START}\nold\n{END}\nafter\n")
+    text = write_report(plan, tmp_path, tmp_path / "r.md", profile="smoke",
+                        summary_into=[repro, readme])
+    smoe = json.loads((tmp_path / "finetune/smoe/seed0/result.json").read_text())
+    for f in (repro, readme):  # the block replaced, the text around it kept
+        body = f.read_text()
+        assert body.startswith(f"before\n{START}\n") and body.endswith(f"{END}\nafter\n")
+        assert "old" not in body
+    nfm = json.loads((tmp_path / "finetune/namex-full-mom/seed0/result.json").read_text())
+    diff = f"{100 * (nfm['accuracy'] - smoe['accuracy']):.2f} (n = 1)"
+    row = f"| fine-tuning accuracy: namex-full-mom ≥ smoe | {diff} | n = 1: no interval |"
+    assert row in readme.read_text()  # the short form: the README's table
+    assert "## Summary (PARTIAL; generated from 4 finished runs)" in repro.read_text()
+    assert "## Summary (PARTIAL" in text and "Singular-bargain fallbacks:" in text
     assert "PARTIAL" in text and f"4 of {len(plan)} planned runs" in text
     ppl = json.loads((tmp_path / pretrain_key("smoke") / "result.json").read_text())
     acc = json.loads((tmp_path / "finetune/namex-full-mom/seed0/result.json").read_text())
@@ -95,6 +124,24 @@ def test_smoke_driver_and_report(tmp_path: Path) -> None:
     assert knob["spec"]["overrides"] == {"singular_policy": "uniform"}
     assert f"| uniform | 1 | {100 * knob['accuracy']:.2f} |" in text
     assert (tmp_path / "r_length.png").is_file() and (tmp_path / "r_finetune.png").is_file()
+
+
+def test_verdict_rule_and_block_insertion(tmp_path: Path) -> None:
+    from studies.study2.stats import Estimate
+    from studies.study2.summary import insert_block, verdict
+
+    lower = {"lower_is_better": True}
+    assert verdict(Estimate(3, -2.0, 1.0), "a", "b", **lower) == "**a better**"
+    assert verdict(Estimate(3, 2.0, 1.0), "a", "b", **lower) == "**b better**"
+    assert verdict(Estimate(3, 2.0, 1.0), "a", "b", lower_is_better=False) == "**a better**"
+    assert verdict(Estimate(3, -0.5, 1.0), "a", "b", **lower) == "not separated"
+    assert verdict(Estimate(3, 1.0, 1.0), "a", "b", **lower) == "not separated"  # 0 inside
+    assert verdict(Estimate(1, -9.0, float("nan")), "a", "b", **lower) == "n = 1: no interval"
+    assert verdict(Estimate(0, float("nan"), float("nan")), "a", "b", **lower) == "not run yet"
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    assert not insert_block(plain, "x") and plain.read_text() == "no markers\n"
+    assert not insert_block(tmp_path / "missing.md", "x")
 
 
 def test_eval_curve_counts_a_rewritten_step_once(tmp_path: Path) -> None:

@@ -16,6 +16,10 @@ Memory, three measures, each saying what it is (:mod:`namex_ref.benchmarks.memor
 
 Host synchronisation: counted by :mod:`namex_ref.benchmarks.syncs` (the operators that make the
 host wait for a CUDA device, found by the profiler on any device).
+
+Where the step goes: ATen calls per region of one step on the GPU code path, the proxy of a
+launch-bound GPU step, and CUDA time per region where a GPU is present
+(:mod:`namex_ref.benchmarks.launches`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from namex_ref.benchmarks.common import (
     save_figure,
     write_text_atomic,
 )
+from namex_ref.benchmarks.launches import LAUNCH_NOTE, launch_markdown
 from namex_ref.benchmarks.memory import cuda_peak_mib, rss_growth_mib, saved_tensor_bytes
 from namex_ref.benchmarks.syncs import step_sync_events, sync_sources
 from namex_ref.merging.config import METHODS
@@ -332,9 +337,10 @@ def _target_lines(rows: Sequence[StepRow]) -> list[str]:
 
 
 def step_report(out: str | Path, rows: Sequence[StepRow], shapes: Sequence[StepShape], *,
-                quick: bool = False, repeats: int = 5, profile: str = "",
+                quick: bool = False, repeats: int = 5, profile: str = "", launches: str = "",
                 plot: bool = True) -> tuple[Path, str]:
-    """Write ``step.md`` (+ ``step.png``) in ``out``; ``profile`` (markdown) is appended."""
+    """Write ``step.md`` (+ ``step.png``) in ``out``; ``launches`` and ``profile`` (markdown)
+    are appended."""
     out = Path(out)
     body = []
     for r in rows:
@@ -384,6 +390,8 @@ def step_report(out: str | Path, rows: Sequence[StepRow], shapes: Sequence[StepS
     ]
     sections = [("Targets", "\n".join(_target_lines(rows)) or "references not in this run"),
                 ("Training step per method", table)]
+    if launches:
+        sections.append(("Where the step goes (operator launches, GPU code path)", launches))
     if profile:
         sections.append(("Profile and overhead analysis", profile))
     doc = markdown_document("Training-step benchmark", environment(), notes, sections)
@@ -465,10 +473,12 @@ def run(out: str | Path, *, quick: bool = False, device: str = "auto",
         else:
             shapes += [StepShape("tiny", "cuda", 2, 64)] if quick else list(CUDA_SHAPES)
     rows = bench_step(shapes, repeats=reps, rss=(not quick) if rss is None else rss)
+    where = launch_markdown(["tiny"] if quick else ["tiny", "small"],
+                            cuda=[(s.preset, s.batch, s.seq) for s in shapes if s.device == "cuda"])
     prof_parts = [profile_markdown(s, repeats=reps) for s in shapes]
     for dev in devs:
         prof_parts += [f"### Host-sync sources ({dev.type})", "",
                        format_table(["call", "_local_scalar_dense", "nonzero"],
                                     sync_sources(dev)), ""]
     return step_report(out, rows, shapes, quick=quick, repeats=reps,
-                       profile="\n".join(prof_parts))
+                       profile="\n".join(prof_parts), launches=LAUNCH_NOTE + "\n\n" + where)

@@ -19,6 +19,7 @@ from namex_ref.merging.config import MergeConfig
 from namex_ref.merging.operators import kronecker_apply, merge_weights, merged_linear
 from namex_ref.merging.plan import LayerTerms
 from namex_ref.merging.routing import load_balancing_loss, top_k_routing
+from namex_ref.regions import FFN, ROUTER, region
 
 __all__ = [
     "KroneckerCurvature",
@@ -222,22 +223,25 @@ class MoEFeedForward(nn.Module):
         """x: (B, T, C) → :class:`LayerOutput`. ``terms`` come from ``functional.propagate``
         (required for merging methods, ignored by "smoe")."""
         if self.config.spec.kind == "topk":
-            return self._top_k(x)
+            with region(FFN):  # the router's region is nested inside
+                return self._top_k(x)
         if terms is None:
             raise ValueError(f"method {self.config.method!r} merges experts: pass its LayerTerms")
-        return self._merged(x, terms)
+        with region(FFN):
+            return self._merged(x, terms)
 
     def _top_k(self, x: Tensor) -> LayerOutput:
         """S12: F(x) = Σ_{i∈topk} s_i f_i(x), token-level, with the Switch balance loss."""
         B, T, C = x.shape
         n, k = self.config.n_experts, self.config.top_k
         flat = x.reshape(B * T, C)
-        route = top_k_routing(self.router(flat), k)  # gates/experts (BT, k), probs (BT, N)
+        with region(ROUTER):
+            route = top_k_routing(self.router(flat), k)  # gates/experts (BT, k), probs (BT, N)
+            aux = self.config.balance_coef * load_balancing_loss(route.probs, route.experts, n)
         if flat.device == _HOST:
             out = top_k_indexed(flat, self.w1, self.w2, route.gates, route.experts)
         else:
             out = top_k_dense(flat, self.w1, self.w2, route.gates, route.experts)
-        aux = self.config.balance_coef * load_balancing_loss(route.probs, route.experts, n)
         return LayerOutput(out.reshape(B, T, C), aux, route.probs.reshape(B, T, n))
 
     def _masked_deltas(self, terms: LayerTerms,
@@ -261,8 +265,9 @@ class MoEFeedForward(nn.Module):
         S_len = cfg.segment_len if cfg.routing == "segment" else T
         train, p = self.training, cfg.term_dropout
         deltas = self._masked_deltas(terms, (B, -(-T // S_len)))
-        scores, aux = gated_scores(x, self.router, self.noise_router, cfg, training=train)
-        s1 = term_dropout(scores, p, training=train)  # (B, S, N)
+        with region(ROUTER):
+            scores, aux = gated_scores(x, self.router, self.noise_router, cfg, training=train)
+            s1 = term_dropout(scores, p, training=train)  # (B, S, N)
         S = scores.shape[1]
         eta = 1.0 if terms.base is None else cfg.eta
         bases = terms.base if terms.base is not None else [None] * len(deltas)

@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from namex_ref.regions import MERGE, region
+
 __all__ = [
     "kronecker_apply",
     "merge_weights",
@@ -231,7 +233,8 @@ def merged_linear(
     ∂s[b,s,i] = η ⟨G[b,s], deltas_i⟩.
     """
     if not recompute or (base is not None and deltas.ndim == scores.ndim + base.ndim):
-        w = merge_weights(base, deltas, scores, eta)  # per-unit terms: always eager
+        with region(MERGE):
+            w = merge_weights(base, deltas, scores, eta)  # per-unit terms: always eager
         return torch.einsum("bslc,bsfc->bslf", x, w)
     out: Tensor = _MergedLinear.apply(  # type: ignore[no-untyped-call]
         x, base, deltas, scores, eta, recompute_deltas
@@ -259,7 +262,8 @@ class _MergedLinear(torch.autograd.Function):
         ctx.has_base = base is not None
         saved_d = deltas if recompute_deltas is None else None
         ctx.save_for_backward(x, base, saved_d, scores)
-        w = merge_weights(base, deltas, scores, eta)  # (B, S, out, in)
+        with region(MERGE):
+            w = merge_weights(base, deltas, scores, eta)  # (B, S, out, in)
         return torch.einsum("bslc,bsfc->bslf", x, w)
 
     @staticmethod

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from namex_ref.merging.config import MergeConfig
 from namex_ref.merging.operators import recomputable_taus
-from namex_ref.momentum import momentum_step, zero_buffer
+from namex_ref.momentum import MomentumChain
 from namex_ref.nash import fused, fused_gpu
 from namex_ref.nash.gram import domain_vectors, gram_matrix
 from namex_ref.nash.newton import (
@@ -34,6 +34,7 @@ from namex_ref.nash.newton import (
 from namex_ref.nash.problem import ROUNDING_CAP, ROUNDING_FACTOR, scaled_residual
 from namex_ref.nash.result import BargainInputError, InfeasibleBargainError, NashConvergenceError
 from namex_ref.nash.solvers import solve_nash
+from namex_ref.regions import BARGAIN, CURVATURE, GRAM, MOMENTUM, region
 
 __all__ = [
     "UNIFORM_CANCEL_RTOL",
@@ -120,7 +121,8 @@ def bargain_alpha(
         raise ValueError(f"backend must be 'auto', 'eager' or 'fused'; got {backend!r}")
     mats = [t.detach().reshape(t.shape[0], -1) for t in taus]
     n = mats[0].shape[0]
-    K_acc = gram_matrix(mats)  # (N, N) float32 or float64: the precision it was formed in
+    with region(GRAM):
+        K_acc = gram_matrix(mats)  # (N, N) float32 or float64: the precision it was formed in
     fast = _fused_alpha(K_acc, singular_policy, ridge, newton_iterations, backend)
     if fast is not None:
         return fast
@@ -289,16 +291,11 @@ def propagate(
     n = config.n_experts
     dev = experts[0][0].device
     curv: Sequence[Curvature] = curvature if curvature is not None else [_identity] * L
-    alphas = torch.full((L, n), math.nan, dtype=torch.float64, device=dev)
-    residuals = torch.full((L,), math.nan, dtype=torch.float64, device=dev)
-    fallbacks = torch.zeros((L,), dtype=torch.bool, device=dev)
-    base_norms = torch.full((L,), math.nan, dtype=torch.float64, device=dev)
     terms: list[LayerTerms] = []
 
     if spec.base == "none":
-        return MergePlan(
-            [LayerTerms(None, list(e)) for e in experts], alphas, residuals, fallbacks, base_norms
-        )
+        terms = [LayerTerms(None, list(e)) for e in experts]
+        return MergePlan(terms, *_observables(L, n, dev, [], [], []))
 
     if spec.base == "per-layer":
         for l in range(L):
@@ -306,16 +303,15 @@ def propagate(
             if base_l is None:
                 raise ValueError(f"method {config.method!r} needs a base expert at layer {l}")
             taus = domain_vectors(experts[l], base_l)
-            with _tau_scope(config, taus, experts[l], base_l):
+            with _tau_scope(config, taus, experts[l], base_l), region(CURVATURE):
                 terms.append(LayerTerms(list(base_l), curv[l](taus)))
-            base_norms[l] = _norm(base_l)
-        return MergePlan(terms, alphas, residuals, fallbacks, base_norms)
+        return MergePlan(terms, *_observables(L, n, dev, [], [], [t.base for t in terms]))
 
     if bases[0] is None:
         raise ValueError(f"method {config.method!r} needs a learned base expert at layer 0")
     base = list(bases[0])
     mom = config.momentum_config()
-    mu = [zero_buffer(mom, b) for b in base]
+    chain = MomentumChain(mom)
     scale = 1.0 if config.radius is None else config.radius / math.sqrt(n)
     if solve_alpha is None:
 
@@ -329,34 +325,78 @@ def propagate(
             )
 
     alpha: Tensor | None = None
+    alpha_as: dict[torch.dtype, Tensor] = {}  # α in each τ dtype, converted once per solve
+    solves: list[tuple[int, AlphaSolve]] = []
+    rows: list[Tensor | None] = []
     for l in range(L):
         taus = domain_vectors(experts[l], base)  # S1 per matrix (N, *P_m)
-        with _tau_scope(config, taus, experts[l], base):
+        with _tau_scope(config, taus, experts[l], base), region(CURVATURE):
             curved = curv[l](taus)
         terms.append(LayerTerms(base, curved))
-        base_norms[l] = _norm(base)
         if spec.propagation == "nash" and config.resolves_at(l):
-            res = solve_alpha(taus, l)
-            alpha = res.alpha
-            residuals[l] = res.residual
-            fallbacks[l] = res.fallback
-        if alpha is not None:
-            alphas[l] = alpha
+            with region(BARGAIN):
+                res = solve_alpha(taus, l)
+            solves.append((l, res))
+            alpha, alpha_as = res.alpha, {}
+        rows.append(alpha)
         if l == L - 1:
             break
         if spec.propagation == "ep":
             base = [b + (config.gamma / n) * c.sum(0) for b, c in zip(base, curved, strict=True)]
-        else:
-            assert alpha is not None  # solved at layer 0
-            new_base, new_mu = [], []
-            for b, t, m in zip(base, taus, mu, strict=True):
-                a = alpha.to(t.dtype)
-                delta = scale * torch.tensordot(a, t, dims=1)  # Σ_i α_i τ_i, (*P_m)
-                m2, b2 = momentum_step(m, delta, b, config=mom)
-                new_mu.append(m2)
-                new_base.append(b2)
-            base, mu = new_base, new_mu
-    return MergePlan(terms, alphas, residuals, fallbacks, base_norms)
+            continue
+        assert alpha is not None  # solved at layer 0
+        deltas = []
+        for t in taus:
+            if t.dtype not in alpha_as:
+                alpha_as[t.dtype] = alpha.to(t.dtype)[None]  # (1, N)
+            d = (alpha_as[t.dtype] @ t.reshape(n, -1)).reshape(t.shape[1:])  # Σ_i α_i τ_i
+            deltas.append(d if scale == 1.0 else scale * d)
+        with region(MOMENTUM):
+            base = chain.step(deltas, base, last=l == L - 2)
+    return MergePlan(terms, *_observables(L, n, dev, rows, solves, [t.base for t in terms]))
+
+
+def _observables(
+    L: int, n: int, dev: torch.device, rows: Sequence[Tensor | None],
+    solves: Sequence[tuple[int, AlphaSolve]], layer_bases: Sequence[Sequence[Tensor] | None],
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:class:`MergePlan`'s observables, each made in one stack (no per-layer index write):
+    alphas (L, N) float64 from the α row in force at each layer (``rows``, None: NaN),
+    residuals (L,) float64 and fallbacks (L,) bool from the (layer, solve) pairs, base norms
+    (L,) float64 of each layer's base (NaN without a base)."""
+    f64 = torch.float64
+    at = dict(solves)
+
+    def nan(*shape: int) -> Tensor:
+        return torch.full(shape, math.nan, dtype=f64, device=dev)
+
+    if rows and any(r is not None for r in rows):
+        alphas = _stack_filled(rows, lambda: nan(n)).to(f64)
+    else:
+        alphas = nan(L, n)
+    if at:
+        residuals = _stack_filled([at[l].residual if l in at else None for l in range(L)],
+                                  nan).to(f64)
+        fallbacks = _stack_filled([at[l].fallback if l in at else None for l in range(L)],
+                                  lambda: torch.zeros((), dtype=torch.bool, device=dev))
+    else:
+        residuals, fallbacks = nan(L), torch.zeros((L,), dtype=torch.bool, device=dev)
+    known = [b for b in layer_bases if b is not None]
+    base_norms = _norms(known) if known and len(known) == L else nan(L)
+    return alphas, residuals, fallbacks, base_norms
+
+
+def _stack_filled(values: Sequence[Tensor | None], fill: Callable[[], Tensor]) -> Tensor:
+    """``torch.stack`` of ``values`` with every None replaced by ``fill()`` (made once, and
+    only when a value is missing)."""
+    out: list[Tensor] = []
+    filler: Tensor | None = None
+    for v in values:
+        if v is None:
+            filler = fill() if filler is None else filler
+            v = filler
+        out.append(v)
+    return torch.stack(out)
 
 
 def _tau_scope(
@@ -368,13 +408,20 @@ def _tau_scope(
     return recomputable_taus(taus, experts, base)
 
 
-def _norm(mats: Sequence[Tensor]) -> Tensor:
-    """‖E‖ over all matrices, () float64 (an observable). Each matrix's norm is one reduction
-    with a float32 accumulator (float64 for float64 matrices), combined in float64; relative
-    error about log2(P)·2⁻²⁴ ≲ 1e-6 for float32. No float64 copy of every base matrix at every
-    forward (on a GPU that copy is pure memory traffic)."""
+def _norms(layer_bases: Sequence[Sequence[Tensor]]) -> Tensor:
+    """‖E^(l)‖ over all matrices of each layer's base, (L,) float64 (an observable). Each
+    matrix's norm is one reduction with a float32 accumulator (float64 for float64 matrices),
+    all of them in one ``torch._foreach_norm``, combined per layer in float64; relative error
+    about log2(P)·2⁻²⁴ ≲ 1e-6 for float32. No float64 copy of any base matrix (on a GPU that
+    copy is pure memory traffic)."""
+    mats = [m for b in layer_bases for m in b]
+    accs = {torch.promote_types(dt, torch.float32) for dt in {m.dtype for m in mats}}
+    f64 = torch.float64
     with torch.no_grad():
-        sq = torch.stack([
-            torch.linalg.vector_norm(m.detach(), dtype=torch.promote_types(m.dtype, torch.float32))
-            .double() for m in mats]) ** 2
-        return sq.sum().sqrt()
+        if len(accs) == 1:
+            norms = torch.stack(torch._foreach_norm(mats, 2, dtype=accs.pop())).to(f64)
+        else:  # mixed precisions: one reduction per matrix, each in its own accumulator
+            norms = torch.stack([torch.linalg.vector_norm(
+                m, dtype=torch.promote_types(m.dtype, torch.float32)).to(f64) for m in mats])
+        sq = norms.reshape(len(layer_bases), -1) ** 2
+        return sq.sum(1).sqrt()

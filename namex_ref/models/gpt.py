@@ -22,6 +22,7 @@ from namex_ref.merging.config import MergeConfig
 from namex_ref.merging.layers import INIT_STD, MoEFeedForward
 from namex_ref.merging.plan import LayerTerms, MergePlan, cosine_matrix, propagate
 from namex_ref.nash.gram import domain_vectors, off_diagonal_mean
+from namex_ref.regions import PROPAGATION, region
 
 __all__ = ["PRESETS", "MoEGPT", "ModelConfig", "ModelOutput", "count_parameters", "preset"]
 
@@ -201,7 +202,7 @@ class MoEGPT(nn.Module):
         precision whatever the autocast state (the bargain in float64; docs/math.md, "Mixed
         precision")."""
         layers = self.moe_layers()
-        with torch.autocast(self.tok.weight.device.type, enabled=False):
+        with torch.autocast(self.tok.weight.device.type, enabled=False), region(PROPAGATION):
             return propagate(
                 [m.experts() for m in layers],
                 [m.base() for m in layers],

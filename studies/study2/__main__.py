@@ -26,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (default: %(default)s)")
     p.add_argument("--out", default="results/reproduction2.md",
                    help="report file; plots are written beside it (default: %(default)s)")
+    p.add_argument("--summary-into", default="results/reproduction.md,README.md",
+                   help="files whose study2-summary block the report rewrites "
+                        "(comma-separated; default: %(default)s)")
     return p
 
 
@@ -54,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if failed else 0
     from studies.study2.report import write_report
 
-    write_report(plan, root, Path(args.out), profile=args.profile)
+    into = [Path(p) for p in args.summary_into.split(",") if p]
+    write_report(plan, root, Path(args.out), profile=args.profile, summary_into=into)
     return 0
 
 

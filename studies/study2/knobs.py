@@ -1,6 +1,7 @@
 """Part 3: the merge's own knobs, on NAMEx-Full-Mom, on the fine-tuning task (5 seeds) and on the
-1,600-step pre-training (3 seeds). Each knob moves one MergeConfig field away from the main
-runs' value; the main runs (parts 1 and 2) are the reference row, paired by seed.
+1,600-step pre-training (3 seeds; :mod:`studies.study2.plan` orders them). Each knob moves one
+MergeConfig field away from the main runs' value; the main runs (parts 1 and 2) are the
+reference row, paired by seed.
 
 - γ (propagation step, the paper calls it sensitive): 0.25, 0.5, 2 against 1.
 - |β|: 0.25, 0.75 against 0.5; the phase φ: 0 (real β) and π/12 against π/6.
@@ -36,23 +37,27 @@ KNOBS: tuple[tuple[str, str, Any], ...] = (
     ("uniform", "singular_policy", "uniform"),
 )
 """(tag, TrainConfig override field, value): the config list of part 3."""
-SEEDS = {"full": ((0, 1, 2, 3, 4), (0, 1, 2)), "smoke": ((0,), (0,))}
-"""(fine-tuning seeds, pre-training seeds) per profile."""
 
 
-def knob_jobs(profile: str, pretrain: str) -> list[Job]:
-    """Fine-tuning knobs first (cheaper), seed-major; then the 1,600-step pre-training knobs."""
-    ft_seeds, lm_seeds = SEEDS[profile]
+def finetune_knob_jobs(profile: str, seeds: tuple[int, ...], pretrain: str) -> list[Job]:
+    """The fine-tuning knobs of ``seeds``, seed-major, each needing the pre-trained run."""
     smoke = profile == "smoke"
-    steps = 8 if smoke else 1600
     jobs: list[Job] = []
-    for seed in ft_seeds:
+    for seed in seeds:
         for tag, name, value in KNOBS:
             base = smoke_spec(METHOD, seed) if smoke else FinetuneSpec(METHOD, seed)
             spec = dataclasses.replace(base, overrides={name: value})
             jobs.append(Job(finetune_key(METHOD, seed, f"knob-{tag}"), "finetune",
                             spec.to_dict(), (pretrain,)))
-    for seed in lm_seeds:
+    return jobs
+
+
+def pretrain_knob_jobs(profile: str, seeds: tuple[int, ...]) -> list[Job]:
+    """The 1,600-step pre-training knobs of ``seeds`` (8 steps in the smoke profile)."""
+    smoke = profile == "smoke"
+    steps = 8 if smoke else 1600
+    jobs: list[Job] = []
+    for seed in seeds:
         for tag, name, value in KNOBS:
             cfg = dataclasses.replace(length_config(METHOD, seed, steps, smoke=smoke),
                                       **{name: value})

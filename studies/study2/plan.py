@@ -1,19 +1,28 @@
-"""The ordered job list of the study (a profile), balanced so that a partial run is usable:
-seed 0 of every method before seed 1 of any, and the short lengths before the long one.
+"""The ordered job list of the study (a profile), ordered so that a partial run is usable: the
+cheap cells at full n first, then one seed of every expensive question, then the other seeds.
 
 Order of the "full" profile (``parts`` selects which of them are included):
 
 1. per seed k = 0, 1, 2: the 400-step runs of the four methods (part 1), then the fine-tuning
    runs of seed k of the seven methods (part 2; seeds 3 and 4 follow seed 2). The pre-trained
    SMoE is the length study's 400-step SMoE of seed 0 (shared, not retrained): the shortest
-   pre-training, so that fine-tuning results arrive early on a shared machine (a longer
-   pre-training is one constant, ``PRETRAIN_LENGTH``, away). These come first because they are
-   cheap: on a machine shared with other work, a partial result then has every 400-step and
-   fine-tuning cell at n = 3 before any 1,600-step run starts;
+   pre-training, so that fine-tuning results arrive early (a longer pre-training is one
+   constant, ``PRETRAIN_LENGTH``, away);
 2. per seed k = 0, 1, 2: the 1,600-step runs of the four methods;
-3. per seed k = 0, 1, 2: the 6,400-step runs and the segment-length points (16 and 64 tokens)
-   of the three segment-routed methods;
-4. the knobs (part 3, :mod:`studies.study2.knobs`): only with ``parts`` naming "knobs".
+3. seed 0 of the 6,400-step runs of the four methods (does SMoE's lead shrink?);
+4. the fine-tuning knobs (part 3, :mod:`studies.study2.knobs`) of seeds 0, 1, 2;
+5. the 1,600-step pre-training knobs of seed 0;
+6. seed 0 of the segment-length points (16 and 64 tokens) at 6,400 steps, for the three
+   segment-routed methods;
+7. the fine-tuning knobs of seeds 3 and 4, the pre-training knobs of seeds 1 and 2;
+8. seeds 1 and 2 of the 6,400-step runs and of the segment-length points.
+
+Uncontended, a tiny-preset step takes 0.12–0.15 s on one core of the 2-core dev machine and a
+fine-tuning run about 80 s, so stages 1–3 take about 2.6 core-hours (1.3 hours of two cores) and
+the whole plan about 12 (6 hours of two cores; the issue's budget of about 4 hours was set
+before the 6,400-step runs were costed). The order puts the stages a shorter budget
+can afford first; the report labels itself PARTIAL and gives n per cell until every run has
+finished.
 
 The "smoke" profile is the same plan with a few steps, one seed and a slice of the corpus (the
 tests run it).
@@ -28,7 +37,7 @@ from studies.study2.length import METHODS, SEGMENT_METHODS, length_job, length_k
 
 Profile = Literal["full", "smoke"]
 PARTS: tuple[str, ...] = ("length", "finetune", "knobs")
-DEFAULT_PARTS: tuple[str, ...] = ("length", "finetune")
+DEFAULT_PARTS: tuple[str, ...] = PARTS
 
 LENGTHS: dict[str, tuple[int, int, int]] = {"full": (400, 1600, 6400), "smoke": (4, 8, 16)}
 LENGTH_SEEDS: dict[str, tuple[int, ...]] = {"full": (0, 1, 2), "smoke": (0,)}
@@ -44,17 +53,14 @@ def pretrain_key(profile: Profile) -> str:
     return length_key(LENGTHS[profile][PRETRAIN_LENGTH], "smoe", 0)
 
 
-def build_plan(profile: Profile = "full", parts: tuple[str, ...] = DEFAULT_PARTS) -> list[Job]:
-    """The jobs of ``profile`` restricted to ``parts``, in run order (see module docstring)."""
-    unknown = sorted(set(parts) - set(PARTS))
-    if unknown:
-        raise ValueError(f"unknown parts {unknown}; choose from {', '.join(PARTS)}")
+def _short_and_middle(profile: Profile, parts: tuple[str, ...]) -> list[Job]:
+    """Stages 1 and 2: the 400- and 1,600-step runs, fine-tuning after the 400-step seeds."""
     smoke = profile == "smoke"
-    short, middle, long = LENGTHS[profile]
-    jobs: list[Job] = []
-    ft_seeds = list(FINETUNE_SEEDS[profile])
-    need_pretrain = "finetune" in parts or "knobs" in parts
+    short, middle, _ = LENGTHS[profile]
     seeds = LENGTH_SEEDS[profile]
+    ft_seeds = FINETUNE_SEEDS[profile]
+    need_pretrain = "finetune" in parts or "knobs" in parts
+    jobs: list[Job] = []
     for steps in (short, middle):
         for seed in seeds:
             for method in METHODS:
@@ -66,15 +72,39 @@ def build_plan(profile: Profile = "full", parts: tuple[str, ...] = DEFAULT_PARTS
 
                 mine = [s for s in ft_seeds if s == seed or (seed == seeds[-1] and s > seed)]
                 jobs += finetune_jobs(mine, pretrain_key(profile), smoke=smoke)
-    if "length" in parts:
-        for seed in seeds:
-            for method in METHODS:
-                jobs.append(length_job(method, seed, long, smoke=smoke))
-            for seg in segment_lengths():
-                for method in SEGMENT_METHODS:
-                    jobs.append(length_job(method, seed, long, segment_len=seg, smoke=smoke))
-    if "knobs" in parts:
-        from studies.study2.knobs import knob_jobs
+    return jobs
 
-        jobs += knob_jobs(profile, pretrain_key(profile))
+
+def _long(profile: Profile, seeds: tuple[int, ...], *, segments: bool) -> list[Job]:
+    """The longest length's runs of ``seeds``: the four methods, or the segment points."""
+    smoke = profile == "smoke"
+    long = LENGTHS[profile][-1]
+    if not segments:
+        return [length_job(m, s, long, smoke=smoke) for s in seeds for m in METHODS]
+    return [length_job(m, s, long, segment_len=seg, smoke=smoke)
+            for s in seeds for seg in segment_lengths() for m in SEGMENT_METHODS]
+
+
+def build_plan(profile: Profile = "full", parts: tuple[str, ...] = DEFAULT_PARTS) -> list[Job]:
+    """The jobs of ``profile`` restricted to ``parts``, in run order (see module docstring)."""
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise ValueError(f"unknown parts {unknown}; choose from {', '.join(PARTS)}")
+    from studies.study2.knobs import finetune_knob_jobs, pretrain_knob_jobs
+
+    seeds = LENGTH_SEEDS[profile]
+    first, rest = seeds[:1], seeds[1:]
+    ft_first, ft_rest = FINETUNE_SEEDS[profile][:3], FINETUNE_SEEDS[profile][3:]
+    length, knobs = "length" in parts, "knobs" in parts
+    pre = pretrain_key(profile)
+    jobs = _short_and_middle(profile, parts)
+    jobs += _long(profile, first, segments=False) if length else []
+    jobs += finetune_knob_jobs(profile, ft_first, pre) if knobs else []
+    jobs += pretrain_knob_jobs(profile, first) if knobs else []
+    jobs += _long(profile, first, segments=True) if length else []
+    jobs += finetune_knob_jobs(profile, ft_rest, pre) if knobs else []
+    jobs += pretrain_knob_jobs(profile, rest) if knobs else []
+    if length:
+        for seed in rest:
+            jobs += _long(profile, (seed,), segments=False) + _long(profile, (seed,), segments=True)
     return jobs

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from studies.study2.jobs import Job, job_done
 from studies.study2.stats import Cell, cell_estimate, markdown, paired, table_rows
+from studies.study2.summary import claims, headline, insert_block, knob_rows, smoe_lead, verdict
 
 FINISH_COMMAND = "make study2"
 
@@ -156,8 +157,11 @@ def _compute(runs: Sequence[Run]) -> str:
             f"work under `nice -n 19`, so these are wall-clock seconds of a loaded core.\n")
 
 
-def write_report(plan: Sequence[Job], root: Path, out: Path, *, profile: str = "full") -> str:
-    """Write the markdown report to ``out`` and its plots beside it; return the markdown."""
+def write_report(plan: Sequence[Job], root: Path, out: Path, *, profile: str = "full",
+                 summary_into: Sequence[Path] = ()) -> str:
+    """Write the markdown report to ``out`` and its plots beside it; return the markdown. The
+    summary also goes between the markers of every file of ``summary_into``
+    (:func:`studies.study2.summary.insert_block`; README.md gets the short form)."""
     from studies.study2.finetune import METHODS as FT_METHODS
     from studies.study2.knobs import KNOBS
     from studies.study2.length import METHODS, SEGMENT_METHODS, preset_segment_len
@@ -184,6 +188,12 @@ def write_report(plan: Sequence[Job], root: Path, out: Path, *, profile: str = "
               f"folders under `{root}`; plan and settings in `studies/study2/` "
               f"(module docstrings). Values: 95 % Student t intervals over seeds; paired "
               f"columns are per-seed differences on the seeds both cells have.\n")
+    knob_steps = sorted({j.key.split("/")[1] for j in plan if j.key.startswith("knobs/")})
+    summary, short = _summaries(runs, lengths, [t for t, _, _ in KNOBS], out.name, label,
+                                knob_steps[0] if knob_steps else "1600")
+    md.append(summary)
+    for path in summary_into:
+        insert_block(path, short if path.name == "README.md" else summary)
     md.append("## Status\n\n" + _status(plan, runs, todo, root))
     md.append("## 1. Training length (tiny preset, validation perplexity, lower is better)\n")
     md.append("SMoE's lead, per length (method − SMoE, paired by seed; positive = SMoE "
@@ -211,6 +221,45 @@ def write_report(plan: Sequence[Job], root: Path, out: Path, *, profile: str = "
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     return text
+
+
+def _summaries(runs: Sequence[Run], lengths: Sequence[str], tags: Sequence[str], report: str,
+               label: str, knob_steps: str) -> tuple[str, str]:
+    """(the summary section, its short form for the README), from the finished runs."""
+    from studies.study2.length import METHODS
+
+    def bound(group: str, setting: str, metric: str) -> dict[str, Cell]:
+        return cells(runs, group, setting, metric)
+
+    others = [m for m in METHODS if m != "smoe"]
+    lead = smoe_lead(bound, lengths, others)
+    fb = sum(int(r.values["fallbacks"]) for r in runs)
+    head = (f"## Summary ({label}; generated from {len(runs)} finished runs)\n\n"
+            "Verdict rule: a paired difference whose 95 % interval excludes 0 names the better "
+            "method; otherwise \"not separated\"; one seed gives no interval. Paper numbers: "
+            "docs/math.md §5.\n\n")
+    summary = (head + headline(bound, lengths)
+               + "\nSMoE's lead per training length (validation perplexity, method − SMoE, "
+               "paired; positive = SMoE better; in % of SMoE's perplexity):\n\n" + lead
+               + "\nThe merge's knobs on NAMEx-Full-Mom (each against the main setting: γ 1, "
+               "|β| 0.5, φ π/6, 20 Newton steps, ridge; paired by seed):\n\n"
+               + knob_rows(bound, tags, knob_steps)
+               + f"\nSingular-bargain fallbacks: {fb} in {len(runs)} runs. Full tables and "
+               f"plots: [{report}]({report}).\n")
+    ft = [c for c in claims([]) if c.metric == "acc"][:2]
+    rows = []
+    for c in ft:
+        e = paired(bound("finetune", "", "acc").get(c.a, {}),
+                   bound("finetune", "", "acc").get(c.b, {}))
+        rows.append([c.claim, e.text() if e.n else "—",
+                     verdict(e, c.a, c.b, lower_is_better=False)])
+    short = (f"Study 2 ({label}, {len(runs)} runs, tiny preset on CPU): SMoE's lead in "
+             "pre-training per length (validation perplexity, method − SMoE, paired, 95 %):\n\n"
+             + lead + "\nFine-tuning from one pre-trained SMoE (held-out accuracy, "
+             "points, paired, 95 %):\n\n" + markdown(["claim", "here", "verdict"], rows)
+             + "\nThe whole summary, with the paper's numbers and the knobs: "
+             "[results/reproduction.md](results/reproduction.md).\n")
+    return summary, short
 
 
 def _finetune_settings(plan: Sequence[Job]) -> str:

@@ -1,0 +1,170 @@
+"""The summary of the study: which of the paper's claims reproduce, at which scale, each effect
+against its 95 % interval, from the finished runs only (no number is typed here except the
+paper's, which are quoted from docs/math.md §5).
+
+A verdict is a rule, not a judgement: a paired difference whose interval excludes 0 names the
+better method; one whose interval contains 0 is "not separated"; a cell with fewer than two
+paired seeds has no interval and says so. :func:`insert_block` writes the summary between two
+markers of another file (the top of ``results/reproduction.md``, the README's reproduction
+section), so that the file's own text around it stays.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from namex_ref.benchmarks.common import NOT_MEASURED_GPU
+from studies.study2.stats import Cell, Estimate, markdown, paired
+
+PAPER_PPL = {"smoe": 35.55, "camex": 36.53, "namex-full-mom": 35.37}
+"""WikiText-103 test perplexity of the paper's medium models (docs/math.md §5)."""
+PAPER_GLUE = {"SST-2": (95.06, 93.69), "MRPC": (93.27, 91.01), "CoLA": (60.13, 58.29),
+              "RTE": (78.15, 75.81), "MNLI": (87.45, 86.94)}
+"""GLUE (T5-base, 8 experts): (NAMEx-Full-Mom, EP-CAMEx) per task (docs/math.md §5)."""
+START, END = "<!-- study2-summary:start -->", "<!-- study2-summary:end -->"
+
+Cells = Callable[[str, str, str], dict[str, Cell]]
+"""(group, setting, metric) -> tag -> seed -> value (report.cells bound to the runs)."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One row of the headline table: ``a − b`` in ``metric`` of one group and setting."""
+
+    claim: str
+    paper: str
+    where: str
+    group: str
+    setting: str
+    metric: str
+    a: str
+    b: str
+    lower_is_better: bool
+
+
+def verdict(e: Estimate, a: str, b: str, *, lower_is_better: bool) -> str:
+    """The rule of the module docstring for the paired difference ``e`` = a − b."""
+    if e.n == 0:
+        return "not run yet"
+    if not math.isfinite(e.ci):
+        return f"n = {e.n}: no interval"
+    lo, hi = e.mean - e.ci, e.mean + e.ci
+    if (hi < 0) if lower_is_better else (lo > 0):
+        return f"**{a} better**"
+    if (lo > 0) if lower_is_better else (hi < 0):
+        return f"**{b} better**"
+    return "not separated"
+
+
+def _paper_ppl(a: str, b: str) -> str:
+    if a in PAPER_PPL and b in PAPER_PPL:
+        return f"{PAPER_PPL[a] - PAPER_PPL[b]:+.2f} ppl (medium, WikiText-103)"
+    return "—"
+
+
+def _paper_glue() -> str:
+    diffs = [x - y for x, y in PAPER_GLUE.values()]
+    return f"{min(diffs):+.2f} to {max(diffs):+.2f} points (GLUE, T5-base)"
+
+
+PRETRAIN_PAIRS = (("namex-full-mom", "smoe"), ("namex-full-mom", "ep-camex"),
+                  ("namex-full-mom", "camex"), ("ep-camex", "camex"))
+FINETUNE_PAIRS = (("namex-full-mom", "ep-camex"), ("namex-full-mom", "smoe"),
+                  ("namex", "ep-camex"), ("ep-camex", "camex"))
+
+
+def claims(lengths: Sequence[str]) -> list[Claim]:
+    """The headline claims: pre-training per length, then fine-tuning per metric."""
+    rows = []
+    for a, b in PRETRAIN_PAIRS:
+        for steps in lengths:
+            rows.append(Claim(f"pre-training: {a} ≤ {b}", _paper_ppl(a, b),
+                              f"tiny, {steps} steps", "length", steps, "ppl", a, b, True))
+    for a, b in FINETUNE_PAIRS:
+        paper = _paper_glue() if (a, b) == FINETUNE_PAIRS[0] else "—"
+        for metric, name in (("acc", "accuracy"), ("f1", "macro-F1")):
+            rows.append(Claim(f"fine-tuning {name}: {a} ≥ {b}", paper,
+                              "tiny, upcycled, 6 classes", "finetune", "", metric, a, b, False))
+    return rows
+
+
+def _cell(cells: Cells, c: Claim) -> str:
+    cs = cells(c.group, c.setting, c.metric)
+    e = paired(cs.get(c.a, {}), cs.get(c.b, {}))
+    if e.n == 0:
+        return "not run yet"
+    if not math.isfinite(e.ci):
+        return f"{e.text()}, no interval"
+    return f"{e.text()}: {verdict(e, c.a, c.b, lower_is_better=c.lower_is_better)}"
+
+
+def headline(cells: Cells, lengths: Sequence[str]) -> str:
+    """Two tables: pre-training (a claim per row, a length per column) and fine-tuning (a
+    claim per row, accuracy and macro-F1), each cell the paired a − b and its verdict."""
+    by = {(c.a, c.b, c.setting or c.metric): c for c in claims(lengths)}
+    pre = [[f"{a} ≤ {b}", _paper_ppl(a, b)] + [_cell(cells, by[a, b, s]) for s in lengths]
+           for a, b in PRETRAIN_PAIRS]
+    ft = [[f"{a} ≥ {b}", by[a, b, "acc"].paper] + [_cell(cells, by[a, b, m])
+                                                   for m in ("acc", "f1")]
+          for a, b in FINETUNE_PAIRS]
+    return ("Pre-training (tiny preset; validation perplexity, a − b paired by seed, 95 %; "
+            "negative = a better):\n\n"
+            + markdown(["claim (a − b)", "paper"] + [f"{s} steps" for s in lengths], pre)
+            + f"\nMedium preset, the paper's scale (GPU): {NOT_MEASURED_GPU}; "
+            "`GPU_CHECK_FULL=1 make gpu-check` runs SMoE, EP-CAMEx, CAMEx and NAMEx-Full-Mom "
+            "there for 2,000 bf16 steps.\n"
+            + "\nFine-tuning (upcycled from one pre-trained SMoE, 6-class held-out passages; "
+            "points, a − b paired by seed, 95 %; positive = a better):\n\n"
+            + markdown(["claim (a − b)", "paper", "accuracy", "macro-F1"], ft))
+
+
+def smoe_lead(cells: Cells, lengths: Sequence[str], methods: Sequence[str]) -> str:
+    """SMoE's lead per length, in perplexity and relative to SMoE's own perplexity."""
+    rows = []
+    for steps in lengths:
+        cs = cells("length", steps, "ppl")
+        smoe = cs.get("smoe", {})
+        if not smoe:
+            continue
+        row = [steps, f"{sum(smoe.values()) / len(smoe):.2f} (n = {len(smoe)})"]
+        for m in methods:
+            e = paired(cs.get(m, {}), smoe)
+            rel = e.mean / (sum(smoe.values()) / len(smoe)) * 100 if e.n else math.nan
+            row.append(f"{e.text()} ({rel:+.1f} %)" if e.n else "—")
+        rows.append(row)
+    return markdown(["steps", "SMoE ppl"] + [f"{m} − SMoE" for m in methods], rows)
+
+
+def knob_rows(cells: Cells, tags: Sequence[str], pretrain_steps: str) -> str:
+    """Each knob against the main NAMEx-Full-Mom setting, on both tasks, with verdicts."""
+    rows = []
+    main_ft = cells("finetune", "", "acc").get("namex-full-mom", {})
+    main_lm = cells("length", pretrain_steps, "ppl").get("namex-full-mom", {})
+    for t in tags:
+        ft = cells(f"finetune-knob-{t}", "", "acc").get("namex-full-mom", {})
+        lm = cells("knobs", pretrain_steps, "ppl").get(t, {})
+        e_ft, e_lm = paired(ft, main_ft), paired(lm, main_lm)
+        rows.append([t, e_ft.text() if e_ft.n else "—",
+                     verdict(e_ft, t, "main", lower_is_better=False),
+                     e_lm.text() if e_lm.n else "—",
+                     verdict(e_lm, t, "main", lower_is_better=True)])
+    return markdown(["knob", "fine-tuning accuracy − main", "verdict",
+                     f"{pretrain_steps}-step ppl − main", "verdict"], rows)
+
+
+def insert_block(path: Path, block: str) -> bool:
+    """Replace the text between :data:`START` and :data:`END` in ``path`` by ``block``;
+    False (file untouched) when the file or a marker is missing."""
+    if not path.is_file():
+        return False
+    text = path.read_text(encoding="utf-8")
+    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
+    if not pattern.search(text):
+        return False
+    new = pattern.sub(lambda _: f"{START}\n{block.strip()}\n{END}", text, count=1)
+    path.write_text(new, encoding="utf-8")
+    return True
