@@ -53,14 +53,16 @@ results: $(STAMP)
 # fine-tuning from one pre-trained SMoE and the merge's knobs, two runs at a time under nice.
 # Resumable: finished runs are skipped, interrupted ones resume; about 12 core-hours on 2 idle
 # cores (studies/study2/plan.py orders it so that a partial run answers the most questions).
-# study2-report rewrites the report and plots from the run folders.
+# The finished runs' small files are copied into results/study2-runs (committed); study2-report
+# rewrites the report, its plots and the summaries from that copy, so it works on a clone.
 .PHONY: study2 study2-report
 study2: $(STAMP)
 	nice -n 19 $(PY) -m studies.study2 run --jobs 2
-	$(PY) -m studies.study2 report
+	$(PY) -m studies.study2 archive
+	$(MAKE) study2-report
 
 study2-report: $(STAMP)
-	$(PY) -m studies.study2 report
+	$(PY) -m studies.study2 report --root results/study2-runs
 
 # Mutation testing of the core (tools/mutation.py; long: tens of minutes on 2 cores, not in CI).
 # Writes results/mutation.md and results/mutation.json.

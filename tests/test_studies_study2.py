@@ -125,6 +125,15 @@ def test_smoke_driver_and_report(tmp_path: Path) -> None:
     assert f"| uniform | 1 | {100 * knob['accuracy']:.2f} |" in text
     assert (tmp_path / "r_length.png").is_file() and (tmp_path / "r_finetune.png").is_file()
 
+    from studies.study2.archive import archive
+
+    copy = tmp_path / "copy"
+    assert sorted(archive(plan, tmp_path, copy)) == sorted(wanted)  # finished runs only
+    assert (tmp_path / pretrain_key("smoke") / "checkpoint.safetensors").is_file()
+    assert not (copy / pretrain_key("smoke") / "checkpoint.safetensors").exists()
+    again = write_report(plan, copy, copy / "r.md", profile="smoke")
+    assert again == text.replace(f"under `{tmp_path}`", f"under `{copy}`")  # same numbers
+
 
 def test_verdict_rule_and_block_insertion(tmp_path: Path) -> None:
     from studies.study2.stats import Estimate
