@@ -10,12 +10,12 @@ Order of the "full" profile (``parts`` selects which of them are included):
    constant, ``PRETRAIN_LENGTH``, away);
 2. per seed k = 0, 1, 2: the 1,600-step runs of the four methods;
 3. seed 0 of the 6,400-step runs of the four methods (does SMoE's lead shrink?);
-4. the fine-tuning knobs (part 3, :mod:`studies.study2.knobs`) of seeds 0, 1, 2;
-5. the 1,600-step pre-training knobs of seed 0;
-6. seed 0 of the segment-length points (16 and 64 tokens) at 6,400 steps, for the three
-   segment-routed methods;
-7. the fine-tuning knobs of seeds 3 and 4, the pre-training knobs of seeds 1 and 2;
-8. seeds 1 and 2 of the 6,400-step runs and of the segment-length points.
+4. the fine-tuning knobs (part 3, :mod:`studies.study2.knobs`) of all five seeds (cheap: a
+   minute each, and five seeds are what separates φ = π/12 from π/6);
+5. seed 0 of the segment-length points (16 and 64 tokens) at 6,400 steps, NAMEx-Full-Mom's
+   first, then EP-CAMEx's and CAMEx's;
+6. the 1,600-step pre-training knobs of seeds 0, 1, 2 (seed-major);
+7. seeds 1 and 2 of the 6,400-step runs and of the segment-length points.
 
 Uncontended, a tiny-preset step takes 0.12–0.15 s on one core of the 2-core dev machine and a
 fine-tuning run about 80 s, so stages 1–3 take about 2.6 core-hours (1.3 hours of two cores) and
@@ -81,8 +81,9 @@ def _long(profile: Profile, seeds: tuple[int, ...], *, segments: bool) -> list[J
     long = LENGTHS[profile][-1]
     if not segments:
         return [length_job(m, s, long, smoke=smoke) for s in seeds for m in METHODS]
+    methods = sorted(SEGMENT_METHODS, key=lambda m: m != "namex-full-mom")  # the method first
     return [length_job(m, s, long, segment_len=seg, smoke=smoke)
-            for s in seeds for seg in segment_lengths() for m in SEGMENT_METHODS]
+            for s in seeds for m in methods for seg in segment_lengths()]
 
 
 def build_plan(profile: Profile = "full", parts: tuple[str, ...] = DEFAULT_PARTS) -> list[Job]:
@@ -94,16 +95,13 @@ def build_plan(profile: Profile = "full", parts: tuple[str, ...] = DEFAULT_PARTS
 
     seeds = LENGTH_SEEDS[profile]
     first, rest = seeds[:1], seeds[1:]
-    ft_first, ft_rest = FINETUNE_SEEDS[profile][:3], FINETUNE_SEEDS[profile][3:]
     length, knobs = "length" in parts, "knobs" in parts
-    pre = pretrain_key(profile)
     jobs = _short_and_middle(profile, parts)
     jobs += _long(profile, first, segments=False) if length else []
-    jobs += finetune_knob_jobs(profile, ft_first, pre) if knobs else []
-    jobs += pretrain_knob_jobs(profile, first) if knobs else []
+    jobs += finetune_knob_jobs(profile, FINETUNE_SEEDS[profile], pretrain_key(profile)) \
+        if knobs else []
     jobs += _long(profile, first, segments=True) if length else []
-    jobs += finetune_knob_jobs(profile, ft_rest, pre) if knobs else []
-    jobs += pretrain_knob_jobs(profile, rest) if knobs else []
+    jobs += pretrain_knob_jobs(profile, seeds) if knobs else []
     if length:
         for seed in rest:
             jobs += _long(profile, (seed,), segments=False) + _long(profile, (seed,), segments=True)
