@@ -155,6 +155,25 @@ def test_verdict_rule_and_block_insertion(tmp_path: Path) -> None:
     assert not insert_block(tmp_path / "missing.md", "x")
 
 
+def test_gap_trend_extrapolates_log_linearly() -> None:
+    from studies.study2.summary import gap_trend
+
+    # SMoE 100 at both lengths; the method 20 % behind at 100 steps and 10 % at 400: -10 points
+    # per 4x, so zero at 1,600 steps (hand-computed)
+    data = {("100", "smoe"): {0: 100.0}, ("100", "m"): {0: 120.0},
+            ("400", "smoe"): {0: 100.0}, ("400", "m"): {0: 110.0}}
+
+    def cells(group: str, setting: str, metric: str) -> dict[str, dict[int, float]]:
+        return {t: c for (s, t), c in data.items() if s == setting}
+
+    text = gap_trend(cells, ["100", "400"], "m")
+    assert "+20.0 % at 100 steps, +10.0 % at 400 (n = 1), -10.0 points per 4× steps" in text
+    assert "near 1,600 steps, 4× the longest run" in text
+    data["400", "m"] = {0: 125.0}  # growing: no extrapolation
+    assert "not shrinking" in gap_trend(cells, ["100", "400"], "m")
+    assert gap_trend(cells, ["100"], "m") == ""
+
+
 def test_eval_curve_counts_a_rewritten_step_once(tmp_path: Path) -> None:
     from studies.study2.plots import eval_curve
 

@@ -13,7 +13,15 @@ from pathlib import Path
 
 from studies.study2.jobs import Job, job_done
 from studies.study2.stats import Cell, cell_estimate, markdown, paired, table_rows
-from studies.study2.summary import claims, headline, insert_block, knob_rows, smoe_lead, verdict
+from studies.study2.summary import (
+    claims,
+    gap_trend,
+    headline,
+    insert_block,
+    knob_rows,
+    smoe_lead,
+    verdict,
+)
 
 FINISH_COMMAND = "make study2"
 
@@ -232,7 +240,8 @@ def _summaries(runs: Sequence[Run], lengths: Sequence[str], tags: Sequence[str],
         return cells(runs, group, setting, metric)
 
     others = [m for m in METHODS if m != "smoe"]
-    lead = smoe_lead(bound, lengths, others)
+    lead = smoe_lead(bound, lengths, others) + "\n" + gap_trend(bound, lengths,
+                                                                  "namex-full-mom")
     fb = sum(int(r.values["fallbacks"]) for r in runs)
     head = (f"## Summary ({label}; generated from {len(runs)} finished runs)\n\n"
             "Verdict rule: a paired difference whose 95 % interval excludes 0 names the better "

@@ -139,6 +139,35 @@ def smoe_lead(cells: Cells, lengths: Sequence[str], methods: Sequence[str]) -> s
     return markdown(["steps", "SMoE ppl"] + [f"{m} − SMoE" for m in methods], rows)
 
 
+def _relative_gap(cells: Cells, steps: str, method: str) -> tuple[float, int] | None:
+    """(paired mean of method − SMoE over SMoE's mean perplexity, paired n) at ``steps``."""
+    cs = cells("length", steps, "ppl")
+    smoe, other = cs.get("smoe", {}), cs.get(method, {})
+    e = paired(other, smoe)
+    if not e.n:
+        return None
+    return e.mean / (sum(smoe.values()) / len(smoe)), e.n
+
+
+def gap_trend(cells: Cells, lengths: Sequence[str], method: str) -> str:
+    """A log-linear extrapolation of ``method``'s relative gap to SMoE from the two longest
+    lengths that have both: where it would reach zero if it kept shrinking at that rate."""
+    have = [(int(s), g) for s in lengths if (g := _relative_gap(cells, s, method)) is not None]
+    if len(have) < 2:
+        return ""
+    (l1, (r1, _)), (l2, (r2, n2)) = have[-2], have[-1]
+    per_x4 = (r2 - r1) / math.log(l2 / l1) * math.log(4)
+    head = (f"{method}'s gap to SMoE, relative to SMoE's perplexity: {100 * r1:+.1f} % at {l1} "
+            f"steps, {100 * r2:+.1f} % at {l2} (n = {n2}), {100 * per_x4:+.1f} points per 4× "
+            f"steps. ")
+    if r2 <= 0 or per_x4 >= 0:
+        return head + "It is not shrinking towards a SMoE lead of zero.\n"
+    zero = l2 * math.exp(r2 / (r1 - r2) * math.log(l2 / l1))
+    zero = round(zero, 1 - math.floor(math.log10(zero)))  # two significant digits
+    return head + (f"Kept at that rate it would reach zero near {zero:,.0f} steps, "
+                   f"{zero / l2:,.0f}× the longest run (an extrapolation, not a measurement).\n")
+
+
 def knob_rows(cells: Cells, tags: Sequence[str], pretrain_steps: str) -> str:
     """Each knob against the main NAMEx-Full-Mom setting, on both tasks, with verdicts."""
     rows = []
