@@ -25,7 +25,7 @@ from studies.study2.summary import END, START  # noqa: E402
 def test_full_plan_puts_cheap_cells_and_one_seed_of_each_question_first() -> None:
     plan = build_plan("full")
     keys = [j.key for j in plan]
-    n_knobs = 11 * (5 + 3)
+    n_knobs = 12 * (5 + 3)
     assert len(keys) == len(set(keys)) == 24 + 35 + 12 + 18 + n_knobs
     first_seed1 = keys.index("length/400/smoe/seed1")
     assert all(k.endswith("seed0") for k in keys[:first_seed1])  # every seed-0 run first
@@ -62,17 +62,21 @@ def test_knob_plan_is_valid() -> None:
     from studies.study2.jobs import train_config
 
     plan = build_plan("full", ("knobs",))
-    assert len(plan) == 1 + 11 * (5 + 3)  # the pre-training, 11 knobs x (5 + 3 seeds)
+    assert len(plan) == 1 + 12 * (5 + 3)  # the pre-training, 12 knobs x (5 + 3 seeds)
     for job in plan:
         if job.kind == "train":
             cfg = train_config(job, Path("runs"))
             cfg.require_used_overrides()  # every knob is used by namex-full-mom
             assert cfg.steps in (400, 1600)
         else:
-            assert job.payload["method"] == "namex-full-mom" and len(job.payload["overrides"]) == 1
+            n = 2 if "newton-5-uniform" in job.key else 1
+            assert job.payload["method"] == "namex-full-mom" and len(job.payload["overrides"]) == n
     newton = {j.payload["newton_iterations"] for j in plan if "newton" in j.key and
               j.kind == "train"}
     assert newton == {5, 10, 50}
+    both = {(j.payload["newton_iterations"], j.payload["singular_policy"]) for j in plan
+            if "newton-5-uniform" in j.key and j.kind == "train"}
+    assert both == {(5, "uniform")}  # the policy where fallbacks occur
 
 
 def test_lock_refuses_a_live_driver(tmp_path: Path) -> None:

@@ -10,6 +10,8 @@ reference row, paired by seed.
   budget, so 50 is "adaptive" in effect: it differs from 20 only where 20 steps did not converge.
 - singular policy: "uniform" against "ridge" (the default); both count their fallbacks, and the
   report gives the count of every run, so a policy row with zero fallbacks is the same model.
+  With 20 steps no bargain falls back, so the policy is also compared where fallbacks occur:
+  5 Newton steps with "uniform" against 5 with "ridge" (the newton-5 row).
 """
 
 from __future__ import annotations
@@ -35,8 +37,11 @@ KNOBS: tuple[tuple[str, str, Any], ...] = (
     ("newton-10", "newton_iterations", 10),
     ("newton-50", "newton_iterations", 50),
     ("uniform", "singular_policy", "uniform"),
+    ("newton-5-uniform", "newton_iterations", 5),
 )
-"""(tag, TrainConfig override field, value): the config list of part 3."""
+"""(tag, TrainConfig override field, value): the config list of part 3 (``EXTRA`` adds a second
+override to a knob)."""
+EXTRA: dict[str, dict[str, Any]] = {"newton-5-uniform": {"singular_policy": "uniform"}}
 
 
 def finetune_knob_jobs(profile: str, seeds: tuple[int, ...], pretrain: str) -> list[Job]:
@@ -46,7 +51,7 @@ def finetune_knob_jobs(profile: str, seeds: tuple[int, ...], pretrain: str) -> l
     for seed in seeds:
         for tag, name, value in KNOBS:
             base = smoke_spec(METHOD, seed) if smoke else FinetuneSpec(METHOD, seed)
-            spec = dataclasses.replace(base, overrides={name: value})
+            spec = dataclasses.replace(base, overrides={name: value, **EXTRA.get(tag, {})})
             jobs.append(Job(finetune_key(METHOD, seed, f"knob-{tag}"), "finetune",
                             spec.to_dict(), (pretrain,)))
     return jobs
@@ -60,7 +65,7 @@ def pretrain_knob_jobs(profile: str, seeds: tuple[int, ...]) -> list[Job]:
     for seed in seeds:
         for tag, name, value in KNOBS:
             cfg = dataclasses.replace(length_config(METHOD, seed, steps, smoke=smoke),
-                                      **{name: value})
+                                      **{name: value, **EXTRA.get(tag, {})})
             payload = {k: v for k, v in cfg.to_dict().items() if k != "out"}
             jobs.append(Job(f"knobs/{steps}/{tag}/seed{seed}", "train", payload))
     return jobs
