@@ -168,21 +168,31 @@ def gap_trend(cells: Cells, lengths: Sequence[str], method: str) -> str:
                    f"{zero / l2:,.0f}× the longest run (an extrapolation, not a measurement).\n")
 
 
+def _total(cell: Cell) -> str:
+    """The sum over a cell's runs, or "—" for a cell without runs."""
+    return f"{sum(cell.values()):.0f}" if cell else "—"
+
+
 def knob_rows(cells: Cells, tags: Sequence[str], pretrain_steps: str) -> str:
-    """Each knob against the main NAMEx-Full-Mom setting, on both tasks, with verdicts."""
+    """Each knob against the main NAMEx-Full-Mom setting, on both tasks, with verdicts and the
+    singular-bargain fallbacks of its runs (fine-tuning / pre-training)."""
     rows = []
     main_ft = cells("finetune", "", "acc").get("namex-full-mom", {})
     main_lm = cells("length", pretrain_steps, "ppl").get("namex-full-mom", {})
     for t in tags:
         ft = cells(f"finetune-knob-{t}", "", "acc").get("namex-full-mom", {})
         lm = cells("knobs", pretrain_steps, "ppl").get(t, {})
+        fb_ft = cells(f"finetune-knob-{t}", "", "fallbacks").get("namex-full-mom", {})
+        fb_lm = cells("knobs", pretrain_steps, "fallbacks").get(t, {})
         e_ft, e_lm = paired(ft, main_ft), paired(lm, main_lm)
         rows.append([t, e_ft.text() if e_ft.n else "—",
                      verdict(e_ft, t, "main", lower_is_better=False),
                      e_lm.text() if e_lm.n else "—",
-                     verdict(e_lm, t, "main", lower_is_better=True)])
+                     verdict(e_lm, t, "main", lower_is_better=True),
+                     f"{_total(fb_ft)} / {_total(fb_lm)}"])
     return markdown(["knob", "fine-tuning accuracy − main", "verdict",
-                     f"{pretrain_steps}-step ppl − main", "verdict"], rows)
+                     f"{pretrain_steps}-step ppl − main", "verdict", "fallbacks (ft / pt)"],
+                    rows)
 
 
 def insert_block(path: Path, block: str) -> bool:
