@@ -129,6 +129,9 @@ def test_smoke_driver_and_report(tmp_path: Path) -> None:
         (tmp_path / "finetune-knob-uniform/namex-full-mom/seed0/result.json").read_text())
     assert knob["spec"]["overrides"] == {"singular_policy": "uniform"}
     assert f"| uniform | 1 | {100 * knob['accuracy']:.2f} |" in text
+    d = f"{100 * (knob['accuracy'] - acc['accuracy']):.2f} (n = 1)"
+    fb = f"{knob['fallbacks']:.0f} / —"  # the summary's knob row: no pre-training knob run
+    assert f"| uniform | {d} | n = 1: no interval | — | not run yet | {fb} |" in text
     assert (tmp_path / "r_length.png").is_file() and (tmp_path / "r_finetune.png").is_file()
 
     from studies.study2.archive import archive
