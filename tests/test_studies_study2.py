@@ -154,6 +154,8 @@ def test_verdict_rule_and_block_insertion(tmp_path: Path) -> None:
     assert verdict(Estimate(3, 2.0, 1.0), "a", "b", lower_is_better=False) == "**a better**"
     assert verdict(Estimate(3, -0.5, 1.0), "a", "b", **lower) == "not separated"
     assert verdict(Estimate(3, 1.0, 1.0), "a", "b", **lower) == "not separated"  # 0 inside
+    assert verdict(Estimate(3, 0.0, 0.0), "a", "b", **lower) == "equal on every seed"
+    assert verdict(Estimate(3, 0.0, 0.5), "a", "b", **lower) == "not separated"
     assert verdict(Estimate(1, -9.0, float("nan")), "a", "b", **lower) == "n = 1: no interval"
     assert verdict(Estimate(0, float("nan"), float("nan")), "a", "b", **lower) == "not run yet"
     plain = tmp_path / "plain.md"

@@ -3,7 +3,8 @@ against its 95 % interval, from the finished runs only (no number is typed here 
 paper's, which are quoted from docs/math.md §5).
 
 A verdict is a rule, not a judgement: a paired difference whose interval excludes 0 names the
-better method; one whose interval contains 0 is "not separated"; a cell with fewer than two
+better method; one whose interval contains 0 is "not separated" ("equal on every seed" when every
+paired difference is exactly 0); a cell with fewer than two
 paired seeds has no interval and says so. :func:`insert_block` writes the summary between two
 markers of another file (the top of ``results/reproduction.md``, the README's reproduction
 section), so that the file's own text around it stays.
@@ -52,6 +53,8 @@ def verdict(e: Estimate, a: str, b: str, *, lower_is_better: bool) -> str:
         return "not run yet"
     if not math.isfinite(e.ci):
         return f"n = {e.n}: no interval"
+    if e.mean == 0 and e.ci == 0:
+        return "equal on every seed"
     lo, hi = e.mean - e.ci, e.mean + e.ci
     if (hi < 0) if lower_is_better else (lo > 0):
         return f"**{a} better**"
