@@ -17,6 +17,7 @@ from namex_ref.train.comparison import plot_compare
 
 RUNS = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs")
 # docs/math.md §5: WikiText-103 test perplexity of the paper's medium models
+STUDY1_HEADING = "## Study 1: nine methods, 400 steps"
 PAPER = {"smoe": 35.55, "camex": 36.53, "namex-full-mom": 35.37}
 
 
@@ -36,12 +37,13 @@ def paired(a: dict[int, float], b: dict[int, float]) -> str:
 
 
 def kept_summary(path: Path) -> str:
-    """The study2 summary block of the current report (studies/study2/summary.py writes it), so
+    """Everything of the current report from the study2 summary block (studies/study2/summary.py
+    writes it) to this study's heading, the hand-written reading of the summary included, so
     that regenerating this report keeps it; the bare markers when there is none yet."""
     start, end = "<!-- study2-summary:start -->", "<!-- study2-summary:end -->"
     text = path.read_text(encoding="utf-8") if path.is_file() else ""
-    i, j = text.find(start), text.find(end)
-    return text[i:j + len(end)] + "\n" if 0 <= i < j else f"{start}\n{end}\n"
+    i, j = text.find(start), text.find(f"\n{STUDY1_HEADING}")
+    return text[i:j].rstrip() + "\n" if 0 <= i < j else f"{start}\n{end}\n"
 
 
 def main() -> None:
@@ -51,7 +53,7 @@ def main() -> None:
     cfg = json.loads((RUNS / "repro" / "summary.json").read_text())["base_config"]
     print("# Reproduction study (tiny preset, built-in corpus)\n")
     print(kept_summary(Path("results") / "reproduction.md"))
-    print("## Study 1: nine methods, 400 steps\n")
+    print(f"{STUDY1_HEADING}\n")
     print(
         f"Produced by `studies/reproduction.sh` + `studies/report.py`. Preset `{cfg['preset']}`, "
         f"{cfg['steps']} steps, batch {cfg['batch_size']}, lr {cfg['lr']}, one CPU thread per "

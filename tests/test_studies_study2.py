@@ -192,3 +192,17 @@ def test_eval_curve_counts_a_rewritten_step_once(tmp_path: Path) -> None:
                     '{"step": 150, "valid_p')  # a resumed run rewrote step 50; a torn last line
     assert eval_curve(path) == ([50, 100], [8.0, 7.0])
     assert eval_curve(tmp_path / "missing.jsonl") == ([], [])
+
+
+def test_study1_report_keeps_the_summary_and_its_reading(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("study1_report", ROOT / "studies/report.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = tmp_path / "reproduction.md"
+    kept = f"{START}\nblock\n{END}\n\n### Reading\n\nhand text\n"
+    report.write_text(f"# title\n\n{kept}\n{module.STUDY1_HEADING}\n\nold table\n")
+    assert module.kept_summary(report) == kept  # block and reading, not study 1's own text
+    assert module.kept_summary(tmp_path / "none.md") == f"{START}\n{END}\n"
