@@ -234,7 +234,10 @@ def write_report(plan: Sequence[Job], root: Path, out: Path, *, profile: str = "
 def _summaries(runs: Sequence[Run], lengths: Sequence[str], tags: Sequence[str], report: str,
                label: str, knob_steps: str) -> tuple[str, str]:
     """(the summary section, its short form for the README), from the finished runs."""
-    from studies.study2.length import METHODS
+    from studies.study2.length import METHODS, SEGMENT_METHODS, preset_segment_len
+
+    seg = preset_segment_len()
+    segs = sorted({seg, seg // 2, seg * 2})
 
     def bound(group: str, setting: str, metric: str) -> dict[str, Cell]:
         return cells(runs, group, setting, metric)
@@ -245,11 +248,15 @@ def _summaries(runs: Sequence[Run], lengths: Sequence[str], tags: Sequence[str],
     fb = sum(int(r.values["fallbacks"]) for r in runs)
     head = (f"## Summary ({label}; generated from {len(runs)} finished runs)\n\n"
             "Verdict rule: a paired difference whose 95 % interval excludes 0 names the better "
-            "method; otherwise \"not separated\"; one seed gives no interval. Paper numbers: "
-            "docs/math.md §5.\n\n")
+            "method; otherwise \"not separated\" (\"equal on every seed\" when every paired "
+            "difference is 0); one seed gives no interval. Paper numbers: docs/math.md §5.\n\n")
     summary = (head + headline(bound, lengths)
                + "\nSMoE's lead per training length (validation perplexity, method − SMoE, "
                "paired; positive = SMoE better; in % of SMoE's perplexity):\n\n" + lead
+               + (f"\nThe routing segment at {lengths[-1]} steps, halved and doubled (the "
+                  f"preset's is {seg} tokens; validation perplexity):\n\n"
+                  + _segment_table(runs, lengths[-1], SEGMENT_METHODS, seg, segs)
+                  if lengths else "")
                + "\nThe merge's knobs on NAMEx-Full-Mom (each against the main setting: γ 1, "
                "|β| 0.5, φ π/6, 20 Newton steps, ridge; paired by seed):\n\n"
                + knob_rows(bound, tags, knob_steps)
