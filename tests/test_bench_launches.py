@@ -20,6 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from namex_ref import regions
 from namex_ref.benchmarks import launches
 from namex_ref.benchmarks.launches import LaunchCount, count_step
+from namex_ref.benchmarks.step import make_step
 from namex_ref.devicecheck import DeviceTracker
 from namex_ref.models.gpt import MoEGPT, preset
 
@@ -95,13 +96,7 @@ def _plain_total(method: str) -> int:
     idx = torch.randint(0, model.config.vocab_size, (2, 64), generator=g)
     tgt = torch.randint(0, model.config.vocab_size, (2, 64), generator=g)
 
-    def step() -> None:
-        out = model(idx, tgt)
-        assert out.loss is not None
-        out.loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    step = make_step(model, opt, idx, tgt)
     step()
     with DeviceTracker(), _PlainCount() as c:
         step()
