@@ -26,25 +26,26 @@ def test_full_plan_puts_cheap_cells_and_one_seed_of_each_question_first() -> Non
     plan = build_plan("full")
     keys = [j.key for j in plan]
     n_knobs = 12 * (5 + 3)
-    assert len(keys) == len(set(keys)) == 24 + 35 + 12 + 18 + n_knobs
+    assert len(keys) == len(set(keys)) == 24 + 35 + 12 + 6 + n_knobs
     first_seed1 = keys.index("length/400/smoe/seed1")
     assert all(k.endswith("seed0") for k in keys[:first_seed1])  # every seed-0 run first
     assert keys.index("finetune/namex-q/seed4") < keys.index("length/1600/smoe/seed0")
     assert keys.index("length/1600/camex/seed0") < keys.index("length/1600/smoe/seed1")
     assert keys.index("finetune/smoe/seed0") > keys.index(pretrain_key("full"))
     # stage order: 1,600 steps at n = 3, then 6,400 seed 0, every fine-tuning knob, the
-    # segment points of seed 0 (NAMEx-Full-Mom's first), the pre-training knobs, the other
-    # 6,400-step seeds
+    # segment points (seed 0 only; NAMEx-Full-Mom's first), the other 6,400-step seeds, the
+    # pre-training knobs
     order = ["length/1600/namex-full-mom/seed2", "length/6400/smoe/seed0",
              "length/6400/namex-full-mom/seed0", "finetune-knob-gamma-0.25/namex-full-mom/seed0",
              "finetune-knob-uniform/namex-full-mom/seed4",
              "length/6400/namex-full-mom-seg16/seed0", "length/6400/namex-full-mom-seg64/seed0",
              "length/6400/ep-camex-seg16/seed0", "length/6400/camex-seg64/seed0",
+             "length/6400/smoe/seed1", "length/6400/namex-full-mom/seed2",
              "knobs/1600/gamma-0.25/seed0", "knobs/1600/uniform/seed0",
-             "knobs/1600/gamma-0.25/seed1", "knobs/1600/uniform/seed2",
-             "length/6400/smoe/seed1", "length/6400/camex-seg64/seed2"]
+             "knobs/1600/gamma-0.25/seed1", "knobs/1600/uniform/seed2"]
     assert [keys.index(k) for k in order] == sorted(keys.index(k) for k in order)
-    assert keys[-1] == "length/6400/camex-seg64/seed2"
+    assert keys[-1] == "knobs/1600/newton-5-uniform/seed2"
+    assert not any("-seg" in k and not k.endswith("seed0") for k in keys)
     assert {j.needs for j in plan if j.kind == "finetune"} == {(pretrain_key("full"),)}
     warm = {(j.payload["steps"], j.payload["warmup"]) for j in plan if j.kind == "train"}
     assert warm == {(400, 40), (1600, 160), (6400, 640)}  # warmup scaled with the length
