@@ -18,11 +18,20 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from namex_ref.momentum import MomentumChain, MomentumConfig, momentum_step, zero_buffer
+from namex_ref.momentum import (
+    MomentumChain,
+    MomentumConfig,
+    equivalent_complex_beta,
+    momentum_step,
+    quaternion_momentum_step,
+    zero_buffer,
+)
 
 UNIT_ROUNDOFF = {torch.float64: 2.0**-53, torch.float32: 2.0**-24}
 SHAPES = [(3, 2), (5,), (2, 3, 2)]
@@ -148,3 +157,61 @@ def test_last_step_skips_the_buffer_but_not_the_base() -> None:
         e_b = b.step(lay, e_b, last=i == 2)
         for x, y in zip(e_a, e_b, strict=True):
             assert torch.equal(x, y)
+
+
+class _Ops(TorchDispatchMode):  # type: ignore[no-untyped-call]  # torch's untyped hook
+    """Counts the ATen calls made under it (one per ``torch._foreach_*`` call on CPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.calls.append(str(func.overloadpacket.__name__))
+        return func(*args, **(kwargs or {}))
+
+
+def _ops_per_step(cfg: MomentumConfig, layers: int, last: int | None) -> list[list[str]]:
+    base0, deltas = _inputs(1, layers, 2, torch.float64)
+    chain, bases, per_step = MomentumChain(cfg), list(base0), []
+    for i, lay in enumerate(deltas):
+        with _Ops() as ops:
+            bases = chain.step(lay, bases, last=i == last)
+        per_step.append(ops.calls)
+    return per_step
+
+
+def test_chain_does_only_the_work_its_docstring_promises() -> None:
+    """The work MomentumChain's docstring says it leaves out, counted from that text (one
+    foreach call per operation, whatever the number of matrices):
+
+    complex, γ = 1: step 1 (μ = 0) is E + ΔE (1 add); step 2 (Im μ = 0) is Re μ' = a·Re μ + ΔE
+    (mul, add), Im μ' = b·Re μ (mul), E + Re μ' (add): 4; step 3 with Im μ adds b·Im μ (mul, sub)
+    and a·Im μ (mul, add): 8; as the last step Im μ' is not formed: 5 (mul, mul, sub, add, add).
+    quaternion, γ = 1: step 1 is 1 add; step 2 (only μ_w ≠ 0) is β_w·μ_w + ΔE (mul, add), the
+    three other components one mul each, E + μ'_w (add): 6; as the last step only μ'_w: 3.
+    γ ≠ 1 adds the multiplication γ·x to every step (E + γx).
+    """
+    beta_c = 0.5 * complex(math.cos(1.0), math.sin(1.0))
+    cplx = MomentumConfig("complex", beta_c, 1.0)
+    assert [len(s) for s in _ops_per_step(cplx, 3, None)] == [1, 4, 8]
+    assert [len(s) for s in _ops_per_step(cplx, 3, 2)] == [1, 4, 5]
+    assert _ops_per_step(cplx, 1, 0) == [["_foreach_add"]]
+    assert [len(s) for s in _ops_per_step(MomentumConfig("complex", beta_c, 0.5), 3, 2)] \
+        == [2, 5, 6]
+    quat = MomentumConfig("quaternion", (0.3, 0.2, -0.1, 0.25), 1.0)
+    assert [len(s) for s in _ops_per_step(quat, 2, None)] == [1, 6]
+    assert [len(s) for s in _ops_per_step(quat, 2, 1)] == [1, 3]
+    assert [len(s) for s in _ops_per_step(MomentumConfig("none", 0j, 1.0), 2, 1)] == [1, 1]
+    assert [len(s) for s in _ops_per_step(MomentumConfig("none", 0j, 0.5), 2, 1)] == [2, 2]
+
+
+@pytest.mark.parametrize("bad", [(math.nan, 0.0, 0.0, 0.0), (0.1, math.inf, 0.0, 0.0)])
+def test_quaternion_beta_is_validated_before_use(bad: tuple[float, ...]) -> None:
+    """A non-finite β is refused by name (S18 needs a finite β), not turned into NaN momentum."""
+    with pytest.raises(ValueError, match="finite"):
+        equivalent_complex_beta(bad)
+    x = torch.zeros(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="finite"):
+        quaternion_momentum_step(torch.zeros(3, 4, dtype=torch.float64), x, x, beta=bad,
+                                 gamma=1.0)
