@@ -25,7 +25,7 @@ from studies.study2.summary import END, START  # noqa: E402
 def test_full_plan_puts_cheap_cells_and_one_seed_of_each_question_first() -> None:
     plan = build_plan("full")
     keys = [j.key for j in plan]
-    n_knobs = 12 * (5 + 3)
+    n_knobs = 12 * 5 + 11 * 3  # "uniform" is not run on the pre-training (PRETRAIN_SKIP)
     assert len(keys) == len(set(keys)) == 24 + 35 + 12 + 6 + n_knobs
     first_seed1 = keys.index("length/400/smoe/seed1")
     assert all(k.endswith("seed0") for k in keys[:first_seed1])  # every seed-0 run first
@@ -41,8 +41,8 @@ def test_full_plan_puts_cheap_cells_and_one_seed_of_each_question_first() -> Non
              "length/6400/namex-full-mom-seg16/seed0", "length/6400/namex-full-mom-seg64/seed0",
              "length/6400/ep-camex-seg16/seed0", "length/6400/camex-seg64/seed0",
              "length/6400/smoe/seed1", "length/6400/namex-full-mom/seed2",
-             "knobs/1600/gamma-0.25/seed0", "knobs/1600/uniform/seed0",
-             "knobs/1600/gamma-0.25/seed1", "knobs/1600/uniform/seed2"]
+             "knobs/1600/gamma-0.25/seed0", "knobs/1600/newton-50/seed0",
+             "knobs/1600/gamma-0.25/seed1", "knobs/1600/newton-50/seed2"]
     assert [keys.index(k) for k in order] == sorted(keys.index(k) for k in order)
     assert keys[-1] == "knobs/1600/newton-5-uniform/seed2"
     assert not any("-seg" in k and not k.endswith("seed0") for k in keys)
@@ -63,7 +63,8 @@ def test_knob_plan_is_valid() -> None:
     from studies.study2.jobs import train_config
 
     plan = build_plan("full", ("knobs",))
-    assert len(plan) == 1 + 12 * (5 + 3)  # the pre-training, 12 knobs x (5 + 3 seeds)
+    assert len(plan) == 1 + 12 * 5 + 11 * 3  # the pre-training, 12 knobs x 5 + 11 x 3 seeds
+    assert not any(j.key.startswith("knobs/1600/uniform/") for j in plan)
     for job in plan:
         if job.kind == "train":
             cfg = train_config(job, Path("runs"))
@@ -132,7 +133,8 @@ def test_smoke_driver_and_report(tmp_path: Path) -> None:
     assert f"| uniform | 1 | {100 * knob['accuracy']:.2f} |" in text
     d = f"{100 * (knob['accuracy'] - acc['accuracy']):.2f} (n = 1)"
     fb = f"{knob['fallbacks']:.0f} / —"  # the summary's knob row: no pre-training knob run
-    assert f"| uniform | {d} | n = 1: no interval | — | not run yet | {fb} |" in text
+    skipped = "not run (nor the main runs yet)"  # PRETRAIN_SKIP, no main 8-step run here
+    assert f"| uniform | {d} | n = 1: no interval | — | {skipped} | {fb} |" in text
     assert (tmp_path / "r_length.png").is_file() and (tmp_path / "r_finetune.png").is_file()
 
     from studies.study2.archive import archive
@@ -143,6 +145,15 @@ def test_smoke_driver_and_report(tmp_path: Path) -> None:
     assert not (copy / pretrain_key("smoke") / "checkpoint.safetensors").exists()
     again = write_report(plan, copy, copy / "r.md", profile="smoke")
     assert again == text.replace(f"under `{tmp_path}`", f"under `{copy}`")  # same numbers
+
+
+def test_a_skipped_pretraining_knob_is_the_main_model_only_without_fallbacks() -> None:
+    from studies.study2.summary import _skipped
+
+    assert _skipped({0: 0.0, 1: 0.0, 2: 0.0}) == \
+        "not run: the main model (its 3 runs never fell back)"
+    assert "a gap" in _skipped({0: 0.0, 1: 2.0})  # one fallback: the policy could act
+    assert _skipped({}) == "not run (nor the main runs yet)"
 
 
 def test_verdict_rule_and_block_insertion(tmp_path: Path) -> None:

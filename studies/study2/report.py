@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from studies.study2.jobs import Job, job_done
+from studies.study2.knobs import PRETRAIN_SKIP
 from studies.study2.stats import Cell, cell_estimate, markdown, paired, table_rows
 from studies.study2.summary import (
     claims,
@@ -316,9 +317,13 @@ def _knob_section(runs: Sequence[Run], plan: Sequence[Job], tags: Sequence[str])
         main = cells(runs, "length", s, "ppl").get("namex-full-mom", {})
         rows = [_knob_row("main", main, main, runs, "length", s, "namex-full-mom")]
         knob = cells(runs, "knobs", s, "ppl")
-        rows += [_knob_row(t, knob.get(t, {}), main, runs, "knobs", s, t) for t in tags]
+        rows += [_knob_row(t, knob.get(t, {}), main, runs, "knobs", s, t) for t in tags
+                 if t not in PRETRAIN_SKIP or t in knob]
+        skipped = ", ".join(t for t in tags if t in PRETRAIN_SKIP and t not in knob)
+        note = (f"\nNot run on the pre-training: {skipped} (see the summary's knob table and "
+                "`studies/study2/knobs.py`).\n") if skipped else ""
         out.append(f"### pre-training, {s} steps, validation perplexity\n\n"
-                   + markdown(_KNOB_HEADER, rows))
+                   + markdown(_KNOB_HEADER, rows) + note)
     return "\n".join(out)
 
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from namex_ref.benchmarks.common import NOT_MEASURED_GPU
+from studies.study2.knobs import PRETRAIN_SKIP
 from studies.study2.stats import Cell, Estimate, markdown, paired
 
 PAPER_PPL = {"smoe": 35.55, "camex": 36.53, "namex-full-mom": 35.37}
@@ -176,6 +177,16 @@ def _total(cell: Cell) -> str:
     return f"{sum(cell.values()):.0f}" if cell else "—"
 
 
+def _skipped(main_fallbacks: Mapping[int, float]) -> str:
+    """The verdict of a knob not run on the pre-training (:data:`PRETRAIN_SKIP`): the main
+    runs' model when they never fell back, which their own counts show or do not."""
+    if not main_fallbacks:
+        return "not run (nor the main runs yet)"
+    if sum(main_fallbacks.values()) == 0:
+        return f"not run: the main model (its {len(main_fallbacks)} runs never fell back)"
+    return "not run, though the main runs fell back: a gap in this study"
+
+
 def knob_rows(cells: Cells, tags: Sequence[str], pretrain_steps: str) -> str:
     """Each knob against the main NAMEx-Full-Mom setting, on both tasks, with verdicts and the
     singular-bargain fallbacks of its runs (fine-tuning / pre-training)."""
@@ -188,10 +199,13 @@ def knob_rows(cells: Cells, tags: Sequence[str], pretrain_steps: str) -> str:
         fb_ft = cells(f"finetune-knob-{t}", "", "fallbacks").get("namex-full-mom", {})
         fb_lm = cells("knobs", pretrain_steps, "fallbacks").get(t, {})
         e_ft, e_lm = paired(ft, main_ft), paired(lm, main_lm)
+        lm_verdict = verdict(e_lm, t, "main", lower_is_better=True)
+        if t in PRETRAIN_SKIP and not lm:
+            lm_verdict = _skipped(cells("length", pretrain_steps, "fallbacks")
+                                  .get("namex-full-mom", {}))
         rows.append([t, e_ft.text() if e_ft.n else "—",
                      verdict(e_ft, t, "main", lower_is_better=False),
-                     e_lm.text() if e_lm.n else "—",
-                     verdict(e_lm, t, "main", lower_is_better=True),
+                     e_lm.text() if e_lm.n else "—", lm_verdict,
                      f"{_total(fb_ft)} / {_total(fb_lm)}"])
     return markdown(["knob", "fine-tuning accuracy − main", "verdict",
                      f"{pretrain_steps}-step ppl − main", "verdict", "fallbacks (ft / pt)"],
