@@ -26,7 +26,7 @@ def test_full_plan_puts_cheap_cells_and_one_seed_of_each_question_first() -> Non
     plan = build_plan("full")
     keys = [j.key for j in plan]
     n_knobs = 12 * 5 + 11 * 3  # "uniform" is not run on the pre-training (PRETRAIN_SKIP)
-    assert len(keys) == len(set(keys)) == 24 + 35 + 12 + 6 + n_knobs
+    assert len(keys) == len(set(keys)) == 24 + 35 + 12 + 6 + n_knobs + 15
     first_seed1 = keys.index("length/400/smoe/seed1")
     assert all(k.endswith("seed0") for k in keys[:first_seed1])  # every seed-0 run first
     assert keys.index("finetune/namex-q/seed4") < keys.index("length/1600/smoe/seed0")
@@ -44,9 +44,10 @@ def test_full_plan_puts_cheap_cells_and_one_seed_of_each_question_first() -> Non
              "knobs/1600/gamma-0.25/seed0", "knobs/1600/newton-50/seed0",
              "knobs/1600/gamma-0.25/seed1", "knobs/1600/newton-50/seed2"]
     assert [keys.index(k) for k in order] == sorted(keys.index(k) for k in order)
-    assert keys[-1] == "knobs/1600/newton-5-uniform/seed2"
+    assert keys[-16] == "knobs/1600/newton-5-uniform/seed2"  # then stage 8 (15 runs)
     assert not any("-seg" in k and not k.endswith("seed0") for k in keys)
-    assert {j.needs for j in plan if j.kind == "finetune"} == {(pretrain_key("full"),)}
+    assert {j.needs for j in plan if j.kind == "finetune" and "-long/" not in j.key} \
+        == {(pretrain_key("full"),)}
     warm = {(j.payload["steps"], j.payload["warmup"]) for j in plan if j.kind == "train"}
     assert warm == {(400, 40), (1600, 160), (6400, 640)}  # warmup scaled with the length
     segs = {j.payload["segment_len"] for j in plan if j.kind == "train"}
@@ -154,6 +155,40 @@ def test_a_skipped_pretraining_knob_is_the_main_model_only_without_fallbacks() -
         "not run: the main model (its 3 runs never fell back)"
     assert "a gap" in _skipped({0: 0.0, 1: 2.0})  # one fallback: the policy could act
     assert _skipped({}) == "not run (nor the main runs yet)"
+
+
+def test_stage_8_fine_tunes_from_the_longest_smoe() -> None:
+    plan = build_plan("full")
+    long = [j for j in plan if j.key.startswith("finetune-long/")]
+    assert [j.key for j in plan[-len(long):]] == [j.key for j in long]  # the last stage
+    assert {j.needs for j in long} == {("length/6400/smoe/seed0",)}
+    assert sorted(j.key for j in long) == sorted(
+        f"finetune-long/{m}/seed{s}" for m in ("smoe", "ep-camex", "namex-full-mom")
+        for s in range(5))
+    plain = {j.key.removeprefix("finetune"): j.payload for j in plan
+             if j.key.startswith("finetune/")}
+    assert all(j.payload == plain[j.key.removeprefix("finetune-long")] for j in long)
+    assert not any(j.key.startswith("finetune-long/") for j in build_plan("full", ("finetune",)))
+
+
+def test_long_finetune_summary_on_hand_made_cells() -> None:
+    from studies.study2.summary import long_finetune
+
+    # namex-full-mom − ep-camex: 1, 1, 1 (no spread: separated); − smoe: 1, 2, 3, mean 2,
+    # sd 1, t(0.975, 2) = 4.303 -> ± 4.303 / √3 = 2.48 (0 inside: not separated)
+    data = {"smoe": {0: 50.0, 1: 50.0, 2: 50.0}, "ep-camex": {0: 50.0, 1: 51.0, 2: 52.0},
+            "namex-full-mom": {0: 51.0, 1: 52.0, 2: 53.0}}
+
+    def cells(group: str, setting: str, metric: str) -> dict[str, dict[int, float]]:
+        return data if group == "finetune-long" else {}
+
+    text = long_finetune(cells, "6400")
+    assert "from the 6400-step SMoE" in text
+    sep = "1.00 ± 0.00 (n = 3): **namex-full-mom better**"
+    assert f"| namex-full-mom ≥ ep-camex | {sep} | {sep} |" in text
+    ns = "2.00 ± 2.48 (n = 3): not separated"
+    assert f"| namex-full-mom ≥ smoe | {ns} | {ns} |" in text
+    assert long_finetune(lambda g, s, m: {}, "6400") == ""
 
 
 def test_verdict_rule_and_block_insertion(tmp_path: Path) -> None:

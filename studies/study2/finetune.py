@@ -102,13 +102,16 @@ def smoke_spec(method: str, seed: int) -> FinetuneSpec:
                         test_every=2, test_per_chapter=1, batch_size=4, log_every=1)
 
 
-def finetune_jobs(seeds: list[int], pretrain: str, *, smoke: bool = False) -> list[Job]:
-    """Every method of part 2 for ``seeds`` (seed-major), each needing the pre-trained run."""
+def finetune_jobs(seeds: list[int], pretrain: str, *, smoke: bool = False, tag: str = "",
+                  methods: tuple[str, ...] = METHODS) -> list[Job]:
+    """``methods`` (default: every method of part 2) for ``seeds`` (seed-major), each needing
+    the pre-trained run ``pretrain``; ``tag`` names another pre-training's group of runs."""
     jobs = []
     for seed in seeds:
-        for method in METHODS:
+        for method in methods:
             spec = smoke_spec(method, seed) if smoke else FinetuneSpec(method, seed)
-            jobs.append(Job(finetune_key(method, seed), "finetune", spec.to_dict(), (pretrain,)))
+            jobs.append(Job(finetune_key(method, seed, tag), "finetune", spec.to_dict(),
+                            (pretrain,)))
     return jobs
 
 

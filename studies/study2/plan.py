@@ -15,7 +15,11 @@ Order of the "full" profile (``parts`` selects which of them are included):
 5. seed 0 of the segment-length points (16 and 64 tokens) at 6,400 steps, NAMEx-Full-Mom's
    first, then EP-CAMEx's and CAMEx's;
 6. seeds 1 and 2 of the 6,400-step runs of the four methods (the headline at n = 3);
-7. the 1,600-step pre-training knobs of seeds 0, 1, 2 (seed-major).
+7. the 1,600-step pre-training knobs of seeds 0, 1, 2 (seed-major);
+8. the fine-tuning again, from the longest pre-training (the 6,400-step SMoE of seed 0) for
+   SMoE, EP-CAMEx and NAMEx-Full-Mom, five seeds (group ``finetune-long``): does a stronger
+   pre-trained model move the fine-tuning differences (one of the report's three conditions for
+   the paper's ordering)? Added in session 8; about 15 core-minutes.
 
 The segment-length points are the issue's "one point of segment length" and run on seed 0 only.
 Seeds 1 and 2 of them (twelve 6,400-step runs, about 3 core-hours) were in the plan of session 7
@@ -52,6 +56,9 @@ FINETUNE_SEEDS: dict[str, tuple[int, ...]] = {"full": (0, 1, 2, 3, 4), "smoke": 
 
 PRETRAIN_LENGTH = 0
 """Index into ``LENGTHS`` of the pre-training run of part 2 (0: the shortest)."""
+LONG_TAG = "long"
+"""Stage 8's group: ``finetune-long/<method>/seed<k>``, fine-tuned from the longest SMoE."""
+LONG_FINETUNE_METHODS: tuple[str, ...] = ("smoe", "ep-camex", "namex-full-mom")
 
 
 def pretrain_key(profile: Profile) -> str:
@@ -109,4 +116,10 @@ def build_plan(profile: Profile = "full", parts: tuple[str, ...] = DEFAULT_PARTS
     jobs += _long(profile, first, segments=True) if length else []
     jobs += _long(profile, rest, segments=False) if length else []
     jobs += pretrain_knob_jobs(profile, seeds) if knobs else []
+    if length and "finetune" in parts:
+        from studies.study2.finetune import finetune_jobs
+
+        long = length_key(LENGTHS[profile][-1], "smoe", seeds[0])
+        jobs += finetune_jobs(list(FINETUNE_SEEDS[profile]), long, smoke=profile == "smoke",
+                              tag=LONG_TAG, methods=LONG_FINETUNE_METHODS)
     return jobs

@@ -15,11 +15,13 @@ from studies.study2.jobs import Job, job_done
 from studies.study2.knobs import PRETRAIN_SKIP
 from studies.study2.stats import Cell, cell_estimate, markdown, paired, table_rows
 from studies.study2.summary import (
+    LONG_GROUP,
     claims,
     gap_trend,
     headline,
     insert_block,
     knob_rows,
+    long_finetune,
     smoe_lead,
     verdict,
 )
@@ -224,6 +226,7 @@ def write_report(plan: Sequence[Job], root: Path, out: Path, *, profile: str = "
         md.append(f"### {name}\n\n" + _table(runs, "finetune", "", metric, refs, FT_METHODS))
     md.append(f"![finetune]({plot_finetune(runs, FT_METHODS, stem.name + '_finetune.png', out)})"
               "\n")
+    md.append(_long_finetune_section(runs, plan, refs))
     md.append(_knob_section(runs, plan, [t for t, _, _ in KNOBS]))
     md.append("## Compute\n\n" + _compute(runs))
     text = "\n".join(md)
@@ -252,6 +255,7 @@ def _summaries(runs: Sequence[Run], lengths: Sequence[str], tags: Sequence[str],
             "method; otherwise \"not separated\" (\"equal on every seed\" when every paired "
             "difference is 0); one seed gives no interval. Paper numbers: docs/math.md §5.\n\n")
     summary = (head + headline(bound, lengths)
+               + long_finetune(bound, lengths[-1] if lengths else "")
                + "\nSMoE's lead per training length (validation perplexity, method − SMoE, "
                "paired; positive = SMoE better; in % of SMoE's perplexity):\n\n" + lead
                + (f"\nThe routing segment at {lengths[-1]} steps, halved and doubled (the "
@@ -295,6 +299,21 @@ def _finetune_settings(plan: Sequence[Job]) -> str:
             f"Fine-tuning: {s['steps']} steps of {s['batch_size']} class-balanced passages, "
             f"lr {s['lr']} (warmup {s['warmup']}, cosine). Task in `studies/study2/task.py`, "
             f"upcycling and protocol in `studies/study2/finetune.py`.\n")
+
+
+def _long_finetune_section(runs: Sequence[Run], plan: Sequence[Job], refs: Sequence[str]) -> str:
+    """Plan stage 8: the fine-tuning from the longest pre-training, if planned."""
+    from studies.study2.plan import LONG_FINETUNE_METHODS
+
+    jobs = [j for j in plan if j.key.startswith(f"{LONG_GROUP}/")]
+    if not jobs:
+        return ""
+    out = [f"### Fine-tuning from `{jobs[0].needs[0]}` (plan stage 8: the same protocol from a "
+           "stronger pre-trained SMoE)\n"]
+    for metric, name in (("acc", "accuracy (%)"), ("f1", "macro-F1 (%)")):
+        out.append(f"{name}:\n\n" + _table(runs, LONG_GROUP, "", metric, refs,
+                                              LONG_FINETUNE_METHODS))
+    return "\n".join(out)
 
 
 def _knob_section(runs: Sequence[Run], plan: Sequence[Job], tags: Sequence[str]) -> str:

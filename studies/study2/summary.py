@@ -77,6 +77,8 @@ def _paper_glue() -> str:
 
 PRETRAIN_PAIRS = (("namex-full-mom", "smoe"), ("namex-full-mom", "ep-camex"),
                   ("namex-full-mom", "camex"), ("ep-camex", "camex"))
+LONG_GROUP = "finetune-long"
+"""The runs fine-tuned from the longest pre-training (studies.study2.plan, stage 8)."""
 FINETUNE_PAIRS = (("namex-full-mom", "ep-camex"), ("namex-full-mom", "smoe"),
                   ("namex", "ep-camex"), ("ep-camex", "camex"))
 
@@ -124,6 +126,23 @@ def headline(cells: Cells, lengths: Sequence[str]) -> str:
             + "\nFine-tuning (upcycled from one pre-trained SMoE, 6-class held-out passages; "
             "points, a − b paired by seed, 95 %; positive = a better):\n\n"
             + markdown(["claim (a − b)", "paper", "accuracy", "macro-F1"], ft))
+
+
+def long_finetune(cells: Cells, steps: str) -> str:
+    """The fine-tuning claims again, fine-tuned from the longest pre-training (plan stage 8),
+    accuracy and macro-F1 with verdicts; empty when no such run has finished."""
+    if not any(cells(LONG_GROUP, "", "acc").values()):
+        return ""
+    rows = []
+    for a, b in FINETUNE_PAIRS[:2]:
+        row = [f"{a} ≥ {b}"]
+        for metric in ("acc", "f1"):
+            c = Claim("", "", "", LONG_GROUP, "", metric, a, b, False)
+            row.append(_cell(cells, c))
+        rows.append(row)
+    return (f"\nThe same fine-tuning from the {steps}-step SMoE (a stronger pre-trained model; "
+            "points, a − b paired by seed, 95 %):\n\n"
+            + markdown(["claim (a − b)", "accuracy", "macro-F1"], rows))
 
 
 def smoe_lead(cells: Cells, lengths: Sequence[str], methods: Sequence[str]) -> str:
