@@ -51,7 +51,7 @@ results: $(STAMP)
 
 # Reproduction II (issue 29; studies/study2, results/reproduction2.md): training length,
 # fine-tuning from one pre-trained SMoE and the merge's knobs, two runs at a time under nice.
-# Resumable: finished runs are skipped, interrupted ones resume; about 12 core-hours on 2 idle
+# Resumable: finished runs are skipped, interrupted ones resume; about 10 core-hours on 2 idle
 # cores (studies/study2/plan.py orders it so that a partial run answers the most questions).
 # The finished runs' small files are copied into results/study2-runs (committed); study2-report
 # rewrites the report, its plots and the summaries from that copy, so it works on a clone.
