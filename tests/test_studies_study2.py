@@ -157,6 +157,21 @@ def test_a_skipped_pretraining_knob_is_the_main_model_only_without_fallbacks() -
     assert _skipped({}) == "not run (nor the main runs yet)"
 
 
+def test_knob_rows_pair_with_the_main_setting_smoe_and_ep_camex() -> None:
+    from studies.study2.report import _KNOB_HEADER, _knob_row
+
+    assert _KNOB_HEADER[4:7] == ["− main, paired", "− smoe, paired", "− ep-camex, paired"]
+    main = {0: 60.0, 1: 62.0}
+    ref = {"smoe": {0: 57.0, 1: 58.0}, "ep-camex": {0: 61.0}, "namex-full-mom": main}
+    row = _knob_row("gamma-2", {0: 61.0, 1: 64.0}, main, ref, "0 in 2 runs")
+    # knob − main: 1, 2; − smoe: 4, 6 (mean 5, sd √2, t(0.975, 1) = 12.706 -> ± 12.706);
+    # − ep-camex: seed 0 only (the seeds both cells have)
+    assert row[0:3] == ["gamma-2", "2", "62.50"]
+    assert row[5:] == ["5.00 ± 12.71 (n = 2)", "0.00 (n = 1)", "0 in 2 runs"]
+    assert _knob_row("main", main, main, ref, "")[4] == "reference"
+    assert _knob_row("x", {}, main, ref, "")[5:7] == ["—", "—"]  # not run yet
+
+
 def test_stage_8_fine_tunes_from_the_longest_smoe() -> None:
     plan = build_plan("full")
     long = [j for j in plan if j.key.startswith("finetune-long/")]

@@ -140,7 +140,8 @@ def _length_summary(runs: Sequence[Run], lengths: Sequence[str], methods: Sequen
 
 def _segment_table(runs: Sequence[Run], steps: str, methods: Sequence[str], seg: int,
                    segs: Sequence[int]) -> str:
-    header = ["method", "segment", "n", "mean", "95% interval", f"− segment {seg}, paired"]
+    header = ["method", "segment", "n", "mean", "95% interval", f"− segment {seg}, paired",
+              *(f"− {r} ({seg}), paired" for r in KNOB_REFS)]
     rows = []
     base = cells(runs, "length", steps, "ppl")
     for m in methods:
@@ -151,7 +152,9 @@ def _segment_table(runs: Sequence[Run], steps: str, methods: Sequence[str], seg:
                 continue
             e = cell_estimate(cell)
             ref = paired(cell, base[m]).text() if m in base and s != seg else "reference"
-            rows.append([m, str(s), str(e.n), f"{e.mean:.2f}", e.interval(), ref])
+            others = ["—" if tag == r else paired(cell, base[r]).text() if r in base else "—"
+                      for r in KNOB_REFS]
+            rows.append([m, str(s), str(e.n), f"{e.mean:.2f}", e.interval(), ref, *others])
     return markdown(header, rows) if rows else "_No finished run yet._\n"
 
 
@@ -324,20 +327,25 @@ def _knob_section(runs: Sequence[Run], plan: Sequence[Job], tags: Sequence[str])
                        "`studies/study2/knobs.py`).\n")
     out = [head]
     for metric, name in (("acc", "fine-tuning accuracy (%)"), ("f1", "fine-tuning macro-F1 (%)")):
-        main = cells(runs, "finetune", "", metric).get("namex-full-mom", {})
-        rows = [_knob_row("main (γ 1, \\|β\\| 0.5, φ π/6, Newton 20, ridge)", main, main, runs,
-                          "finetune", "", "namex-full-mom")]
+        ref = cells(runs, "finetune", "", metric)
+        main = ref.get("namex-full-mom", {})
+        rows = [_knob_row("main (γ 1, \\|β\\| 0.5, φ π/6, Newton 20, ridge)", main, main, ref,
+                          _fallback_column(runs, "finetune", "", ["namex-full-mom"])[0])]
         for t in tags:
             c = cells(runs, f"finetune-knob-{t}", "", metric).get("namex-full-mom", {})
-            rows.append(_knob_row(t, c, main, runs, f"finetune-knob-{t}", "", "namex-full-mom"))
+            fb = _fallback_column(runs, f"finetune-knob-{t}", "", ["namex-full-mom"])[0]
+            rows.append(_knob_row(t, c, main, ref, fb))
         out.append(f"### {name}\n\n" + markdown(_KNOB_HEADER, rows))
     steps = sorted({r.setting for r in runs if r.group == "knobs"})
     for s in steps:
-        main = cells(runs, "length", s, "ppl").get("namex-full-mom", {})
-        rows = [_knob_row("main", main, main, runs, "length", s, "namex-full-mom")]
+        ref = cells(runs, "length", s, "ppl")
+        main = ref.get("namex-full-mom", {})
+        rows = [_knob_row("main", main, main, ref,
+                          _fallback_column(runs, "length", s, ["namex-full-mom"])[0])]
         knob = cells(runs, "knobs", s, "ppl")
-        rows += [_knob_row(t, knob.get(t, {}), main, runs, "knobs", s, t) for t in tags
-                 if t not in PRETRAIN_SKIP or t in knob]
+        rows += [_knob_row(t, knob.get(t, {}), main, ref,
+                           _fallback_column(runs, "knobs", s, [t])[0])
+                 for t in tags if t not in PRETRAIN_SKIP or t in knob]
         skipped = ", ".join(t for t in tags if t in PRETRAIN_SKIP and t not in knob)
         note = (f"\nNot run on the pre-training: {skipped} (see the summary's knob table and "
                 "`studies/study2/knobs.py`).\n") if skipped else ""
@@ -346,14 +354,19 @@ def _knob_section(runs: Sequence[Run], plan: Sequence[Job], tags: Sequence[str])
     return "\n".join(out)
 
 
-_KNOB_HEADER = ["setting", "n", "mean", "95% interval", "− main, paired", "fallbacks"]
+KNOB_REFS = ("smoe", "ep-camex")
+"""The methods every knob row is also paired with (issue 29's checks), same task and seeds."""
+_KNOB_HEADER = ["setting", "n", "mean", "95% interval", "− main, paired",
+                *(f"− {m}, paired" for m in KNOB_REFS), "fallbacks"]
 
 
 def _knob_row(label: str, cell: Mapping[int, float], main: Mapping[int, float],
-              runs: Sequence[Run], group: str, setting: str, tag: str) -> list[str]:
+              ref: Mapping[str, Mapping[int, float]], fallbacks: str) -> list[str]:
+    """One row: the cell, its paired difference to the main setting (``main``) and to each of
+    :data:`KNOB_REFS` (their cells in ``ref``: the same task and length), its fallbacks."""
     e = cell_estimate(cell)
     diff = "reference" if cell is main else paired(cell, main).text()
-    fb = _fallback_column(runs, group, setting, [tag])[0]
+    others = [paired(cell, ref[m]).text() if m in ref and cell else "—" for m in KNOB_REFS]
     mean = f"{e.mean:.2f}" if e.n else "—"
-    return [label, str(e.n), mean, e.interval(), diff, fb]
+    return [label, str(e.n), mean, e.interval(), diff, *others, fallbacks]
 
