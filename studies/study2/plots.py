@@ -5,7 +5,7 @@ against training length per method, and fine-tuning scores per method. Mean ± 9
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,41 +22,63 @@ def _save(fig: Any, name: str, out: Path) -> str:
 
 def plot_length(runs: Sequence[Any], lengths: Sequence[str], methods: Sequence[str], name: str,
                 out: Path) -> str:
-    """Validation perplexity vs steps (log axis), one line per method; returns the file name."""
+    """Two panels against steps (log axes): validation perplexity per method, and each merging
+    method's gap to SMoE in % of SMoE's perplexity, paired by seed (the report's question: does
+    the lead shrink in proportion?); returns the file name."""
     from matplotlib.figure import Figure
 
     from studies.study2.report import cells
 
-    fig = Figure(figsize=(6.5, 4))
-    ax = fig.subplots()
+    fig = Figure(figsize=(11, 4))
+    ax, gap = fig.subplots(1, 2)
+    by_len = {s: cells(runs, "length", s, "ppl") for s in lengths}
     for k, m in enumerate(methods):
-        xs, ys, es = [], [], []
-        for steps in lengths:
-            cell = cells(runs, "length", steps, "ppl").get(m)
-            if not cell:
-                continue
-            e = cell_estimate(cell)
-            shift = 1 + 0.03 * (k - len(methods) / 2)  # side by side on the log axis
-            xs.append(int(steps) * shift)
-            ys.append(e.mean)
-            es.append(e.ci if math.isfinite(e.ci) else 0.0)
-            ax.scatter([int(steps) * shift] * len(cell), list(cell.values()), s=8,
-                       color=f"C{k}", alpha=0.5)
-        if xs:
-            ns = ", ".join(str(len(cells(runs, "length", s, "ppl").get(m, {}))) for s in lengths)
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=4, color=f"C{k}",
-                        label=f"{m} (n = {ns})")
-    ax.set_xscale("log")
-    if lengths:
-        ticks = [int(s) for s in lengths]
-        ax.set_xlim(min(ticks) / 1.5, max(ticks) * 1.5)
-        ax.set_xticks(ticks, labels=[str(t) for t in ticks])
+        shift = 1 + 0.03 * (k - len(methods) / 2)  # side by side on the log axis
+        _errorbars(ax, k, shift, {s: c[m] for s, c in by_len.items() if c.get(m)},
+                   f"{m} (n = {', '.join(str(len(c.get(m, {}))) for c in by_len.values())})")
+        if m == "smoe":
+            continue
+        rel = {s: {seed: 100 * (v / c["smoe"][seed] - 1) for seed, v in c[m].items()
+                   if seed in c["smoe"]} for s, c in by_len.items() if c.get(m) and c.get("smoe")}
+        _errorbars(gap, k, shift, {s: r for s, r in rel.items() if r}, f"{m} − smoe")
+    gap.axhline(0.0, color="0.5", linewidth=0.8)
+    for a, ylabel, title in (
+            (ax, "validation perplexity", "perplexity vs training length (mean ± 95% CI)"),
+            (gap, "gap to SMoE, % of SMoE's perplexity",
+             "gap to SMoE, paired by seed (mean ± 95% CI)")):
+        a.set_xscale("log")
+        if lengths:
+            ticks = [int(s) for s in lengths]
+            a.set_xlim(min(ticks) / 1.5, max(ticks) * 1.5)
+            a.set_xticks(ticks, labels=[str(t) for t in ticks])
+            a.minorticks_off()
+        a.set_xlabel("training steps")
+        a.set_ylabel(ylabel)
+        a.set_title(f"Tiny preset: {title}", fontsize=9)
+        a.legend(fontsize=7)
+    ax.set_yscale("log")
+    values = [v for c in by_len.values() for cell in c.values() for v in cell.values()]
+    if values:  # plain numbers on the log axis, not powers of ten
+        ticks = [t for t in (20, 30, 50, 70, 100, 150, 200, 300, 500, 1000)
+                 if min(values) / 1.2 <= t <= max(values) * 1.2]
+        ax.set_yticks(ticks, labels=[str(t) for t in ticks])
         ax.minorticks_off()
-    ax.set_xlabel("training steps")
-    ax.set_ylabel("validation perplexity")
-    ax.set_title("Tiny preset: perplexity vs training length (mean ± 95% CI)", fontsize=9)
-    ax.legend(fontsize=7)
     return _save(fig, name, out)
+
+
+def _errorbars(ax: Any, k: int, shift: float, by_steps: Mapping[str, Mapping[int, float]],
+               label: str) -> None:
+    """One method's line (colour C{k}): mean ± 95 % interval per length, the seeds as points."""
+    xs, ys, es = [], [], []
+    for steps, cell in by_steps.items():
+        e = cell_estimate(cell)
+        xs.append(int(steps) * shift)
+        ys.append(e.mean)
+        es.append(e.ci if math.isfinite(e.ci) else 0.0)
+        ax.scatter([int(steps) * shift] * len(cell), list(cell.values()), s=8, color=f"C{k}",
+                   alpha=0.5)
+    if xs:
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=4, color=f"C{k}", label=label)
 
 
 def plot_finetune(runs: Sequence[Any], methods: Sequence[str], name: str, out: Path) -> str:
