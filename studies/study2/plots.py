@@ -55,7 +55,8 @@ def plot_length(runs: Sequence[Any], lengths: Sequence[str], methods: Sequence[s
         a.set_xlabel("training steps")
         a.set_ylabel(ylabel)
         a.set_title(f"Tiny preset: {title}", fontsize=9)
-        a.legend(fontsize=7)
+        if a.get_legend_handles_labels()[1]:  # a panel without a line gets no legend
+            a.legend(fontsize=7)
     ax.set_yscale("log")
     values = [v for c in by_len.values() for cell in c.values() for v in cell.values()]
     if values:  # plain numbers on the log axis, not powers of ten
