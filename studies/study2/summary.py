@@ -212,6 +212,7 @@ def knob_rows(cells: Cells, tags: Sequence[str], pretrain_steps: str) -> str:
     rows = []
     main_ft = cells("finetune", "", "acc").get("namex-full-mom", {})
     main_lm = cells("length", pretrain_steps, "ppl").get("namex-full-mom", {})
+    main_fb = cells("length", pretrain_steps, "fallbacks").get("namex-full-mom", {})
     for t in tags:
         ft = cells(f"finetune-knob-{t}", "", "acc").get("namex-full-mom", {})
         lm = cells("knobs", pretrain_steps, "ppl").get(t, {})
@@ -220,8 +221,7 @@ def knob_rows(cells: Cells, tags: Sequence[str], pretrain_steps: str) -> str:
         e_ft, e_lm = paired(ft, main_ft), paired(lm, main_lm)
         lm_verdict = verdict(e_lm, t, "main", lower_is_better=True)
         if t in PRETRAIN_SKIP and not lm:
-            lm_verdict = _skipped(cells("length", pretrain_steps, "fallbacks")
-                                  .get("namex-full-mom", {}))
+            lm_verdict = _skipped(main_fb)
         rows.append([t, e_ft.text() if e_ft.n else "—",
                      verdict(e_ft, t, "main", lower_is_better=False),
                      e_lm.text() if e_lm.n else "—", lm_verdict,
